@@ -1,0 +1,112 @@
+import { UsageError } from '../errors.ts';
+
+/**
+ * Command-line parsing with the seed's shapes, which node:util's parseArgs cannot express:
+ *  - `--args A B ...` takes every following word, including words that begin with '-', up to the
+ *    next word that is one of our own options (or `--`); `--args=WORD` adds a single word;
+ *  - `--env K=V K2=V2 ...` takes following words up to the next one beginning with '-';
+ *  - value options take the next word or `--opt=value`; flags take none;
+ *  - for `run`, `--` (or the first word that is not an option) ends the options and the rest is
+ *    the command and its arguments.
+ */
+export type OptionKind = 'value' | 'flag' | 'greedy-any' | 'greedy-plain';
+
+export interface OptionSpec {
+  readonly name: string;
+  readonly short?: string;
+  readonly kind: OptionKind;
+  /** Value options that may be given several times collect every value. */
+  readonly repeatable?: boolean;
+}
+
+export interface ParsedArgs {
+  readonly values: ReadonlyMap<string, readonly string[]>;
+  readonly flags: ReadonlySet<string>;
+  /** Words after `--` or after the first positional word. */
+  readonly rest: readonly string[];
+}
+
+export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[], allowRest: boolean): ParsedArgs {
+  const byName = new Map<string, OptionSpec>();
+  for (const spec of specs) {
+    byName.set(`--${spec.name}`, spec);
+    if (spec.short) byName.set(`-${spec.short}`, spec);
+  }
+  const isOwnOption = (word: string) => word === '--' || byName.has(word.split('=', 1)[0] as string);
+  const values = new Map<string, string[]>();
+  const flags = new Set<string>();
+  const add = (spec: OptionSpec, value: string) => {
+    const list = values.get(spec.name) ?? [];
+    if (spec.kind === 'value' && !spec.repeatable && list.length) {
+      throw new UsageError(`--${spec.name} was given more than once`, { hint: 'give it once' });
+    }
+    list.push(value);
+    values.set(spec.name, list);
+  };
+
+  let i = 0;
+  while (i < argv.length) {
+    const word = argv[i] as string;
+    if (word === '--') {
+      if (!allowRest) throw new UsageError("unexpected '--'", { hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]' });
+      return { values, flags, rest: argv.slice(i + 1) };
+    }
+    if (!word.startsWith('-') || word === '-') {
+      if (allowRest) return { values, flags, rest: argv.slice(i) };
+      throw new UsageError(`unexpected argument '${word}'`, {
+        hint: 'guest arguments go after --args, e.g. --exec /bin/echo --args hello',
+      });
+    }
+    const eq = word.indexOf('=');
+    const key = word.startsWith('--') && eq > 0 ? word.slice(0, eq) : word;
+    const spec = byName.get(key);
+    if (!spec) throw new UsageError(`unknown option '${key}'`, { hint: 'see openshell-vm --help' });
+    const inline = key !== word ? word.slice(eq + 1) : undefined;
+    i++;
+    switch (spec.kind) {
+      case 'flag':
+        if (inline !== undefined) throw new UsageError(`--${spec.name} takes no value`, { hint: `write just --${spec.name}` });
+        flags.add(spec.name);
+        break;
+      case 'value': {
+        if (inline !== undefined) {
+          add(spec, inline);
+          break;
+        }
+        const next = argv[i];
+        if (next === undefined || (next.startsWith('-') && isOwnOption(next))) {
+          throw new UsageError(`--${spec.name} needs a value`, { hint: 'see openshell-vm --help' });
+        }
+        add(spec, next);
+        i++;
+        break;
+      }
+      case 'greedy-any':
+      case 'greedy-plain': {
+        if (inline !== undefined) {
+          add(spec, inline);
+          break;
+        }
+        const start = i;
+        while (i < argv.length) {
+          const next = argv[i] as string;
+          if (spec.kind === 'greedy-any' ? isOwnOption(next) : next.startsWith('-')) break;
+          add(spec, next);
+          i++;
+        }
+        if (i === start && spec.kind === 'greedy-plain') {
+          throw new UsageError(`--${spec.name} needs a value`, { hint: 'see openshell-vm --help' });
+        }
+        // `--args` with nothing after it (or only options) means no arguments: allowed.
+        if (spec.kind === 'greedy-any' && !values.has(spec.name)) values.set(spec.name, []);
+        break;
+      }
+    }
+  }
+  return { values, flags, rest: [] };
+}
+
+export function single(args: ParsedArgs, name: string): string | undefined {
+  const list = args.values.get(name);
+  return list?.[list.length - 1];
+}

@@ -1,0 +1,40 @@
+export const HELP = `openshell-vm: a Kubernetes gateway (k3s + OpenShell) or a one-off command in a microVM
+
+Usage:
+  openshell-vm --exec PATH [--args ARG...] [--env K=V...] [--workdir DIR] [OPTIONS]
+  openshell-vm run [OPTIONS] [--] PATH [ARG...]
+  openshell-vm                 the gateway (not available yet: runs a command only, for now)
+
+Run a command in a fresh microVM (the embedded busybox root; writes vanish when it ends).
+Its stdout and stderr are the command's own; the exit code is the command's exit code
+(128+N if it dies of signal N; 127 not found, 126 not executable, 125 the guest init or
+openshell-vm itself failed; 2 bad arguments).
+
+Command:
+  --exec PATH            executable in the guest (absolute, or looked up in the guest's PATH)
+  --args ARG...          its arguments: every following word up to the next openshell-vm
+                         option, even words starting with '-'; --args=WORD adds one word
+  --env K=V...           environment variable for the command (repeatable); the defaults
+                         HOME=/root, PATH=/usr/local/sbin:...:/bin and TERM=xterm stay unless replaced
+  --workdir DIR          working directory in the guest (default /)
+
+Machine:
+  --vcpus N              virtual CPUs (default 2, at most the host's CPUs)
+  --mem MiB              memory in MiB (default 2048, at most 3/4 of the host's memory)
+  --arch x86_64|aarch64  guest architecture (default: the host's); another architecture
+                         than the host's runs under TCG (software emulation)
+  --accel kvm|hvf|tcg    accelerator (default: KVM or HVF when it really works here, else TCG)
+  --boot-timeout S       seconds for the guest to start the command (default 180)
+  --name NAME            instance whose directory holds the run's logs (default "default")
+
+Output:
+  -q, --quiet            no progress lines (warnings and errors are still shown)
+  --events FILE          write progress as JSON lines to FILE (processes with their pids too)
+  --keep-logs            keep the run's logs (console, qemu, virtiofsd) even when it succeeds
+  --debug                show the cause chain of errors
+  -h, --help             this help
+  -V, --version          the version
+
+Files: logs of failed runs stay in $XDG_DATA_HOME/openshell-vm/instances/NAME/runs/;
+the kernel, busybox and built guest artifacts are cached in $XDG_CACHE_HOME/openshell-vm.
+`;

@@ -1,0 +1,169 @@
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import { chooseAccelerator, readHostAccelFacts } from '../accel/probe.ts';
+import { readEnvironment } from '../config/environment.ts';
+import { type RawExecOptions, resolveExecOptions } from '../config/exec-options.ts';
+import { OvmError, UsageError } from '../errors.ts';
+import { runExec } from '../exec/run-exec.ts';
+import { QemuBackend } from '../vmm/qemu/backend.ts';
+import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
+import { HELP } from './help.ts';
+import { Reporter } from './reporter.ts';
+
+/** The only place that decides exit codes for openshell-vm's own failures. */
+export const EXIT = { usage: 2, failure: 125 } as const;
+
+const OPTIONS: readonly OptionSpec[] = [
+  { name: 'exec', kind: 'value' },
+  { name: 'args', kind: 'greedy-any' },
+  { name: 'env', kind: 'greedy-plain', repeatable: true },
+  { name: 'workdir', kind: 'value' },
+  { name: 'vcpus', kind: 'value' },
+  { name: 'mem', kind: 'value' },
+  { name: 'arch', kind: 'value' },
+  { name: 'accel', kind: 'value' },
+  { name: 'boot-timeout', kind: 'value' },
+  { name: 'name', kind: 'value' },
+  { name: 'events', kind: 'value' },
+  { name: 'quiet', short: 'q', kind: 'flag' },
+  { name: 'keep-logs', kind: 'flag' },
+  { name: 'debug', kind: 'flag' },
+  { name: 'help', short: 'h', kind: 'flag' },
+  { name: 'version', short: 'V', kind: 'flag' },
+];
+
+/** Raised when a signal interrupts a run; the exit code is 128 + the signal number. */
+class Interrupted extends Error {
+  override readonly name = 'Interrupted';
+  readonly signal: NodeJS.Signals;
+  constructor(signal: NodeJS.Signals) {
+    super(`interrupted by ${signal}`);
+    this.signal = signal;
+  }
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const debug = argv.includes('--debug');
+  try {
+    return await dispatch(argv);
+  } catch (err) {
+    return reportError(err, debug);
+  }
+}
+
+async function dispatch(argv: readonly string[]): Promise<number> {
+  if (argv[0] === 'help') return printHelp();
+  const isRun = argv[0] === 'run';
+  const args = parseArgs(isRun ? argv.slice(1) : argv, OPTIONS, isRun);
+  if (args.flags.has('help')) return printHelp();
+  if (args.flags.has('version')) {
+    process.stdout.write(`openshell-vm ${packageVersion()}\n`);
+    return 0;
+  }
+  if (isRun) {
+    if (args.values.has('exec') || args.values.has('args')) {
+      throw new UsageError('run takes the command after its options, not --exec/--args', {
+        hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]',
+      });
+    }
+    if (!args.rest.length) throw new UsageError('run: no command given', { hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]' });
+    return execCommand(args, args.rest[0] as string, args.rest.slice(1));
+  }
+  const exec = single(args, 'exec');
+  if (exec === undefined) {
+    if (args.values.has('args') || args.values.has('env') || args.values.has('workdir')) {
+      throw new UsageError('--args, --env and --workdir need --exec PATH', { hint: 'add --exec PATH' });
+    }
+    throw new UsageError('the gateway (openshell-vm without --exec) is not available yet', {
+      hint: "run a command instead, e.g. openshell-vm --exec /bin/sh --args -c 'echo hello'",
+    });
+  }
+  return execCommand(args, exec, args.values.get('args') ?? []);
+}
+
+async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly string[]): Promise<number> {
+  const raw: RawExecOptions = {
+    exec,
+    args: guestArgs,
+    env: args.values.get('env'),
+    workdir: single(args, 'workdir'),
+    vcpus: single(args, 'vcpus'),
+    mem: single(args, 'mem'),
+    arch: single(args, 'arch'),
+    accel: single(args, 'accel'),
+    bootTimeout: single(args, 'boot-timeout'),
+    name: single(args, 'name'),
+  };
+  const reporter = new Reporter({ stderr: process.stderr, quiet: args.flags.has('quiet'), eventsFile: single(args, 'events') });
+  const { options, warnings } = resolveExecOptions(raw, {
+    cpus: os.availableParallelism(),
+    memMib: Math.floor(os.totalmem() / (1024 * 1024)),
+  });
+  for (const warning of warnings) reporter.warn(warning);
+
+  // Everything that can fail without starting a process fails here, before anything starts.
+  const env = readEnvironment();
+  const accel = chooseAccelerator(options.arch, await readHostAccelFacts(), options.accel);
+  const backend = new QemuBackend(env, {
+    onProcess: (e) => reporter.event({ type: 'process', action: e.action, process: e.record, exit: e.exit, elapsedMs: Math.round(performance.now()) }),
+  });
+  await backend.preflight(options);
+  reporter.progress(`accelerator: ${accel.accel} (${accel.reason})`);
+  if (accel.warning) reporter.warn(accel.warning);
+
+  const controller = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (!controller.signal.aborted) {
+      reporter.notice(`${signal}: stopping the microVM`);
+      controller.abort(new Interrupted(signal));
+    }
+  };
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  for (const s of signals) process.on(s, onSignal);
+  try {
+    const result = await runExec(
+      env,
+      { ...options, accel, keepLogs: args.flags.has('keep-logs') },
+      { stdout: process.stdout, stderr: process.stderr },
+      { backend, signal: controller.signal, onEvent: (e) => reporter.event(e) },
+    );
+    if (result.message) reporter.notice(result.message);
+    reporter.event({ type: 'result', exitCode: result.exitCode, reason: result.reason, timings: result.timings });
+    return result.exitCode;
+  } finally {
+    for (const s of signals) process.off(s, onSignal);
+  }
+}
+
+function printHelp(): number {
+  process.stdout.write(HELP);
+  return 0;
+}
+
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function reportError(err: unknown, debug: boolean): number {
+  if (err instanceof Interrupted) {
+    return 128 + (os.constants.signals[err.signal] ?? 0);
+  }
+  const write = (line: string) => process.stderr.write(`${line}\n`);
+  if (err instanceof OvmError) {
+    write(`openshell-vm: error: ${err.message}`);
+    if (err.hint) write(`  hint: ${err.hint}`);
+    if (debug) {
+      for (let cause = err.cause; cause; cause = (cause as Error).cause) {
+        write(`  caused by: ${cause instanceof Error ? (cause.stack ?? cause.message) : String(cause)}`);
+      }
+    }
+    return err instanceof UsageError ? EXIT.usage : EXIT.failure;
+  }
+  write(`openshell-vm: internal error: ${err instanceof Error ? err.message : String(err)}`);
+  if (debug && err instanceof Error && err.stack) write(err.stack);
+  else write('  hint: run again with --debug for details, and report it');
+  return EXIT.failure;
+}
+
+process.exitCode = await main(process.argv.slice(2));

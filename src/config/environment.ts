@@ -1,0 +1,43 @@
+import os from 'node:os';
+import path from 'node:path';
+
+/**
+ * Everything openshell-vm reads from the process environment, read in this one place.
+ * Other modules receive a HostEnvironment and never touch process.env.
+ */
+export interface HostEnvironment {
+  /** Downloaded host inputs (kernel, busybox, Node.js) and built guest artifacts. */
+  readonly cacheDir: string;
+  /** Instances (their root filesystems, logs and run state). */
+  readonly dataDir: string;
+  /** A short directory for sockets when the instance directory's paths are too long. */
+  readonly runtimeDir: string;
+  /** PATH used to look up host tools (qemu-system-*, virtiofsd). */
+  readonly searchPath: string;
+  /** Explicit paths that override tool discovery (OPENSHELL_VM_QEMU_<ARCH>, OPENSHELL_VM_VIRTIOFSD). */
+  readonly toolOverrides: Readonly<Record<string, string>>;
+}
+
+export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvironment {
+  const home = env.HOME || os.homedir();
+  const xdgCache = env.XDG_CACHE_HOME || path.join(home, '.cache');
+  const xdgData = env.XDG_DATA_HOME || path.join(home, '.local', 'share');
+  const uid = typeof process.getuid === 'function' ? process.getuid() : 0;
+  const runtimeBase = env.XDG_RUNTIME_DIR || path.join(env.TMPDIR || os.tmpdir(), `ovm-${uid}`);
+  const toolOverrides: Record<string, string> = {};
+  for (const [key, name] of [
+    ['OPENSHELL_VM_QEMU_X86_64', 'qemu-x86_64'],
+    ['OPENSHELL_VM_QEMU_AARCH64', 'qemu-aarch64'],
+    ['OPENSHELL_VM_VIRTIOFSD', 'virtiofsd'],
+  ] as const) {
+    const value = env[key];
+    if (value) toolOverrides[name] = value;
+  }
+  return {
+    cacheDir: env.OPENSHELL_VM_CACHE_DIR || path.join(xdgCache, 'openshell-vm'),
+    dataDir: env.OPENSHELL_VM_DATA_DIR || path.join(xdgData, 'openshell-vm'),
+    runtimeDir: env.XDG_RUNTIME_DIR ? path.join(runtimeBase, 'ovm') : runtimeBase,
+    searchPath: env.PATH ?? '',
+    toolOverrides,
+  };
+}

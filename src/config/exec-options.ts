@@ -1,0 +1,128 @@
+import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
+import { UsageError } from '../errors.ts';
+import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
+import { mergeEnv, type WorkloadRequest } from '../exec/request.ts';
+import { INSTANCE_NAME } from '../instance/runs.ts';
+
+/** Options as the user typed them (strings), before validation. */
+export interface RawExecOptions {
+  readonly exec?: string | undefined;
+  readonly args?: readonly string[] | undefined;
+  readonly env?: readonly string[] | undefined;
+  readonly workdir?: string | undefined;
+  readonly vcpus?: string | undefined;
+  readonly mem?: string | undefined;
+  readonly arch?: string | undefined;
+  readonly accel?: string | undefined;
+  readonly bootTimeout?: string | undefined;
+  readonly name?: string | undefined;
+}
+
+export interface ExecOptions {
+  readonly request: WorkloadRequest;
+  readonly vcpus: number;
+  readonly memMib: number;
+  readonly arch: GuestArch;
+  /** undefined: choose automatically. */
+  readonly accel: Accelerator | undefined;
+  readonly bootTimeoutMs: number;
+  readonly instance: string;
+}
+
+export interface HostCapacity {
+  readonly cpus: number;
+  readonly memMib: number;
+}
+
+/** Defaults of the seed's exec mode. */
+export const EXEC_DEFAULTS = { vcpus: 2, memMib: 2048, workdir: '/', bootTimeoutS: 180, instance: 'default' } as const;
+export const LIMITS = { vcpus: { min: 1, max: 255 }, memMib: { min: 128, max: 1_048_576 } } as const;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * Validates raw exec options into a frozen, fully defaulted ExecOptions. Errors name the option,
+ * the bad value and what was expected; values the host cannot honour are clamped with a warning.
+ */
+export function resolveExecOptions(
+  raw: RawExecOptions,
+  host: HostCapacity,
+): { readonly options: ExecOptions; readonly warnings: readonly string[] } {
+  const warnings: string[] = [];
+  if (raw.exec === undefined || raw.exec === '') {
+    throw new UsageError('no command given', { hint: 'use --exec PATH or: openshell-vm run -- PATH [ARG...]' });
+  }
+  noNul('--exec', raw.exec);
+  for (const arg of raw.args ?? []) noNul('--args', arg);
+
+  const env = (raw.env ?? []).map((item): [string, string] => {
+    const eq = item.indexOf('=');
+    const key = eq < 0 ? item : item.slice(0, eq);
+    if (eq < 0 || !ENV_NAME.test(key)) {
+      throw new UsageError(`--env: malformed '${item}'`, {
+        hint: 'expected KEY=VALUE, where KEY is letters, digits and _ and does not start with a digit',
+      });
+    }
+    noNul('--env', item);
+    return [key, item.slice(eq + 1)];
+  });
+
+  const workdir = raw.workdir ?? EXEC_DEFAULTS.workdir;
+  if (!workdir.startsWith('/')) {
+    throw new UsageError(`--workdir: '${workdir}' is not an absolute path`, { hint: 'give a guest path starting with /' });
+  }
+  noNul('--workdir', workdir);
+
+  let vcpus = raw.vcpus === undefined ? EXEC_DEFAULTS.vcpus : integer('--vcpus', raw.vcpus, LIMITS.vcpus, 'vCPUs');
+  if (vcpus > host.cpus) {
+    warnings.push(`--vcpus ${vcpus} is more than this host's ${host.cpus} CPUs: using ${host.cpus}`);
+    vcpus = host.cpus;
+  }
+  let memMib = raw.mem === undefined ? EXEC_DEFAULTS.memMib : integer('--mem', raw.mem, LIMITS.memMib, 'MiB');
+  const memCap = Math.max(LIMITS.memMib.min, Math.floor((host.memMib * 3) / 4));
+  if (memMib > memCap) {
+    warnings.push(`--mem ${memMib} MiB is more than 3/4 of this host's ${host.memMib} MiB: using ${memCap} MiB`);
+    memMib = memCap;
+  }
+
+  const bootTimeoutS =
+    raw.bootTimeout === undefined
+      ? EXEC_DEFAULTS.bootTimeoutS
+      : integer('--boot-timeout', raw.bootTimeout, { min: 1, max: 86_400 }, 'seconds');
+
+  const instance = raw.name ?? EXEC_DEFAULTS.instance;
+  if (!INSTANCE_NAME.test(instance)) {
+    throw new UsageError(`--name: invalid instance name '${instance}'`, {
+      hint: 'use letters, digits, - and _ (starting with a letter or digit, at most 63 characters)',
+    });
+  }
+
+  const options: ExecOptions = {
+    request: { exec: raw.exec, args: [...(raw.args ?? [])], env: mergeEnv(env), workdir },
+    vcpus,
+    memMib,
+    arch: raw.arch === undefined ? defaultGuestArch() : parseGuestArch(raw.arch),
+    accel: raw.accel === undefined ? undefined : parseAccelerator(raw.accel),
+    bootTimeoutMs: bootTimeoutS * 1000,
+    instance,
+  };
+  return { options: Object.freeze(options), warnings };
+}
+
+function integer(option: string, value: string, range: { min: number; max: number }, unit: string): number {
+  if (!/^\d+$/.test(value)) {
+    throw new UsageError(`${option}: '${value}' is not a whole number`, {
+      hint: `give a number of ${unit} from ${range.min} to ${range.max}`,
+    });
+  }
+  const n = Number(value);
+  if (n < range.min || n > range.max) {
+    throw new UsageError(`${option}: ${value} is out of range`, {
+      hint: `give a number of ${unit} from ${range.min} to ${range.max}`,
+    });
+  }
+  return n;
+}
+
+function noNul(option: string, value: string): void {
+  if (value.includes('\0')) throw new UsageError(`${option}: a value contains a NUL byte`, { hint: 'remove it' });
+}

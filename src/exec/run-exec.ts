@@ -1,0 +1,246 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Writable } from 'node:stream';
+import type { AccelChoice } from '../accel/probe.ts';
+import type { HostEnvironment } from '../config/environment.ts';
+import { VmError } from '../errors.ts';
+import { ensureGuestArtifacts } from '../guest/artifacts.ts';
+import type { GuestArch } from '../host/arch.ts';
+import { loadGuestInputs } from '../host/toolchain.ts';
+import { hostTscKhz } from '../host/tsc.ts';
+import { addRunPath, createRun, finishRun, RUN_FILES, type RunPaths, sweepStaleRuns } from '../instance/runs.ts';
+import type { ExitResult, PidRecord } from '../supervisor/process.ts';
+import { isWaitFailure, poll, tailFile } from '../supervisor/wait.ts';
+import type { RunningVm, VmmBackend } from '../vmm/backend.ts';
+import { OutputSink } from './output.ts';
+import { describeStatus, type GuestStatus, parseStatus, renderRequestScript, type WorkloadRequest } from './request.ts';
+
+/** Names of the virtio-serial ports the guest init writes the command's output to. */
+export const OUTPUT_PORTS = { stdout: 'org.openshell.stdout', stderr: 'org.openshell.stderr' } as const;
+
+/** A validated exec run: everything decided, nothing started. */
+export interface ExecPlan {
+  readonly arch: GuestArch;
+  readonly accel: AccelChoice;
+  readonly vcpus: number;
+  readonly memMib: number;
+  readonly instance: string;
+  readonly request: WorkloadRequest;
+  /** Deadline for the guest to start the command (boot + init). */
+  readonly bootTimeoutMs: number;
+  /** Keep the run directory (logs) even when the run succeeds. */
+  readonly keepLogs: boolean;
+}
+
+export type ExecStage = 'artifacts' | 'boot' | 'running' | 'done';
+
+export type ExecEvent =
+  | { readonly type: 'stage'; readonly stage: ExecStage; readonly message: string; readonly elapsedMs: number }
+  | {
+      readonly type: 'process';
+      readonly action: 'started' | 'stopped';
+      readonly process: PidRecord;
+      readonly exit?: ExitResult | undefined;
+      readonly elapsedMs: number;
+    }
+  | { readonly type: 'warning'; readonly message: string; readonly elapsedMs: number };
+
+export interface ExecResult {
+  /** The command's exit code (128+N for signal N; 125/126/127 as in libkrun). */
+  readonly exitCode: number;
+  readonly reason: string;
+  /** Set when the guest did not run the command as asked (not found, not executable, init failure). */
+  readonly message: string | undefined;
+  readonly timings: {
+    readonly artifactsMs: number;
+    readonly bootMs: number;
+    readonly commandMs: number;
+    readonly totalMs: number;
+  };
+  readonly outputBytes: { readonly stdout: number; readonly stderr: number };
+}
+
+export interface ExecOptions {
+  readonly backend: VmmBackend;
+  readonly signal?: AbortSignal | undefined;
+  readonly onEvent?: ((event: ExecEvent) => void) | undefined;
+  /** Clock for elapsed times (ms); defaults to time since process start. */
+  readonly now?: (() => number) | undefined;
+}
+
+/**
+ * Boots a microVM on the embedded default rootfs, runs one command in it and returns its exit
+ * code. The command's stdout and stderr stream to `io` as it runs. Everything started here is
+ * stopped and every socket removed before this returns or throws, including on abort.
+ */
+export async function runExec(
+  env: HostEnvironment,
+  plan: ExecPlan,
+  io: { readonly stdout: Writable; readonly stderr: Writable },
+  options: ExecOptions,
+): Promise<ExecResult> {
+  const now = options.now ?? (() => performance.now());
+  const emit = (event: Omit<ExecEvent, 'elapsedMs'>) =>
+    options.onEvent?.({ ...event, elapsedMs: Math.round(now()) } as ExecEvent);
+  const t0 = now();
+
+  const guest = await loadGuestInputs(env, plan.arch);
+  const artifacts = await ensureGuestArtifacts(env, guest);
+  emit({
+    type: 'stage',
+    stage: 'artifacts',
+    message: `guest artifacts ${artifacts.built ? 'built' : 'cached'} (${plan.arch}, kernel ${artifacts.kernelRelease})`,
+  });
+  const tArtifacts = now();
+
+  const swept = await sweepStaleRuns(env, plan.instance);
+  if (swept.removedRuns.length) {
+    const stopped = swept.stoppedProcesses.map((p) => `${p.name} (pid ${p.pid})`).join(', ');
+    emit({
+      type: 'warning',
+      message: `cleaned up ${swept.removedRuns.length} run(s) left by a CLI that died${stopped ? `; stopped ${stopped}` : ''}`,
+    });
+  }
+
+  const run = await createRun(env, plan.instance);
+  const handoff = path.join(artifacts.rootfs, '.ovm', 'run', run.id);
+  let vm: RunningVm | undefined;
+  let sinks: OutputSink[] = [];
+  let failed = true;
+  try {
+    await addRunPath(run, handoff);
+    await fs.mkdir(handoff, { recursive: true });
+    await fs.writeFile(path.join(handoff, 'request.sh'), renderRequestScript(plan.request));
+
+    const stdoutSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stdoutSocket), io.stdout);
+    const stderrSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stderrSocket), io.stderr);
+    sinks = [stdoutSink, stderrSink];
+
+    const tsc = plan.arch === 'x86_64' && plan.accel.accel === 'tcg' ? await hostTscKhz() : undefined;
+    emit({
+      type: 'stage',
+      stage: 'boot',
+      message: `booting ${plan.arch} microVM with ${options.backend.name}/${plan.accel.accel} (${plan.vcpus} vCPU, ${plan.memMib} MiB)`,
+    });
+    const tBoot = now();
+    vm = await options.backend.start(
+      {
+        arch: plan.arch,
+        accel: plan.accel.accel,
+        vcpus: plan.vcpus,
+        memMib: plan.memMib,
+        kernel: artifacts.kernel,
+        initramfs: artifacts.initramfs,
+        kernelArgs: ['ovm.mode=exec', `ovm.run=${run.id}`, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
+        rootDir: artifacts.rootfs,
+        rootMode: 'overlay',
+        ports: [
+          { name: OUTPUT_PORTS.stdout, socketPath: stdoutSink.socketPath },
+          { name: OUTPUT_PORTS.stderr, socketPath: stderrSink.socketPath },
+        ],
+        runDir: run.dir,
+        socketDir: run.socketDir,
+        consoleLog: run.consoleLog,
+      },
+      { signal: options.signal },
+    );
+    const running = vm;
+
+    const started = await poll<'started' | 'exited'>(
+      async () => {
+        if (running.hasExited) return 'exited';
+        return (await exists(path.join(handoff, 'started'))) ? 'started' : undefined;
+      },
+      { timeoutMs: plan.bootTimeoutMs, signal: options.signal, initialIntervalMs: 10, maxIntervalMs: 25 },
+    );
+    if (isWaitFailure(started)) {
+      if (started.kind === 'aborted') throw started.reason;
+      throw new VmError(`the guest did not start the command within ${plan.bootTimeoutMs / 1000} s`, {
+        hint: await consoleHint(run),
+      });
+    }
+    const tStarted = now();
+    if (started === 'started') emit({ type: 'stage', stage: 'running', message: 'command started in the guest' });
+
+    await raceAbort(running.exited, options.signal);
+    await Promise.all(sinks.map((s) => s.drained(2_000)));
+    const tDone = now();
+
+    const status = await readStatus(handoff);
+    if (!status) {
+      const exit = (await running.exited).vmm;
+      const vmmTail = (await running.vmmLogTail()).trim();
+      const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.exitCode}`;
+      throw new VmError(
+        `the microVM ended without reporting the command's result (QEMU ${how})${vmmTail ? `:\n    ${vmmTail.replaceAll('\n', '\n    ')}` : ''}`,
+        { hint: await consoleHint(run) },
+      );
+    }
+    const message = describeStatus(status, plan.request);
+    emit({ type: 'stage', stage: 'done', message: `command ${status.reason}: exit code ${status.code}` });
+    failed = status.code === 125 && status.reason !== 'exited';
+    return {
+      exitCode: status.code,
+      reason: status.reason,
+      message,
+      timings: {
+        artifactsMs: Math.round(tArtifacts - t0),
+        bootMs: Math.round(tStarted - tBoot),
+        commandMs: Math.round(tDone - tStarted),
+        totalMs: Math.round(tDone - t0),
+      },
+      outputBytes: { stdout: stdoutSink.bytes.count, stderr: stderrSink.bytes.count },
+    };
+  } finally {
+    if (vm && !vm.hasExited) await vm.stop();
+    if (vm) {
+      for (const record of vm.processes) emit({ type: 'process', action: 'stopped', process: record });
+    }
+    for (const sink of sinks) await sink.close();
+    await fs.rm(handoff, { recursive: true, force: true });
+    await finishRun(run, failed || plan.keepLogs);
+  }
+}
+
+async function readStatus(handoff: string): Promise<GuestStatus | undefined> {
+  try {
+    return parseStatus(await fs.readFile(path.join(handoff, 'status'), 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+async function consoleHint(run: RunPaths): Promise<string> {
+  const tail = await tailFile(run.consoleLog, 8);
+  const lines = tail ? `last console lines:\n    ${tail.replaceAll('\n', '\n    ')}\n  ` : '';
+  return `${lines}see ${run.consoleLog}`;
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await fs.access(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Waits for `promise`, or throws the signal's reason when it aborts first. */
+function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  signal.throwIfAborted();
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
+}

@@ -1,0 +1,109 @@
+import { execFile } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import zlib from 'node:zlib';
+import { HostError } from '../errors.ts';
+
+/** The kernel modules the initramfs loads: virtio transport, virtio-fs root, serial ports, overlay. */
+export const INITRAMFS_MODULES = ['virtio_mmio', 'virtiofs', 'virtio_console', 'overlay'] as const;
+
+export interface ModuleFile {
+  /** Module name with '-' folded to '_' (as the kernel names it). */
+  readonly name: string;
+  /** Path relative to /lib/modules/<release>/, as modules.dep writes it. */
+  readonly relPath: string;
+}
+
+/** modules.dep parsed: module name → its file and its dependencies' names. */
+export interface ModuleIndex {
+  readonly modules: ReadonlyMap<string, { readonly relPath: string; readonly deps: readonly string[] }>;
+  readonly builtin: ReadonlySet<string>;
+}
+
+export function moduleName(relPath: string): string {
+  return path.basename(relPath).replace(/\.ko(\.(xz|gz|zst))?$/, '').replaceAll('-', '_');
+}
+
+export function parseModulesDep(modulesDep: string, modulesBuiltin = ''): ModuleIndex {
+  const modules = new Map<string, { relPath: string; deps: string[] }>();
+  for (const line of modulesDep.split('\n')) {
+    const colon = line.indexOf(':');
+    if (colon < 0) continue;
+    const relPath = line.slice(0, colon).trim();
+    const deps = line
+      .slice(colon + 1)
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(moduleName);
+    modules.set(moduleName(relPath), { relPath, deps });
+  }
+  const builtin = new Set(
+    modulesBuiltin
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean)
+      .map(moduleName),
+  );
+  return { modules, builtin };
+}
+
+/**
+ * The modules to load, dependencies first, for the requested names. Built-in modules are skipped;
+ * a name that is neither a module nor built in is an error naming the kernel.
+ */
+export function resolveLoadOrder(index: ModuleIndex, wanted: readonly string[], release: string): ModuleFile[] {
+  const order: ModuleFile[] = [];
+  const done = new Set<string>();
+  const visiting = new Set<string>();
+  const visit = (raw: string, requestedBy?: string) => {
+    const name = raw.replaceAll('-', '_');
+    if (done.has(name) || index.builtin.has(name)) return;
+    const entry = index.modules.get(name);
+    if (!entry) {
+      const via = requestedBy ? ` (needed by ${requestedBy})` : '';
+      throw new HostError(`kernel ${release} has no module '${name}'${via}, neither loadable nor built in`, {
+        hint: 'the guest kernel lacks a driver openshell-vm needs; use a Debian cloud kernel',
+      });
+    }
+    if (visiting.has(name)) throw new HostError(`modules.dep of ${release} has a dependency cycle at ${name}`);
+    visiting.add(name);
+    for (const dep of entry.deps) visit(dep, name);
+    visiting.delete(name);
+    done.add(name);
+    order.push({ name, relPath: entry.relPath });
+  };
+  for (const name of wanted) visit(name);
+  return order;
+}
+
+export async function readModuleIndex(modulesDir: string): Promise<ModuleIndex> {
+  const dep = await fs.readFile(path.join(modulesDir, 'modules.dep'), 'utf8');
+  const builtin = await fs.readFile(path.join(modulesDir, 'modules.builtin'), 'utf8').catch(() => '');
+  return parseModulesDep(dep, builtin);
+}
+
+const execFileAsync = promisify(execFile);
+
+/** A module's bytes, decompressed (busybox insmod loads plain .ko files). */
+export async function readModule(modulesDir: string, relPath: string): Promise<Buffer> {
+  const file = path.join(modulesDir, relPath);
+  if (relPath.endsWith('.ko')) return fs.readFile(file);
+  if (relPath.endsWith('.ko.gz')) return zlib.gunzipSync(await fs.readFile(file));
+  if (relPath.endsWith('.ko.zst')) return zlib.zstdDecompressSync(await fs.readFile(file));
+  if (relPath.endsWith('.ko.xz')) {
+    try {
+      const { stdout } = await execFileAsync('xz', ['-dc', file], { encoding: 'buffer', maxBuffer: 64 << 20 });
+      return stdout;
+    } catch (err) {
+      throw new HostError(`cannot decompress ${file}`, { hint: 'apt-get install xz-utils', cause: err });
+    }
+  }
+  throw new HostError(`unknown kernel module format: ${file}`);
+}
+
+/** The name a module has once decompressed into the initramfs. */
+export function plainModulePath(relPath: string): string {
+  return relPath.replace(/\.ko\.(xz|gz|zst)$/, '.ko');
+}

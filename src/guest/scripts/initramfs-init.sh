@@ -1,0 +1,64 @@
+#!/bin/sh
+# openshell-vm initramfs /init (busybox sh). Loads the virtio modules listed in /etc/ovm-modules
+# (dependencies first), mounts the virtio-fs share tagged by ovm.tag as the root, and switch_roots
+# into ovm.init. With ovm.root=overlay the share is the read-only lower layer of an overlay whose
+# upper layer is a tmpfs (writes vanish when the VM ends); the share itself stays reachable at
+# /.ovm-host for the handoff files. On any failure it says why on the console and powers off: the
+# host then finds no status file and reports "the guest init failed" with the console's last lines.
+export PATH=/bin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+fail() {
+  echo "ovm-initramfs: FATAL: $*"
+  reboot -f
+  poweroff -f
+  sleep 60
+}
+
+tag=ovmroot
+init=/sbin/ovm-init
+rootmode=rw
+for word in $(cat /proc/cmdline); do
+  case $word in
+    ovm.tag=*) tag=${word#ovm.tag=} ;;
+    ovm.init=*) init=${word#ovm.init=} ;;
+    ovm.root=*) rootmode=${word#ovm.root=} ;;
+  esac
+done
+
+while read -r module; do
+  [ -n "$module" ] || continue
+  insmod "/lib/modules/$module" || fail "insmod $module failed"
+done </etc/ovm-modules
+
+# The virtio-fs device may take a moment to appear after its driver loads.
+tries=0
+until mount -t virtiofs "$tag" /mnt/host 2>/dev/null; do
+  tries=$((tries + 1))
+  [ $tries -lt 100 ] || fail "cannot mount the virtio-fs share '$tag'"
+  sleep 0.05
+done
+
+case $rootmode in
+  rw)
+    mount --move /mnt/host /newroot || fail "cannot move the root mount"
+    ;;
+  overlay)
+    mount -t tmpfs -o mode=0755 tmpfs /mnt/rw || fail "cannot mount the overlay's tmpfs"
+    mkdir -p /mnt/rw/upper /mnt/rw/work
+    mount -t overlay overlay -o lowerdir=/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot ||
+      fail "cannot mount the overlay root"
+    [ -d /newroot/.ovm-host ] || mkdir /newroot/.ovm-host || fail "cannot create /.ovm-host"
+    mount --move /mnt/host /newroot/.ovm-host || fail "cannot expose the share at /.ovm-host"
+    ;;
+  *) fail "unknown ovm.root=$rootmode (expected rw or overlay)" ;;
+esac
+
+[ -x "/newroot$init" ] || fail "the root filesystem has no executable $init"
+
+umount /proc /sys
+umount /dev 2>/dev/null
+exec switch_root /newroot "$init"

@@ -1,0 +1,123 @@
+#!/bin/sh
+# openshell-vm guest init (PID 1 of the embedded default rootfs). POSIX sh, busybox applets.
+#
+# Mode exec (ovm.mode=exec ovm.run=ID on the kernel command line):
+#   the host wrote /.ovm/run/ID/request.sh into the shared root (sh-quoted by the host, so every
+#   argv string survives as is). This init resolves the executable, runs it with exactly the
+#   requested environment and working directory, its stdout and stderr on the virtio-serial ports
+#   named org.openshell.stdout / org.openshell.stderr (never the console), stdin from /dev/null,
+#   then writes "CODE REASON" to /.ovm/run/ID/status and powers off.
+#   Codes follow libkrun's init: 127 not found, 126 not executable, 125 this init failed before
+#   running the command; a command killed by signal N gives 128+N.
+# The console (kernel and this script's progress lines) goes to the host's console log only.
+
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+
+ts() {
+  read -r up _ </proc/uptime
+  echo "[$up] ovm-init: $*"
+}
+
+poweroff_now() {
+  sync
+  # With reboot=t on the kernel command line and QEMU's -no-reboot, a reset ends the VM; it is a
+  # more reliable exit under TCG than an ACPI power-off (seen to leave QEMU running).
+  reboot -f
+  poweroff -f
+  sleep 60
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+hostname openshell-vm
+ts "started"
+
+mode=
+run=
+for word in $(cat /proc/cmdline); do
+  case $word in
+    ovm.mode=*) mode=${word#ovm.mode=} ;;
+    ovm.run=*) run=${word#ovm.run=} ;;
+  esac
+done
+
+# The shared root as the host sees it: / for a writable root, /.ovm-host under an overlay.
+host_root=
+if [ -d /.ovm-host/.ovm ]; then host_root=/.ovm-host; fi
+handoff=$host_root/.ovm/run/$run
+
+finish() { # CODE REASON
+  ts "finished: $1 $2"
+  if [ -d "$handoff" ]; then
+    printf '%s %s\n' "$1" "$2" >"$handoff/status.tmp" && mv "$handoff/status.tmp" "$handoff/status"
+  fi
+  poweroff_now
+}
+
+find_port() { # NAME -> /dev/vportNpM
+  for p in /sys/class/virtio-ports/*; do
+    [ -r "$p/name" ] || continue
+    if [ "$(cat "$p/name")" = "$1" ]; then
+      echo "/dev/${p##*/}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+run_exec() {
+  [ -n "$run" ] || finish 125 no-run-id
+  [ -r "$handoff/request.sh" ] || finish 125 no-request
+  # Defines ovm_exec, ovm_workdir, ovm_path and ovm_setenv(), and sets the positional arguments.
+  . "$handoff/request.sh" || finish 125 bad-request
+
+  out=$(find_port org.openshell.stdout) || finish 125 no-stdout-port
+  err=$(find_port org.openshell.stderr) || finish 125 no-stderr-port
+
+  case $ovm_exec in
+    */*) target=$ovm_exec ;;
+    *)
+      target=
+      old_ifs=$IFS
+      IFS=:
+      for dir in $ovm_path; do
+        if [ -f "$dir/$ovm_exec" ] && [ -x "$dir/$ovm_exec" ]; then
+          target=$dir/$ovm_exec
+          break
+        fi
+      done
+      IFS=$old_ifs
+      [ -n "$target" ] || finish 127 not-found
+      ;;
+  esac
+  [ -e "$target" ] || finish 127 not-found
+  if [ -d "$target" ] || [ ! -x "$target" ]; then finish 126 not-executable; fi
+  [ -d "$ovm_workdir" ] || finish 125 workdir-missing
+
+  ts "exec $target"
+  : >"$handoff/started"
+  (
+    cd "$ovm_workdir" || exit 125
+    for name in $(export -p | sed -n 's/^export \([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
+      unset "$name"
+    done
+    ovm_setenv
+    exec "$target" "$@"
+  ) </dev/null >"$out" 2>"$err"
+  finish $? exited
+}
+
+case $mode in
+  exec) run_exec ;;
+  *)
+    ts "unknown or missing ovm.mode '$mode'"
+    finish 125 bad-mode
+    ;;
+esac

@@ -1,0 +1,45 @@
+import { execFile } from 'node:child_process';
+import fs from 'node:fs/promises';
+import { promisify } from 'node:util';
+
+const execFileAsync = promisify(execFile);
+
+/**
+ * A process's start time as an opaque string, so that a recorded PID is only treated as ours
+ * while the same process holds it (PIDs are reused). Linux: field 22 of /proc/PID/stat (clock
+ * ticks since boot); elsewhere: `ps -o lstart=`. undefined when the process does not exist.
+ */
+export async function processStartTime(pid: number): Promise<string | undefined> {
+  if (process.platform === 'linux') {
+    try {
+      const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+      // The command name (field 2) is in parentheses and may contain spaces: split after it.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return fields[19];
+    } catch {
+      return undefined;
+    }
+  }
+  try {
+    const { stdout } = await execFileAsync('ps', ['-o', 'lstart=', '-p', String(pid)]);
+    return stdout.trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** True when `pid` is alive and is the process that had `startTime`. */
+export async function isSameProcess(pid: number, startTime: string | undefined): Promise<boolean> {
+  if (!isAlive(pid)) return false;
+  if (startTime === undefined) return false;
+  return (await processStartTime(pid)) === startTime;
+}

@@ -1,0 +1,66 @@
+import type { Accelerator } from '../accel/probe.ts';
+import type { GuestArch } from '../host/arch.ts';
+import type { ExitResult, PidRecord } from '../supervisor/process.ts';
+
+/** A named virtio-serial port whose host side is a Unix socket the caller listens on. */
+export interface SerialPortSpec {
+  readonly name: string;
+  readonly socketPath: string;
+}
+
+/** Everything a backend needs to boot one microVM. Plain data: builders stay pure. */
+export interface VmSpec {
+  readonly arch: GuestArch;
+  readonly accel: Accelerator;
+  readonly vcpus: number;
+  readonly memMib: number;
+  readonly kernel: string;
+  readonly initramfs: string;
+  /** Extra kernel command-line words (ovm.mode=..., ovm.run=...). Never secrets: /proc/cmdline is world-readable. */
+  readonly kernelArgs: readonly string[];
+  /** Host directory shared over virtio-fs and mounted as the guest's root. */
+  readonly rootDir: string;
+  /** 'overlay': the share is read-only lower layer under a tmpfs; 'rw': the share is the root. */
+  readonly rootMode: 'overlay' | 'rw';
+  readonly ports: readonly SerialPortSpec[];
+  /** Where the backend writes logs and pid files. */
+  readonly runDir: string;
+  /** Where the backend creates its sockets (short enough for sun_path). */
+  readonly socketDir: string;
+  readonly consoleLog: string;
+}
+
+/** What a backend can do, declared as data so the orchestrator never branches on its name. */
+export interface BackendFeatures {
+  readonly accelerators: readonly Accelerator[];
+  readonly guestArches: readonly GuestArch[];
+  readonly virtioFsRoot: boolean;
+  readonly serialPorts: boolean;
+}
+
+export interface VmExit {
+  /** The VMM's own exit (not the guest command's status, which the guest reports separately). */
+  readonly vmm: ExitResult;
+}
+
+export interface RunningVm {
+  /** The helper processes, VMM first. */
+  readonly processes: readonly PidRecord[];
+  /** Settles when the VMM has exited and the helpers are stopped (never rejects). */
+  readonly exited: Promise<VmExit>;
+  readonly hasExited: boolean;
+  /** Stops the VMM, then its helpers (virtiofsd). Idempotent. */
+  stop(graceMs?: number): Promise<VmExit>;
+  /** Last lines the VMM process itself printed (argument errors, device failures). */
+  vmmLogTail(lines?: number): Promise<string>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+export interface VmmBackend {
+  readonly name: string;
+  readonly features: BackendFeatures;
+  start(spec: VmSpec, options: { signal?: AbortSignal | undefined }): Promise<RunningVm>;
+}
+
+/** Kernel command-line words every backend passes (each one explained). */
+export const ROOT_SHARE_TAG = 'ovmroot';

@@ -1,0 +1,97 @@
+import type { VmSpec } from '../backend.ts';
+import { ROOT_SHARE_TAG } from '../backend.ts';
+
+/** Paths of the sockets and files QEMU is pointed at. */
+export interface QemuPaths {
+  readonly virtiofsSocket: string;
+}
+
+/** QEMU's option syntax uses ',' as separator: a literal comma in a value is written ',,'. */
+export function optValue(value: string): string {
+  return value.replaceAll(',', ',,');
+}
+
+/** The kernel command line, each default explained. */
+export function kernelCommandLine(spec: VmSpec): string {
+  const words = [
+    // The boot console: the serial port QEMU writes to the console log.
+    spec.arch === 'x86_64' ? 'console=ttyS0' : 'console=ttyAMA0',
+    // On a reboot request, reset through a triple fault (x86): with -no-reboot QEMU then exits.
+    // The guest init ends the VM with `reboot -f`, which proved more reliable under TCG than an
+    // ACPI power-off.
+    ...(spec.arch === 'x86_64' ? ['reboot=t'] : []),
+    // Reboot at once on a kernel panic, so a panicking guest ends QEMU instead of hanging.
+    'panic=-1',
+    // The virtio-fs tag of the root share, and whether it is the root or an overlay's lower layer.
+    `ovm.tag=${ROOT_SHARE_TAG}`,
+    `ovm.root=${spec.rootMode}`,
+    ...spec.kernelArgs,
+  ];
+  return words.join(' ');
+}
+
+/**
+ * QEMU's argv for `spec` (without the binary). Pure: the same spec gives the same argv.
+ * x86_64: the microvm machine (virtio-mmio only, no PCI, no firmware). aarch64: the virt machine.
+ */
+export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
+  const hardware = spec.accel !== 'tcg';
+  const machine =
+    spec.arch === 'x86_64'
+      ? // pit/pic: without a PIT the kernel cannot calibrate the TSC and hangs with one vCPU under TCG.
+        'microvm,memory-backend=mem,pit=on,pic=on'
+      : 'virt,memory-backend=mem';
+  const cpu = hardware ? 'host' : spec.arch === 'aarch64' ? 'cortex-a72' : undefined;
+  return [
+    '-M',
+    machine,
+    '-accel',
+    spec.accel,
+    ...(cpu ? ['-cpu', cpu] : []),
+    '-smp',
+    String(spec.vcpus),
+    '-m',
+    `${spec.memMib}M`,
+    // vhost-user (virtiofsd) needs guest memory that another process can map.
+    '-object',
+    `memory-backend-memfd,id=mem,size=${spec.memMib}M,share=on`,
+    // virtiofsd (libvhost-user) refuses legacy virtio-mmio devices.
+    '-global',
+    'virtio-mmio.force-legacy=false',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-monitor',
+    'none',
+    // A guest reboot ends QEMU: the guest init reboots when the command is done.
+    '-no-reboot',
+    '-kernel',
+    spec.kernel,
+    '-initrd',
+    spec.initramfs,
+    '-append',
+    kernelCommandLine(spec),
+    '-serial',
+    `file:${spec.consoleLog}`,
+    '-chardev',
+    `socket,id=vfs,path=${optValue(paths.virtiofsSocket)}`,
+    '-device',
+    `vhost-user-fs-device,chardev=vfs,tag=${ROOT_SHARE_TAG}`,
+    ...(spec.ports.length ? ['-device', 'virtio-serial-device'] : []),
+    ...spec.ports.flatMap((port, i) => [
+      '-chardev',
+      `socket,id=port${i},path=${optValue(port.socketPath)}`,
+      '-device',
+      `virtserialport,chardev=port${i},name=${optValue(port.name)}`,
+    ]),
+  ];
+}
+
+/** virtiofsd's argv (without the binary) for the C virtiofsd of QEMU <= 7 and the Rust one. */
+export function virtiofsdArgs(socketPath: string, sourceDir: string, flavour: 'c' | 'rust'): string[] {
+  if (flavour === 'rust') {
+    return [`--socket-path=${socketPath}`, `--shared-dir=${sourceDir}`, '--cache=auto', '--sandbox=chroot'];
+  }
+  return [`--socket-path=${socketPath}`, '-o', `source=${sourceDir}`, '-o', 'cache=auto', '-o', 'sandbox=chroot'];
+}

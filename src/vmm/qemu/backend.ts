@@ -1,0 +1,136 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { HostEnvironment } from '../../config/environment.ts';
+import { HostError } from '../../errors.ts';
+import { findQemu, findVirtiofsd } from '../../host/toolchain.ts';
+import { type ExitResult, type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
+import type { BackendFeatures, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
+import { qemuArgs, virtiofsdArgs } from './argv.ts';
+
+/** File names this backend creates in a run's directories. */
+export const QEMU_FILES = {
+  virtiofsSocket: 'vfs.sock',
+  virtiofsdLog: 'virtiofsd.log',
+  virtiofsdPid: 'virtiofsd.pid',
+  qemuLog: 'qemu.log',
+  qemuPid: 'qemu.pid',
+} as const;
+
+export interface ProcessEvents {
+  onProcess?: ((event: { action: 'started' | 'stopped'; record: PidRecord; exit?: ExitResult }) => void) | undefined;
+}
+
+/** Which command-line dialect a virtiofsd binary speaks (C virtiofsd of QEMU <= 7, or the Rust one). */
+export async function virtiofsdFlavour(binary: string): Promise<'c' | 'rust'> {
+  const bytes = await fs.readFile(binary);
+  return bytes.includes('shared-dir') ? 'rust' : 'c';
+}
+
+export class QemuBackend implements VmmBackend {
+  readonly name = 'qemu';
+  readonly features: BackendFeatures = {
+    accelerators: ['kvm', 'hvf', 'tcg'],
+    guestArches: ['x86_64', 'aarch64'],
+    virtioFsRoot: process.platform === 'linux',
+    serialPorts: true,
+  };
+  readonly #env: HostEnvironment;
+  readonly #events: ProcessEvents;
+
+  constructor(env: HostEnvironment, events: ProcessEvents = {}) {
+    this.#env = env;
+    this.#events = events;
+  }
+
+  /** Resolves the binaries now, so a missing tool is reported before anything starts. */
+  async preflight(spec: Pick<VmSpec, 'arch'>): Promise<{ qemu: string; virtiofsd: string }> {
+    if (!this.features.virtioFsRoot) {
+      throw new HostError('the QEMU backend needs virtio-fs (vhost-user), which QEMU supports only on Linux hosts', {
+        hint: 'on macOS use the libkrun backend',
+      });
+    }
+    const [qemu, virtiofsd] = await Promise.all([findQemu(this.#env, spec.arch), findVirtiofsd(this.#env)]);
+    return { qemu, virtiofsd };
+  }
+
+  async start(spec: VmSpec, options: { signal?: AbortSignal | undefined } = {}): Promise<RunningVm> {
+    const { qemu, virtiofsd } = await this.preflight(spec);
+    const sock = path.join(spec.socketDir, QEMU_FILES.virtiofsSocket);
+    const started: SupervisedProcess[] = [];
+    const notify = (proc: SupervisedProcess) => this.#events.onProcess?.({ action: 'started', record: proc.record() });
+    try {
+      const fsd = await SupervisedProcess.start(
+        {
+          name: 'virtiofsd',
+          command: virtiofsd,
+          args: virtiofsdArgs(sock, spec.rootDir, await virtiofsdFlavour(virtiofsd)),
+          logFile: path.join(spec.runDir, QEMU_FILES.virtiofsdLog),
+          pidFile: path.join(spec.runDir, QEMU_FILES.virtiofsdPid),
+          ready: { kind: 'socket', path: sock },
+          readyTimeoutMs: 10_000,
+          graceMs: 2_000,
+        },
+        options,
+      );
+      started.push(fsd);
+      notify(fsd);
+      const vmm = await SupervisedProcess.start(
+        {
+          name: 'qemu',
+          command: qemu,
+          args: qemuArgs(spec, { virtiofsSocket: sock }),
+          logFile: path.join(spec.runDir, QEMU_FILES.qemuLog),
+          pidFile: path.join(spec.runDir, QEMU_FILES.qemuPid),
+          graceMs: 3_000,
+        },
+        options,
+      );
+      started.unshift(vmm);
+      notify(vmm);
+      return new QemuVm(vmm, fsd, sock, this.#events);
+    } catch (err) {
+      // Stop in order: VMM first, then its vhost-user backend.
+      for (const proc of started) await proc.stop();
+      await fs.rm(sock, { force: true });
+      throw err;
+    }
+  }
+}
+
+class QemuVm implements RunningVm {
+  readonly processes: readonly PidRecord[];
+  readonly exited: Promise<VmExit>;
+  #vmm: SupervisedProcess;
+  #exitedFlag = false;
+
+  constructor(vmm: SupervisedProcess, fsd: SupervisedProcess, socket: string, events: ProcessEvents) {
+    this.#vmm = vmm;
+    this.processes = [vmm.record(), fsd.record()];
+    this.exited = vmm.exited.then(async (vmmExit) => {
+      // virtiofsd ends by itself when QEMU goes away; make sure of it.
+      const fsdExit = await fsd.stop(1_000);
+      await fs.rm(socket, { force: true });
+      events.onProcess?.({ action: 'stopped', record: vmm.record(), exit: vmmExit });
+      events.onProcess?.({ action: 'stopped', record: fsd.record(), exit: fsdExit });
+      this.#exitedFlag = true;
+      return { vmm: vmmExit };
+    });
+  }
+
+  get hasExited(): boolean {
+    return this.#exitedFlag;
+  }
+
+  async stop(graceMs?: number): Promise<VmExit> {
+    await this.#vmm.stop(graceMs);
+    return this.exited;
+  }
+
+  vmmLogTail(lines = 12): Promise<string> {
+    return this.#vmm.logTail(lines);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+}
