@@ -4,7 +4,7 @@ import { UsageError } from '../errors.ts';
  * Command-line parsing with the seed's shapes, which node:util's parseArgs cannot express:
  *  - `--args A B ...` takes every following word, including words that begin with '-', up to the
  *    next word that is one of our own options (or `--`); `--args=WORD` adds a single word;
- *  - `--env K=V K2=V2 ...` takes following words up to the next one beginning with '-';
+ *  - `--env K=V K2=V2 ...` takes the next word, then following KEY=VALUE words;
  *  - value options take the next word or `--opt=value`; flags take none;
  *  - for `run`, `--` (or the first word that is not an option) ends the options and the rest is
  *    the command and its arguments.
@@ -91,6 +91,8 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[],
         while (i < argv.length) {
           const next = argv[i] as string;
           if (spec.kind === 'greedy-any' ? isOwnOption(next) : next.startsWith('-')) break;
+          // After the first value, greedy-plain takes only KEY=VALUE words (so `--env A=1 run` stops at run).
+          if (spec.kind === 'greedy-plain' && i > start && !next.includes('=')) break;
           add(spec, next);
           i++;
         }

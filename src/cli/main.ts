@@ -53,8 +53,16 @@ export async function main(argv: readonly string[]): Promise<number> {
 
 async function dispatch(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'help') return printHelp();
-  const isRun = argv[0] === 'run';
-  const args = parseArgs(isRun ? argv.slice(1) : argv, OPTIONS, isRun);
+  // `run` may come first or after options: `openshell-vm -q run -- PATH`.
+  let args = parseArgs(argv, OPTIONS, true);
+  const isRun = args.rest[0] === 'run';
+  if (isRun) {
+    args = mergeArgs(args, parseArgs(args.rest.slice(1), OPTIONS, true));
+  } else if (args.rest.length) {
+    throw new UsageError(`unexpected argument '${args.rest[0]}'`, {
+      hint: 'guest arguments go after --args (--exec /bin/echo --args hello), or use: openshell-vm run -- PATH [ARG...]',
+    });
+  }
   if (args.flags.has('help')) return printHelp();
   if (args.flags.has('version')) {
     process.stdout.write(`openshell-vm ${packageVersion()}\n`);
@@ -133,6 +141,17 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
   } finally {
     for (const s of signals) process.off(s, onSignal);
   }
+}
+
+function mergeArgs(first: ParsedArgs, second: ParsedArgs): ParsedArgs {
+  const values = new Map<string, readonly string[]>(first.values);
+  for (const [name, list] of second.values) {
+    if (values.has(name) && OPTIONS.find((o) => o.name === name)?.kind === 'value') {
+      throw new UsageError(`--${name} was given more than once`, { hint: 'give it once' });
+    }
+    values.set(name, [...(values.get(name) ?? []), ...list]);
+  }
+  return { values, flags: new Set([...first.flags, ...second.flags]), rest: second.rest };
 }
 
 function printHelp(): number {
