@@ -7,7 +7,8 @@ const execFileAsync = promisify(execFile);
 /**
  * A process's start time as an opaque string, so that a recorded PID is only treated as ours
  * while the same process holds it (PIDs are reused). Linux: field 22 of /proc/PID/stat (clock
- * ticks since boot); elsewhere: `ps -o lstart=`. undefined when the process does not exist.
+ * ticks since boot); elsewhere: `ps -o lstart=`. undefined when the process does not exist or is a
+ * zombie.
  */
 export async function processStartTime(pid: number): Promise<string | undefined> {
   if (process.platform === 'linux') {
@@ -15,6 +16,8 @@ export async function processStartTime(pid: number): Promise<string | undefined>
       const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
       // The command name (field 2) is in parentheses and may contain spaces: split after it.
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // A zombie has exited: it only waits for its parent to reap it.
+      if (fields[0] === 'Z') return undefined;
       return fields[19];
     } catch {
       return undefined;

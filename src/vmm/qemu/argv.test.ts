@@ -1,0 +1,57 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { VmSpec } from '../backend.ts';
+import { kernelCommandLine, optValue, qemuArgs, virtiofsdArgs } from './argv.ts';
+
+const spec: VmSpec = {
+  arch: 'x86_64',
+  accel: 'tcg',
+  vcpus: 2,
+  memMib: 512,
+  kernel: '/k/vmlinuz',
+  initramfs: '/k/initrd',
+  kernelArgs: ['ovm.mode=exec', 'ovm.run=abc'],
+  rootDir: '/root fs',
+  rootMode: 'overlay',
+  ports: [{ name: 'org.openshell.stdout', socketPath: '/run,dir/out.sock' }],
+  runDir: '/run',
+  socketDir: '/run',
+  consoleLog: '/run/console.log',
+};
+
+const after = (argv: string[], flag: string) => argv.filter((_, i) => argv[i - 1] === flag);
+
+test('x86_64: microvm with shared memfd memory, virtio-fs root, serial ports, -no-reboot', () => {
+  const argv = qemuArgs(spec, { virtiofsSocket: '/run/vfs.sock' });
+  assert.deepEqual(after(argv, '-M'), ['microvm,memory-backend=mem,pit=on,pic=on']);
+  assert.deepEqual(after(argv, '-accel'), ['tcg']);
+  assert.deepEqual(after(argv, '-object'), ['memory-backend-memfd,id=mem,size=512M,share=on']);
+  assert.ok(argv.includes('-no-reboot'));
+  assert.deepEqual(after(argv, '-serial'), ['file:/run/console.log']);
+  assert.ok(after(argv, '-device').includes('vhost-user-fs-device,chardev=vfs,tag=ovmroot'));
+  assert.ok(after(argv, '-device').includes('virtserialport,chardev=port0,name=org.openshell.stdout'));
+  // A comma in a path is doubled, QEMU's escape.
+  assert.ok(after(argv, '-chardev').includes('socket,id=port0,path=/run,,dir/out.sock'));
+  assert.equal(after(argv, '-cpu').length, 0);
+});
+
+test('aarch64: the virt machine with a cortex-a72 under TCG and -cpu host with acceleration', () => {
+  const tcg = qemuArgs({ ...spec, arch: 'aarch64' }, { virtiofsSocket: '/s' });
+  assert.deepEqual(after(tcg, '-M'), ['virt,memory-backend=mem']);
+  assert.deepEqual(after(tcg, '-cpu'), ['cortex-a72']);
+  assert.deepEqual(after(qemuArgs({ ...spec, arch: 'aarch64', accel: 'hvf' }, { virtiofsSocket: '/s' }), '-cpu'), ['host']);
+});
+
+test('the kernel command line names the console, the root share and the mode', () => {
+  assert.equal(
+    kernelCommandLine(spec),
+    'console=ttyS0 reboot=t panic=-1 ovm.tag=ovmroot ovm.root=overlay ovm.mode=exec ovm.run=abc',
+  );
+  assert.match(kernelCommandLine({ ...spec, arch: 'aarch64' }), /^console=ttyAMA0 panic=-1 /);
+});
+
+test('virtiofsd argv for the C and the Rust implementations', () => {
+  assert.deepEqual(virtiofsdArgs('/s', '/d', 'c'), ['--socket-path=/s', '-o', 'source=/d', '-o', 'cache=auto', '-o', 'sandbox=chroot']);
+  assert.deepEqual(virtiofsdArgs('/s', '/d', 'rust'), ['--socket-path=/s', '--shared-dir=/d', '--cache=auto', '--sandbox=chroot']);
+  assert.equal(optValue('a,b'), 'a,,b');
+});
