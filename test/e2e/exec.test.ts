@@ -1,0 +1,145 @@
+// End-to-end: real microVMs under QEMU (TCG on these machines), through the installed CLI.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { after, test } from 'node:test';
+import { type CliRun, sandbox } from './harness.ts';
+
+const box = sandbox();
+after(() => box.cleanup());
+const LIGHT = ['-q', '--vcpus', '1', '--mem', '256'];
+
+async function exec(args: string[]): Promise<CliRun> {
+  const result = await box.run(args);
+  await box.assertClean(result);
+  return result;
+}
+
+test('/bin/true exits 0 with the seed defaults (2 vCPUs, 2048 MiB), printing the accelerator', async () => {
+  const r = await exec(['--exec', '/bin/true']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /accelerator: (kvm|hvf|tcg) \(/);
+  assert.match(r.stderr, /\(2 vCPU, 2048 MiB\)/);
+  assert.deepEqual(r.processes.map((p) => p.name).sort(), ['qemu', 'virtiofsd']);
+  assert.equal(r.stdout.length, 0);
+});
+
+test("sh -c 'exit 7' exits 7 and exit 42 exits 42", async () => {
+  assert.equal((await exec([...LIGHT, '--exec', '/bin/sh', '--args', '-c', 'exit 7'])).code, 7);
+  assert.equal((await exec([...LIGHT, 'run', '--', '/bin/sh', '-c', 'exit 42'])).code, 42);
+});
+
+test('a command killed by SIGKILL gives 137', async () => {
+  const r = await exec([...LIGHT, 'run', '--', '/bin/sh', '-c', 'kill -9 $$']);
+  assert.equal(r.code, 137, r.stderr);
+});
+
+test('a missing executable gives 127 and says so', async () => {
+  const r = await exec([...LIGHT, '--exec', '/no/such/program']);
+  assert.equal(r.code, 127);
+  assert.match(r.stderr, /\/no\/such\/program: not found in the guest/);
+});
+
+test('a non-executable file gives 126 and says so; a name is looked up in PATH', async () => {
+  const r = await exec([...LIGHT, '--exec', '/etc/passwd']);
+  assert.equal(r.code, 126);
+  assert.match(r.stderr, /\/etc\/passwd: not executable in the guest/);
+  const byName = await exec([...LIGHT, 'run', '--', 'no-such-name']);
+  assert.equal(byName.code, 127);
+});
+
+test('argv survives the trip byte for byte: spaces, quotes, empty strings, newlines, non-ASCII', async () => {
+  const awkward = ['', ' two  spaces ', "it's", '"dq"', 'line\nbreak', 'ünïcödé ✓', '-v', '--help', '$HOME', '`id`', '\\', '*'];
+  const r = await exec([...LIGHT, 'run', '--', '/bin/sh', '-c', 'printf "%s\\0" "$@"', 'argv0', ...awkward]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stdout.toString('utf8').split('\0').slice(0, -1), awkward);
+});
+
+test('--args values may begin with - and --args/--env/--workdir apply', async () => {
+  const r = await exec([
+    ...LIGHT,
+    '--exec', '/bin/sh', '--args', '-c', 'printf "%s|%s|%s|%s\\n" "$(pwd)" "$GREETING" "$HOME" "$PATH"; env | sort >&2',
+    '--env', 'GREETING=hello world', 'HOME=/tmp',
+    '--workdir', '/etc',
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.toString(), `/etc|hello world|/tmp|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n`);
+  // Exactly the requested environment (sh itself adds PWD and SHLVL).
+  const names = r.stderr.split('\n').filter((l) => /^[A-Z_]+=/.test(l)).map((l) => l.split('=')[0]);
+  assert.deepEqual(names, ['GREETING', 'HOME', 'PATH', 'PWD', 'SHLVL', 'TERM']);
+});
+
+test('a missing --workdir is reported as an init failure (125)', async () => {
+  const r = await exec([...LIGHT, '--workdir', '/nope', '--exec', '/bin/true']);
+  assert.equal(r.code, 125);
+  assert.match(r.stderr, /--workdir \/nope: no such directory in the guest/);
+});
+
+test('stdout and stderr stay separate and apart from kernel and init output, and large output arrives whole', async () => {
+  const r = await exec([
+    ...LIGHT,
+    'run', '--', '/bin/sh', '-c',
+    'head -c 1048576 /dev/urandom > /tmp/r; base64 /tmp/r; base64 /tmp/r | sha256sum | cut -d" " -f1 >&2',
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.length, 1_416_501); // base64 of 1 MiB with line breaks every 76 characters
+  assert.doesNotMatch(r.stdout.toString(), /ovm-init|Linux version|\[\s*\d+\.\d+\]/);
+  assert.equal(r.stderr.trim(), createHash('sha256').update(r.stdout).digest('hex'));
+});
+
+test('aarch64 guest under TCG: exit code and argv', async () => {
+  const r = await exec([...LIGHT, '--arch', 'aarch64', 'run', '--', '/bin/sh', '-c', 'uname -m; printf "<%s>" "$@"; exit 42', '_', 'a b', '']);
+  assert.equal(r.code, 42, r.stderr);
+  assert.equal(r.stdout.toString(), 'aarch64\n<a b><>');
+  const t = await exec([...LIGHT, '--arch', 'aarch64', '--exec', '/bin/true']);
+  assert.equal(t.code, 0);
+});
+
+test('Ctrl-C while the VM boots stops everything and exits 130', async () => {
+  let sent = false;
+  const r = await box.run([...LIGHT, '--exec', '/bin/sleep', '--args', '60'], {
+    onEvent: (e, child) => {
+      if (!sent && e.type === 'process' && e.action === 'started' && (e.process as { name: string }).name === 'qemu') {
+        sent = true;
+        child.kill('SIGINT');
+      }
+    },
+  });
+  assert.ok(sent, 'the VM started');
+  assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, /SIGINT: stopping the microVM/);
+  await box.assertClean(r);
+});
+
+test('SIGTERM while the command runs stops everything and exits 143', async () => {
+  let sent = false;
+  const r = await box.run([...LIGHT, '--exec', '/bin/sleep', '--args', '60'], {
+    onEvent: (e, child) => {
+      if (!sent && e.type === 'progress' && /command started/.test(String(e.message))) {
+        sent = true;
+        child.kill('SIGTERM');
+      }
+    },
+  });
+  assert.ok(sent, 'the command started');
+  assert.equal(r.code, 143, r.stderr);
+  await box.assertClean(r);
+});
+
+test('after kill -9 of the CLI, the next run reaps the orphaned VM by pid and start time', async () => {
+  let killed = false;
+  const crashed = await box.run([...LIGHT, '--exec', '/bin/sleep', '--args', '60'], {
+    onEvent: (e, child) => {
+      if (!killed && e.type === 'progress' && /command started/.test(String(e.message))) {
+        killed = true;
+        child.kill('SIGKILL');
+      }
+    },
+  });
+  assert.equal(crashed.signal, 'SIGKILL');
+  assert.equal(crashed.processes.length, 2);
+  const next = await box.run([...LIGHT, '--exec', '/bin/true']);
+  assert.equal(next.code, 0, next.stderr);
+  assert.match(next.stderr, /cleaned up 1 run\(s\) left by a CLI that died; stopped qemu \(pid \d+\)/);
+  await box.assertClean(crashed);
+  await box.assertClean(next);
+});
