@@ -3,8 +3,20 @@ import { test } from 'node:test';
 import { HostError } from '../errors.ts';
 import { chooseAccelerator, type HostAccelFacts } from './probe.ts';
 
-const linux: HostAccelFacts = { platform: 'linux', hostArch: 'x86_64', kvmDevice: 'ok', kvmIsPvm: false, hvfSupported: false };
-const mac: HostAccelFacts = { platform: 'darwin', hostArch: 'aarch64', kvmDevice: 'absent', kvmIsPvm: false, hvfSupported: true };
+const linux: HostAccelFacts = {
+  platform: 'linux',
+  hostArch: 'x86_64',
+  kvmDevice: 'ok',
+  kvmIsPvm: false,
+  hvfSupported: false,
+};
+const mac: HostAccelFacts = {
+  platform: 'darwin',
+  hostArch: 'aarch64',
+  kvmDevice: 'absent',
+  kvmIsPvm: false,
+  hvfSupported: true,
+};
 
 test('KVM when /dev/kvm is usable and the guest matches the host', () => {
   assert.equal(chooseAccelerator('x86_64', linux).accel, 'kvm');
@@ -43,6 +55,9 @@ test('--accel overrides: tcg always; kvm/hvf only where they can exist', () => {
     [mac, 'kvm', 'aarch64', /only on Linux/],
   ];
   for (const [facts, accel, arch, re] of bad) {
-    assert.throws(() => chooseAccelerator(arch, facts, accel), (e: unknown) => e instanceof HostError && re.test(e.message));
+    assert.throws(
+      () => chooseAccelerator(arch, facts, accel),
+      (e: unknown) => e instanceof HostError && re.test(e.message),
+    );
   }
 });

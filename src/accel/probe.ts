@@ -10,7 +10,9 @@ export type Accelerator = (typeof ACCELERATORS)[number];
 
 export function parseAccelerator(value: string): Accelerator {
   if ((ACCELERATORS as readonly string[]).includes(value)) return value as Accelerator;
-  throw new UsageError(`--accel: unknown accelerator '${value}'`, { hint: `use one of: ${ACCELERATORS.join(', ')}` });
+  throw new UsageError(`--accel: unknown accelerator '${value}'`, {
+    hint: `use one of: ${ACCELERATORS.join(', ')}`,
+  });
 }
 
 /** What the host offers, gathered without starting a VM. */
@@ -68,19 +70,25 @@ export async function readHostAccelFacts(): Promise<HostAccelFacts> {
 }
 
 const PVM_REASON =
-  "/dev/kvm is kvm-pvm, which only boots guest kernels built for PVM (a stock kernel hangs under it)";
+  '/dev/kvm is kvm-pvm, which only boots guest kernels built for PVM (a stock kernel hangs under it)';
 
 /**
  * Picks the accelerator for a guest of `arch`: hardware acceleration when it really works here,
  * else TCG (software emulation), with the reason. `requested` forces one; forcing an accelerator
  * that cannot exist here is an error, forcing KVM on kvm-pvm is allowed with a warning.
  */
-export function chooseAccelerator(arch: GuestArch, facts: HostAccelFacts, requested?: Accelerator): AccelChoice {
+export function chooseAccelerator(
+  arch: GuestArch,
+  facts: HostAccelFacts,
+  requested?: Accelerator,
+): AccelChoice {
   const crossArch = facts.hostArch !== arch;
   if (requested === 'tcg') return { accel: 'tcg', reason: 'requested with --accel tcg', forced: true };
   if (requested === 'kvm') {
     if (facts.platform !== 'linux') {
-      throw new HostError('--accel kvm: KVM exists only on Linux hosts', { hint: 'use --accel hvf on macOS, or tcg' });
+      throw new HostError('--accel kvm: KVM exists only on Linux hosts', {
+        hint: 'use --accel hvf on macOS, or tcg',
+      });
     }
     if (crossArch) {
       throw new HostError(`--accel kvm: KVM cannot run an ${arch} guest on an ${facts.hostArch} host`, {
@@ -106,7 +114,9 @@ export function chooseAccelerator(arch: GuestArch, facts: HostAccelFacts, reques
   }
   if (requested === 'hvf') {
     if (facts.platform !== 'darwin') {
-      throw new HostError('--accel hvf: Hypervisor.framework exists only on macOS', { hint: 'use --accel kvm or tcg' });
+      throw new HostError('--accel hvf: Hypervisor.framework exists only on macOS', {
+        hint: 'use --accel kvm or tcg',
+      });
     }
     if (crossArch) {
       throw new HostError(`--accel hvf: HVF cannot run an ${arch} guest on an ${facts.hostArch} host`, {
@@ -122,7 +132,11 @@ export function chooseAccelerator(arch: GuestArch, facts: HostAccelFacts, reques
   }
 
   if (crossArch) {
-    return { accel: 'tcg', reason: `${arch} guest on an ${facts.hostArch ?? 'unknown'} host: no hardware acceleration across architectures`, forced: false };
+    return {
+      accel: 'tcg',
+      reason: `${arch} guest on an ${facts.hostArch ?? 'unknown'} host: no hardware acceleration across architectures`,
+      forced: false,
+    };
   }
   if (facts.platform === 'darwin') {
     return facts.hvfSupported

@@ -12,7 +12,11 @@ const SPECS: OptionSpec[] = [
 ];
 
 test('--args takes following words, even ones starting with -, up to our next option', () => {
-  const a = parseArgs(['--exec', '/bin/sh', '--args', '-c', 'echo -n hi', '--x', '--mem', '256'], SPECS, false);
+  const a = parseArgs(
+    ['--exec', '/bin/sh', '--args', '-c', 'echo -n hi', '--x', '--mem', '256'],
+    SPECS,
+    false,
+  );
   assert.deepEqual(a.values.get('args'), ['-c', 'echo -n hi', '--x']);
   assert.equal(single(a, 'mem'), '256');
 });
@@ -39,7 +43,10 @@ test('-- and the first positional word end the options when allowed', () => {
 
 test('bad usage is a UsageError naming the option', () => {
   const fails = (argv: string[], re: RegExp) =>
-    assert.throws(() => parseArgs(argv, SPECS, false), (e: unknown) => e instanceof UsageError && re.test(e.message));
+    assert.throws(
+      () => parseArgs(argv, SPECS, false),
+      (e: unknown) => e instanceof UsageError && re.test(e.message),
+    );
   fails(['--bogus'], /unknown option '--bogus'/);
   fails(['--mem'], /--mem needs a value/);
   fails(['--mem', '1', '--mem', '2'], /--mem was given more than once/);

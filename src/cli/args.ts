@@ -26,7 +26,11 @@ export interface ParsedArgs {
   readonly rest: readonly string[];
 }
 
-export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[], allowRest: boolean): ParsedArgs {
+export function parseArgs(
+  argv: readonly string[],
+  specs: readonly OptionSpec[],
+  allowRest: boolean,
+): ParsedArgs {
   const byName = new Map<string, OptionSpec>();
   for (const spec of specs) {
     byName.set(`--${spec.name}`, spec);
@@ -48,7 +52,8 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[],
   while (i < argv.length) {
     const word = argv[i] as string;
     if (word === '--') {
-      if (!allowRest) throw new UsageError("unexpected '--'", { hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]' });
+      if (!allowRest)
+        throw new UsageError("unexpected '--'", { hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]' });
       return { values, flags, rest: argv.slice(i + 1) };
     }
     if (!word.startsWith('-') || word === '-') {
@@ -65,7 +70,8 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[],
     i++;
     switch (spec.kind) {
       case 'flag':
-        if (inline !== undefined) throw new UsageError(`--${spec.name} takes no value`, { hint: `write just --${spec.name}` });
+        if (inline !== undefined)
+          throw new UsageError(`--${spec.name} takes no value`, { hint: `write just --${spec.name}` });
         flags.add(spec.name);
         break;
       case 'value': {

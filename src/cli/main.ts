@@ -74,7 +74,10 @@ async function dispatch(argv: readonly string[]): Promise<number> {
         hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]',
       });
     }
-    if (!args.rest.length) throw new UsageError('run: no command given', { hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]' });
+    if (!args.rest.length)
+      throw new UsageError('run: no command given', {
+        hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]',
+      });
     return execCommand(args, args.rest[0] as string, args.rest.slice(1));
   }
   const exec = single(args, 'exec');
@@ -102,7 +105,11 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
     bootTimeout: single(args, 'boot-timeout'),
     name: single(args, 'name'),
   };
-  const reporter = new Reporter({ stderr: process.stderr, quiet: args.flags.has('quiet'), eventsFile: single(args, 'events') });
+  const reporter = new Reporter({
+    stderr: process.stderr,
+    quiet: args.flags.has('quiet'),
+    eventsFile: single(args, 'events'),
+  });
   const { options, warnings } = resolveExecOptions(raw, {
     cpus: os.availableParallelism(),
     memMib: Math.floor(os.totalmem() / (1024 * 1024)),
@@ -113,7 +120,14 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
   const env = readEnvironment();
   const accel = chooseAccelerator(options.arch, await readHostAccelFacts(), options.accel);
   const backend = new QemuBackend(env, {
-    onProcess: (e) => reporter.event({ type: 'process', action: e.action, process: e.record, exit: e.exit, elapsedMs: Math.round(performance.now()) }),
+    onProcess: (e) =>
+      reporter.event({
+        type: 'process',
+        action: e.action,
+        process: e.record,
+        exit: e.exit,
+        elapsedMs: Math.round(performance.now()),
+      }),
   });
   await backend.preflight(options);
   reporter.progress(`accelerator: ${accel.accel} (${accel.reason})`);
@@ -136,7 +150,12 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
       { backend, signal: controller.signal, onEvent: (e) => reporter.event(e) },
     );
     if (result.message) reporter.notice(result.message);
-    reporter.event({ type: 'result', exitCode: result.exitCode, reason: result.reason, timings: result.timings });
+    reporter.event({
+      type: 'result',
+      exitCode: result.exitCode,
+      reason: result.reason,
+      timings: result.timings,
+    });
     return result.exitCode;
   } finally {
     for (const s of signals) process.off(s, onSignal);
@@ -160,7 +179,9 @@ function printHelp(): number {
 }
 
 function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
   return pkg.version;
 }
 

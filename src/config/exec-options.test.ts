@@ -15,7 +15,10 @@ test('defaults follow the seed: 2 vCPUs, 2048 MiB, workdir /', () => {
 });
 
 test('values the host cannot honour are clamped with a warning', () => {
-  const { options, warnings } = resolveExecOptions({ exec: '/bin/true', arch: 'x86_64', vcpus: '64', mem: '100000' }, HOST);
+  const { options, warnings } = resolveExecOptions(
+    { exec: '/bin/true', arch: 'x86_64', vcpus: '64', mem: '100000' },
+    HOST,
+  );
   assert.equal(options.vcpus, 4);
   assert.equal(options.memMib, 6144);
   assert.equal(warnings.length, 2);
@@ -48,7 +51,10 @@ test('every bad value names the option, the value and what was expected', () => 
 });
 
 test('--env values may contain = and spaces; a later name replaces an earlier one', () => {
-  const { options } = resolveExecOptions({ exec: 'sh', arch: 'x86_64', env: ['A=b=c d', 'A=2', 'PATH=/p'] }, HOST);
+  const { options } = resolveExecOptions(
+    { exec: 'sh', arch: 'x86_64', env: ['A=b=c d', 'A=2', 'PATH=/p'] },
+    HOST,
+  );
   const env = new Map(options.request.env);
   assert.equal(env.get('A'), '2');
   assert.equal(env.get('PATH'), '/p');

@@ -1,7 +1,7 @@
 import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
 import { UsageError } from '../errors.ts';
-import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
 import { mergeEnv, type WorkloadRequest } from '../exec/request.ts';
+import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
 import { INSTANCE_NAME } from '../instance/runs.ts';
 
 /** Options as the user typed them (strings), before validation. */
@@ -35,7 +35,13 @@ export interface HostCapacity {
 }
 
 /** Defaults of the seed's exec mode. */
-export const EXEC_DEFAULTS = { vcpus: 2, memMib: 2048, workdir: '/', bootTimeoutS: 180, instance: 'default' } as const;
+export const EXEC_DEFAULTS = {
+  vcpus: 2,
+  memMib: 2048,
+  workdir: '/',
+  bootTimeoutS: 180,
+  instance: 'default',
+} as const;
 export const LIMITS = { vcpus: { min: 1, max: 255 }, memMib: { min: 128, max: 1_048_576 } } as const;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
@@ -49,7 +55,9 @@ export function resolveExecOptions(
 ): { readonly options: ExecOptions; readonly warnings: readonly string[] } {
   const warnings: string[] = [];
   if (raw.exec === undefined || raw.exec === '') {
-    throw new UsageError('no command given', { hint: 'use --exec PATH or: openshell-vm run -- PATH [ARG...]' });
+    throw new UsageError('no command given', {
+      hint: 'use --exec PATH or: openshell-vm run -- PATH [ARG...]',
+    });
   }
   noNul('--exec', raw.exec);
   for (const arg of raw.args ?? []) noNul('--args', arg);
@@ -68,11 +76,14 @@ export function resolveExecOptions(
 
   const workdir = raw.workdir ?? EXEC_DEFAULTS.workdir;
   if (!workdir.startsWith('/')) {
-    throw new UsageError(`--workdir: '${workdir}' is not an absolute path`, { hint: 'give a guest path starting with /' });
+    throw new UsageError(`--workdir: '${workdir}' is not an absolute path`, {
+      hint: 'give a guest path starting with /',
+    });
   }
   noNul('--workdir', workdir);
 
-  let vcpus = raw.vcpus === undefined ? EXEC_DEFAULTS.vcpus : integer('--vcpus', raw.vcpus, LIMITS.vcpus, 'vCPUs');
+  let vcpus =
+    raw.vcpus === undefined ? EXEC_DEFAULTS.vcpus : integer('--vcpus', raw.vcpus, LIMITS.vcpus, 'vCPUs');
   if (vcpus > host.cpus) {
     warnings.push(`--vcpus ${vcpus} is more than this host's ${host.cpus} CPUs: using ${host.cpus}`);
     vcpus = host.cpus;
@@ -80,7 +91,9 @@ export function resolveExecOptions(
   let memMib = raw.mem === undefined ? EXEC_DEFAULTS.memMib : integer('--mem', raw.mem, LIMITS.memMib, 'MiB');
   const memCap = Math.max(LIMITS.memMib.min, Math.floor((host.memMib * 3) / 4));
   if (memMib > memCap) {
-    warnings.push(`--mem ${memMib} MiB is more than 3/4 of this host's ${host.memMib} MiB: using ${memCap} MiB`);
+    warnings.push(
+      `--mem ${memMib} MiB is more than 3/4 of this host's ${host.memMib} MiB: using ${memCap} MiB`,
+    );
     memMib = memCap;
   }
 
@@ -124,5 +137,6 @@ function integer(option: string, value: string, range: { min: number; max: numbe
 }
 
 function noNul(option: string, value: string): void {
-  if (value.includes('\0')) throw new UsageError(`${option}: a value contains a NUL byte`, { hint: 'remove it' });
+  if (value.includes('\0'))
+    throw new UsageError(`${option}: a value contains a NUL byte`, { hint: 'remove it' });
 }

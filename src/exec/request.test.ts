@@ -6,7 +6,21 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { describeStatus, mergeEnv, parseStatus, renderRequestScript, shQuote } from './request.ts';
 
-const AWKWARD = ['', ' ', "it's", '"double"', 'a\nb', 'ünï cödé ✓', '-v', '--help', '$HOME', '`id`', '\\', '*', 'a\tb'];
+const AWKWARD = [
+  '',
+  ' ',
+  "it's",
+  '"double"',
+  'a\nb',
+  'ünï cödé ✓',
+  '-v',
+  '--help',
+  '$HOME',
+  '`id`',
+  '\\',
+  '*',
+  'a\tb',
+];
 
 test('the request script hands argv, env and workdir to a POSIX sh byte for byte', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-req-'));
@@ -17,10 +31,19 @@ test('the request script hands argv, env and workdir to a POSIX sh byte for byte
       renderRequestScript({ exec: '/bin/x', args: AWKWARD, env: [['K', "v 'q' \n$X"]], workdir: "/w d/'x'" }),
     );
     // The guest runs busybox sh; the host's sh has the same POSIX quoting rules.
-    const out = execFileSync('sh', ['-c', `. "$1"; ovm_setenv; printf '%s\\0' "$ovm_exec" "$ovm_workdir" "$K" "$@"`, 'sh', file], {
-      env: {},
-    });
-    assert.deepEqual(out.toString('utf8').split('\0').slice(0, -1), ['/bin/x', "/w d/'x'", "v 'q' \n$X", ...AWKWARD]);
+    const out = execFileSync(
+      'sh',
+      ['-c', `. "$1"; ovm_setenv; printf '%s\\0' "$ovm_exec" "$ovm_workdir" "$K" "$@"`, 'sh', file],
+      {
+        env: {},
+      },
+    );
+    assert.deepEqual(out.toString('utf8').split('\0').slice(0, -1), [
+      '/bin/x',
+      "/w d/'x'",
+      "v 'q' \n$X",
+      ...AWKWARD,
+    ]);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -31,7 +54,12 @@ test('shQuote quotes single quotes', () => {
 });
 
 test('mergeEnv keeps the defaults unless a user variable replaces one', () => {
-  const env = new Map(mergeEnv([['PATH', '/x'], ['FOO', '1']]));
+  const env = new Map(
+    mergeEnv([
+      ['PATH', '/x'],
+      ['FOO', '1'],
+    ]),
+  );
   assert.equal(env.get('PATH'), '/x');
   assert.equal(env.get('HOME'), '/root');
   assert.equal(env.get('FOO'), '1');

@@ -8,12 +8,25 @@ import { ensureGuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { hostTscKhz } from '../host/tsc.ts';
-import { addRunPath, createRun, finishRun, RUN_FILES, type RunPaths, sweepStaleRuns } from '../instance/runs.ts';
+import {
+  addRunPath,
+  createRun,
+  finishRun,
+  RUN_FILES,
+  type RunPaths,
+  sweepStaleRuns,
+} from '../instance/runs.ts';
 import type { ExitResult, PidRecord } from '../supervisor/process.ts';
 import { isWaitFailure, poll, tailFile } from '../supervisor/wait.ts';
 import type { RunningVm, VmmBackend } from '../vmm/backend.ts';
 import { OutputSink } from './output.ts';
-import { describeStatus, type GuestStatus, parseStatus, renderRequestScript, type WorkloadRequest } from './request.ts';
+import {
+  describeStatus,
+  type GuestStatus,
+  parseStatus,
+  renderRequestScript,
+  type WorkloadRequest,
+} from './request.ts';
 
 /** Names of the virtio-serial ports the guest init writes the command's output to. */
 export const OUTPUT_PORTS = { stdout: 'org.openshell.stdout', stderr: 'org.openshell.stderr' } as const;
@@ -35,7 +48,12 @@ export interface ExecPlan {
 export type ExecStage = 'artifacts' | 'boot' | 'running' | 'done';
 
 export type ExecEvent =
-  | { readonly type: 'stage'; readonly stage: ExecStage; readonly message: string; readonly elapsedMs: number }
+  | {
+      readonly type: 'stage';
+      readonly stage: ExecStage;
+      readonly message: string;
+      readonly elapsedMs: number;
+    }
   | {
       readonly type: 'process';
       readonly action: 'started' | 'stopped';
@@ -44,6 +62,8 @@ export type ExecEvent =
       readonly elapsedMs: number;
     }
   | { readonly type: 'warning'; readonly message: string; readonly elapsedMs: number };
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
 export interface ExecResult {
   /** The command's exit code (128+N for signal N; 125/126/127 as in libkrun). */
@@ -80,7 +100,7 @@ export async function runExec(
   options: ExecOptions,
 ): Promise<ExecResult> {
   const now = options.now ?? (() => performance.now());
-  const emit = (event: Omit<ExecEvent, 'elapsedMs'>) =>
+  const emit = (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) =>
     options.onEvent?.({ ...event, elapsedMs: Math.round(now()) } as ExecEvent);
   const t0 = now();
 
@@ -160,7 +180,8 @@ export async function runExec(
       });
     }
     const tStarted = now();
-    if (started === 'started') emit({ type: 'stage', stage: 'running', message: 'command started in the guest' });
+    if (started === 'started')
+      emit({ type: 'stage', stage: 'running', message: 'command started in the guest' });
 
     await raceAbort(running.exited, options.signal);
     await Promise.all(sinks.map((s) => s.drained(2_000)));

@@ -42,7 +42,9 @@ export function artifactKey(guest: GuestInputs, scripts: GuestScripts): string {
     vmlinuz: guest.kernel.vmlinuzSha256,
     modulesDep: guest.kernel.modulesDepSha256,
     modules: INITRAMFS_MODULES,
-    scripts: [scripts.initramfsInit, scripts.ovmInit].map((s) => createHash('sha256').update(s).digest('hex')),
+    scripts: [scripts.initramfsInit, scripts.ovmInit].map((s) =>
+      createHash('sha256').update(s).digest('hex'),
+    ),
   };
   return createHash('sha256').update(JSON.stringify(identity)).digest('hex').slice(0, 20);
 }
@@ -51,7 +53,10 @@ export function artifactKey(guest: GuestInputs, scripts: GuestScripts): string {
  * The initramfs and default rootfs for `guest`, from the cache when their inputs are unchanged,
  * else built into a temporary directory and renamed into place (safe against concurrent builds).
  */
-export async function ensureGuestArtifacts(env: HostEnvironment, guest: GuestInputs): Promise<GuestArtifacts> {
+export async function ensureGuestArtifacts(
+  env: HostEnvironment,
+  guest: GuestInputs,
+): Promise<GuestArtifacts> {
   const scripts = await readGuestScripts();
   const key = artifactKey(guest, scripts);
   const dir = path.join(env.cacheDir, 'artifacts', DEB_ARCH[guest.arch], key);
@@ -74,7 +79,10 @@ export async function ensureGuestArtifacts(env: HostEnvironment, guest: GuestInp
     const inputs = await loadInitramfsInputs(guest, scripts.initramfsInit, order);
     await fs.writeFile(path.join(tmp, 'initramfs.cpio.gz'), buildInitramfs(inputs));
     await writeDefaultRootfs(path.join(tmp, 'rootfs'), inputs.busybox, scripts.ovmInit);
-    await fs.writeFile(path.join(tmp, 'complete'), `${JSON.stringify({ key, modules: order.map((m) => m.name) })}\n`);
+    await fs.writeFile(
+      path.join(tmp, 'complete'),
+      `${JSON.stringify({ key, modules: order.map((m) => m.name) })}\n`,
+    );
     try {
       await fs.rename(tmp, dir);
     } catch (err) {

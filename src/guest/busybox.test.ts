@@ -5,7 +5,11 @@ import { busyboxApplets } from './busybox.ts';
 const table = ['[', '[[', 'cat', 'insmod', 'mount', 'poweroff', 'sh', 'switch_root'];
 
 test('busyboxApplets reads the applet table out of the binary', () => {
-  const binary = Buffer.concat([Buffer.from('\x7fELF junk\0'), Buffer.from(`${table.join('\0')}\0\0`, 'latin1'), Buffer.from([0xff, 1])]);
+  const binary = Buffer.concat([
+    Buffer.from('\x7fELF junk\0'),
+    Buffer.from(`${table.join('\0')}\0\0`, 'latin1'),
+    Buffer.from([0xff, 1]),
+  ]);
   assert.deepEqual(busyboxApplets(binary), table);
 });
 

@@ -19,7 +19,8 @@ export function busyboxApplets(binary: Uint8Array): string[] {
     pos = end + 1;
   }
   for (const required of ['sh', 'mount', 'switch_root', 'insmod', 'poweroff']) {
-    if (!names.includes(required)) throw new Error(`busybox: applet '${required}' missing from its applet table`);
+    if (!names.includes(required))
+      throw new Error(`busybox: applet '${required}' missing from its applet table`);
   }
   return names;
 }

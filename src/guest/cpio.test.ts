@@ -11,7 +11,8 @@ function readCpio(buf: Buffer) {
   };
   for (;;) {
     assert.equal(buf.toString('ascii', off, off + 6), '070701');
-    const field = (i: number) => Number.parseInt(buf.toString('ascii', off + 6 + i * 8, off + 14 + i * 8), 16);
+    const field = (i: number) =>
+      Number.parseInt(buf.toString('ascii', off + 6 + i * 8, off + 14 + i * 8), 16);
     const mode = field(1);
     const size = field(6);
     const rdev: [number, number] = [field(9), field(10)];
@@ -62,6 +63,13 @@ test('writeCpio is reproducible and padded to 512-byte blocks', () => {
 });
 
 test('writeCpio rejects duplicate and escaping paths', () => {
-  assert.throws(() => writeCpio([{ type: 'dir', path: 'a' }, { type: 'dir', path: '/a/' }]), /duplicate entry a/);
+  assert.throws(
+    () =>
+      writeCpio([
+        { type: 'dir', path: 'a' },
+        { type: 'dir', path: '/a/' },
+      ]),
+    /duplicate entry a/,
+  );
   assert.throws(() => writeCpio([{ type: 'dir', path: 'a/../b' }]), /invalid path/);
 });

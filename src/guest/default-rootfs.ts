@@ -9,8 +9,26 @@ export const GUEST_INIT_PATH = '/sbin/ovm-init';
  * Writes the embedded default rootfs into `dir` (which must not exist yet): busybox with every
  * applet linked in /bin, the guest init, and the few files a shell expects.
  */
-export async function writeDefaultRootfs(dir: string, busybox: Uint8Array, initScript: string): Promise<void> {
-  const dirs = ['bin', 'sbin', 'usr/bin', 'dev', 'proc', 'sys', 'tmp', 'run', 'root', 'etc', 'mnt', '.ovm-host', '.ovm/run'];
+export async function writeDefaultRootfs(
+  dir: string,
+  busybox: Uint8Array,
+  initScript: string,
+): Promise<void> {
+  const dirs = [
+    'bin',
+    'sbin',
+    'usr/bin',
+    'dev',
+    'proc',
+    'sys',
+    'tmp',
+    'run',
+    'root',
+    'etc',
+    'mnt',
+    '.ovm-host',
+    '.ovm/run',
+  ];
   for (const d of dirs) await fs.mkdir(path.join(dir, d), { recursive: true });
   await fs.chmod(path.join(dir, 'tmp'), 0o1777);
   await fs.writeFile(path.join(dir, 'bin/busybox'), busybox, { mode: 0o755 });

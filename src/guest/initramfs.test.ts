@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import zlib from 'node:zlib';
-import { buildInitramfs, initramfsEntries, type InitramfsInputs } from './initramfs.ts';
+import { buildInitramfs, type InitramfsInputs, initramfsEntries } from './initramfs.ts';
 
 const inputs: InitramfsInputs = {
   busybox: Buffer.from('busybox-bytes'),
@@ -15,7 +15,10 @@ const inputs: InitramfsInputs = {
 
 test('the initramfs is byte-for-byte reproducible', () => {
   const a = buildInitramfs(inputs);
-  const b = buildInitramfs({ ...inputs, modules: inputs.modules.map((m) => ({ ...m, data: Buffer.from(m.data) })) });
+  const b = buildInitramfs({
+    ...inputs,
+    modules: inputs.modules.map((m) => ({ ...m, data: Buffer.from(m.data) })),
+  });
   assert.ok(a.equals(b));
   assert.equal(a[0], 0x1f);
   assert.equal(a[1], 0x8b);

@@ -6,7 +6,18 @@ import { type CpioEntry, writeCpio } from './cpio.ts';
 import { INITRAMFS_MODULES, type ModuleFile, plainModulePath, readModule } from './modules.ts';
 
 /** The busybox applets the initramfs init uses (as /bin/<name> symlinks). */
-const INITRAMFS_APPLETS = ['sh', 'mount', 'umount', 'mkdir', 'insmod', 'switch_root', 'cat', 'sleep', 'poweroff', 'reboot'];
+const INITRAMFS_APPLETS = [
+  'sh',
+  'mount',
+  'umount',
+  'mkdir',
+  'insmod',
+  'switch_root',
+  'cat',
+  'sleep',
+  'poweroff',
+  'reboot',
+];
 
 export interface InitramfsInputs {
   readonly busybox: Uint8Array;
@@ -33,7 +44,8 @@ export function initramfsEntries(inputs: InitramfsInputs): CpioEntry[] {
   for (const d of ['bin', 'dev', 'etc', 'proc', 'sys', 'newroot', 'mnt/host', 'mnt/rw']) dir(d);
   entries.push({ type: 'chardev', path: 'dev/console', major: 5, minor: 1 });
   entries.push({ type: 'file', path: 'bin/busybox', data: inputs.busybox, mode: 0o755 });
-  for (const applet of INITRAMFS_APPLETS) entries.push({ type: 'symlink', path: `bin/${applet}`, target: 'busybox' });
+  for (const applet of INITRAMFS_APPLETS)
+    entries.push({ type: 'symlink', path: `bin/${applet}`, target: 'busybox' });
   entries.push({ type: 'file', path: 'init', data: Buffer.from(inputs.initScript, 'utf8'), mode: 0o755 });
   const order: string[] = [];
   for (const module of inputs.modules) {
@@ -59,7 +71,12 @@ export async function loadInitramfsInputs(
   const modules = await Promise.all(
     order.map(async (m) => ({ ...m, data: await readModule(guest.kernel.modulesDir, m.relPath) })),
   );
-  return { busybox: await fs.readFile(guest.busybox.binary), initScript, release: guest.kernel.release, modules };
+  return {
+    busybox: await fs.readFile(guest.busybox.binary),
+    initScript,
+    release: guest.kernel.release,
+    modules,
+  };
 }
 
 export { INITRAMFS_MODULES };

@@ -40,7 +40,8 @@ test('resolveLoadOrder names a missing module and the kernel', () => {
   const index = parseModulesDep(DEP);
   assert.throws(
     () => resolveLoadOrder(index, ['nope'], '6.1.0-test'),
-    (err: unknown) => err instanceof HostError && /kernel 6\.1\.0-test has no module 'nope'/.test(err.message),
+    (err: unknown) =>
+      err instanceof HostError && /kernel 6\.1\.0-test has no module 'nope'/.test(err.message),
   );
 });
 

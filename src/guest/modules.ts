@@ -22,7 +22,10 @@ export interface ModuleIndex {
 }
 
 export function moduleName(relPath: string): string {
-  return path.basename(relPath).replace(/\.ko(\.(xz|gz|zst))?$/, '').replaceAll('-', '_');
+  return path
+    .basename(relPath)
+    .replace(/\.ko(\.(xz|gz|zst))?$/, '')
+    .replaceAll('-', '_');
 }
 
 export function parseModulesDep(modulesDep: string, modulesBuiltin = ''): ModuleIndex {
@@ -53,7 +56,11 @@ export function parseModulesDep(modulesDep: string, modulesBuiltin = ''): Module
  * The modules to load, dependencies first, for the requested names. Built-in modules are skipped;
  * a name that is neither a module nor built in is an error naming the kernel.
  */
-export function resolveLoadOrder(index: ModuleIndex, wanted: readonly string[], release: string): ModuleFile[] {
+export function resolveLoadOrder(
+  index: ModuleIndex,
+  wanted: readonly string[],
+  release: string,
+): ModuleFile[] {
   const order: ModuleFile[] = [];
   const done = new Set<string>();
   const visiting = new Set<string>();
@@ -67,7 +74,8 @@ export function resolveLoadOrder(index: ModuleIndex, wanted: readonly string[], 
         hint: 'the guest kernel lacks a driver openshell-vm needs; use a Debian cloud kernel',
       });
     }
-    if (visiting.has(name)) throw new HostError(`modules.dep of ${release} has a dependency cycle at ${name}`);
+    if (visiting.has(name))
+      throw new HostError(`modules.dep of ${release} has a dependency cycle at ${name}`);
     visiting.add(name);
     for (const dep of entry.deps) visit(dep, name);
     visiting.delete(name);
@@ -94,7 +102,10 @@ export async function readModule(modulesDir: string, relPath: string): Promise<B
   if (relPath.endsWith('.ko.zst')) return zlib.zstdDecompressSync(await fs.readFile(file));
   if (relPath.endsWith('.ko.xz')) {
     try {
-      const { stdout } = await execFileAsync('xz', ['-dc', file], { encoding: 'buffer', maxBuffer: 64 << 20 });
+      const { stdout } = await execFileAsync('xz', ['-dc', file], {
+        encoding: 'buffer',
+        maxBuffer: 64 << 20,
+      });
       return stdout;
     } catch (err) {
       throw new HostError(`cannot decompress ${file}`, { hint: 'apt-get install xz-utils', cause: err });

@@ -24,13 +24,25 @@ test('a VM host without cpufreq: cpu MHz is the TSC rate', async () => {
 test('with cpufreq: base_frequency, else the Intel model name', async () => {
   const freq = 'sys/devices/system/cpu/cpu0/cpufreq/';
   assert.equal(
-    await hostTscKhz(fakeRoot({ 'proc/cpuinfo': cpu(''), [`${freq}scaling_driver`]: 'intel_pstate', [`${freq}base_frequency`]: '2300000\n' })),
+    await hostTscKhz(
+      fakeRoot({
+        'proc/cpuinfo': cpu(''),
+        [`${freq}scaling_driver`]: 'intel_pstate',
+        [`${freq}base_frequency`]: '2300000\n',
+      }),
+    ),
     2300000,
   );
-  assert.equal(await hostTscKhz(fakeRoot({ 'proc/cpuinfo': cpu(''), [`${freq}scaling_driver`]: 'acpi' })), 2400000);
+  assert.equal(
+    await hostTscKhz(fakeRoot({ 'proc/cpuinfo': cpu(''), [`${freq}scaling_driver`]: 'acpi' })),
+    2400000,
+  );
 });
 
 test('no constant TSC or no cpuinfo: unknown', async () => {
-  assert.equal(await hostTscKhz(fakeRoot({ 'proc/cpuinfo': 'processor\t: 0\nflags\t\t: fpu tsc\n' })), undefined);
+  assert.equal(
+    await hostTscKhz(fakeRoot({ 'proc/cpuinfo': 'processor\t: 0\nflags\t\t: fpu tsc\n' })),
+    undefined,
+  );
   assert.equal(await hostTscKhz(fakeRoot({})), undefined);
 });

@@ -11,7 +11,13 @@ import { createRun, finishRun, RUN_FILES, socketDirFor, sweepStaleRuns } from '.
 function env(t: { after: (fn: () => void) => void }): HostEnvironment {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-runs-'));
   t.after(() => fs.rmSync(base, { recursive: true, force: true }));
-  return { cacheDir: path.join(base, 'cache'), dataDir: path.join(base, 'data'), runtimeDir: path.join(base, 'rt'), searchPath: '', toolOverrides: {} };
+  return {
+    cacheDir: path.join(base, 'cache'),
+    dataDir: path.join(base, 'data'),
+    runtimeDir: path.join(base, 'rt'),
+    searchPath: '',
+    toolOverrides: {},
+  };
 }
 
 test('a long run directory puts its sockets in the short runtime directory', () => {
@@ -40,17 +46,27 @@ test("sweep reaps a dead owner's run, stopping its helper only while pid and sta
   const helper = spawn('sleep', ['30'], { stdio: 'ignore' });
   t.after(() => helper.kill('SIGKILL'));
   const pid = helper.pid as number;
-  fs.writeFileSync(path.join(run.dir, 'qemu.pid'), JSON.stringify({ name: 'qemu', pid, startTime: await processStartTime(pid), argv: ['sleep'] }));
+  fs.writeFileSync(
+    path.join(run.dir, 'qemu.pid'),
+    JSON.stringify({ name: 'qemu', pid, startTime: await processStartTime(pid), argv: ['sleep'] }),
+  );
   // A pid record whose start time does not match must not be touched.
   const other = spawn('sleep', ['30'], { stdio: 'ignore' });
   t.after(() => other.kill('SIGKILL'));
-  fs.writeFileSync(path.join(run.dir, 'virtiofsd.pid'), JSON.stringify({ name: 'virtiofsd', pid: other.pid, startTime: 'not-its-start-time', argv: [] }));
+  fs.writeFileSync(
+    path.join(run.dir, 'virtiofsd.pid'),
+    JSON.stringify({ name: 'virtiofsd', pid: other.pid, startTime: 'not-its-start-time', argv: [] }),
+  );
 
   const live = await createRun(e, 'default'); // owned by this (live) process: left alone
   const report = await sweepStaleRuns(e, 'default');
   assert.deepEqual(report.removedRuns, [run.id]);
-  assert.deepEqual(report.stoppedProcesses.map((p) => p.pid), [pid]);
-  if (helper.exitCode === null && helper.signalCode === null) await new Promise((r) => helper.once('exit', r));
+  assert.deepEqual(
+    report.stoppedProcesses.map((p) => p.pid),
+    [pid],
+  );
+  if (helper.exitCode === null && helper.signalCode === null)
+    await new Promise((r) => helper.once('exit', r));
   assert.equal(helper.signalCode, 'SIGTERM');
   assert.equal(isAlive(other.pid as number), true);
   assert.equal(fs.existsSync(run.dir), false);

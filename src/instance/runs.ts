@@ -57,10 +57,16 @@ export function instanceDir(env: HostEnvironment, name: string): string {
 }
 
 export function socketDirFor(runDir: string, runtimeDir: string, id: string): string {
-  return Buffer.byteLength(path.join(runDir, LONGEST_SOCKET_NAME)) <= SUN_PATH_MAX ? runDir : path.join(runtimeDir, id);
+  return Buffer.byteLength(path.join(runDir, LONGEST_SOCKET_NAME)) <= SUN_PATH_MAX
+    ? runDir
+    : path.join(runtimeDir, id);
 }
 
-export async function createRun(env: HostEnvironment, instance: string, extraPaths: readonly string[] = []): Promise<RunPaths> {
+export async function createRun(
+  env: HostEnvironment,
+  instance: string,
+  extraPaths: readonly string[] = [],
+): Promise<RunPaths> {
   const base = instanceDir(env, instance);
   const id = `${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
   const dir = path.join(base, INSTANCE_DIRS.runs, id);
@@ -176,7 +182,13 @@ async function pruneKeptRuns(base: string): Promise<void> {
   const runsDir = path.join(base, INSTANCE_DIRS.runs);
   const kept: string[] = [];
   for (const id of await fs.readdir(runsDir)) {
-    if (await fs.access(path.join(runsDir, id, RUN_FILES.kept)).then(() => true, () => false)) kept.push(id);
+    if (
+      await fs.access(path.join(runsDir, id, RUN_FILES.kept)).then(
+        () => true,
+        () => false,
+      )
+    )
+      kept.push(id);
   }
   // Run ids start with a base-36 timestamp, so they sort by age.
   kept.sort();

@@ -26,7 +26,9 @@ const spec = (dir: string, mode: string, extra: object = {}) => ({
 
 test('start waits for a socket that appears late, records identity, stop removes the pid file', async (t) => {
   const dir = tempDir(t);
-  const proc = await SupervisedProcess.start(spec(dir, 'late-socket', { ready: { kind: 'socket', path: path.join(dir, 'h.sock') } }));
+  const proc = await SupervisedProcess.start(
+    spec(dir, 'late-socket', { ready: { kind: 'socket', path: path.join(dir, 'h.sock') } }),
+  );
   assert.ok(fs.statSync(path.join(dir, 'h.sock')).isSocket());
   const record = JSON.parse(fs.readFileSync(path.join(dir, 'h.pid'), 'utf8'));
   assert.equal(record.pid, proc.pid);
@@ -43,7 +45,12 @@ test('a helper that crashes before ready fails fast with its argv, exit code and
   const dir = tempDir(t);
   const started = Date.now();
   await assert.rejects(
-    SupervisedProcess.start(spec(dir, 'crash', { ready: { kind: 'socket', path: path.join(dir, 'h.sock') }, readyTimeoutMs: 20_000 })),
+    SupervisedProcess.start(
+      spec(dir, 'crash', {
+        ready: { kind: 'socket', path: path.join(dir, 'h.sock') },
+        readyTimeoutMs: 20_000,
+      }),
+    ),
     (e: unknown) =>
       e instanceof CommandError &&
       e.failure.exitCode === 3 &&
@@ -60,11 +67,19 @@ test('a helper that never becomes ready is stopped at the deadline', async (t) =
   await assert.rejects(
     SupervisedProcess.start(
       spec(dir, 'never-ready', {
-        ready: { kind: 'check', describe: 'a marker', check: async () => { pid = Number(JSON.parse(fs.readFileSync(path.join(dir, 'h.pid'), 'utf8')).pid); return false; } },
+        ready: {
+          kind: 'check',
+          describe: 'a marker',
+          check: async () => {
+            pid = Number(JSON.parse(fs.readFileSync(path.join(dir, 'h.pid'), 'utf8')).pid);
+            return false;
+          },
+        },
         readyTimeoutMs: 400,
       }),
     ),
-    (e: unknown) => e instanceof HostError && /did not become ready within 400 ms \(waited for a marker\)/.test(e.message),
+    (e: unknown) =>
+      e instanceof HostError && /did not become ready within 400 ms \(waited for a marker\)/.test(e.message),
   );
   assert.ok(pid > 0);
   assert.equal(isAlive(pid), false);
@@ -72,7 +87,9 @@ test('a helper that never becomes ready is stopped at the deadline', async (t) =
 
 test('a helper that ignores SIGTERM is killed after the grace period', async (t) => {
   const dir = tempDir(t);
-  const proc = await SupervisedProcess.start(spec(dir, 'ignore-term', { ready: { kind: 'socket', path: path.join(dir, 'h.sock') }, graceMs: 300 }));
+  const proc = await SupervisedProcess.start(
+    spec(dir, 'ignore-term', { ready: { kind: 'socket', path: path.join(dir, 'h.sock') }, graceMs: 300 }),
+  );
   const result = await proc.stop();
   assert.equal(result.signal, 'SIGKILL');
   assert.equal(result.forced, true);
@@ -84,7 +101,10 @@ test('aborting during the readiness wait stops the helper', async (t) => {
   const controller = new AbortController();
   setTimeout(() => controller.abort(new Error('user pressed Ctrl-C')), 100);
   await assert.rejects(
-    SupervisedProcess.start(spec(dir, 'never-ready', { ready: { kind: 'socket', path: path.join(dir, 'h.sock') } }), { signal: controller.signal }),
+    SupervisedProcess.start(
+      spec(dir, 'never-ready', { ready: { kind: 'socket', path: path.join(dir, 'h.sock') } }),
+      { signal: controller.signal },
+    ),
     /Ctrl-C/,
   );
   assert.equal(fs.existsSync(path.join(dir, 'h.pid')), false);

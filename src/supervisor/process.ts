@@ -58,14 +58,12 @@ export class SupervisedProcess {
   readonly startTime: string | undefined;
   /** Settles when the process has exited (never rejects). */
   readonly exited: Promise<ExitResult>;
-  #child: ChildProcess;
   #result: ExitResult | undefined;
   #forced = false;
   #stopping: Promise<ExitResult> | undefined;
 
   private constructor(spec: ProcessSpec, child: ChildProcess, startTime: string | undefined) {
     this.spec = spec;
-    this.#child = child;
     this.pid = child.pid as number;
     this.startTime = startTime;
     this.exited = new Promise((resolve) => {
@@ -83,7 +81,10 @@ export class SupervisedProcess {
   }
 
   /** Spawns the process and waits until it is ready. */
-  static async start(spec: ProcessSpec, options: { signal?: AbortSignal | undefined } = {}): Promise<SupervisedProcess> {
+  static async start(
+    spec: ProcessSpec,
+    options: { signal?: AbortSignal | undefined } = {},
+  ): Promise<SupervisedProcess> {
     options.signal?.throwIfAborted();
     const log = openSync(spec.logFile, 'a');
     let child: ChildProcess;
@@ -118,7 +119,12 @@ export class SupervisedProcess {
   }
 
   record(): PidRecord {
-    return { name: this.spec.name, pid: this.pid, startTime: this.startTime, argv: [this.spec.command, ...this.spec.args] };
+    return {
+      name: this.spec.name,
+      pid: this.pid,
+      startTime: this.startTime,
+      argv: [this.spec.command, ...this.spec.args],
+    };
   }
 
   async #writePidFile(file: string): Promise<void> {
@@ -151,9 +157,12 @@ export class SupervisedProcess {
       });
     }
     if (isWaitFailure(outcome) && outcome.kind === 'aborted') throw outcome.reason;
-    throw new HostError(`${this.spec.name} did not become ready within ${timeoutMs} ms (waited for ${what})`, {
-      hint: `see ${this.spec.logFile}`,
-    });
+    throw new HostError(
+      `${this.spec.name} did not become ready within ${timeoutMs} ms (waited for ${what})`,
+      {
+        hint: `see ${this.spec.logFile}`,
+      },
+    );
   }
 
   /** Sends `signal` (default the spec's stop signal) without waiting. */

@@ -1,7 +1,9 @@
 import fs from 'node:fs/promises';
 
 /** Why a wait ended without its condition becoming true. */
-export type WaitFailure = { readonly kind: 'timeout' } | { readonly kind: 'aborted'; readonly reason: unknown };
+export type WaitFailure =
+  | { readonly kind: 'timeout' }
+  | { readonly kind: 'aborted'; readonly reason: unknown };
 
 export interface PollOptions {
   readonly timeoutMs: number;
@@ -17,7 +19,10 @@ export interface PollOptions {
  * Polls `check` until it returns a value other than undefined, with a doubling interval, a
  * deadline and an abort signal. Resolves to the value, or to a WaitFailure.
  */
-export async function poll<T>(check: () => Promise<T | undefined>, options: PollOptions): Promise<T | WaitFailure> {
+export async function poll<T>(
+  check: () => Promise<T | undefined>,
+  options: PollOptions,
+): Promise<T | WaitFailure> {
   const now = options.now ?? (() => performance.now());
   const sleep = options.sleep ?? abortableSleep;
   const deadline = now() + options.timeoutMs;

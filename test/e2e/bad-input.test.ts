@@ -10,13 +10,55 @@ const box = sandbox();
 after(() => box.cleanup());
 
 const cases: [string, string[], number, RegExp, RegExp][] = [
-  ['non-numeric --mem', ['--mem', 'lots', '--exec', '/bin/true'], 2, /--mem: 'lots' is not a whole number/, /MiB from 128 to/],
-  ['out-of-range --mem', ['--mem', '16', '--exec', '/bin/true'], 2, /--mem: 16 is out of range/, /from 128 to/],
-  ['non-numeric --vcpus', ['--vcpus', 'two', '--exec', '/bin/true'], 2, /--vcpus: 'two' is not a whole number/, /vCPUs from 1 to 255/],
-  ['out-of-range --vcpus', ['--vcpus', '0', '--exec', '/bin/true'], 2, /--vcpus: 0 is out of range/, /from 1 to 255/],
-  ['malformed --env', ['--env', 'JUSTANAME', '--exec', '/bin/true'], 2, /--env: malformed 'JUSTANAME'/, /KEY=VALUE/],
-  ['unknown --arch', ['--arch', 'riscv64', '--exec', '/bin/true'], 2, /--arch: unknown architecture 'riscv64'/, /x86_64, aarch64/],
-  ['unknown --accel', ['--accel', 'whpx', '--exec', '/bin/true'], 2, /--accel: unknown accelerator 'whpx'/, /kvm, hvf, tcg/],
+  [
+    'non-numeric --mem',
+    ['--mem', 'lots', '--exec', '/bin/true'],
+    2,
+    /--mem: 'lots' is not a whole number/,
+    /MiB from 128 to/,
+  ],
+  [
+    'out-of-range --mem',
+    ['--mem', '16', '--exec', '/bin/true'],
+    2,
+    /--mem: 16 is out of range/,
+    /from 128 to/,
+  ],
+  [
+    'non-numeric --vcpus',
+    ['--vcpus', 'two', '--exec', '/bin/true'],
+    2,
+    /--vcpus: 'two' is not a whole number/,
+    /vCPUs from 1 to 255/,
+  ],
+  [
+    'out-of-range --vcpus',
+    ['--vcpus', '0', '--exec', '/bin/true'],
+    2,
+    /--vcpus: 0 is out of range/,
+    /from 1 to 255/,
+  ],
+  [
+    'malformed --env',
+    ['--env', 'JUSTANAME', '--exec', '/bin/true'],
+    2,
+    /--env: malformed 'JUSTANAME'/,
+    /KEY=VALUE/,
+  ],
+  [
+    'unknown --arch',
+    ['--arch', 'riscv64', '--exec', '/bin/true'],
+    2,
+    /--arch: unknown architecture 'riscv64'/,
+    /x86_64, aarch64/,
+  ],
+  [
+    'unknown --accel',
+    ['--accel', 'whpx', '--exec', '/bin/true'],
+    2,
+    /--accel: unknown accelerator 'whpx'/,
+    /kvm, hvf, tcg/,
+  ],
   ['unknown option', ['--exec', '/bin/true', '--frobnicate'], 2, /unknown option '--frobnicate'/, /--help/],
   ['missing value', ['--exec'], 2, /--exec needs a value/, /--help/],
   ['run without a command', ['run', '--'], 2, /run: no command given/, /run \[OPTIONS\] -- PATH/],
@@ -64,7 +106,9 @@ test('bad input: QEMU missing from PATH', async () => {
 test('bad input: no guest kernel in the cache', async () => {
   const emptyCache = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-nocache-'));
   after(() => fs.rmSync(emptyCache, { recursive: true, force: true }));
-  const r = await box.run(['--arch', 'aarch64', '--exec', '/bin/true'], { env: { OPENSHELL_VM_CACHE_DIR: emptyCache } });
+  const r = await box.run(['--arch', 'aarch64', '--exec', '/bin/true'], {
+    env: { OPENSHELL_VM_CACHE_DIR: emptyCache },
+  });
   assert.equal(r.code, 125, r.stderr);
   assert.match(r.stderr, /error: no guest kernel for aarch64/);
   assert.match(r.stderr, /hint: run scripts\/provision-host.sh --arch aarch64/);

@@ -48,7 +48,20 @@ test('a non-executable file gives 126 and says so; a name is looked up in PATH',
 });
 
 test('argv survives the trip byte for byte: spaces, quotes, empty strings, newlines, non-ASCII', async () => {
-  const awkward = ['', ' two  spaces ', "it's", '"dq"', 'line\nbreak', 'ünïcödé ✓', '-v', '--help', '$HOME', '`id`', '\\', '*'];
+  const awkward = [
+    '',
+    ' two  spaces ',
+    "it's",
+    '"dq"',
+    'line\nbreak',
+    'ünïcödé ✓',
+    '-v',
+    '--help',
+    '$HOME',
+    '`id`',
+    '\\',
+    '*',
+  ];
   const r = await exec([...LIGHT, 'run', '--', '/bin/sh', '-c', 'printf "%s\\0" "$@"', 'argv0', ...awkward]);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(r.stdout.toString('utf8').split('\0').slice(0, -1), awkward);
@@ -57,14 +70,27 @@ test('argv survives the trip byte for byte: spaces, quotes, empty strings, newli
 test('--args values may begin with - and --args/--env/--workdir apply', async () => {
   const r = await exec([
     ...LIGHT,
-    '--exec', '/bin/sh', '--args', '-c', 'printf "%s|%s|%s|%s\\n" "$(pwd)" "$GREETING" "$HOME" "$PATH"; env | sort >&2',
-    '--env', 'GREETING=hello world', 'HOME=/tmp',
-    '--workdir', '/etc',
+    '--exec',
+    '/bin/sh',
+    '--args',
+    '-c',
+    'printf "%s|%s|%s|%s\\n" "$(pwd)" "$GREETING" "$HOME" "$PATH"; env | sort >&2',
+    '--env',
+    'GREETING=hello world',
+    'HOME=/tmp',
+    '--workdir',
+    '/etc',
   ]);
   assert.equal(r.code, 0, r.stderr);
-  assert.equal(r.stdout.toString(), `/etc|hello world|/tmp|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n`);
+  assert.equal(
+    r.stdout.toString(),
+    `/etc|hello world|/tmp|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n`,
+  );
   // Exactly the requested environment (sh itself adds PWD and SHLVL).
-  const names = r.stderr.split('\n').filter((l) => /^[A-Z_]+=/.test(l)).map((l) => l.split('=')[0]);
+  const names = r.stderr
+    .split('\n')
+    .filter((l) => /^[A-Z_]+=/.test(l))
+    .map((l) => l.split('=')[0]);
   assert.deepEqual(names, ['GREETING', 'HOME', 'PATH', 'PWD', 'SHLVL', 'TERM']);
 });
 
@@ -77,7 +103,10 @@ test('a missing --workdir is reported as an init failure (125)', async () => {
 test('stdout and stderr stay separate and apart from kernel and init output, and large output arrives whole', async () => {
   const r = await exec([
     ...LIGHT,
-    'run', '--', '/bin/sh', '-c',
+    'run',
+    '--',
+    '/bin/sh',
+    '-c',
     'head -c 1048576 /dev/urandom > /tmp/r; base64 /tmp/r; base64 /tmp/r | sha256sum | cut -d" " -f1 >&2',
   ]);
   assert.equal(r.code, 0, r.stderr);
@@ -87,7 +116,19 @@ test('stdout and stderr stay separate and apart from kernel and init output, and
 });
 
 test('aarch64 guest under TCG: exit code and argv', async () => {
-  const r = await exec([...LIGHT, '--arch', 'aarch64', 'run', '--', '/bin/sh', '-c', 'uname -m; printf "<%s>" "$@"; exit 42', '_', 'a b', '']);
+  const r = await exec([
+    ...LIGHT,
+    '--arch',
+    'aarch64',
+    'run',
+    '--',
+    '/bin/sh',
+    '-c',
+    'uname -m; printf "<%s>" "$@"; exit 42',
+    '_',
+    'a b',
+    '',
+  ]);
   assert.equal(r.code, 42, r.stderr);
   assert.equal(r.stdout.toString(), 'aarch64\n<a b><>');
   const t = await exec([...LIGHT, '--arch', 'aarch64', '--exec', '/bin/true']);
@@ -98,7 +139,12 @@ test('Ctrl-C while the VM boots stops everything and exits 130', async () => {
   let sent = false;
   const r = await box.run([...LIGHT, '--exec', '/bin/sleep', '--args', '60'], {
     onEvent: (e, child) => {
-      if (!sent && e.type === 'process' && e.action === 'started' && (e.process as { name: string }).name === 'qemu') {
+      if (
+        !sent &&
+        e.type === 'process' &&
+        e.action === 'started' &&
+        (e.process as { name: string }).name === 'qemu'
+      ) {
         sent = true;
         child.kill('SIGINT');
       }

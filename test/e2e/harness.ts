@@ -34,7 +34,10 @@ export interface RunOptions {
   /** Spawn `node src/cli/main.ts` instead of the sh launcher (for tests that strip PATH). */
   readonly direct?: boolean;
   /** Called with each event as it is written (polling the events file). */
-  readonly onEvent?: (event: Record<string, unknown>, child: { pid: number; kill: (s: NodeJS.Signals) => void }) => void;
+  readonly onEvent?: (
+    event: Record<string, unknown>,
+    child: { pid: number; kill: (s: NodeJS.Signals) => void },
+  ) => void;
   readonly timeoutMs?: number;
 }
 
@@ -43,13 +46,22 @@ export function sandbox(): Sandbox {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-e2e-'));
   const dataDir = path.join(base, 'data');
   const runtimeDir = path.join(base, 'rt');
-  const env: NodeJS.ProcessEnv = { ...process.env, OPENSHELL_VM_DATA_DIR: dataDir, XDG_RUNTIME_DIR: runtimeDir };
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    OPENSHELL_VM_DATA_DIR: dataDir,
+    XDG_RUNTIME_DIR: runtimeDir,
+  };
   fs.mkdirSync(runtimeDir, { recursive: true });
   return {
     dataDir,
     runtimeDir,
     env,
-    run: (args, options = {}) => runCli(args, { ...options, env: { ...env, ...options.env } }, path.join(base, `events-${Date.now()}.ndjson`)),
+    run: (args, options = {}) =>
+      runCli(
+        args,
+        { ...options, env: { ...env, ...options.env } },
+        path.join(base, `events-${Date.now()}.ndjson`),
+      ),
     async assertClean(result) {
       for (const p of result.processes) {
         assert.equal(await processStartTime(p.pid), undefined, `${p.name} (pid ${p.pid}) is still running`);
@@ -57,7 +69,9 @@ export function sandbox(): Sandbox {
       const sockets = findSockets(dataDir).concat(findSockets(runtimeDir));
       assert.deepEqual(sockets, [], 'sockets left behind');
       const runs = path.join(dataDir, 'instances', 'default', 'runs');
-      const left = fs.existsSync(runs) ? fs.readdirSync(runs).filter((id) => !fs.existsSync(path.join(runs, id, 'kept'))) : [];
+      const left = fs.existsSync(runs)
+        ? fs.readdirSync(runs).filter((id) => !fs.existsSync(path.join(runs, id, 'kept')))
+        : [];
       assert.deepEqual(left, [], 'run directories left behind');
     },
     cleanup: () => fs.rmSync(base, { recursive: true, force: true }),
@@ -97,7 +111,8 @@ async function runCli(args: readonly string[], options: RunOptions, eventsFile: 
   const watcher = options.onEvent
     ? setInterval(() => {
         const events = readEvents();
-        for (const e of events.slice(seen)) options.onEvent?.(e, { pid: child.pid as number, kill: (s) => child.kill(s) });
+        for (const e of events.slice(seen))
+          options.onEvent?.(e, { pid: child.pid as number, kill: (s) => child.kill(s) });
         seen = events.length;
       }, 20)
     : undefined;

@@ -39,7 +39,10 @@ test('aarch64: the virt machine with a cortex-a72 under TCG and -cpu host with a
   const tcg = qemuArgs({ ...spec, arch: 'aarch64' }, { virtiofsSocket: '/s' });
   assert.deepEqual(after(tcg, '-M'), ['virt,memory-backend=mem']);
   assert.deepEqual(after(tcg, '-cpu'), ['cortex-a72']);
-  assert.deepEqual(after(qemuArgs({ ...spec, arch: 'aarch64', accel: 'hvf' }, { virtiofsSocket: '/s' }), '-cpu'), ['host']);
+  assert.deepEqual(
+    after(qemuArgs({ ...spec, arch: 'aarch64', accel: 'hvf' }, { virtiofsSocket: '/s' }), '-cpu'),
+    ['host'],
+  );
 });
 
 test('the kernel command line names the console, the root share and the mode', () => {
@@ -51,7 +54,20 @@ test('the kernel command line names the console, the root share and the mode', (
 });
 
 test('virtiofsd argv for the C and the Rust implementations', () => {
-  assert.deepEqual(virtiofsdArgs('/s', '/d', 'c'), ['--socket-path=/s', '-o', 'source=/d', '-o', 'cache=auto', '-o', 'sandbox=chroot']);
-  assert.deepEqual(virtiofsdArgs('/s', '/d', 'rust'), ['--socket-path=/s', '--shared-dir=/d', '--cache=auto', '--sandbox=chroot']);
+  assert.deepEqual(virtiofsdArgs('/s', '/d', 'c'), [
+    '--socket-path=/s',
+    '-o',
+    'source=/d',
+    '-o',
+    'cache=auto',
+    '-o',
+    'sandbox=chroot',
+  ]);
+  assert.deepEqual(virtiofsdArgs('/s', '/d', 'rust'), [
+    '--socket-path=/s',
+    '--shared-dir=/d',
+    '--cache=auto',
+    '--sandbox=chroot',
+  ]);
   assert.equal(optValue('a,b'), 'a,,b');
 });

@@ -93,5 +93,13 @@ export function virtiofsdArgs(socketPath: string, sourceDir: string, flavour: 'c
   if (flavour === 'rust') {
     return [`--socket-path=${socketPath}`, `--shared-dir=${sourceDir}`, '--cache=auto', '--sandbox=chroot'];
   }
-  return [`--socket-path=${socketPath}`, '-o', `source=${sourceDir}`, '-o', 'cache=auto', '-o', 'sandbox=chroot'];
+  return [
+    `--socket-path=${socketPath}`,
+    '-o',
+    `source=${sourceDir}`,
+    '-o',
+    'cache=auto',
+    '-o',
+    'sandbox=chroot',
+  ];
 }

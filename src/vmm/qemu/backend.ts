@@ -17,7 +17,9 @@ export const QEMU_FILES = {
 } as const;
 
 export interface ProcessEvents {
-  onProcess?: ((event: { action: 'started' | 'stopped'; record: PidRecord; exit?: ExitResult }) => void) | undefined;
+  onProcess?:
+    | ((event: { action: 'started' | 'stopped'; record: PidRecord; exit?: ExitResult }) => void)
+    | undefined;
 }
 
 /** Which command-line dialect a virtiofsd binary speaks (C virtiofsd of QEMU <= 7, or the Rust one). */
@@ -45,9 +47,12 @@ export class QemuBackend implements VmmBackend {
   /** Resolves the binaries now, so a missing tool is reported before anything starts. */
   async preflight(spec: Pick<VmSpec, 'arch'>): Promise<{ qemu: string; virtiofsd: string }> {
     if (!this.features.virtioFsRoot) {
-      throw new HostError('the QEMU backend needs virtio-fs (vhost-user), which QEMU supports only on Linux hosts', {
-        hint: 'on macOS use the libkrun backend',
-      });
+      throw new HostError(
+        'the QEMU backend needs virtio-fs (vhost-user), which QEMU supports only on Linux hosts',
+        {
+          hint: 'on macOS use the libkrun backend',
+        },
+      );
     }
     const [qemu, virtiofsd] = await Promise.all([findQemu(this.#env, spec.arch), findVirtiofsd(this.#env)]);
     return { qemu, virtiofsd };
@@ -57,7 +62,8 @@ export class QemuBackend implements VmmBackend {
     const { qemu, virtiofsd } = await this.preflight(spec);
     const sock = path.join(spec.socketDir, QEMU_FILES.virtiofsSocket);
     const started: SupervisedProcess[] = [];
-    const notify = (proc: SupervisedProcess) => this.#events.onProcess?.({ action: 'started', record: proc.record() });
+    const notify = (proc: SupervisedProcess) =>
+      this.#events.onProcess?.({ action: 'started', record: proc.record() });
     try {
       const fsd = await SupervisedProcess.start(
         {
