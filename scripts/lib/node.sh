@@ -18,20 +18,21 @@ ovm_node_major() {
   printf '%s\n' "${v%%.*}"
 }
 
-# Prints the path of a Node.js >= 24: the one on PATH if new enough, else the one that
-# scripts/provision-host.sh placed in the cache. Fails when neither exists.
+# Prints the path of a Node.js >= 24: the one scripts/provision-host.sh placed in the cache
+# (checked first: it costs no process start), else the one on PATH if new enough. Fails when
+# neither exists.
 ovm_find_node() {
+  cached="$(ovm_cache_dir)/node/bin/node"
+  if [ -x "$cached" ]; then
+    printf '%s\n' "$cached"
+    return 0
+  fi
   if command -v node >/dev/null 2>&1; then
     major=$(ovm_node_major node)
     if [ -n "$major" ] && [ "$major" -ge "$OVM_NODE_MAJOR" ]; then
       command -v node
       return 0
     fi
-  fi
-  cached="$(ovm_cache_dir)/node/bin/node"
-  if [ -x "$cached" ]; then
-    printf '%s\n' "$cached"
-    return 0
   fi
   return 1
 }

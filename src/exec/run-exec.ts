@@ -214,9 +214,6 @@ export async function runExec(
     };
   } finally {
     if (vm && !vm.hasExited) await vm.stop();
-    if (vm) {
-      for (const record of vm.processes) emit({ type: 'process', action: 'stopped', process: record });
-    }
     for (const sink of sinks) await sink.close();
     await fs.rm(handoff, { recursive: true, force: true });
     await finishRun(run, failed || plan.keepLogs);

@@ -1,0 +1,132 @@
+// Exec round-trip benchmark: `openshell-vm --exec /bin/true` from process start to exit, against
+// the same guest artifacts launched by a plain shell script (virtiofsd + QEMU, no TypeScript at
+// run time). Runs alternate between the two so that drift in host load affects both alike.
+// Prints a JSON document and a table. usage: node scripts/bench.ts [--runs N] [--arch A]
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chooseAccelerator, readHostAccelFacts } from '../src/accel/probe.ts';
+import { readEnvironment } from '../src/config/environment.ts';
+import { EXEC_DEFAULTS } from '../src/config/exec-options.ts';
+import { renderRequestScript, mergeEnv } from '../src/exec/request.ts';
+import { OUTPUT_PORTS } from '../src/exec/run-exec.ts';
+import { ensureGuestArtifacts } from '../src/guest/artifacts.ts';
+import { defaultGuestArch, parseGuestArch } from '../src/host/arch.ts';
+import { findQemu, findVirtiofsd, loadGuestInputs } from '../src/host/toolchain.ts';
+import { hostTscKhz } from '../src/host/tsc.ts';
+import { qemuArgs, virtiofsdArgs } from '../src/vmm/qemu/argv.ts';
+import { virtiofsdFlavour } from '../src/vmm/qemu/backend.ts';
+
+const argv = process.argv.slice(2);
+const flag = (name: string) => {
+  const i = argv.indexOf(name);
+  return i >= 0 ? argv[i + 1] : undefined;
+};
+const runs = Number(flag('--runs') ?? 5);
+const arch = flag('--arch') ? parseGuestArch(flag('--arch') as string) : defaultGuestArch();
+const root = path.resolve(import.meta.dirname, '..');
+
+const env = readEnvironment();
+const guest = await loadGuestInputs(env, arch);
+const artifacts = await ensureGuestArtifacts(env, guest);
+const accel = chooseAccelerator(arch, await readHostAccelFacts());
+const [qemu, virtiofsd] = await Promise.all([findQemu(env, arch), findVirtiofsd(env)]);
+const tsc = arch === 'x86_64' && accel.accel === 'tcg' ? await hostTscKhz() : undefined;
+
+// The plain launch: a shell script with the argv the tool would use, output ports on null chardevs.
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-bench-'));
+const runId = 'bench-plain';
+const handoff = path.join(artifacts.rootfs, '.ovm', 'run', runId);
+const sock = path.join(work, 'vfs.sock');
+const args = qemuArgs(
+  {
+    arch,
+    accel: accel.accel,
+    vcpus: EXEC_DEFAULTS.vcpus,
+    memMib: EXEC_DEFAULTS.memMib,
+    kernel: artifacts.kernel,
+    initramfs: artifacts.initramfs,
+    kernelArgs: ['ovm.mode=exec', `ovm.run=${runId}`, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
+    rootDir: artifacts.rootfs,
+    rootMode: 'overlay',
+    ports: [
+      { name: OUTPUT_PORTS.stdout, socketPath: '/dev/null' },
+      { name: OUTPUT_PORTS.stderr, socketPath: '/dev/null' },
+    ],
+    runDir: work,
+    socketDir: work,
+    consoleLog: path.join(work, 'console.log'),
+  },
+  { virtiofsSocket: sock },
+).map((a) => a.replace(/^socket,id=(port\d+),path=\/dev\/null$/, 'null,id=$1'));
+const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+const request = renderRequestScript({ exec: '/bin/true', args: [], env: mergeEnv([]), workdir: '/' });
+const plainScript = path.join(work, 'plain.sh');
+fs.writeFileSync(
+  plainScript,
+  `#!/bin/sh
+set -e
+rm -rf ${q(handoff)} ${q(sock)}; mkdir -p ${q(handoff)}
+cat > ${q(path.join(handoff, 'request.sh'))} <<'REQ'
+${request}REQ
+${q(virtiofsd)} ${virtiofsdArgs(sock, artifacts.rootfs, await virtiofsdFlavour(virtiofsd)).map(q).join(' ')} 2>/dev/null &
+while [ ! -S ${q(sock)} ]; do sleep 0.005; done
+${q(qemu)} ${args.map(q).join(' ')}
+wait
+read code reason < ${q(path.join(handoff, 'status'))}
+rm -rf ${q(handoff)}
+exit $code
+`,
+);
+
+function time(cmd: string, cmdArgs: string[]): number {
+  const start = process.hrtime.bigint();
+  const r = spawnSync(cmd, cmdArgs, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  if (r.status !== 0) throw new Error(`${cmd} ${cmdArgs.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return ms;
+}
+
+const tool: number[] = [];
+const plain: number[] = [];
+// One warm-up of each, not counted (page cache, artifact check).
+time(path.join(root, 'bin', 'openshell-vm'), ['-q', '--arch', arch, '--exec', '/bin/true']);
+time('sh', [plainScript]);
+for (let i = 0; i < runs; i++) {
+  tool.push(time(path.join(root, 'bin', 'openshell-vm'), ['-q', '--arch', arch, '--exec', '/bin/true']));
+  plain.push(time('sh', [plainScript]));
+  process.stderr.write(`run ${i + 1}/${runs}: tool ${tool.at(-1)?.toFixed(0)} ms, plain ${plain.at(-1)?.toFixed(0)} ms\n`);
+}
+fs.rmSync(work, { recursive: true, force: true });
+
+const stats = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  const median = s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+  return { min: Math.round(s[0] as number), median: Math.round(median), max: Math.round(s.at(-1) as number) };
+};
+const result = {
+  benchmark: 'exec round trip: --exec /bin/true, process start to exit',
+  arch,
+  accel: accel.accel,
+  vcpus: EXEC_DEFAULTS.vcpus,
+  memMib: EXEC_DEFAULTS.memMib,
+  runs,
+  host: { cpus: os.availableParallelism(), node: process.version, qemu },
+  toolMs: stats(tool),
+  plainQemuMs: stats(plain),
+  overheadPercentOfMedian: Number(((stats(tool).median / stats(plain).median - 1) * 100).toFixed(1)),
+  targetPercent: 10,
+  samples: { tool: tool.map(Math.round), plainQemu: plain.map(Math.round) },
+};
+console.log(JSON.stringify(result, null, 2));
+const row = (name: string, s: { min: number; median: number; max: number }) =>
+  `| ${name.padEnd(22)} | ${String(s.min).padStart(7)} | ${String(s.median).padStart(7)} | ${String(s.max).padStart(7)} |`;
+console.log(`
+| launch (${arch}, ${accel.accel}, ${runs} runs) | min ms | median ms | max ms |
+|------------------------|---------|---------|---------|
+${row('openshell-vm --exec', result.toolMs)}
+${row('plain shell + QEMU', result.plainQemuMs)}
+
+overhead of the tool (medians): ${result.overheadPercentOfMedian}% (target: <= ${result.targetPercent}%)`);
