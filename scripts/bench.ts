@@ -9,7 +9,7 @@ import path from 'node:path';
 import { chooseAccelerator, readHostAccelFacts } from '../src/accel/probe.ts';
 import { readEnvironment } from '../src/config/environment.ts';
 import { EXEC_DEFAULTS } from '../src/config/exec-options.ts';
-import { renderRequestScript, mergeEnv } from '../src/exec/request.ts';
+import { mergeEnv, renderRequestScript } from '../src/exec/request.ts';
 import { OUTPUT_PORTS } from '../src/exec/run-exec.ts';
 import { ensureGuestArtifacts } from '../src/guest/artifacts.ts';
 import { defaultGuestArch, parseGuestArch } from '../src/host/arch.ts';
@@ -70,7 +70,9 @@ set -e
 rm -rf ${q(handoff)} ${q(sock)}; mkdir -p ${q(handoff)}
 cat > ${q(path.join(handoff, 'request.sh'))} <<'REQ'
 ${request}REQ
-${q(virtiofsd)} ${virtiofsdArgs(sock, artifacts.rootfs, await virtiofsdFlavour(virtiofsd)).map(q).join(' ')} 2>/dev/null &
+${q(virtiofsd)} ${virtiofsdArgs(sock, artifacts.rootfs, await virtiofsdFlavour(virtiofsd))
+    .map(q)
+    .join(' ')} 2>/dev/null &
 while [ ! -S ${q(sock)} ]; do sleep 0.005; done
 ${q(qemu)} ${args.map(q).join(' ')}
 wait
@@ -96,7 +98,9 @@ time('sh', [plainScript]);
 for (let i = 0; i < runs; i++) {
   tool.push(time(path.join(root, 'bin', 'openshell-vm'), ['-q', '--arch', arch, '--exec', '/bin/true']));
   plain.push(time('sh', [plainScript]));
-  process.stderr.write(`run ${i + 1}/${runs}: tool ${tool.at(-1)?.toFixed(0)} ms, plain ${plain.at(-1)?.toFixed(0)} ms\n`);
+  process.stderr.write(
+    `run ${i + 1}/${runs}: tool ${tool.at(-1)?.toFixed(0)} ms, plain ${plain.at(-1)?.toFixed(0)} ms\n`,
+  );
 }
 fs.rmSync(work, { recursive: true, force: true });
 

@@ -4,7 +4,7 @@
 # output and its exit code. Extra arguments replace the demo command: npm run demo -- /bin/uname -a
 set -e
 root=$(cd "$(dirname "$0")/.." && pwd)
-sh "$root/scripts/provision-host.sh"
+bash "$root/scripts/provision-host.sh"
 if [ $# -eq 0 ]; then
   set -- /bin/sh -c 'echo "hello from a $(uname -m) microVM, kernel $(uname -r)"'
 fi

@@ -5,7 +5,7 @@
 set -e
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-sh scripts/provision-host.sh
+bash scripts/provision-host.sh
 . "$root/scripts/lib/node.sh"
 node=$(ovm_find_node)
 PATH="$(dirname "$node"):$root/node_modules/.bin:$PATH"

@@ -189,3 +189,10 @@ test('after kill -9 of the CLI, the next run reaps the orphaned VM by pid and st
   await box.assertClean(crashed);
   await box.assertClean(next);
 });
+
+test('a guest that does not start the command in time is stopped, with the console lines in the error', async () => {
+  const r = await exec([...LIGHT, '--boot-timeout', '1', '--exec', '/bin/true']);
+  assert.equal(r.code, 125);
+  assert.match(r.stderr, /error: the guest did not start the command within 1 s/);
+  assert.match(r.stderr, /hint: (last console lines:[\s\S]*)?see .*console\.log/);
+});

@@ -1,0 +1,84 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import type { HostEnvironment } from '../config/environment.ts';
+import type { GuestInputs } from '../host/toolchain.ts';
+import { ensureGuestArtifacts } from './artifacts.ts';
+import { INITRAMFS_MODULES } from './modules.ts';
+
+/** A fake provisioned kernel (modules.dep + tiny .ko files) and a fake busybox with an applet table. */
+function fakeGuest(t: { after: (fn: () => void) => void }): { env: HostEnvironment; guest: GuestInputs } {
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-art-'));
+  t.after(() => fs.rmSync(base, { recursive: true, force: true }));
+  const modulesDir = path.join(base, 'lib/modules/6.1.0-fake');
+  const dep = INITRAMFS_MODULES.map(
+    (m) => `kernel/${m}.ko:${m === 'virtiofs' ? ' kernel/fuse.ko' : ''}`,
+  ).concat('kernel/fuse.ko:');
+  fs.mkdirSync(path.join(modulesDir, 'kernel'), { recursive: true });
+  fs.writeFileSync(path.join(modulesDir, 'modules.dep'), `${dep.join('\n')}\n`);
+  for (const m of [...INITRAMFS_MODULES, 'fuse'])
+    fs.writeFileSync(path.join(modulesDir, 'kernel', `${m}.ko`), m);
+  const busybox = path.join(base, 'busybox');
+  fs.writeFileSync(
+    busybox,
+    Buffer.from('ELF\0[\0[[\0cat\0insmod\0mount\0poweroff\0sh\0switch_root\0\0', 'latin1'),
+  );
+  const env: HostEnvironment = {
+    cacheDir: path.join(base, 'cache'),
+    dataDir: base,
+    runtimeDir: base,
+    searchPath: '',
+    toolOverrides: {},
+  };
+  const guest: GuestInputs = {
+    arch: 'x86_64',
+    manifestPath: path.join(base, 'manifest.json'),
+    kernel: {
+      package: 'linux-image-fake',
+      version: '1',
+      release: '6.1.0-fake',
+      vmlinuz: path.join(base, 'vmlinuz'),
+      vmlinuzSha256: 'a'.repeat(64),
+      modulesDir,
+      modulesDepSha256: 'b'.repeat(64),
+    },
+    busybox: { version: '1', binary: busybox, binarySha256: 'c'.repeat(64) },
+  };
+  return { env, guest };
+}
+
+test('artifacts are built once, then reused until an input changes', async (t) => {
+  const { env, guest } = fakeGuest(t);
+  const first = await ensureGuestArtifacts(env, guest);
+  assert.equal(first.built, true);
+  assert.ok(fs.statSync(first.initramfs).size > 0);
+  assert.ok(fs.existsSync(path.join(first.rootfs, 'sbin/ovm-init')));
+  assert.equal(fs.readlinkSync(path.join(first.rootfs, 'bin/sh')), 'busybox');
+  const initramfsBytes = fs.readFileSync(first.initramfs);
+
+  const again = await ensureGuestArtifacts(env, guest);
+  assert.equal(again.built, false);
+  assert.equal(again.key, first.key);
+
+  const changed = await ensureGuestArtifacts(env, {
+    ...guest,
+    busybox: { ...guest.busybox, binarySha256: 'd'.repeat(64) },
+  });
+  assert.equal(changed.built, true);
+  assert.notEqual(changed.key, first.key);
+  // Same bytes in, same initramfs out (the key changed, the content did not).
+  assert.ok(fs.readFileSync(changed.initramfs).equals(initramfsBytes));
+});
+
+test('concurrent builds of the same artifacts agree and leave no temporary directory', async (t) => {
+  const { env, guest } = fakeGuest(t);
+  const results = await Promise.all([1, 2, 3].map(() => ensureGuestArtifacts(env, guest)));
+  assert.equal(new Set(results.map((r) => r.key)).size, 1);
+  const dir = path.dirname(results[0]?.rootfs as string);
+  assert.deepEqual(
+    fs.readdirSync(path.dirname(dir)).filter((d) => d.includes('.tmp-')),
+    [],
+  );
+});
