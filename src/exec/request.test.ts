@@ -4,23 +4,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { AWKWARD_ARGS as AWKWARD } from '../../test/fixtures/awkward.ts';
 import { describeStatus, mergeEnv, parseStatus, renderRequestScript, shQuote } from './request.ts';
-
-const AWKWARD = [
-  '',
-  ' ',
-  "it's",
-  '"double"',
-  'a\nb',
-  'ünï cödé ✓',
-  '-v',
-  '--help',
-  '$HOME',
-  '`id`',
-  '\\',
-  '*',
-  'a\tb',
-];
 
 test('the request script hands argv, env and workdir to a POSIX sh byte for byte', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-req-'));

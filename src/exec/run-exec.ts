@@ -6,6 +6,7 @@ import type { HostEnvironment } from '../config/environment.ts';
 import { VmError } from '../errors.ts';
 import { ensureGuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
+import { pathExists } from '../host/fs.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { hostTscKhz } from '../host/tsc.ts';
 import {
@@ -169,7 +170,7 @@ export async function runExec(
     const started = await poll<'started' | 'exited'>(
       async () => {
         if (running.hasExited) return 'exited';
-        return (await exists(path.join(handoff, 'started'))) ? 'started' : undefined;
+        return (await pathExists(path.join(handoff, 'started'))) ? 'started' : undefined;
       },
       { timeoutMs: plan.bootTimeoutMs, signal: options.signal, initialIntervalMs: 10, maxIntervalMs: 25 },
     );
@@ -232,15 +233,6 @@ async function consoleHint(run: RunPaths): Promise<string> {
   const tail = await tailFile(run.consoleLog, 8);
   const lines = tail ? `last console lines:\n    ${tail.replaceAll('\n', '\n    ')}\n  ` : '';
   return `${lines}see ${run.consoleLog}`;
-}
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await fs.access(file);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Waits for `promise`, or throws the signal's reason when it aborts first. */

@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { isErrno } from '../errors.ts';
 import { DEB_ARCH, type GuestArch } from '../host/arch.ts';
+import { pathExists } from '../host/fs.ts';
 import type { GuestInputs } from '../host/toolchain.ts';
 import { writeDefaultRootfs } from './default-rootfs.ts';
 import { buildInitramfs, INITRAMFS_MODULES, loadInitramfsInputs } from './initramfs.ts';
@@ -97,11 +98,6 @@ export async function ensureGuestArtifacts(
   return result(true);
 }
 
-async function isComplete(dir: string): Promise<boolean> {
-  try {
-    await fs.access(path.join(dir, 'complete'));
-    return true;
-  } catch {
-    return false;
-  }
+function isComplete(dir: string): Promise<boolean> {
+  return pathExists(path.join(dir, 'complete'));
 }

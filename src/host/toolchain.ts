@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno } from '../errors.ts';
 import { DEB_ARCH, type GuestArch } from './arch.ts';
+import { pathExists } from './fs.ts';
 
 /** What scripts/provision-host.sh recorded for one guest architecture. */
 export interface GuestInputs {
@@ -49,7 +50,7 @@ export async function loadGuestInputs(env: HostEnvironment, arch: GuestArch): Pr
     throw new HostError(`${manifestPath} is not valid JSON`, { hint: provisionHint(arch), cause: err });
   }
   for (const file of [parsed.kernel?.vmlinuz, parsed.busybox?.binary, parsed.kernel?.modulesDir]) {
-    if (typeof file !== 'string' || !(await exists(file))) {
+    if (typeof file !== 'string' || !(await pathExists(file))) {
       throw new HostError(`the guest kernel cache for ${arch} is incomplete (missing ${file})`, {
         hint: `${provisionHint(arch)} --refresh`,
       });
@@ -119,15 +120,6 @@ async function isExecutable(file: string): Promise<boolean> {
     const stat = await fs.stat(file);
     if (!stat.isFile()) return false;
     await fs.access(file, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await fs.access(file);
     return true;
   } catch {
     return false;

@@ -3,6 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { isErrno } from '../errors.ts';
+import { pathExists } from '../host/fs.ts';
 import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
 import type { PidRecord } from '../supervisor/process.ts';
 
@@ -182,13 +183,7 @@ async function pruneKeptRuns(base: string): Promise<void> {
   const runsDir = path.join(base, INSTANCE_DIRS.runs);
   const kept: string[] = [];
   for (const id of await fs.readdir(runsDir)) {
-    if (
-      await fs.access(path.join(runsDir, id, RUN_FILES.kept)).then(
-        () => true,
-        () => false,
-      )
-    )
-      kept.push(id);
+    if (await pathExists(path.join(runsDir, id, RUN_FILES.kept))) kept.push(id);
   }
   // Run ids start with a base-36 timestamp, so they sort by age.
   kept.sort();

@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, test } from 'node:test';
+import { AWKWARD_ARGS } from '../fixtures/awkward.ts';
 import { type CliRun, sandbox } from './harness.ts';
 
 const box = sandbox();
@@ -48,20 +49,7 @@ test('a non-executable file gives 126 and says so; a name is looked up in PATH',
 });
 
 test('argv survives the trip byte for byte: spaces, quotes, empty strings, newlines, non-ASCII', async () => {
-  const awkward = [
-    '',
-    ' two  spaces ',
-    "it's",
-    '"dq"',
-    'line\nbreak',
-    'ünïcödé ✓',
-    '-v',
-    '--help',
-    '$HOME',
-    '`id`',
-    '\\',
-    '*',
-  ];
+  const awkward = AWKWARD_ARGS;
   const r = await exec([...LIGHT, 'run', '--', '/bin/sh', '-c', 'printf "%s\\0" "$@"', 'argv0', ...awkward]);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(r.stdout.toString('utf8').split('\0').slice(0, -1), awkward);
@@ -135,52 +123,44 @@ test('aarch64 guest under TCG: exit code and argv', async () => {
   assert.equal(t.code, 0);
 });
 
-test('Ctrl-C while the VM boots stops everything and exits 130', async () => {
+const qemuStarted = (e: Record<string, unknown>) =>
+  e.type === 'process' && e.action === 'started' && (e.process as { name: string }).name === 'qemu';
+const commandStarted = (e: Record<string, unknown>) =>
+  e.type === 'progress' && /command started/.test(String(e.message));
+
+/** Runs a long command and sends `signal` to the CLI at the first event matching `when`. */
+async function runAndSignal(
+  when: (e: Record<string, unknown>) => boolean,
+  signal: NodeJS.Signals,
+): Promise<CliRun> {
   let sent = false;
   const r = await box.run([...LIGHT, '--exec', '/bin/sleep', '--args', '60'], {
     onEvent: (e, child) => {
-      if (
-        !sent &&
-        e.type === 'process' &&
-        e.action === 'started' &&
-        (e.process as { name: string }).name === 'qemu'
-      ) {
+      if (!sent && when(e)) {
         sent = true;
-        child.kill('SIGINT');
+        child.kill(signal);
       }
     },
   });
-  assert.ok(sent, 'the VM started');
+  assert.ok(sent, `the event to send ${signal} at happened`);
+  return r;
+}
+
+test('Ctrl-C while the VM boots stops everything and exits 130', async () => {
+  const r = await runAndSignal(qemuStarted, 'SIGINT');
   assert.equal(r.code, 130, r.stderr);
   assert.match(r.stderr, /SIGINT: stopping the microVM/);
   await box.assertClean(r);
 });
 
 test('SIGTERM while the command runs stops everything and exits 143', async () => {
-  let sent = false;
-  const r = await box.run([...LIGHT, '--exec', '/bin/sleep', '--args', '60'], {
-    onEvent: (e, child) => {
-      if (!sent && e.type === 'progress' && /command started/.test(String(e.message))) {
-        sent = true;
-        child.kill('SIGTERM');
-      }
-    },
-  });
-  assert.ok(sent, 'the command started');
+  const r = await runAndSignal(commandStarted, 'SIGTERM');
   assert.equal(r.code, 143, r.stderr);
   await box.assertClean(r);
 });
 
 test('after kill -9 of the CLI, the next run reaps the orphaned VM by pid and start time', async () => {
-  let killed = false;
-  const crashed = await box.run([...LIGHT, '--exec', '/bin/sleep', '--args', '60'], {
-    onEvent: (e, child) => {
-      if (!killed && e.type === 'progress' && /command started/.test(String(e.message))) {
-        killed = true;
-        child.kill('SIGKILL');
-      }
-    },
-  });
+  const crashed = await runAndSignal(commandStarted, 'SIGKILL');
   assert.equal(crashed.signal, 'SIGKILL');
   assert.equal(crashed.processes.length, 2);
   const next = await box.run([...LIGHT, '--exec', '/bin/true']);
