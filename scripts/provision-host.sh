@@ -182,7 +182,10 @@ fetch_arch() {
   local release
   release=$(ls "$tmp/kernel/lib/modules" | head -n1)
   [ -n "$release" ] || die "$kpkg has no /lib/modules" "report this: the kernel package layout changed"
-  depmod -b "$tmp/kernel" "$release" || die "depmod -b failed for $release" "install kmod"
+  # depmod lives in /usr/sbin, which is not on an ordinary user's PATH.
+  local depmod
+  depmod=$(PATH="$PATH:/usr/sbin:/sbin" command -v depmod) || die "depmod not found" "apt-get install kmod"
+  "$depmod" -b "$tmp/kernel" "$release" || die "depmod -b failed for $release" "install kmod"
   local vmlinuz="$out/kernel/boot/vmlinuz-$release"
   local busybox="$out/busybox/bin/busybox"
   [ -f "$tmp/kernel/boot/vmlinuz-$release" ] || die "$kpkg has no /boot/vmlinuz-$release"
