@@ -1,7 +1,9 @@
 // Exec round-trip benchmark: `openshell-vm --exec /bin/true` from process start to exit, against
 // the same guest artifacts launched by a plain shell script (virtiofsd + QEMU, no TypeScript at
 // run time). Runs alternate between the two so that drift in host load affects both alike.
-// Prints a JSON document and a table. usage: node scripts/bench.ts [--runs N] [--arch A]
+// Prints a JSON document and a table. usage: node scripts/bench.ts [--runs N] [--arch A] [--no-net]
+// Both sides use the default network (gvproxy). Then, per network (gvproxy, user): time from launch
+// until a forwarded port answers HTTP, TCP connect and small-request latency, and download rate.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -15,8 +17,10 @@ import { ensureGuestArtifacts } from '../src/guest/artifacts.ts';
 import { defaultGuestArch, parseGuestArch } from '../src/host/arch.ts';
 import { findQemu, findVirtiofsd, loadGuestInputs } from '../src/host/toolchain.ts';
 import { hostTscKhz } from '../src/host/tsc.ts';
+import { findGvproxy, GVPROXY_NET, gvproxyArgs, hasServicesFlag } from '../src/net/gvproxy.ts';
 import { qemuArgs, virtiofsdArgs } from '../src/vmm/qemu/argv.ts';
 import { virtiofsdFlavour } from '../src/vmm/qemu/backend.ts';
+import { benchForwarding } from './bench-net.ts';
 
 const argv = process.argv.slice(2);
 const flag = (name: string) => {
@@ -31,7 +35,11 @@ const env = readEnvironment();
 const guest = await loadGuestInputs(env, arch);
 const artifacts = await ensureGuestArtifacts(env, guest);
 const accel = chooseAccelerator(arch, await readHostAccelFacts());
-const [qemu, virtiofsd] = await Promise.all([findQemu(env, arch), findVirtiofsd(env)]);
+const [qemu, virtiofsd, gvproxy] = await Promise.all([
+  findQemu(env, arch),
+  findVirtiofsd(env),
+  findGvproxy(env),
+]);
 const tsc = arch === 'x86_64' && accel.accel === 'tcg' ? await hostTscKhz() : undefined;
 
 // The plain launch: a shell script with the argv the tool would use, output ports on null chardevs.
@@ -50,6 +58,7 @@ const args = qemuArgs(
     kernelArgs: ['ovm.mode=exec', `ovm.run=${runId}`, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
     rootDir: artifacts.rootfs,
     rootMode: 'overlay',
+    network: { mode: 'gvproxy', socketPath: path.join(work, 'gv-qemu.sock'), mac: GVPROXY_NET.mac },
     ports: [
       { name: OUTPUT_PORTS.stdout, socketPath: '/dev/null' },
       { name: OUTPUT_PORTS.stderr, socketPath: '/dev/null' },
@@ -70,12 +79,17 @@ set -e
 rm -rf ${q(handoff)} ${q(sock)}; mkdir -p ${q(handoff)}
 cat > ${q(path.join(handoff, 'request.sh'))} <<'REQ'
 ${request}REQ
+${q(gvproxy)} ${gvproxyArgs(work, await hasServicesFlag(gvproxy))
+    .map(q)
+    .join(' ')} 2>/dev/null &
+while [ ! -S ${q(path.join(work, 'gv-qemu.sock'))} ]; do sleep 0.005; done
 ${q(virtiofsd)} ${virtiofsdArgs(sock, artifacts.rootfs, await virtiofsdFlavour(virtiofsd))
     .map(q)
     .join(' ')} 2>/dev/null &
 while [ ! -S ${q(sock)} ]; do sleep 0.005; done
 ${q(qemu)} ${args.map(q).join(' ')}
 wait
+rm -f ${q(path.join(work, 'gv-api.sock'))} ${q(path.join(work, 'gv-qemu.sock'))}
 read code reason < ${q(path.join(handoff, 'status'))}
 rm -rf ${q(handoff)}
 exit $code
@@ -110,6 +124,8 @@ const stats = (xs: number[]) => {
   const median = s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
   return { min: Math.round(s[0] as number), median: Math.round(median), max: Math.round(s.at(-1) as number) };
 };
+const forwarding = process.argv.includes('--no-net') ? undefined : await benchForwarding(root, arch);
+
 const result = {
   benchmark: 'exec round trip: --exec /bin/true, process start to exit',
   arch,
@@ -123,6 +139,7 @@ const result = {
   overheadPercentOfMedian: Number(((stats(tool).median / stats(plain).median - 1) * 100).toFixed(1)),
   targetPercent: 10,
   samples: { tool: tool.map(Math.round), plainQemu: plain.map(Math.round) },
+  forwarding,
 };
 console.log(JSON.stringify(result, null, 2));
 const row = (name: string, s: { min: number; median: number; max: number }) =>
@@ -134,3 +151,9 @@ ${row('openshell-vm --exec', result.toolMs)}
 ${row('plain shell + QEMU', result.plainQemuMs)}
 
 overhead of the tool (medians): ${result.overheadPercentOfMedian}% (target: <= ${result.targetPercent}%)`);
+if (forwarding) {
+  console.log(`
+| forwarded port (${arch}) | launch to answer ms | connect ms (median) | request ms (median) | download MB/s |
+|---|---|---|---|---|
+${forwarding.map((f) => `| --net ${f.net} | ${f.launchToAnswerMs} | ${f.connectMs.median} | ${f.requestMs.median} | ${f.downloadMBps} |`).join('\n')}`);
+}

@@ -27,6 +27,14 @@ Machine:
   --boot-timeout S       seconds for the guest to start the command (default 180)
   --name NAME            instance whose directory holds the run's logs (default "default")
 
+Network:
+  --net gvproxy|user|none  gvproxy user-mode network (default: DHCP 192.168.127.2, DNS, and
+                         the host's loopback at 192.168.127.254), QEMU's own user network
+                         (10.0.2.15; the host at 10.0.2.2), or no network
+  -p, --port SPEC        forward a host TCP port into the guest (repeatable): HOST:GUEST,
+                         PORT (the same on both sides) or ADDR:HOST:GUEST; the host side
+                         listens on 127.0.0.1 unless ADDR is given
+
 Output:
   -q, --quiet            no progress lines (warnings and errors are still shown)
   --events FILE          write progress as JSON lines to FILE (processes with their pids too)

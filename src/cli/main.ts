@@ -5,6 +5,8 @@ import { readEnvironment } from '../config/environment.ts';
 import { type RawExecOptions, resolveExecOptions } from '../config/exec-options.ts';
 import { OvmError, UsageError } from '../errors.ts';
 import { runExec } from '../exec/run-exec.ts';
+import { findGvproxy } from '../net/gvproxy.ts';
+import { checkHostPortsFree } from '../net/ports.ts';
 import { QemuBackend } from '../vmm/qemu/backend.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
 import { HELP } from './help.ts';
@@ -24,6 +26,8 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'accel', kind: 'value' },
   { name: 'boot-timeout', kind: 'value' },
   { name: 'name', kind: 'value' },
+  { name: 'port', short: 'p', kind: 'value', repeatable: true },
+  { name: 'net', kind: 'value' },
   { name: 'events', kind: 'value' },
   { name: 'quiet', short: 'q', kind: 'flag' },
   { name: 'keep-logs', kind: 'flag' },
@@ -104,6 +108,8 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
     accel: single(args, 'accel'),
     bootTimeout: single(args, 'boot-timeout'),
     name: single(args, 'name'),
+    ports: args.values.get('port'),
+    net: single(args, 'net'),
   };
   const reporter = new Reporter({
     stderr: process.stderr,
@@ -130,6 +136,8 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
       }),
   });
   await backend.preflight(options);
+  if (options.network === 'gvproxy') await findGvproxy(env);
+  await checkHostPortsFree(options.forwards);
   reporter.progress(`accelerator: ${accel.accel} (${accel.reason})`);
   if (accel.warning) reporter.warn(accel.warning);
 

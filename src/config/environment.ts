@@ -14,7 +14,7 @@ export interface HostEnvironment {
   readonly runtimeDir: string;
   /** PATH used to look up host tools (qemu-system-*, virtiofsd). */
   readonly searchPath: string;
-  /** Explicit paths that override tool discovery (OPENSHELL_VM_QEMU_<ARCH>, OPENSHELL_VM_VIRTIOFSD). */
+  /** Explicit paths that override tool discovery (OPENSHELL_VM_QEMU_<ARCH>, _VIRTIOFSD, _GVPROXY). */
   readonly toolOverrides: Readonly<Record<string, string>>;
 }
 
@@ -29,6 +29,7 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvir
     ['OPENSHELL_VM_QEMU_X86_64', 'qemu-x86_64'],
     ['OPENSHELL_VM_QEMU_AARCH64', 'qemu-aarch64'],
     ['OPENSHELL_VM_VIRTIOFSD', 'virtiofsd'],
+    ['OPENSHELL_VM_GVPROXY', 'gvproxy'],
   ] as const) {
     const value = env[key];
     if (value) toolOverrides[name] = value;

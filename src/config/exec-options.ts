@@ -3,6 +3,10 @@ import { UsageError } from '../errors.ts';
 import { mergeEnv, type WorkloadRequest } from '../exec/request.ts';
 import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
 import { INSTANCE_NAME } from '../instance/runs.ts';
+import { checkDuplicates, type PortForward, parsePortSpec } from '../net/ports.ts';
+
+export const NETWORKS = ['gvproxy', 'user', 'none'] as const;
+export type NetworkMode = (typeof NETWORKS)[number];
 
 /** Options as the user typed them (strings), before validation. */
 export interface RawExecOptions {
@@ -16,6 +20,8 @@ export interface RawExecOptions {
   readonly accel?: string | undefined;
   readonly bootTimeout?: string | undefined;
   readonly name?: string | undefined;
+  readonly ports?: readonly string[] | undefined;
+  readonly net?: string | undefined;
 }
 
 export interface ExecOptions {
@@ -27,6 +33,8 @@ export interface ExecOptions {
   readonly accel: Accelerator | undefined;
   readonly bootTimeoutMs: number;
   readonly instance: string;
+  readonly network: NetworkMode;
+  readonly forwards: readonly PortForward[];
 }
 
 export interface HostCapacity {
@@ -109,6 +117,20 @@ export function resolveExecOptions(
     });
   }
 
+  const network = (raw.net ?? 'gvproxy') as NetworkMode;
+  if (!(NETWORKS as readonly string[]).includes(network)) {
+    throw new UsageError(`--net: unknown network '${raw.net}'`, {
+      hint: `use one of: ${NETWORKS.join(', ')}`,
+    });
+  }
+  const forwards = (raw.ports ?? []).map(parsePortSpec);
+  checkDuplicates(forwards);
+  if (forwards.length && network === 'none') {
+    throw new UsageError('-p needs a network, but --net none has none', {
+      hint: 'use --net gvproxy (default) or --net user',
+    });
+  }
+
   const options: ExecOptions = {
     request: { exec: raw.exec, args: [...(raw.args ?? [])], env: mergeEnv(env), workdir },
     vcpus,
@@ -117,6 +139,8 @@ export function resolveExecOptions(
     accel: raw.accel === undefined ? undefined : parseAccelerator(raw.accel),
     bootTimeoutMs: bootTimeoutS * 1000,
     instance,
+    network,
+    forwards,
   };
   return { options: Object.freeze(options), warnings };
 }

@@ -17,9 +17,12 @@ import {
   type RunPaths,
   sweepStaleRuns,
 } from '../instance/runs.ts';
-import type { ExitResult, PidRecord } from '../supervisor/process.ts';
+import { describe as describeForward, exposeAll, ForwarderClient } from '../net/forwarder.ts';
+import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvproxy.ts';
+import type { PortForward } from '../net/ports.ts';
+import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
 import { isWaitFailure, poll, tailFile } from '../supervisor/wait.ts';
-import type { RunningVm, VmmBackend } from '../vmm/backend.ts';
+import type { NetworkSpec, RunningVm, VmmBackend } from '../vmm/backend.ts';
 import { OutputSink } from './output.ts';
 import {
   describeStatus,
@@ -44,9 +47,12 @@ export interface ExecPlan {
   readonly bootTimeoutMs: number;
   /** Keep the run directory (logs) even when the run succeeds. */
   readonly keepLogs: boolean;
+  readonly network: NetworkSpec['mode'];
+  /** Host-to-guest TCP forwards (validated, host ports checked free). */
+  readonly forwards: readonly PortForward[];
 }
 
-export type ExecStage = 'artifacts' | 'boot' | 'running' | 'done';
+export type ExecStage = 'artifacts' | 'boot' | 'network' | 'running' | 'done';
 
 export type ExecEvent =
   | {
@@ -126,6 +132,9 @@ export async function runExec(
   const run = await createRun(env, plan.instance);
   const handoff = path.join(artifacts.rootfs, '.ovm', 'run', run.id);
   let vm: RunningVm | undefined;
+  let gvproxy: SupervisedProcess | undefined;
+  let forwarder: ForwarderClient | undefined;
+  let stopHealth: (() => void) | undefined;
   let sinks: OutputSink[] = [];
   let failed = true;
   try {
@@ -136,6 +145,24 @@ export async function runExec(
     const stdoutSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stdoutSocket), io.stdout);
     const stderrSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stderrSocket), io.stderr);
     sinks = [stdoutSink, stderrSink];
+
+    let network: NetworkSpec = { mode: 'none' };
+    if (plan.network === 'gvproxy') {
+      gvproxy = await SupervisedProcess.start(
+        await gvproxySpec(await findGvproxy(env), run.dir, run.socketDir),
+        {
+          signal: options.signal,
+        },
+      );
+      emit({ type: 'process', action: 'started', process: gvproxy.record() });
+      network = {
+        mode: 'gvproxy',
+        socketPath: path.join(run.socketDir, GVPROXY_FILES.qemuSocket),
+        mac: GVPROXY_NET.mac,
+      };
+    } else if (plan.network === 'user') {
+      network = { mode: 'user', mac: GVPROXY_NET.mac, forwards: plan.forwards };
+    }
 
     const tsc = plan.arch === 'x86_64' && plan.accel.accel === 'tcg' ? await hostTscKhz() : undefined;
     emit({
@@ -159,6 +186,7 @@ export async function runExec(
           { name: OUTPUT_PORTS.stdout, socketPath: stdoutSink.socketPath },
           { name: OUTPUT_PORTS.stderr, socketPath: stderrSink.socketPath },
         ],
+        network,
         runDir: run.dir,
         socketDir: run.socketDir,
         consoleLog: run.consoleLog,
@@ -166,6 +194,17 @@ export async function runExec(
       { signal: options.signal },
     );
     const running = vm;
+
+    if (gvproxy) {
+      forwarder = new ForwarderClient(path.join(run.socketDir, GVPROXY_FILES.apiSocket));
+      if (plan.forwards.length) {
+        await exposeAll(forwarder, plan.forwards, { deadlineMs: 10_000, signal: options.signal });
+      }
+      stopHealth = watchGvproxy(gvproxy, forwarder, running, (message) => emit({ type: 'warning', message }));
+    }
+    if (plan.forwards.length) {
+      emit({ type: 'stage', stage: 'network', message: plan.forwards.map(describeForward).join(', ') });
+    }
 
     const started = await poll<'started' | 'exited'>(
       async () => {
@@ -214,11 +253,57 @@ export async function runExec(
       outputBytes: { stdout: stdoutSink.bytes.count, stderr: stderrSink.bytes.count },
     };
   } finally {
+    stopHealth?.();
     if (vm && !vm.hasExited) await vm.stop();
+    if (gvproxy) {
+      if (forwarder && !gvproxy.hasExited) {
+        for (const f of plan.forwards) await forwarder.unexpose(f).catch(() => undefined);
+      }
+      const exit = await gvproxy.stop();
+      emit({ type: 'process', action: 'stopped', process: gvproxy.record(), exit });
+    }
     for (const sink of sinks) await sink.close();
     await fs.rm(handoff, { recursive: true, force: true });
     await finishRun(run, failed || plan.keepLogs);
   }
+}
+
+/**
+ * While the VM runs: if gvproxy exits, or stops answering its API, say so once (the guest's network
+ * is down: the run is degraded, not healthy). Returns a function that stops watching.
+ */
+function watchGvproxy(
+  gvproxy: SupervisedProcess,
+  client: ForwarderClient,
+  vm: RunningVm,
+  warn: (message: string) => void,
+): () => void {
+  let stopped = false;
+  let warned = false;
+  const degrade = (why: string) => {
+    if (stopped || warned || vm.hasExited) return;
+    warned = true;
+    warn(
+      `gvproxy ${why}: the guest's network and port forwards are down (degraded); see ${gvproxy.spec.logFile}`,
+    );
+  };
+  void gvproxy.exited.then(async (exit) => {
+    // gvproxy also exits by itself when QEMU closes its end: that is the VM ending, not a failure.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([vm.exited, new Promise((resolve) => (timer = setTimeout(resolve, 1_000)))]);
+    clearTimeout(timer);
+    degrade(
+      `(pid ${gvproxy.pid}) exited ${exit.signal ? `by ${exit.signal}` : `with code ${exit.exitCode}`}`,
+    );
+  });
+  const timer = setInterval(() => {
+    client.list().catch((err: Error) => degrade(`stopped answering its API (${err.message})`));
+  }, 2_000);
+  timer.unref();
+  return () => {
+    stopped = true;
+    clearInterval(timer);
+  };
 }
 
 async function readStatus(handoff: string): Promise<GuestStatus | undefined> {

@@ -5,8 +5,14 @@ import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { HostError } from '../errors.ts';
 
-/** The kernel modules the initramfs loads: virtio transport, virtio-fs root, serial ports, overlay. */
-export const INITRAMFS_MODULES = ['virtio_mmio', 'virtiofs', 'virtio_console', 'overlay'] as const;
+/** The kernel modules the initramfs loads: virtio transport, virtio-fs root, serial ports, overlay, NIC. */
+export const INITRAMFS_MODULES = [
+  'virtio_mmio',
+  'virtiofs',
+  'virtio_console',
+  'overlay',
+  'virtio_net',
+] as const;
 
 export interface ModuleFile {
   /** Module name with '-' folded to '_' (as the kernel names it). */

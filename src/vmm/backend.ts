@@ -8,6 +8,23 @@ export interface SerialPortSpec {
   readonly socketPath: string;
 }
 
+/**
+ * The guest's network: gvproxy's stream socket (started by the caller, shared by every backend),
+ * the VMM's own user-mode network with TCP host forwards (QEMU's slirp), or none.
+ */
+export type NetworkSpec =
+  | { readonly mode: 'gvproxy'; readonly socketPath: string; readonly mac: string }
+  | {
+      readonly mode: 'user';
+      readonly mac: string;
+      readonly forwards: readonly {
+        readonly hostAddress: string;
+        readonly hostPort: number;
+        readonly guestPort: number;
+      }[];
+    }
+  | { readonly mode: 'none' };
+
 /** Everything a backend needs to boot one microVM. Plain data: builders stay pure. */
 export interface VmSpec {
   readonly arch: GuestArch;
@@ -23,6 +40,7 @@ export interface VmSpec {
   /** 'overlay': the share is read-only lower layer under a tmpfs; 'rw': the share is the root. */
   readonly rootMode: 'overlay' | 'rw';
   readonly ports: readonly SerialPortSpec[];
+  readonly network: NetworkSpec;
   /** Where the backend writes logs and pid files. */
   readonly runDir: string;
   /** Where the backend creates its sockets (short enough for sun_path). */
@@ -36,6 +54,7 @@ export interface BackendFeatures {
   readonly guestArches: readonly GuestArch[];
   readonly virtioFsRoot: boolean;
   readonly serialPorts: boolean;
+  readonly networks: readonly NetworkSpec['mode'][];
 }
 
 export interface VmExit {

@@ -41,12 +41,65 @@ ts "started"
 
 mode=
 run=
+net=none
 for word in $(cat /proc/cmdline); do
   case $word in
     ovm.mode=*) mode=${word#ovm.mode=} ;;
     ovm.run=*) run=${word#ovm.run=} ;;
+    ovm.net=*) net=${word#ovm.net=} ;;
   esac
 done
+
+# Networking. eth0 gets its address by DHCP from gvproxy (192.168.127.2 for the fixed MAC
+# 5a:94:ef:e4:0c:ee) or from QEMU's user network (10.0.2.15); with gvproxy, a failed DHCP falls
+# back to the static 192.168.127.2/24 via 192.168.127.1. DNS comes from the lease, else the
+# gateway's. The host's loopback services are at 192.168.127.254 (gvproxy) or 10.0.2.2 (user).
+write_lease_script() {
+  cat >/run/ovm-udhcpc.sh <<'LEASE'
+#!/bin/sh
+case $1 in
+  deconfig) ip addr flush dev "$interface" ;;
+  bound | renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    for r in $router; do
+      ip route replace default via "$r" dev "$interface"
+      break
+    done
+    : >/etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
+    ;;
+esac
+LEASE
+  chmod 755 /run/ovm-udhcpc.sh
+}
+
+net_up() {
+  ip link set lo up
+  [ "$net" = none ] && return 0
+  if [ ! -e /sys/class/net/eth0 ]; then
+    ts "network: no eth0 (ovm.net=$net)"
+    return 0
+  fi
+  ip link set eth0 up
+  write_lease_script
+  if udhcpc -i eth0 -f -q -n -T 1 -t 3 -A 1 -s /run/ovm-udhcpc.sh >/dev/null 2>&1; then
+    ts "network: $(ip -4 -o addr show dev eth0 | awk '{print $4}') by DHCP"
+  elif [ "$net" = gvproxy ]; then
+    ip addr add 192.168.127.2/24 dev eth0
+    ip route replace default via 192.168.127.1 dev eth0
+    ts "network: DHCP failed, static 192.168.127.2/24"
+  else
+    ts "network: DHCP failed"
+  fi
+  if ! grep -q '^nameserver' /etc/resolv.conf 2>/dev/null; then
+    case $net in
+      gvproxy) echo 'nameserver 192.168.127.1' >/etc/resolv.conf ;;
+      user) echo 'nameserver 10.0.2.3' >/etc/resolv.conf ;;
+    esac
+  fi
+}
+net_up
 
 # The shared root as the host sees it: / for a writable root, /.ovm-host under an overlay.
 host_root=

@@ -14,6 +14,7 @@ const spec: VmSpec = {
   rootDir: '/root fs',
   rootMode: 'overlay',
   ports: [{ name: 'org.openshell.stdout', socketPath: '/run,dir/out.sock' }],
+  network: { mode: 'none' },
   runDir: '/run',
   socketDir: '/run',
   consoleLog: '/run/console.log',
@@ -48,7 +49,7 @@ test('aarch64: the virt machine with a cortex-a72 under TCG and -cpu host with a
 test('the kernel command line names the console, the root share and the mode', () => {
   assert.equal(
     kernelCommandLine(spec),
-    'console=ttyS0 reboot=t panic=-1 ovm.tag=ovmroot ovm.root=overlay ovm.mode=exec ovm.run=abc',
+    'console=ttyS0 reboot=t panic=-1 ovm.tag=ovmroot ovm.root=overlay ovm.net=none ovm.mode=exec ovm.run=abc',
   );
   assert.match(kernelCommandLine({ ...spec, arch: 'aarch64' }), /^console=ttyAMA0 panic=-1 /);
 });
@@ -70,4 +71,27 @@ test('virtiofsd argv for the C and the Rust implementations', () => {
     '--sandbox=chroot',
   ]);
   assert.equal(optValue('a,b'), 'a,,b');
+});
+
+test("networks: virtio-net with the fixed MAC on gvproxy's stream socket, on QEMU slirp with host forwards, or none", () => {
+  const mac = '5a:94:ef:e4:0c:ee';
+  const gv = qemuArgs(
+    { ...spec, network: { mode: 'gvproxy', socketPath: '/r/gv.sock', mac } },
+    { virtiofsSocket: '/s' },
+  );
+  assert.deepEqual(after(gv, '-netdev'), ['stream,id=n0,server=off,addr.type=unix,addr.path=/r/gv.sock']);
+  assert.ok(after(gv, '-device').includes(`virtio-net-device,netdev=n0,mac=${mac}`));
+  const user = qemuArgs(
+    {
+      ...spec,
+      network: {
+        mode: 'user',
+        mac,
+        forwards: [{ hostAddress: '127.0.0.1', hostPort: 18080, guestPort: 80 }],
+      },
+    },
+    { virtiofsSocket: '/s' },
+  );
+  assert.deepEqual(after(user, '-netdev'), ['user,id=n0,hostfwd=tcp:127.0.0.1:18080-:80']);
+  assert.equal(after(qemuArgs(spec, { virtiofsSocket: '/s' }), '-netdev').length, 0);
 });

@@ -25,6 +25,8 @@ export function kernelCommandLine(spec: VmSpec): string {
     // The virtio-fs tag of the root share, and whether it is the root or an overlay's lower layer.
     `ovm.tag=${ROOT_SHARE_TAG}`,
     `ovm.root=${spec.rootMode}`,
+    // How the guest init configures eth0: DHCP, with gvproxy's static address as the fallback.
+    `ovm.net=${spec.network.mode}`,
     ...spec.kernelArgs,
   ];
   return words.join(' ');
@@ -78,6 +80,7 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
     `socket,id=vfs,path=${optValue(paths.virtiofsSocket)}`,
     '-device',
     `vhost-user-fs-device,chardev=vfs,tag=${ROOT_SHARE_TAG}`,
+    ...networkArgs(spec),
     ...(spec.ports.length ? ['-device', 'virtio-serial-device'] : []),
     ...spec.ports.flatMap((port, i) => [
       '-chardev',
@@ -86,6 +89,24 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
       `virtserialport,chardev=port${i},name=${optValue(port.name)}`,
     ]),
   ];
+}
+
+/** The guest NIC: virtio-net on gvproxy's stream socket, on QEMU's slirp, or none at all. */
+function networkArgs(spec: VmSpec): string[] {
+  const net = spec.network;
+  if (net.mode === 'none') return [];
+  const device = ['-device', `virtio-net-device,netdev=n0,mac=${net.mac}`];
+  if (net.mode === 'gvproxy') {
+    return [
+      '-netdev',
+      `stream,id=n0,server=off,addr.type=unix,addr.path=${optValue(net.socketPath)}`,
+      ...device,
+    ];
+  }
+  const hostfwd = net.forwards
+    .map((f) => `,hostfwd=tcp:${f.hostAddress}:${f.hostPort}-:${f.guestPort}`)
+    .join('');
+  return ['-netdev', `user,id=n0${hostfwd}`, ...device];
 }
 
 /** virtiofsd's argv (without the binary) for the C virtiofsd of QEMU <= 7 and the Rust one. */

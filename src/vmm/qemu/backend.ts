@@ -35,6 +35,7 @@ export class QemuBackend implements VmmBackend {
     guestArches: ['x86_64', 'aarch64'],
     virtioFsRoot: process.platform === 'linux',
     serialPorts: true,
+    networks: ['gvproxy', 'user', 'none'],
   };
   readonly #env: HostEnvironment;
   readonly #events: ProcessEvents;
