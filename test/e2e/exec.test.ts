@@ -20,7 +20,7 @@ test('/bin/true exits 0 with the seed defaults (2 vCPUs, 2048 MiB), printing the
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /accelerator: (kvm|hvf|tcg) \(/);
   assert.match(r.stderr, /\(2 vCPU, 2048 MiB\)/);
-  assert.deepEqual(r.processes.map((p) => p.name).sort(), ['qemu', 'virtiofsd']);
+  assert.deepEqual(r.processes.map((p) => p.name).sort(), ['gvproxy', 'qemu', 'virtiofsd']);
   assert.equal(r.stdout.length, 0);
 });
 
@@ -162,7 +162,7 @@ test('SIGTERM while the command runs stops everything and exits 143', async () =
 test('after kill -9 of the CLI, the next run reaps the orphaned VM by pid and start time', async () => {
   const crashed = await runAndSignal(commandStarted, 'SIGKILL');
   assert.equal(crashed.signal, 'SIGKILL');
-  assert.equal(crashed.processes.length, 2);
+  assert.equal(crashed.processes.length, 3);
   const next = await box.run([...LIGHT, '--exec', '/bin/true']);
   assert.equal(next.code, 0, next.stderr);
   assert.match(next.stderr, /cleaned up 1 run\(s\) left by a CLI that died; stopped qemu \(pid \d+\)/);
