@@ -106,11 +106,25 @@ test('bad input: QEMU missing from PATH', async () => {
 test('bad input: no guest kernel in the cache', async () => {
   const emptyCache = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-nocache-'));
   after(() => fs.rmSync(emptyCache, { recursive: true, force: true }));
-  const r = await box.run(['--arch', 'aarch64', '--exec', '/bin/true'], {
+  const r = await box.run(['--net', 'none', '--arch', 'aarch64', '--exec', '/bin/true'], {
     env: { OPENSHELL_VM_CACHE_DIR: emptyCache },
   });
   assert.equal(r.code, 125, r.stderr);
   assert.match(r.stderr, /error: no guest kernel for aarch64/);
   assert.match(r.stderr, /hint: run scripts\/provision-host.sh --arch aarch64/);
+  assert.deepEqual(r.processes, []);
+});
+
+test('bad input: gvproxy missing for the default network', async () => {
+  const emptyCache = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-nogv-'));
+  after(() => fs.rmSync(emptyCache, { recursive: true, force: true }));
+  // No gvproxy on PATH (only Node's directory and the system's) and none in the (empty) cache.
+  const r = await box.run(['--exec', '/bin/true'], {
+    direct: true,
+    env: { OPENSHELL_VM_CACHE_DIR: emptyCache, PATH: `${path.dirname(process.execPath)}:/usr/bin:/bin` },
+  });
+  assert.equal(r.code, 125, r.stderr);
+  assert.match(r.stderr, /error: gvproxy not found \(the default network, --net gvproxy, needs it\)/);
+  assert.match(r.stderr, /hint: run scripts\/provision-host.sh, or use --net user/);
   assert.deepEqual(r.processes, []);
 });
