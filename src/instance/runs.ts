@@ -29,8 +29,8 @@ export const RUN_FILES = {
   kept: 'kept',
 } as const;
 
-/** Longest socket file name used in a socket directory. */
-const LONGEST_SOCKET_NAME = 'stderr.sock';
+/** Longest socket file name used in a socket directory (gvproxy's data socket, see src/net/gvproxy.ts). */
+export const LONGEST_SOCKET_NAME = 'gv-qemu.sock';
 /** sun_path is 108 bytes on Linux and 104 on macOS, NUL included. */
 const SUN_PATH_MAX = 103;
 const KEPT_RUNS = 5;

@@ -65,17 +65,30 @@ export async function findGvproxy(env: HostEnvironment): Promise<string> {
 }
 
 /**
+ * How the VMM talks to gvproxy: a unix stream socket (QEMU's -netdev stream, libkrun's
+ * krun_add_net_unixstream on Linux) or a unixgram socket with the vfkit handshake (libkrun's
+ * krun_add_net_unixgram with NET_FLAG_VFKIT on macOS).
+ */
+export type GvproxyTransport = 'stream' | 'vfkit';
+
+/**
  * gvproxy's argv. The API listens with -services when this gvproxy has it (the HTTP API without
  * the raw /connect endpoint that -listen adds); older ones (0.8.1 in Debian 13) only have -listen,
  * whose socket then lives in a 0700 directory. -ssh-port -1 disables gvproxy's default host:2222
  * forward, which otherwise clashes between instances.
  */
-export function gvproxyArgs(socketDir: string, hasServicesFlag: boolean): string[] {
+export function gvproxyArgs(
+  socketDir: string,
+  hasServicesFlag: boolean,
+  transport: GvproxyTransport = 'stream',
+): string[] {
+  const data = path.join(socketDir, GVPROXY_FILES.qemuSocket);
   return [
     hasServicesFlag ? '-services' : '-listen',
     `unix://${path.join(socketDir, GVPROXY_FILES.apiSocket)}`,
-    '-listen-qemu',
-    `unix://${path.join(socketDir, GVPROXY_FILES.qemuSocket)}`,
+    ...(transport === 'stream'
+      ? ['-listen-qemu', `unix://${data}`]
+      : ['-listen-vfkit', `unixgram://${data}`]),
     '-ssh-port',
     '-1',
   ];
@@ -89,11 +102,16 @@ export async function hasServicesFlag(binary: string): Promise<boolean> {
   return /^\s+-services\b/m.test(`${stdout}\n${stderr}`);
 }
 
-export async function gvproxySpec(binary: string, runDir: string, socketDir: string): Promise<ProcessSpec> {
+export async function gvproxySpec(
+  binary: string,
+  runDir: string,
+  socketDir: string,
+  transport: GvproxyTransport = 'stream',
+): Promise<ProcessSpec> {
   return {
     name: 'gvproxy',
     command: binary,
-    args: gvproxyArgs(socketDir, await hasServicesFlag(binary)),
+    args: gvproxyArgs(socketDir, await hasServicesFlag(binary), transport),
     logFile: path.join(runDir, GVPROXY_FILES.log),
     pidFile: path.join(runDir, GVPROXY_FILES.pid),
     ready: { kind: 'socket', path: path.join(socketDir, GVPROXY_FILES.qemuSocket) },

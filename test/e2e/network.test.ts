@@ -200,3 +200,36 @@ test('bad input: a host port already in use', async (t) => {
   assert.match(r.stderr, /hint: stop what listens there/);
   assert.deepEqual(r.processes, []);
 });
+
+test('if gvproxy dies while the VM runs, the run says it is degraded, and still stops cleanly', async () => {
+  let gvPid = 0;
+  let stage = 0;
+  const r = await box.run([...LIGHT, '--exec', '/bin/sleep', '--args', '60'], {
+    onEvent: (e, child) => {
+      if (
+        e.type === 'process' &&
+        e.action === 'started' &&
+        (e.process as { name: string }).name === 'gvproxy'
+      ) {
+        gvPid = (e.process as { pid: number }).pid;
+      }
+      if (stage === 0 && e.type === 'progress' && /command started/.test(String(e.message))) {
+        stage = 1;
+        process.kill(gvPid, 'SIGKILL');
+      }
+      if (stage === 1 && e.type === 'warning') {
+        stage = 2;
+        child.kill('SIGTERM');
+      }
+    },
+  });
+  assert.equal(stage, 2, r.stderr);
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `warning: gvproxy \\(pid ${gvPid}\\) exited by SIGKILL: the guest's network and port forwards are down \\(degraded\\)`,
+    ),
+  );
+  assert.equal(r.code, 143);
+  await box.assertClean(r);
+});
