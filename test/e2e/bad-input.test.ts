@@ -128,3 +128,24 @@ test('bad input: gvproxy missing for the default network', async () => {
   assert.match(r.stderr, /hint: run scripts\/provision-host.sh, or use --net user/);
   assert.deepEqual(r.processes, []);
 });
+
+test('kernel check: exit 0/1 by result, --json, and clear errors', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-kc-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(dir, 'partial'), 'CONFIG_BRIDGE=y\nCONFIG_VETH=m\n');
+  const r = await box.run(['kernel', 'check', '--json', path.join(dir, 'partial')]);
+  assert.equal(r.code, 1);
+  const json = JSON.parse(r.stdout.toString());
+  assert.equal(json.ok, false);
+  assert.ok(json.missing.includes('CONFIG_NF_TABLES'));
+  assert.deepEqual(json.modules, ['CONFIG_VETH']);
+  const human = await box.run(['kernel', 'check', path.join(dir, 'partial')]);
+  assert.match(human.stdout.toString(), /^ {2}m {2}CONFIG_VETH /m);
+  assert.match(human.stdout.toString(), /NOT OK: missing CONFIG_NAMESPACES/);
+  const missing = await box.run(['kernel', 'check', path.join(dir, 'nope')]);
+  assert.equal(missing.code, 125);
+  assert.match(missing.stderr, /error: kernel config .*nope does not exist/);
+  const bad = await box.run(['kernel', 'frobnicate']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /kernel: unknown subcommand 'frobnicate'/);
+});
