@@ -141,7 +141,10 @@ test('kernel check: exit 0/1 by result, --json, and clear errors', async (t) => 
   assert.deepEqual(json.modules, ['CONFIG_VETH']);
   const human = await box.run(['kernel', 'check', path.join(dir, 'partial')]);
   assert.match(human.stdout.toString(), /^ {2}m {2}CONFIG_VETH /m);
-  assert.match(human.stdout.toString(), /NOT OK: missing CONFIG_NET_NS, CONFIG_NAMESPACES, CONFIG_BRIDGE_NETFILTER/);
+  assert.match(
+    human.stdout.toString(),
+    /NOT OK: missing CONFIG_NET_NS, CONFIG_NAMESPACES, CONFIG_BRIDGE_NETFILTER/,
+  );
   const missing = await box.run(['kernel', 'check', path.join(dir, 'nope')]);
   assert.equal(missing.code, 125);
   assert.match(missing.stderr, /error: kernel config .*nope does not exist/);
