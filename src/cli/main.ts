@@ -12,6 +12,7 @@ import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
 import { HELP } from './help.ts';
 import { kernelCommand } from './kernel.ts';
 import { Reporter } from './reporter.ts';
+import { runtimeCommand } from './runtime.ts';
 
 /** The only place that decides exit codes for openshell-vm's own failures. */
 export const EXIT = { usage: 2, failure: 125 } as const;
@@ -59,6 +60,7 @@ export async function main(argv: readonly string[]): Promise<number> {
 async function dispatch(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'help') return printHelp();
   if (argv[0] === 'kernel') return kernelCommand(argv.slice(1));
+  if (argv[0] === 'runtime') return runtimeCommand(argv.slice(1));
   // `run` may come first or after options: `openshell-vm -q run -- PATH`.
   let args = parseArgs(argv, OPTIONS, true);
   const isRun = args.rest[0] === 'run';

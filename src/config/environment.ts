@@ -16,6 +16,8 @@ export interface HostEnvironment {
   readonly searchPath: string;
   /** Explicit paths that override tool discovery (OPENSHELL_VM_QEMU_<ARCH>, _VIRTIOFSD, _GVPROXY). */
   readonly toolOverrides: Readonly<Record<string, string>>;
+  /** OPENSHELL_VM_RUNTIME_DIR: the libkrun runtime bundle to use instead of discovering one. */
+  readonly runtimeBundleDir: string | undefined;
 }
 
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvironment {
@@ -40,5 +42,6 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvir
     runtimeDir: env.XDG_RUNTIME_DIR ? path.join(runtimeBase, 'ovm') : runtimeBase,
     searchPath: env.PATH ?? '',
     toolOverrides,
+    runtimeBundleDir: env.OPENSHELL_VM_RUNTIME_DIR || undefined,
   };
 }

@@ -31,6 +31,7 @@ function fakeGuest(t: { after: (fn: () => void) => void }): { env: HostEnvironme
     runtimeDir: base,
     searchPath: '',
     toolOverrides: {},
+    runtimeBundleDir: undefined,
   };
   const guest: GuestInputs = {
     arch: 'x86_64',

@@ -17,6 +17,7 @@ function env(t: { after: (fn: () => void) => void }): HostEnvironment {
     runtimeDir: path.join(base, 'rt'),
     searchPath: '',
     toolOverrides: {},
+    runtimeBundleDir: undefined,
   };
 }
 

@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import type { HostEnvironment } from '../../config/environment.ts';
+import { HostError } from '../../errors.ts';
+import { describeRuntime, discoverRuntime, validateBundle } from './runtime.ts';
+
+function bundle(
+  t: { after: (fn: () => void) => void },
+  files: Record<string, string | { text: string; mode: number }>,
+): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-rt-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  for (const [name, content] of Object.entries(files)) {
+    const { text, mode } = typeof content === 'string' ? { text: content, mode: 0o644 } : content;
+    fs.writeFileSync(path.join(dir, name), text, { mode });
+  }
+  return dir;
+}
+const GV = { text: '#!/bin/sh\n', mode: 0o755 };
+const env = (runtimeBundleDir?: string): HostEnvironment => ({
+  cacheDir: '/nonexistent',
+  dataDir: '/nonexistent',
+  runtimeDir: '/nonexistent',
+  searchPath: '',
+  toolOverrides: {},
+  runtimeBundleDir,
+});
+
+test('a minimal stock bundle validates; the sha256 is the one sha256sum computes', async (t) => {
+  const dir = bundle(t, { 'libkrun.so': 'krun', 'libkrunfw.so.5': 'kernel bytes', gvproxy: GV });
+  const r = await discoverRuntime(env(dir), { platform: 'linux' });
+  assert.equal(r.source, 'env');
+  assert.equal(r.kind, 'stock');
+  assert.deepEqual(r.libkrunfw, [path.join(dir, 'libkrunfw.so.5')]);
+  const expected = execFileSync('sha256sum', [path.join(dir, 'libkrunfw.so.5')], { encoding: 'utf8' }).split(
+    ' ',
+  )[0];
+  assert.equal(r.libkrunfwSha256, expected);
+  assert.ok(describeRuntime(r).includes('type: stock (system/homebrew)'));
+});
+
+test('a custom bundle reports its provenance; a mismatching artifact_sha256 is refused', async (t) => {
+  const dir = bundle(t, { 'libkrun.dylib': 'krun', 'libkrunfw.5.dylib': 'custom kernel', gvproxy: GV });
+  const sha = execFileSync('sha256sum', [path.join(dir, 'libkrunfw.5.dylib')], { encoding: 'utf8' }).split(
+    ' ',
+  )[0];
+  fs.writeFileSync(
+    path.join(dir, 'provenance.json'),
+    JSON.stringify({
+      libkrunfw_commit: '463f717b',
+      kernel_version: '6.12.76',
+      build_timestamp: '2026-04-01T00:00:00Z',
+      artifact_sha256: sha,
+    }),
+  );
+  fs.writeFileSync(
+    path.join(dir, 'manifest.json'),
+    JSON.stringify({
+      target: 'aarch64-apple-darwin',
+      custom: true,
+      files: ['libkrun.dylib', 'gvproxy', 'libkrunfw.5.dylib', 'provenance.json'],
+    }),
+  );
+  const r = await validateBundle(dir, 'package', 'darwin');
+  assert.equal(r.kind, 'custom');
+  assert.deepEqual(describeRuntime(r).slice(-4), [
+    'type: custom (OpenShell-built)',
+    'libkrunfw-commit: 463f717b',
+    'kernel-version: 6.12.76',
+    'build-timestamp: 2026-04-01T00:00:00Z',
+  ]);
+  fs.writeFileSync(path.join(dir, 'libkrunfw.5.dylib'), 'replaced');
+  await assert.rejects(
+    validateBundle(dir, 'package', 'darwin'),
+    /provenance.json describes a libkrunfw with sha256/,
+  );
+});
+
+test('broken bundles: each problem named, with a fix', async (t) => {
+  const cases: [Record<string, string | { text: string; mode: number }>, RegExp][] = [
+    [{ 'libkrunfw.so.5': 'k', gvproxy: GV }, /no libkrun.so or libkrun.so.1/],
+    [{ 'libkrun.so': 'k', gvproxy: GV }, /no libkrunfw library/],
+    [{ 'libkrun.so': 'k', 'libkrunfw.so.5': 'k' }, /no executable gvproxy/],
+    [{ 'libkrun.so': 'k', 'libkrunfw.so.5': 'k', gvproxy: 'not executable' }, /no executable gvproxy/],
+    [
+      { 'libkrun.so': 'k', 'libkrunfw.so.5': 'k', gvproxy: GV, 'provenance.json': '{"artifact": ' },
+      /provenance.json is not valid JSON/,
+    ],
+    [
+      { 'libkrun.so': 'k', 'libkrunfw.so.5': 'k', gvproxy: GV, 'manifest.json': '[1,2]' },
+      /manifest.json is not valid JSON \(not a JSON object\)/,
+    ],
+    [
+      {
+        'libkrun.so': 'k',
+        'libkrunfw.so.5': 'k',
+        gvproxy: GV,
+        'manifest.json': '{"files": ["libkrun.so", "libkrunfw.so.5", "gone.so"]}',
+      },
+      /lists files that are missing: gone.so/,
+    ],
+  ];
+  for (const [files, re] of cases) {
+    const dir = bundle(t, files);
+    await assert.rejects(
+      validateBundle(dir, 'env', 'linux'),
+      (e: unknown) => e instanceof HostError && re.test(e.message) && !!e.hint,
+      String(re),
+    );
+  }
+});
+
+test('discovery order: OPENSHELL_VM_RUNTIME_DIR, then next to the package, then system directories', async (t) => {
+  const pkg = bundle(t, {});
+  fs.mkdirSync(path.join(pkg, 'openshell-vm.runtime'));
+  for (const [n, c] of Object.entries({ 'libkrun.so': 'k', 'libkrunfw.so.5': 'k' }))
+    fs.writeFileSync(path.join(pkg, 'openshell-vm.runtime', n), c);
+  fs.writeFileSync(path.join(pkg, 'openshell-vm.runtime', 'gvproxy'), '#!/bin/sh\n', { mode: 0o755 });
+  const sys = bundle(t, { 'libkrun.so.1': 'k', 'libkrunfw.so.5': 'k' });
+  assert.equal(
+    (await discoverRuntime(env(), { platform: 'linux', packageDir: pkg, systemDirs: [sys] })).source,
+    'package',
+  );
+  const system = await discoverRuntime(env(), {
+    platform: 'linux',
+    packageDir: '/nonexistent',
+    systemDirs: ['/nonexistent', sys],
+  });
+  assert.equal(system.source, 'system');
+  assert.equal(system.gvproxy, undefined, 'system directories ship no gvproxy: it is looked up elsewhere');
+  await assert.rejects(
+    discoverRuntime(env(), { platform: 'linux', packageDir: '/nonexistent', systemDirs: ['/nonexistent'] }),
+    (e: unknown) =>
+      e instanceof HostError &&
+      e.message === 'no libkrun runtime found' &&
+      /OPENSHELL_VM_RUNTIME_DIR/.test(e.hint ?? ''),
+  );
+});

@@ -1,0 +1,234 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { HostEnvironment } from '../../config/environment.ts';
+import { HostError, isErrno } from '../../errors.ts';
+import { pathExists } from '../../host/fs.ts';
+
+/**
+ * The libkrun runtime: libkrun (the VMM library), libkrunfw (the guest kernel as a library) and,
+ * in a bundle, gvproxy. Found, in order, at OPENSHELL_VM_RUNTIME_DIR, in `openshell-vm.runtime/`
+ * next to the installed package, then in the platform's usual library directories.
+ */
+export const RUNTIME_BUNDLE_DIR = 'openshell-vm.runtime';
+
+/** What a bundle's provenance.json says (written by the custom libkrunfw build). */
+export interface Provenance {
+  readonly artifact?: string;
+  readonly version?: string;
+  readonly build_timestamp?: string;
+  readonly libkrunfw_repo?: string;
+  readonly libkrunfw_ref?: string;
+  readonly libkrunfw_commit?: string;
+  readonly kernel_version?: string;
+  readonly kernel_config_fragment?: string;
+  readonly artifact_sha256?: string;
+  readonly host_os?: string;
+  readonly host_arch?: string;
+  readonly builder?: string;
+}
+
+export interface RuntimeBundle {
+  readonly dir: string;
+  readonly source: 'env' | 'package' | 'system';
+  readonly libkrun: string;
+  /** Every libkrunfw library, sorted; the first is the one whose checksum is reported. */
+  readonly libkrunfw: readonly string[];
+  readonly libkrunfwSha256: string;
+  /** gvproxy shipped in the bundle (system locations have none: it is looked up elsewhere). */
+  readonly gvproxy: string | undefined;
+  /** custom: a provenance.json describes an OpenShell-built libkrunfw; stock otherwise. */
+  readonly kind: 'custom' | 'stock';
+  readonly provenance: Provenance | undefined;
+  readonly manifest:
+    | { readonly target?: string; readonly custom?: boolean; readonly files: readonly string[] }
+    | undefined;
+}
+
+export type Platform = 'darwin' | 'linux';
+
+const LIBKRUN: Readonly<Record<Platform, readonly string[]>> = {
+  darwin: ['libkrun.dylib', 'libkrun.1.dylib'],
+  linux: ['libkrun.so', 'libkrun.so.1'],
+};
+const SYSTEM_DIRS: Readonly<Record<Platform, readonly string[]>> = {
+  darwin: ['/opt/homebrew/lib', '/usr/local/lib'],
+  linux: [
+    '/usr/local/lib64',
+    '/usr/local/lib',
+    '/usr/lib64',
+    '/usr/lib/x86_64-linux-gnu',
+    '/usr/lib/aarch64-linux-gnu',
+    '/usr/lib',
+  ],
+};
+
+const INSTALL_HINT: Readonly<Record<Platform, string>> = {
+  darwin:
+    'brew tap slp/krun && brew install libkrun libkrunfw, or set OPENSHELL_VM_RUNTIME_DIR to a runtime bundle',
+  linux:
+    'install libkrun and libkrunfw (Fedora: dnf install libkrun; elsewhere build them), or set OPENSHELL_VM_RUNTIME_DIR to a runtime bundle',
+};
+
+export interface DiscoverOptions {
+  readonly platform?: Platform;
+  /** The installed package's root (where openshell-vm.runtime/ may sit). */
+  readonly packageDir?: string;
+  /** Replaces the platform's library directories (tests). */
+  readonly systemDirs?: readonly string[];
+}
+
+/** Finds and validates the runtime; a missing or broken one is a HostError saying what and how to fix it. */
+export async function discoverRuntime(
+  env: HostEnvironment,
+  options: DiscoverOptions = {},
+): Promise<RuntimeBundle> {
+  const platform = options.platform ?? (process.platform === 'darwin' ? 'darwin' : 'linux');
+  if (env.runtimeBundleDir) return validateBundle(env.runtimeBundleDir, 'env', platform);
+  const packageDir = options.packageDir ?? path.resolve(import.meta.dirname, '..', '..', '..');
+  const besidePackage = path.join(packageDir, RUNTIME_BUNDLE_DIR);
+  if (await isDir(besidePackage)) return validateBundle(besidePackage, 'package', platform);
+  for (const dir of options.systemDirs ?? SYSTEM_DIRS[platform]) {
+    if (await findFirst(dir, LIBKRUN[platform])) return validateBundle(dir, 'system', platform);
+  }
+  throw new HostError('no libkrun runtime found', {
+    hint: `${INSTALL_HINT[platform]} (looked in OPENSHELL_VM_RUNTIME_DIR, ${besidePackage}, ${(options.systemDirs ?? SYSTEM_DIRS[platform]).join(', ')})`,
+  });
+}
+
+/**
+ * Validates a runtime directory: libkrun and at least one libkrunfw present; in a bundle (not a
+ * system library directory) an executable gvproxy; manifest.json, when present, valid JSON whose
+ * files all exist; provenance.json, when present, valid JSON whose artifact_sha256 (if given)
+ * matches the libkrunfw it describes.
+ */
+export async function validateBundle(
+  dir: string,
+  source: RuntimeBundle['source'],
+  platform: Platform,
+): Promise<RuntimeBundle> {
+  const fail = (message: string, hint?: string) =>
+    new HostError(`runtime ${dir}: ${message}`, { hint: hint ?? INSTALL_HINT[platform] });
+  if (!(await isDir(dir))) throw fail('is not a directory');
+  const libkrunName = await findFirst(dir, LIBKRUN[platform]);
+  if (!libkrunName) throw fail(`no ${LIBKRUN[platform].join(' or ')}`);
+  const entries = (await fs.readdir(dir)).sort();
+  const isLib = (n: string) => (platform === 'darwin' ? n.endsWith('.dylib') : /\.so(\.|$)/.test(n));
+  const libkrunfw = entries
+    .filter((n) => n.startsWith('libkrunfw') && isLib(n))
+    .map((n) => path.join(dir, n));
+  if (!libkrunfw.length) throw fail('no libkrunfw library (the guest kernel)');
+
+  let gvproxy: string | undefined;
+  if (source !== 'system') {
+    gvproxy = path.join(dir, 'gvproxy');
+    if (!(await isExecutable(gvproxy)))
+      throw fail('no executable gvproxy in the bundle', 'add gvproxy to the bundle (chmod +x)');
+  }
+
+  const manifest = await readJson<{ target?: string; custom?: boolean; files?: unknown }>(
+    path.join(dir, 'manifest.json'),
+    fail,
+  );
+  if (manifest) {
+    if (!Array.isArray(manifest.files) || manifest.files.some((f) => typeof f !== 'string')) {
+      throw fail('manifest.json has no "files" list of names', 'rebuild the runtime bundle');
+    }
+    const missing: string[] = [];
+    for (const f of manifest.files as string[]) if (!(await pathExists(path.join(dir, f)))) missing.push(f);
+    if (missing.length)
+      throw fail(
+        `manifest.json lists files that are missing: ${missing.join(', ')}`,
+        'rebuild the runtime bundle',
+      );
+  }
+
+  const libkrunfwSha256 = await sha256File(libkrunfw[0] as string);
+  const provenance = await readJson<Provenance>(path.join(dir, 'provenance.json'), fail);
+  if (provenance?.artifact_sha256 && provenance.artifact_sha256 !== libkrunfwSha256) {
+    throw fail(
+      `provenance.json describes a libkrunfw with sha256 ${provenance.artifact_sha256}, but ${path.basename(libkrunfw[0] as string)} has ${libkrunfwSha256}`,
+      'the library was replaced after the build: rebuild the runtime or remove provenance.json',
+    );
+  }
+  return {
+    dir,
+    source,
+    libkrun: path.join(dir, libkrunName),
+    libkrunfw,
+    libkrunfwSha256,
+    gvproxy,
+    kind: provenance ? 'custom' : 'stock',
+    provenance,
+    manifest: manifest ? { ...manifest, files: manifest.files as string[] } : undefined,
+  };
+}
+
+/** The lines printed at start (and by `openshell-vm runtime`). */
+export function describeRuntime(r: RuntimeBundle): string[] {
+  const lines = [
+    `runtime: ${r.dir} (${r.source === 'env' ? 'OPENSHELL_VM_RUNTIME_DIR' : r.source === 'package' ? 'bundled' : 'system'})`,
+    `libkrun: ${r.libkrun}`,
+    ...r.libkrunfw.map((f) => `libkrunfw: ${path.basename(f)}`),
+    `sha256: ${r.libkrunfwSha256.slice(0, 12)}...`,
+  ];
+  if (r.kind === 'custom' && r.provenance) {
+    const p = r.provenance;
+    lines.push(
+      'type: custom (OpenShell-built)',
+      `libkrunfw-commit: ${p.libkrunfw_commit ?? 'unknown'}`,
+      `kernel-version: ${p.kernel_version ?? 'unknown'}`,
+      `build-timestamp: ${p.build_timestamp ?? 'unknown'}`,
+    );
+  } else {
+    lines.push('type: stock (system/homebrew)');
+  }
+  return lines;
+}
+
+export async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+async function readJson<T>(file: string, fail: (m: string, h?: string) => Error): Promise<T | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return undefined;
+    throw err;
+  }
+  try {
+    const value = JSON.parse(text) as unknown;
+    if (typeof value !== 'object' || value === null || Array.isArray(value))
+      throw new Error('not a JSON object');
+    return value as T;
+  } catch (err) {
+    throw fail(
+      `${path.basename(file)} is not valid JSON (${(err as Error).message})`,
+      `fix or remove ${file}`,
+    );
+  }
+}
+
+async function findFirst(dir: string, names: readonly string[]): Promise<string | undefined> {
+  for (const n of names) if (await pathExists(path.join(dir, n))) return n;
+  return undefined;
+}
+
+async function isDir(p: string): Promise<boolean> {
+  return fs.stat(p).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
+}
+
+async function isExecutable(p: string): Promise<boolean> {
+  return fs.stat(p).then(
+    (s) => s.isFile() && (s.mode & 0o111) !== 0,
+    () => false,
+  );
+}
