@@ -103,7 +103,8 @@ has_candidate() { apt-cache show "$1" >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------------------------------------
 # 1. apt packages on the host.
-packages=(kmod)
+# gcc + libc6-dev: the libkrun contract tests compile a test double of libkrun's C ABI.
+packages=(kmod gcc libc6-dev)
 for d in "${deb_arches[@]}"; do packages+=("$(qemu_package "$d")"); done
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 # virtiofsd: its own package from Debian 13 on; in Debian 12 it ships inside qemu-system-common.

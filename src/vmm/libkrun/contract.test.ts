@@ -1,0 +1,194 @@
+// Contract tests of the libkrun backend's FFI layer against a TEST DOUBLE of libkrun's C ABI
+// (test/fixtures/libkrun-double.c), compiled here with the machine's C compiler. The double is not
+// libkrun: it records each call with its decoded arguments, injects failures, and ends
+// krun_start_enter with a chosen status, as libkrun ends the process with the guest's status.
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { COMPAT_NET_FEATURES, type KrunCall, krunCalls, type LibkrunConfig, NET_FLAG_VFKIT } from './plan.ts';
+
+const ROOT = new URL('../../../', import.meta.url).pathname;
+const RUNNER = path.join(ROOT, 'src/vmm/libkrun/runner.ts');
+const DOUBLE = path.join(ROOT, 'test/fixtures/libkrun-double.c');
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-krun-'));
+after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+let libkrun = '';
+let libkrunNoVsock = '';
+let libkrunfw = '';
+before(() => {
+  const cc = (out: string, ...flags: string[]) =>
+    execFileSync('cc', ['-shared', '-fPIC', '-o', out, ...flags]);
+  libkrun = path.join(work, 'libkrun.so');
+  cc(libkrun, DOUBLE);
+  libkrunNoVsock = path.join(work, 'old', 'libkrun.so');
+  fs.mkdirSync(path.dirname(libkrunNoVsock));
+  cc(libkrunNoVsock, '-DOMIT_krun_add_vsock', DOUBLE);
+  const fwSource = path.join(work, 'fw.c');
+  fs.writeFileSync(fwSource, 'int krunfw_get_version(void) { return 5; }\n');
+  libkrunfw = path.join(work, 'libkrunfw.so.5');
+  cc(libkrunfw, fwSource);
+});
+
+const GATEWAY: LibkrunConfig = {
+  logLevel: 1,
+  vcpus: 4,
+  memMib: 8192,
+  rootDir: '/data/instances/default/rootfs',
+  workdir: '/',
+  exec: {
+    path: '/srv/openshell-vm-init.sh',
+    args: [],
+    env: ['HOME=/root', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'TERM=xterm'],
+  },
+  net: {
+    mode: 'gvproxy',
+    socketPath: '/run/ovm/gv-qemu.sock',
+    transport: 'unixstream',
+    mac: '5a:94:ef:e4:0c:ee',
+  },
+  vsockPorts: [],
+  consoleOutput: '/data/instances/default/console.log',
+};
+
+interface Recorded {
+  fn: string;
+  args: unknown[];
+  ret: number;
+}
+
+async function runRunner(config: LibkrunConfig, env: NodeJS.ProcessEnv = {}, lib = libkrun) {
+  const dir = fs.mkdtempSync(path.join(work, 'run-'));
+  const log = path.join(dir, 'calls.ndjson');
+  const errorFile = path.join(dir, 'error.json');
+  const input = path.join(dir, 'input.json');
+  fs.writeFileSync(input, JSON.stringify({ libkrun: lib, libkrunfw: [libkrunfw], config, errorFile }));
+  const child = spawn(process.execPath, [RUNNER, input], {
+    env: { ...process.env, KRUN_DOUBLE_LOG: log, ...env },
+    stdio: 'ignore',
+  });
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+    child.on('close', (c, s) => resolve([c, s])),
+  );
+  const calls = fs.existsSync(log)
+    ? fs
+        .readFileSync(log, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Recorded)
+    : [];
+  const error = fs.existsSync(errorFile)
+    ? (JSON.parse(fs.readFileSync(errorFile, 'utf8')) as { fn?: string; code?: number; message: string })
+    : undefined;
+  return { code, signal, calls, error };
+}
+
+/** The planned calls with the context id the double hands out (7) in place of 'ctx'. */
+function expected(calls: KrunCall[]) {
+  return calls.map((c) => ({ fn: c.fn, args: c.args.map((a) => (a === 'ctx' ? 7 : a)) }));
+}
+
+test('gateway mode (Linux): the call sequence and every argument reach libkrun as planned', async () => {
+  const r = await runRunner(GATEWAY, { KRUN_DOUBLE_EXIT: '0' });
+  assert.equal(r.error, undefined);
+  assert.equal(r.code, 0);
+  assert.deepEqual(
+    r.calls.map(({ fn, args }) => ({ fn, args })),
+    expected(krunCalls(GATEWAY)),
+  );
+  assert.deepEqual(
+    r.calls.map((c) => c.fn),
+    [
+      'krun_init_log',
+      'krun_create_ctx',
+      'krun_set_vm_config',
+      'krun_set_root',
+      'krun_set_workdir',
+      'krun_disable_implicit_vsock',
+      'krun_add_vsock',
+      'krun_add_net_unixstream',
+      'krun_set_console_output',
+      'krun_set_exec',
+      'krun_start_enter',
+    ],
+  );
+  const net = r.calls.find((c) => c.fn === 'krun_add_net_unixstream');
+  assert.deepEqual(net?.args, [7, '/run/ovm/gv-qemu.sock', -1, '5a:94:ef:e4:0c:ee', 19587, 0]);
+  assert.equal(COMPAT_NET_FEATURES, 19587);
+});
+
+test('exec mode (macOS wiring): unixgram with the vfkit flag, awkward argv/env, vsock ports, TSI port map', async () => {
+  const config: LibkrunConfig = {
+    ...GATEWAY,
+    vcpus: 2,
+    memMib: 2048,
+    exec: {
+      path: '/bin/sh',
+      args: ['-c', 'echo "$1"', '', "it's", 'ünï ✓', 'a\nb'],
+      env: ['A=b=c', 'EMPTY='],
+    },
+    net: { mode: 'gvproxy', socketPath: '/tmp/gv.sock', transport: 'unixgram', mac: '5a:94:ef:e4:0c:ee' },
+    vsockPorts: [{ port: 10777, socketPath: '/tmp/exec.sock', listen: true }],
+  };
+  const r = await runRunner(config, { KRUN_DOUBLE_EXIT: '3' });
+  assert.equal(r.code, 3);
+  assert.deepEqual(r.calls.find((c) => c.fn === 'krun_add_net_unixgram')?.args.slice(4), [
+    19587,
+    NET_FLAG_VFKIT,
+  ]);
+  assert.deepEqual(r.calls.find((c) => c.fn === 'krun_set_exec')?.args, [
+    7,
+    '/bin/sh',
+    config.exec.args,
+    config.exec.env,
+  ]);
+  assert.deepEqual(r.calls.find((c) => c.fn === 'krun_add_vsock_port2')?.args, [
+    7,
+    10777,
+    '/tmp/exec.sock',
+    true,
+  ]);
+
+  const tsi = await runRunner({
+    ...config,
+    net: { mode: 'tsi', portMap: ['30051:30051', '6443:6443'] },
+    vsockPorts: [],
+  });
+  const fns = tsi.calls.map((c) => c.fn);
+  assert.ok(!fns.includes('krun_disable_implicit_vsock'), 'TSI keeps the implicit vsock');
+  assert.deepEqual(tsi.calls.find((c) => c.fn === 'krun_set_port_map')?.args, [
+    7,
+    ['30051:30051', '6443:6443'],
+  ]);
+});
+
+test("the guest's exit status and a fatal signal come out of the runner as libkrun ends it", async () => {
+  assert.equal((await runRunner(GATEWAY, { KRUN_DOUBLE_EXIT: '42' })).code, 42);
+  const killed = await runRunner(GATEWAY, { KRUN_DOUBLE_SIGNAL: '9' });
+  assert.equal(killed.signal, 'SIGKILL');
+});
+
+test('a libkrun without a required symbol fails naming it, before any call', async () => {
+  const r = await runRunner(GATEWAY, {}, libkrunNoVsock);
+  assert.equal(r.code, 125);
+  assert.match(r.error?.message ?? '', /has no symbol krun_add_vsock/);
+  assert.deepEqual(r.calls, []);
+});
+
+test('a negative return from any call stops there, naming the function and the errno', async () => {
+  const planned = krunCalls({ ...GATEWAY, vsockPorts: [{ port: 1, socketPath: '/s', listen: false }] });
+  for (const [i, call] of planned.entries()) {
+    const r = await runRunner(
+      { ...GATEWAY, vsockPorts: [{ port: 1, socketPath: '/s', listen: false }] },
+      { KRUN_DOUBLE_FAIL: `${call.fn}:-22` },
+    );
+    assert.equal(r.code, 125, call.fn);
+    assert.equal(r.error?.fn, call.fn);
+    assert.equal(r.error?.code, -22);
+    assert.match(r.error?.message ?? '', new RegExp(`^${call.fn} failed: -22 \\(EINVAL\\)$`));
+    assert.equal(r.calls.length, i + 1, `no call after ${call.fn}`);
+  }
+});
