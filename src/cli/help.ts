@@ -29,6 +29,13 @@ Machine:
   --boot-timeout S       seconds for the guest to start the command (default 180)
   --name NAME            instance whose directory holds the run's logs (default "default")
 
+Backend:
+  --backend qemu|libkrun  the VMM (default: libkrun where a libkrun runtime is found and KVM/HVF
+                         works, else QEMU; the choice and its reason are printed). libkrun runs
+                         guests of the host's architecture only, with --net gvproxy or none
+                         (TSI, libkrun's socket impersonation, intercepts guest loopback
+                         connections and breaks k3s, so openshell-vm does not use it)
+
 Network:
   --net gvproxy|user|none  gvproxy user-mode network (default: DHCP 192.168.127.2, DNS, and
                          the host's loopback at 192.168.127.254), QEMU's own user network

@@ -1,13 +1,19 @@
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { chooseAccelerator, readHostAccelFacts } from '../accel/probe.ts';
+import { type AccelChoice, chooseAccelerator, readHostAccelFacts } from '../accel/probe.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { type RawExecOptions, resolveExecOptions } from '../config/exec-options.ts';
-import { OvmError, UsageError } from '../errors.ts';
+import { HostError, OvmError, UsageError } from '../errors.ts';
 import { runExec } from '../exec/run-exec.ts';
+import { hostArch } from '../host/arch.ts';
 import { findGvproxy } from '../net/gvproxy.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
+import type { ExitResult, PidRecord } from '../supervisor/process.ts';
+import type { VmmBackend } from '../vmm/backend.ts';
+import { LibkrunBackend } from '../vmm/libkrun/backend.ts';
+import { describeRuntime, discoverRuntime, type RuntimeBundle } from '../vmm/libkrun/runtime.ts';
 import { QemuBackend } from '../vmm/qemu/backend.ts';
+import { chooseBackend } from '../vmm/select.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
 import { HELP } from './help.ts';
 import { kernelCommand } from './kernel.ts';
@@ -30,6 +36,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'name', kind: 'value' },
   { name: 'port', short: 'p', kind: 'value', repeatable: true },
   { name: 'net', kind: 'value' },
+  { name: 'backend', kind: 'value' },
   { name: 'events', kind: 'value' },
   { name: 'quiet', short: 'q', kind: 'flag' },
   { name: 'keep-logs', kind: 'flag' },
@@ -114,6 +121,7 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
     name: single(args, 'name'),
     ports: args.values.get('port'),
     net: single(args, 'net'),
+    backend: single(args, 'backend'),
   };
   const reporter = new Reporter({
     stderr: process.stderr,
@@ -128,9 +136,9 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
 
   // Everything that can fail without starting a process fails here, before anything starts.
   const env = readEnvironment();
-  const accel = chooseAccelerator(options.arch, await readHostAccelFacts(), options.accel);
-  const backend = new QemuBackend(env, {
-    onProcess: (e) =>
+  const facts = await readHostAccelFacts();
+  const events = {
+    onProcess: (e: { action: 'started' | 'stopped'; record: PidRecord; exit?: ExitResult | undefined }) =>
       reporter.event({
         type: 'process',
         action: e.action,
@@ -138,10 +146,47 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
         exit: e.exit,
         elapsedMs: Math.round(performance.now()),
       }),
-  });
-  await backend.preflight(options);
+  };
+  let runtime: RuntimeBundle | undefined;
+  let runtimeProblem: { why: string; hint?: string | undefined } = { why: 'not looked for' };
+  try {
+    runtime = await discoverRuntime(env);
+  } catch (err) {
+    // A runtime the user pointed at must be valid; one that is merely absent means QEMU.
+    if (!(err instanceof HostError) || env.runtimeBundleDir) throw err;
+    runtimeProblem = { why: err.message, hint: err.hint };
+  }
+  const choice = chooseBackend(
+    facts,
+    runtime ? { found: true, dir: runtime.dir } : { found: false, ...runtimeProblem },
+    options.backend,
+  );
+  let backend: VmmBackend;
+  let accel: AccelChoice;
+  if (choice.backend === 'libkrun' && runtime) {
+    if (options.arch !== hostArch()) {
+      throw new UsageError(`--arch ${options.arch}: libkrun runs guests of the host's architecture only`, {
+        hint: 'use --backend qemu',
+      });
+    }
+    if (options.accel === 'tcg')
+      throw new UsageError('--accel tcg: libkrun has no software emulation', { hint: 'use --backend qemu' });
+    if (options.network === 'user')
+      throw new UsageError("--net user is QEMU's own network", { hint: 'use --net gvproxy with libkrun' });
+    backend = new LibkrunBackend(runtime, events);
+    accel = { accel: process.platform === 'darwin' ? 'hvf' : 'kvm', reason: 'libkrun', forced: false };
+  } else {
+    const qemu = new QemuBackend(env, events);
+    await qemu.preflight(options);
+    backend = qemu;
+    accel = chooseAccelerator(options.arch, facts, options.accel);
+  }
   if (options.network === 'gvproxy') await findGvproxy(env);
   await checkHostPortsFree(options.forwards);
+  reporter.progress(`backend: ${choice.backend} (${choice.reason})`);
+  if (choice.warning) reporter.warn(choice.warning);
+  if (runtime && choice.backend === 'libkrun')
+    for (const line of describeRuntime(runtime)) reporter.progress(line);
   reporter.progress(`accelerator: ${accel.accel} (${accel.reason})`);
   if (accel.warning) reporter.warn(accel.warning);
 

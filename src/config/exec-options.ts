@@ -4,6 +4,7 @@ import { mergeEnv, type WorkloadRequest } from '../exec/request.ts';
 import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
 import { INSTANCE_NAME } from '../instance/runs.ts';
 import { checkDuplicates, type PortForward, parsePortSpec } from '../net/ports.ts';
+import { type BackendName, parseBackend } from '../vmm/select.ts';
 
 export const NETWORKS = ['gvproxy', 'user', 'none'] as const;
 export type NetworkMode = (typeof NETWORKS)[number];
@@ -22,6 +23,7 @@ export interface RawExecOptions {
   readonly name?: string | undefined;
   readonly ports?: readonly string[] | undefined;
   readonly net?: string | undefined;
+  readonly backend?: string | undefined;
 }
 
 export interface ExecOptions {
@@ -35,6 +37,8 @@ export interface ExecOptions {
   readonly instance: string;
   readonly network: NetworkMode;
   readonly forwards: readonly PortForward[];
+  /** undefined: libkrun where a runtime is found and usable, QEMU otherwise. */
+  readonly backend: BackendName | undefined;
 }
 
 export interface HostCapacity {
@@ -141,6 +145,7 @@ export function resolveExecOptions(
     instance,
     network,
     forwards,
+    backend: raw.backend === undefined ? undefined : parseBackend(raw.backend),
   };
   return { options: Object.freeze(options), warnings };
 }

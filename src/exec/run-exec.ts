@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import type { AccelChoice } from '../accel/probe.ts';
@@ -137,14 +138,20 @@ export async function runExec(
   let stopHealth: (() => void) | undefined;
   let sinks: OutputSink[] = [];
   let failed = true;
+  // QEMU: openshell-vm's guest init runs the command (request and status through the shared
+  // root, output through virtio-serial ports). libkrun: the VMM runs it and exits with its status.
+  const vmmRuns = options.backend.features.workload === 'vmm';
   try {
-    await addRunPath(run, handoff);
-    await fs.mkdir(handoff, { recursive: true });
-    await fs.writeFile(path.join(handoff, 'request.sh'), renderRequestScript(plan.request));
-
-    const stdoutSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stdoutSocket), io.stdout);
-    const stderrSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stderrSocket), io.stderr);
-    sinks = [stdoutSink, stderrSink];
+    let stdoutSink: OutputSink | undefined;
+    let stderrSink: OutputSink | undefined;
+    if (!vmmRuns) {
+      await addRunPath(run, handoff);
+      await fs.mkdir(handoff, { recursive: true });
+      await fs.writeFile(path.join(handoff, 'request.sh'), renderRequestScript(plan.request));
+      stdoutSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stdoutSocket), io.stdout);
+      stderrSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stderrSocket), io.stderr);
+      sinks = [stdoutSink, stderrSink];
+    }
 
     let network: NetworkSpec = { mode: 'none' };
     if (plan.network === 'gvproxy') {
@@ -182,10 +189,21 @@ export async function runExec(
         kernelArgs: ['ovm.mode=exec', `ovm.run=${run.id}`, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
         rootDir: artifacts.rootfs,
         rootMode: 'overlay',
-        ports: [
-          { name: OUTPUT_PORTS.stdout, socketPath: stdoutSink.socketPath },
-          { name: OUTPUT_PORTS.stderr, socketPath: stderrSink.socketPath },
-        ],
+        ports:
+          stdoutSink && stderrSink
+            ? [
+                { name: OUTPUT_PORTS.stdout, socketPath: stdoutSink.socketPath },
+                { name: OUTPUT_PORTS.stderr, socketPath: stderrSink.socketPath },
+              ]
+            : [],
+        workload: vmmRuns
+          ? {
+              path: plan.request.exec,
+              args: plan.request.args,
+              env: plan.request.env.map(([k, v]) => `${k}=${v}`),
+              workdir: plan.request.workdir,
+            }
+          : undefined,
         network,
         runDir: run.dir,
         socketDir: run.socketDir,
@@ -206,37 +224,11 @@ export async function runExec(
       emit({ type: 'stage', stage: 'network', message: plan.forwards.map(describeForward).join(', ') });
     }
 
-    const started = await poll<'started' | 'exited'>(
-      async () => {
-        if (running.hasExited) return 'exited';
-        return (await pathExists(path.join(handoff, 'started'))) ? 'started' : undefined;
-      },
-      { timeoutMs: plan.bootTimeoutMs, signal: options.signal, initialIntervalMs: 10, maxIntervalMs: 25 },
-    );
-    if (isWaitFailure(started)) {
-      if (started.kind === 'aborted') throw started.reason;
-      throw new VmError(`the guest did not start the command within ${plan.bootTimeoutMs / 1000} s`, {
-        hint: await consoleHint(run),
-      });
-    }
-    const tStarted = now();
-    if (started === 'started')
-      emit({ type: 'stage', stage: 'running', message: 'command started in the guest' });
-
-    await raceAbort(running.exited, options.signal);
+    const { status, tStarted } = vmmRuns
+      ? await waitVmmExit(running, options.signal, now)
+      : await waitGuestInit(running, handoff, run, plan.bootTimeoutMs, options.signal, now, emit);
     await Promise.all(sinks.map((s) => s.drained(2_000)));
     const tDone = now();
-
-    const status = await readStatus(handoff);
-    if (!status) {
-      const exit = (await running.exited).vmm;
-      const vmmTail = (await running.vmmLogTail()).trim();
-      const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.exitCode}`;
-      throw new VmError(
-        `the microVM ended without reporting the command's result (QEMU ${how})${vmmTail ? `:\n    ${vmmTail.replaceAll('\n', '\n    ')}` : ''}`,
-        { hint: await consoleHint(run) },
-      );
-    }
     const message = describeStatus(status, plan.request);
     emit({ type: 'stage', stage: 'done', message: `command ${status.reason}: exit code ${status.code}` });
     failed = status.code === 125 && status.reason !== 'exited';
@@ -250,7 +242,7 @@ export async function runExec(
         commandMs: Math.round(tDone - tStarted),
         totalMs: Math.round(tDone - t0),
       },
-      outputBytes: { stdout: stdoutSink.bytes.count, stderr: stderrSink.bytes.count },
+      outputBytes: { stdout: stdoutSink?.bytes.count ?? 0, stderr: stderrSink?.bytes.count ?? 0 },
     };
   } finally {
     stopHealth?.();
@@ -266,6 +258,60 @@ export async function runExec(
     await fs.rm(handoff, { recursive: true, force: true });
     await finishRun(run, failed || plan.keepLogs);
   }
+}
+
+/** QEMU: waits for the guest init to start the command (boot deadline), then for its status. */
+async function waitGuestInit(
+  vm: RunningVm,
+  handoff: string,
+  run: RunPaths,
+  bootTimeoutMs: number,
+  signal: AbortSignal | undefined,
+  now: () => number,
+  emit: (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) => void,
+): Promise<{ status: GuestStatus; tStarted: number }> {
+  const started = await poll<'started' | 'exited'>(
+    async () => {
+      if (vm.hasExited) return 'exited';
+      return (await pathExists(path.join(handoff, 'started'))) ? 'started' : undefined;
+    },
+    { timeoutMs: bootTimeoutMs, signal, initialIntervalMs: 10, maxIntervalMs: 25 },
+  );
+  if (isWaitFailure(started)) {
+    if (started.kind === 'aborted') throw started.reason;
+    throw new VmError(`the guest did not start the command within ${bootTimeoutMs / 1000} s`, {
+      hint: await consoleHint(run),
+    });
+  }
+  const tStarted = now();
+  if (started === 'started')
+    emit({ type: 'stage', stage: 'running', message: 'command started in the guest' });
+  await raceAbort(vm.exited, signal);
+  const status = await readStatus(handoff);
+  if (!status) {
+    const exit = (await vm.exited).vmm;
+    const vmmTail = (await vm.vmmLogTail()).trim();
+    const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.exitCode}`;
+    throw new VmError(
+      `the microVM ended without reporting the command's result (QEMU ${how})${vmmTail ? `:\n    ${vmmTail.replaceAll('\n', '\n    ')}` : ''}`,
+      { hint: await consoleHint(run) },
+    );
+  }
+  return { status, tStarted };
+}
+
+/** libkrun: the VMM's own exit status is the command's (128+N when it dies of signal N). */
+async function waitVmmExit(
+  vm: RunningVm,
+  signal: AbortSignal | undefined,
+  now: () => number,
+): Promise<{ status: GuestStatus; tStarted: number }> {
+  const tStarted = now();
+  const { vmm } = await raceAbort(vm.exited, signal);
+  const refused = await vm.setupError?.();
+  if (refused) throw new VmError(`libkrun did not start the VM: ${refused}`);
+  const code = vmm.signal ? 128 + (os.constants.signals[vmm.signal] ?? 0) : (vmm.exitCode ?? 125);
+  return { status: { code, reason: 'exited' }, tStarted };
 }
 
 /**

@@ -26,6 +26,8 @@ export interface ProcessSpec {
   /** Time between the polite signal and SIGKILL. */
   readonly graceMs?: number | undefined;
   readonly stopSignal?: NodeJS.Signals | undefined;
+  /** Give the process this CLI's stdout and stderr instead of the log file (the libkrun runner in exec mode). */
+  readonly passOutput?: boolean | undefined;
 }
 
 export interface ExitResult {
@@ -90,7 +92,7 @@ export class SupervisedProcess {
     let child: ChildProcess;
     try {
       child = spawn(spec.command, [...spec.args], {
-        stdio: ['ignore', log, log],
+        stdio: spec.passOutput ? ['ignore', 'inherit', 'inherit'] : ['ignore', log, log],
         detached: true,
         env: spec.env ?? process.env,
       });

@@ -46,6 +46,7 @@ export interface VmSpec {
   /** Where the backend creates its sockets (short enough for sun_path). */
   readonly socketDir: string;
   readonly consoleLog: string;
+  readonly workload?: WorkloadSpec | undefined;
 }
 
 /** What a backend can do, declared as data so the orchestrator never branches on its name. */
@@ -55,6 +56,20 @@ export interface BackendFeatures {
   readonly virtioFsRoot: boolean;
   readonly serialPorts: boolean;
   readonly networks: readonly NetworkSpec['mode'][];
+  /**
+   * Who runs the command: 'guest-init' (openshell-vm's init reads the request from the shared root
+   * and reports the status there; QEMU), or 'vmm' (the VMM runs VmSpec.workload itself and ends
+   * with its exit status, 128+N for signal N; libkrun).
+   */
+  readonly workload: 'guest-init' | 'vmm';
+}
+
+/** The command for backends whose VMM runs it (features.workload === 'vmm'). */
+export interface WorkloadSpec {
+  readonly path: string;
+  readonly args: readonly string[];
+  readonly env: readonly string[];
+  readonly workdir: string;
 }
 
 export interface VmExit {
@@ -72,6 +87,8 @@ export interface RunningVm {
   stop(graceMs?: number): Promise<VmExit>;
   /** Last lines the VMM process itself printed (argument errors, device failures). */
   vmmLogTail(lines?: number): Promise<string>;
+  /** Why the VMM refused to start the VM, when it reports that separately (libkrun's runner). */
+  setupError?(): Promise<string | undefined>;
   [Symbol.asyncDispose](): Promise<void>;
 }
 

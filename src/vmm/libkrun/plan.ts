@@ -42,7 +42,11 @@ export interface LibkrunConfig {
     readonly socketPath: string;
     readonly listen: boolean;
   }[];
-  readonly consoleOutput: string;
+  /**
+   * The guest console to a file (gateway mode). Unset in exec mode: libkrun then gives the command
+   * the runner's own stdin/stdout/stderr (separate virtio-console ports for non-TTY fds).
+   */
+  readonly consoleOutput?: string | undefined;
 }
 
 /** One libkrun call; `ctx` stands for the id krun_create_ctx returned. */
@@ -108,8 +112,9 @@ export function krunCalls(config: LibkrunConfig): KrunCall[] {
     calls.push({ fn: 'krun_set_port_map', args: ['ctx', net.portMap] });
   for (const v of config.vsockPorts)
     calls.push({ fn: 'krun_add_vsock_port2', args: ['ctx', v.port, v.socketPath, v.listen] });
+  if (config.consoleOutput)
+    calls.push({ fn: 'krun_set_console_output', args: ['ctx', config.consoleOutput] });
   calls.push(
-    { fn: 'krun_set_console_output', args: ['ctx', config.consoleOutput] },
     { fn: 'krun_set_exec', args: ['ctx', config.exec.path, config.exec.args, config.exec.env] },
     { fn: 'krun_start_enter', args: ['ctx'] },
   );

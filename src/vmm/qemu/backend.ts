@@ -36,6 +36,7 @@ export class QemuBackend implements VmmBackend {
     virtioFsRoot: process.platform === 'linux',
     serialPorts: true,
     networks: ['gvproxy', 'user', 'none'],
+    workload: 'guest-init',
   };
   readonly #env: HostEnvironment;
   readonly #events: ProcessEvents;

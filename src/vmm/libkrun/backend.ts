@@ -1,0 +1,152 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { HostError } from '../../errors.ts';
+import { hostArch } from '../../host/arch.ts';
+import { type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
+import type { BackendFeatures, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
+import type { ProcessEvents } from '../qemu/backend.ts';
+import type { LibkrunConfig, LibkrunNet } from './plan.ts';
+import type { RuntimeBundle } from './runtime.ts';
+
+/** Files the libkrun backend writes in a run directory. */
+export const LIBKRUN_FILES = {
+  input: 'krun-input.json',
+  error: 'krun-error.json',
+  log: 'libkrun.log',
+  pid: 'libkrun.pid',
+} as const;
+
+const RUNNER = new URL('./runner.ts', import.meta.url).pathname;
+
+/** The libkrun config for a VM spec (pure). */
+export function libkrunConfig(spec: VmSpec, platform: NodeJS.Platform, logLevel = 1): LibkrunConfig {
+  if (!spec.workload) throw new HostError('the libkrun backend needs the command to run (VmSpec.workload)');
+  let net: LibkrunNet = { mode: 'none' };
+  if (spec.network.mode === 'gvproxy') {
+    net = {
+      mode: 'gvproxy',
+      socketPath: spec.network.socketPath,
+      transport: platform === 'darwin' ? 'unixgram' : 'unixstream',
+      mac: spec.network.mac,
+    };
+  } else if (spec.network.mode === 'user') {
+    throw new HostError("--net user is QEMU's own network; the libkrun backend has gvproxy and none", {
+      hint: 'use --net gvproxy',
+    });
+  }
+  return {
+    logLevel,
+    vcpus: spec.vcpus,
+    memMib: spec.memMib,
+    rootDir: spec.rootDir,
+    workdir: spec.workload.workdir,
+    exec: { path: spec.workload.path, args: spec.workload.args, env: spec.workload.env },
+    net,
+    vsockPorts: [],
+  };
+}
+
+/**
+ * libkrun in a runner process (src/vmm/libkrun/runner.ts), supervised like every helper: SIGTERM
+ * on stop, SIGKILL after the grace period. libkrun ends the runner with the command's status.
+ */
+export class LibkrunBackend implements VmmBackend {
+  readonly name = 'libkrun';
+  readonly features: BackendFeatures;
+  readonly runtime: RuntimeBundle;
+  readonly #events: ProcessEvents;
+
+  constructor(runtime: RuntimeBundle, events: ProcessEvents = {}) {
+    this.runtime = runtime;
+    this.#events = events;
+    const arch = hostArch();
+    this.features = {
+      accelerators: [process.platform === 'darwin' ? 'hvf' : 'kvm'],
+      guestArches: arch ? [arch] : [],
+      virtioFsRoot: true,
+      serialPorts: false,
+      networks: ['gvproxy', 'none'],
+      workload: 'vmm',
+    };
+  }
+
+  async start(spec: VmSpec, options: { signal?: AbortSignal | undefined } = {}): Promise<RunningVm> {
+    const input = path.join(spec.runDir, LIBKRUN_FILES.input);
+    const errorFile = path.join(spec.runDir, LIBKRUN_FILES.error);
+    await fs.writeFile(
+      input,
+      JSON.stringify({
+        libkrun: this.runtime.libkrun,
+        libkrunfw: this.runtime.libkrunfw,
+        config: libkrunConfig(spec, process.platform),
+        errorFile,
+      }),
+    );
+    // libkrun finds libkrunfw through the loader path too (the runner also preloads it).
+    const loaderVar = process.platform === 'darwin' ? 'DYLD_LIBRARY_PATH' : 'LD_LIBRARY_PATH';
+    const runner = await SupervisedProcess.start(
+      {
+        name: 'libkrun',
+        command: process.execPath,
+        args: [RUNNER, input],
+        logFile: path.join(spec.runDir, LIBKRUN_FILES.log),
+        pidFile: path.join(spec.runDir, LIBKRUN_FILES.pid),
+        env: {
+          ...process.env,
+          [loaderVar]: [this.runtime.dir, process.env[loaderVar]].filter(Boolean).join(':'),
+        },
+        passOutput: true,
+        graceMs: 5_000,
+      },
+      options,
+    );
+    this.#events.onProcess?.({ action: 'started', record: runner.record() });
+    return new KrunVm(runner, errorFile, this.#events);
+  }
+}
+
+class KrunVm implements RunningVm {
+  readonly processes: readonly PidRecord[];
+  readonly exited: Promise<VmExit>;
+  #runner: SupervisedProcess;
+  #errorFile: string;
+  #done = false;
+
+  constructor(runner: SupervisedProcess, errorFile: string, events: ProcessEvents) {
+    this.#runner = runner;
+    this.#errorFile = errorFile;
+    this.processes = [runner.record()];
+    this.exited = runner.exited.then((vmm) => {
+      events.onProcess?.({ action: 'stopped', record: runner.record(), exit: vmm });
+      this.#done = true;
+      return { vmm };
+    });
+  }
+
+  get hasExited(): boolean {
+    return this.#done;
+  }
+
+  async stop(graceMs?: number): Promise<VmExit> {
+    await this.#runner.stop(graceMs);
+    return this.exited;
+  }
+
+  /** What libkrun refused (function and errno), when the runner failed before starting the VM. */
+  async setupError(): Promise<string | undefined> {
+    try {
+      const e = JSON.parse(await fs.readFile(this.#errorFile, 'utf8')) as { message: string; hint?: string };
+      return e.hint ? `${e.message} (${e.hint})` : e.message;
+    } catch {
+      return undefined;
+    }
+  }
+
+  vmmLogTail(lines = 12): Promise<string> {
+    return this.#runner.logTail(lines);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+}
