@@ -78,8 +78,9 @@ test("--backend libkrun: the command and env reach krun_set_exec; the exit statu
   );
   const recorded = calls(log);
   const exec = recorded.find((c) => c.fn === 'krun_set_exec');
-  assert.deepEqual(exec?.args.slice(1, 3), ['/bin/sh', ['-c', 'exit 42']]);
-  assert.ok((exec?.args[3] as string[]).includes('A=1'));
+  assert.ok(exec, 'krun_set_exec was called');
+  assert.deepEqual(exec.args.slice(1, 3), ['/bin/sh', ['-c', 'exit 42']]);
+  assert.ok((exec.args[3] as string[]).includes('A=1'));
   assert.deepEqual(recorded.find((c) => c.fn === 'krun_set_workdir')?.args[1], '/tmp');
   assert.equal(recorded.at(-1)?.fn, 'krun_start_enter');
   await box.assertClean(r);
