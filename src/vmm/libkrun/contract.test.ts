@@ -66,24 +66,28 @@ async function runRunner(config: LibkrunConfig, env: NodeJS.ProcessEnv = {}, lib
   const errorFile = path.join(dir, 'error.json');
   const input = path.join(dir, 'input.json');
   fs.writeFileSync(input, JSON.stringify({ libkrun: lib, libkrunfw: [libkrunfw], config, errorFile }));
-  const child = spawn(process.execPath, [RUNNER, input], {
+  // A low soft open-file limit, which the runner must raise to the hard one.
+  const child = spawn('sh', ['-c', 'ulimit -Sn 256 && exec "$0" "$@"', process.execPath, RUNNER, input], {
     env: { ...process.env, KRUN_DOUBLE_LOG: log, ...env },
     stdio: 'ignore',
   });
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
     child.on('close', (c, s) => resolve([c, s])),
   );
-  const calls = fs.existsSync(log)
+  const recorded = fs.existsSync(log)
     ? fs
         .readFileSync(log, 'utf8')
         .split('\n')
         .filter(Boolean)
         .map((l) => JSON.parse(l) as Recorded)
     : [];
+  // The double's record of the open-file limits it saw, apart from the libkrun calls.
+  const limits = recorded.find((c) => c.fn === 'rlimit_nofile')?.args as [number, number] | undefined;
+  const calls = recorded.filter((c) => c.fn !== 'rlimit_nofile');
   const error = fs.existsSync(errorFile)
     ? (JSON.parse(fs.readFileSync(errorFile, 'utf8')) as { fn?: string; code?: number; message: string })
     : undefined;
-  return { code, signal, calls, error };
+  return { code, signal, calls, error, limits };
 }
 
 /** The planned calls with the context id the double hands out (7) in place of 'ctx'. */
@@ -95,6 +99,9 @@ test('gateway mode (Linux): the call sequence and every argument reach libkrun a
   const r = await runRunner(GATEWAY, { KRUN_DOUBLE_EXIT: '0' });
   assert.equal(r.error, undefined);
   assert.equal(r.code, 0);
+  assert.ok(r.limits, 'the double recorded the open-file limits');
+  assert.notEqual(r.limits[0], 256, 'the soft limit was raised');
+  assert.equal(r.limits[0], r.limits[1]);
   assert.deepEqual(
     r.calls.map(({ fn, args }) => ({ fn, args })),
     expected(krunCalls(GATEWAY)),

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { KrunError, loadLibkrun, replay } from './bindings.ts';
 import { krunCalls, type LibkrunConfig } from './plan.ts';
+import { raiseNofileLimit } from './rlimit.ts';
 
 interface RunnerInput {
   readonly libkrun: string;
@@ -15,6 +16,7 @@ interface RunnerInput {
 }
 
 const input = JSON.parse(fs.readFileSync(process.argv[2] as string, 'utf8')) as RunnerInput;
+raiseNofileLimit();
 try {
   replay(loadLibkrun(input.libkrun, input.libkrunfw), krunCalls(input.config));
 } catch (err) {
