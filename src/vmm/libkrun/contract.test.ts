@@ -66,7 +66,8 @@ async function runRunner(config: LibkrunConfig, env: NodeJS.ProcessEnv = {}, lib
   const errorFile = path.join(dir, 'error.json');
   const input = path.join(dir, 'input.json');
   fs.writeFileSync(input, JSON.stringify({ libkrun: lib, libkrunfw: [libkrunfw], config, errorFile }));
-  // A low soft open-file limit, which the runner must raise to the hard one.
+  // A low soft open-file limit: the VMM process must run with it raised to the hard one (Node
+  // does this at start-up; this checks that the runner keeps that property).
   const child = spawn('sh', ['-c', 'ulimit -Sn 256 && exec "$0" "$@"', process.execPath, RUNNER, input], {
     env: { ...process.env, KRUN_DOUBLE_LOG: log, ...env },
     stdio: 'ignore',
