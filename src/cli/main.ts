@@ -173,7 +173,7 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
       throw new UsageError('--accel tcg: libkrun has no software emulation', { hint: 'use --backend qemu' });
     if (options.network === 'user')
       throw new UsageError("--net user is QEMU's own network", { hint: 'use --net gvproxy with libkrun' });
-    backend = new LibkrunBackend(runtime, events);
+    backend = new LibkrunBackend(env, runtime, events);
     accel = { accel: process.platform === 'darwin' ? 'hvf' : 'kvm', reason: 'libkrun', forced: false };
   } else {
     const qemu = new QemuBackend(env, events);

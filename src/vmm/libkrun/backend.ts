@@ -1,10 +1,12 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError } from '../../errors.ts';
 import { hostArch } from '../../host/arch.ts';
 import { type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
 import type { BackendFeatures, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
 import type { ProcessEvents } from '../qemu/backend.ts';
+import { runnerNode } from './macos.ts';
 import type { LibkrunConfig, LibkrunNet } from './plan.ts';
 import type { RuntimeBundle } from './runtime.ts';
 
@@ -54,9 +56,11 @@ export class LibkrunBackend implements VmmBackend {
   readonly name = 'libkrun';
   readonly features: BackendFeatures;
   readonly runtime: RuntimeBundle;
+  readonly #env: HostEnvironment;
   readonly #events: ProcessEvents;
 
-  constructor(runtime: RuntimeBundle, events: ProcessEvents = {}) {
+  constructor(env: HostEnvironment, runtime: RuntimeBundle, events: ProcessEvents = {}) {
+    this.#env = env;
     this.runtime = runtime;
     this.#events = events;
     const arch = hostArch();
@@ -87,7 +91,7 @@ export class LibkrunBackend implements VmmBackend {
     const runner = await SupervisedProcess.start(
       {
         name: 'libkrun',
-        command: process.execPath,
+        command: await runnerNode(this.#env),
         args: [RUNNER, input],
         logFile: path.join(spec.runDir, LIBKRUN_FILES.log),
         pidFile: path.join(spec.runDir, LIBKRUN_FILES.pid),
