@@ -5,6 +5,7 @@ Usage:
   openshell-vm run [OPTIONS] [--] PATH [ARG...]
   openshell-vm kernel check [CONFIG] [--builtin] [--json]   the gateway's kernel requirements
   openshell-vm runtime [--json]   the libkrun runtime in use: libraries, sha256, provenance
+  openshell-vm doctor [--json]    what this host has and lacks, with fixes
   openshell-vm                 the gateway (not available yet: runs a command only, for now)
 
 Run a command in a fresh microVM (the embedded busybox root; writes vanish when it ends).

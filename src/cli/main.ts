@@ -15,6 +15,7 @@ import { describeRuntime, discoverRuntime, type RuntimeBundle } from '../vmm/lib
 import { QemuBackend } from '../vmm/qemu/backend.ts';
 import { chooseBackend } from '../vmm/select.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
+import { doctorCommand } from './doctor.ts';
 import { HELP } from './help.ts';
 import { kernelCommand } from './kernel.ts';
 import { Reporter } from './reporter.ts';
@@ -68,6 +69,7 @@ async function dispatch(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'help') return printHelp();
   if (argv[0] === 'kernel') return kernelCommand(argv.slice(1));
   if (argv[0] === 'runtime') return runtimeCommand(argv.slice(1));
+  if (argv[0] === 'doctor') return doctorCommand(argv.slice(1));
   // `run` may come first or after options: `openshell-vm -q run -- PATH`.
   let args = parseArgs(argv, OPTIONS, true);
   const isRun = args.rest[0] === 'run';

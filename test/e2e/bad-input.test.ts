@@ -152,3 +152,25 @@ test('kernel check: exit 0/1 by result, --json, and clear errors', async (t) => 
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /kernel: unknown subcommand 'frobnicate'/);
 });
+
+test('doctor: ready here; an empty cache or a broken runtime bundle is reported with the fix', async () => {
+  const ready = await box.run(['doctor']);
+  assert.equal(ready.code, 0, ready.stdout.toString());
+  assert.match(ready.stdout.toString(), /^ok {7}qemu \(x86_64\): /m);
+  assert.match(ready.stdout.toString(), /^ok {7}default backend: (qemu|libkrun) \(/m);
+  const emptyCache = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-doc-'));
+  after(() => fs.rmSync(emptyCache, { recursive: true, force: true }));
+  const r = await box.run(['doctor', '--json'], {
+    env: { OPENSHELL_VM_CACHE_DIR: emptyCache, OPENSHELL_VM_RUNTIME_DIR: emptyCache },
+  });
+  assert.equal(r.code, 1);
+  const report = JSON.parse(r.stdout.toString()) as {
+    ok: boolean;
+    checks: { name: string; status: string; fix?: string }[];
+  };
+  assert.equal(report.ok, false);
+  const kernel = report.checks.find((c) => c.name === 'guest kernel (x86_64)');
+  assert.equal(kernel?.status, 'missing');
+  assert.match(kernel?.fix ?? '', /provision-host.sh --arch x86_64/);
+  assert.equal(report.checks.find((c) => c.name === 'libkrun runtime')?.status, 'missing');
+});

@@ -89,8 +89,10 @@ function findSockets(dir: string): string[] {
 }
 
 async function runCli(args: readonly string[], options: RunOptions, eventsFile: string): Promise<CliRun> {
-  // `kernel` is a subcommand with its own options: no --events before it.
-  const argv = args[0] === 'kernel' ? [...args] : ['--events', eventsFile, ...args];
+  // Subcommands with their own options: no --events before them.
+  const argv = ['kernel', 'runtime', 'doctor'].includes(args[0] ?? '')
+    ? [...args]
+    : ['--events', eventsFile, ...args];
   const child = options.direct
     ? spawn(process.execPath, [MAIN, ...argv], { env: options.env, stdio: ['ignore', 'pipe', 'pipe'] })
     : spawn(CLI, argv, { env: options.env, stdio: ['ignore', 'pipe', 'pipe'] });
