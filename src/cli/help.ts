@@ -33,14 +33,15 @@ Machine:
 Backend:
   --backend qemu|libkrun  the VMM (default: libkrun where a libkrun runtime is found and KVM/HVF
                          works, else QEMU; the choice and its reason are printed). libkrun runs
-                         guests of the host's architecture only, with --net gvproxy or none
-                         (TSI, libkrun's socket impersonation, intercepts guest loopback
-                         connections and breaks k3s, so openshell-vm does not use it)
+                         guests of the host's architecture only, with --net gvproxy, tsi or none
 
 Network:
-  --net gvproxy|user|none  gvproxy user-mode network (default: DHCP 192.168.127.2, DNS, and
+  --net gvproxy|user|tsi|none  gvproxy user-mode network (default: DHCP 192.168.127.2, DNS,
                          the host's loopback at 192.168.127.254), QEMU's own user network
-                         (10.0.2.15; the host at 10.0.2.2), or no network
+                         (10.0.2.15; the host at 10.0.2.2), libkrun's TSI (transparent socket
+                         impersonation, libkrun only; -p becomes its port map). TSI intercepts
+                         the guest's loopback connections, which breaks k3s: not for the
+                         gateway. Or no network
   -p, --port SPEC        forward a host TCP port into the guest (repeatable): HOST:GUEST,
                          PORT (the same on both sides) or ADDR:HOST:GUEST; the host side
                          listens on 127.0.0.1 unless ADDR is given

@@ -175,9 +175,19 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
       throw new UsageError('--accel tcg: libkrun has no software emulation', { hint: 'use --backend qemu' });
     if (options.network === 'user')
       throw new UsageError("--net user is QEMU's own network", { hint: 'use --net gvproxy with libkrun' });
+    if (options.network === 'tsi' && options.forwards.some((f) => f.hostAddress !== '127.0.0.1')) {
+      throw new UsageError('-p ADDR:...: TSI port maps have no host address', {
+        hint: 'use -p HOST:GUEST with --net tsi',
+      });
+    }
     backend = new LibkrunBackend(env, runtime, events);
     accel = { accel: process.platform === 'darwin' ? 'hvf' : 'kvm', reason: 'libkrun', forced: false };
   } else {
+    if (options.network === 'tsi') {
+      throw new UsageError("--net tsi is libkrun's network", {
+        hint: 'use --backend libkrun, or --net gvproxy/user',
+      });
+    }
     const qemu = new QemuBackend(env, events);
     await qemu.preflight(options);
     backend = qemu;

@@ -6,7 +6,7 @@ import { INSTANCE_NAME } from '../instance/runs.ts';
 import { checkDuplicates, type PortForward, parsePortSpec } from '../net/ports.ts';
 import { type BackendName, parseBackend } from '../vmm/select.ts';
 
-export const NETWORKS = ['gvproxy', 'user', 'none'] as const;
+export const NETWORKS = ['gvproxy', 'user', 'tsi', 'none'] as const;
 export type NetworkMode = (typeof NETWORKS)[number];
 
 /** Options as the user typed them (strings), before validation. */

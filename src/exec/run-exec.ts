@@ -169,6 +169,8 @@ export async function runExec(
       };
     } else if (plan.network === 'user') {
       network = { mode: 'user', mac: GVPROXY_NET.mac, forwards: plan.forwards };
+    } else if (plan.network === 'tsi') {
+      network = { mode: 'tsi', forwards: plan.forwards };
     }
 
     const tsc = plan.arch === 'x86_64' && plan.accel.accel === 'tcg' ? await hostTscKhz() : undefined;

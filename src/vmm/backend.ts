@@ -23,6 +23,15 @@ export type NetworkSpec =
         readonly guestPort: number;
       }[];
     }
+  /** libkrun's transparent socket impersonation; forwards become its port map. */
+  | {
+      readonly mode: 'tsi';
+      readonly forwards: readonly {
+        readonly hostAddress: string;
+        readonly hostPort: number;
+        readonly guestPort: number;
+      }[];
+    }
   | { readonly mode: 'none' };
 
 /** Everything a backend needs to boot one microVM. Plain data: builders stay pure. */

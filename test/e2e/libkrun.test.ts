@@ -161,3 +161,19 @@ test('libkrun refuses what it cannot do: another architecture, --accel tcg, --ne
   assert.equal(none.code, 125);
   assert.match(none.stderr, /runtime \/nonexistent: is not a directory/);
 });
+
+test("--net tsi (libkrun only): -p becomes libkrun's port map and no NIC is added; QEMU refuses it", async () => {
+  const { log, env } = krunEnv({ KRUN_DOUBLE_EXIT: '0' });
+  const r = await box.run(
+    ['-q', '--backend', 'libkrun', '--net', 'tsi', '-p', '38051:30051', '--exec', '/bin/true'],
+    { env },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  const recorded = calls(log);
+  assert.deepEqual(recorded.find((c) => c.fn === 'krun_set_port_map')?.args, [7, ['38051:30051']]);
+  assert.ok(!recorded.some((c) => c.fn.startsWith('krun_add_net') || c.fn === 'krun_disable_implicit_vsock'));
+  await box.assertClean(r);
+  const qemu = await box.run(['--backend', 'qemu', '--net', 'tsi', '--exec', '/bin/true']);
+  assert.equal(qemu.code, 2);
+  assert.match(qemu.stderr, /--net tsi is libkrun's network/);
+});

@@ -31,6 +31,8 @@ export function libkrunConfig(spec: VmSpec, platform: NodeJS.Platform, logLevel 
       transport: platform === 'darwin' ? 'unixgram' : 'unixstream',
       mac: spec.network.mac,
     };
+  } else if (spec.network.mode === 'tsi') {
+    net = { mode: 'tsi', portMap: spec.network.forwards.map((f) => `${f.hostPort}:${f.guestPort}`) };
   } else if (spec.network.mode === 'user') {
     throw new HostError("--net user is QEMU's own network; the libkrun backend has gvproxy and none", {
       hint: 'use --net gvproxy',
@@ -69,7 +71,7 @@ export class LibkrunBackend implements VmmBackend {
       guestArches: arch ? [arch] : [],
       virtioFsRoot: true,
       serialPorts: false,
-      networks: ['gvproxy', 'none'],
+      networks: ['gvproxy', 'tsi', 'none'],
       workload: 'vmm',
     };
   }

@@ -95,6 +95,7 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
 function networkArgs(spec: VmSpec): string[] {
   const net = spec.network;
   if (net.mode === 'none') return [];
+  if (net.mode === 'tsi') throw new Error('TSI is a libkrun network; the QEMU backend cannot provide it');
   const device = ['-device', `virtio-net-device,netdev=n0,mac=${net.mac}`];
   if (net.mode === 'gvproxy') {
     return [
