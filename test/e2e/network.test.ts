@@ -177,7 +177,7 @@ const badPorts: [string[], RegExp, RegExp][] = [
   [['-p', 'x:80'], /-p x:80: 'x' is not a port number/, /HOST:GUEST/],
   [['-p', '8080:80', '-p', '8080:81'], /host port 8080 is forwarded twice/, /its own host port/],
   [['--net', 'none', '-p', '8080:80'], /-p needs a network, but --net none has none/, /--net gvproxy/],
-  [['--net', 'bridge'], /--net: unknown network 'bridge'/, /gvproxy, user, none/],
+  [['--net', 'bridge'], /--net: unknown network 'bridge'/, /gvproxy, user, tsi, none/],
 ];
 for (const [args, message, hint] of badPorts) {
   test(`bad input: ${args.join(' ')}`, async () => {
