@@ -115,14 +115,37 @@ export function loadLibkrun(libkrunPath: string, libkrunfw: readonly string[]): 
   };
 }
 
-/** Replays a planned call sequence. Returns only if krun_start_enter returns, which is a failure. */
+/**
+ * Replays a planned call sequence. Returns only if krun_start_enter returns, which is a failure;
+ * when a call fails after the context exists, the context is freed before the error propagates.
+ */
 export function replay(lib: LibkrunLibrary, calls: readonly KrunCall[]): never {
+  let ctx = -1;
+  try {
+    replayCalls(lib, calls, (id) => {
+      ctx = id;
+    });
+  } catch (err) {
+    if (ctx >= 0) {
+      try {
+        lib.call('krun_free_ctx', ctx);
+      } catch {
+        // the original error matters more
+      }
+    }
+    throw err;
+  }
+  throw new HostError('krun_start_enter returned without starting the VM');
+}
+
+function replayCalls(lib: LibkrunLibrary, calls: readonly KrunCall[], onCtx: (id: number) => void): void {
   let ctx = -1;
   for (const call of calls) {
     const args = call.args.map((a) => (a === 'ctx' ? ctx : a));
     switch (call.fn) {
       case 'krun_create_ctx':
         ctx = lib.call(call.fn);
+        onCtx(ctx);
         break;
       case 'krun_set_exec':
         lib.call(call.fn, ctx, call.args[1], [...call.args[2], null], [...call.args[3], null]);
@@ -146,5 +169,4 @@ export function replay(lib: LibkrunLibrary, calls: readonly KrunCall[]): never {
         lib.call(call.fn, ...args);
     }
   }
-  throw new HostError('krun_start_enter returned without starting the VM');
 }
