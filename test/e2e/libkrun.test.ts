@@ -3,14 +3,14 @@
 // on these machines. It checks the process model: the runner process, exit status and signals,
 // libkrun refusing a call, Ctrl-C, gvproxy wiring and the backend choice.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { readEnvironment } from '../../src/config/environment.ts';
 import { findGvproxy } from '../../src/net/gvproxy.ts';
-import { ROOT, sandbox } from './harness.ts';
+import { buildLibkrunDouble } from '../fixtures/libkrun-double.ts';
+import { sandbox } from './harness.ts';
 
 const box = sandbox();
 const bundle = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-krun-e2e-'));
@@ -18,22 +18,7 @@ after(() => {
   box.cleanup();
   fs.rmSync(bundle, { recursive: true, force: true });
 });
-execFileSync('cc', [
-  '-shared',
-  '-fPIC',
-  '-o',
-  path.join(bundle, 'libkrun.so'),
-  path.join(ROOT, 'test/fixtures/libkrun-double.c'),
-]);
-fs.writeFileSync(path.join(bundle, 'fw.c'), 'int krunfw_get_version(void) { return 5; }\n');
-execFileSync('cc', [
-  '-shared',
-  '-fPIC',
-  '-o',
-  path.join(bundle, 'libkrunfw.so.5'),
-  path.join(bundle, 'fw.c'),
-]);
-fs.rmSync(path.join(bundle, 'fw.c'));
+buildLibkrunDouble(bundle);
 fs.symlinkSync(await findGvproxy(readEnvironment()), path.join(bundle, 'gvproxy'));
 
 const calls = (log: string) =>

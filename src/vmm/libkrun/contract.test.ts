@@ -3,16 +3,16 @@
 // libkrun: it records each call with its decoded arguments, injects failures, and ends
 // krun_start_enter with a chosen status, as libkrun ends the process with the guest's status.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
+import { buildLibkrunDouble } from '../../../test/fixtures/libkrun-double.ts';
 import { COMPAT_NET_FEATURES, type KrunCall, krunCalls, type LibkrunConfig, NET_FLAG_VFKIT } from './plan.ts';
 
 const ROOT = new URL('../../../', import.meta.url).pathname;
 const RUNNER = path.join(ROOT, 'src/vmm/libkrun/runner.ts');
-const DOUBLE = path.join(ROOT, 'test/fixtures/libkrun-double.c');
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-krun-'));
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
@@ -20,17 +20,8 @@ let libkrun = '';
 let libkrunNoVsock = '';
 let libkrunfw = '';
 before(() => {
-  const cc = (out: string, ...flags: string[]) =>
-    execFileSync('cc', ['-shared', '-fPIC', '-o', out, ...flags]);
-  libkrun = path.join(work, 'libkrun.so');
-  cc(libkrun, DOUBLE);
-  libkrunNoVsock = path.join(work, 'old', 'libkrun.so');
-  fs.mkdirSync(path.dirname(libkrunNoVsock));
-  cc(libkrunNoVsock, '-DOMIT_krun_add_vsock', DOUBLE);
-  const fwSource = path.join(work, 'fw.c');
-  fs.writeFileSync(fwSource, 'int krunfw_get_version(void) { return 5; }\n');
-  libkrunfw = path.join(work, 'libkrunfw.so.5');
-  cc(libkrunfw, fwSource);
+  ({ libkrun, libkrunfw } = buildLibkrunDouble(work));
+  libkrunNoVsock = buildLibkrunDouble(path.join(work, 'old'), ['krun_add_vsock']).libkrun;
 });
 
 const GATEWAY: LibkrunConfig = {
