@@ -345,7 +345,11 @@ function watchGvproxy(
     );
   });
   const timer = setInterval(() => {
-    client.list().catch((err: Error) => degrade(`stopped answering its API (${err.message})`));
+    client.list().catch(async (err: Error) => {
+      // A gvproxy that died also stops answering: let the exit watcher say so, with its status.
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      if (!gvproxy.hasExited) degrade(`stopped answering its API (${err.message})`);
+    });
   }, 2_000);
   timer.unref();
   return () => {
