@@ -8,8 +8,7 @@ import { runExec } from '../exec/run-exec.ts';
 import { hostArch } from '../host/arch.ts';
 import { findGvproxy } from '../net/gvproxy.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
-import type { ExitResult, PidRecord } from '../supervisor/process.ts';
-import type { VmmBackend } from '../vmm/backend.ts';
+import type { ProcessEvents, VmmBackend } from '../vmm/backend.ts';
 import { LibkrunBackend } from '../vmm/libkrun/backend.ts';
 import { describeRuntime, discoverRuntime, type RuntimeBundle } from '../vmm/libkrun/runtime.ts';
 import { QemuBackend } from '../vmm/qemu/backend.ts';
@@ -139,8 +138,8 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
   // Everything that can fail without starting a process fails here, before anything starts.
   const env = readEnvironment();
   const facts = await readHostAccelFacts();
-  const events = {
-    onProcess: (e: { action: 'started' | 'stopped'; record: PidRecord; exit?: ExitResult | undefined }) =>
+  const events: ProcessEvents = {
+    onProcess: (e) =>
       reporter.event({
         type: 'process',
         action: e.action,

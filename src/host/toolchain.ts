@@ -1,10 +1,9 @@
-import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno } from '../errors.ts';
 import { DEB_ARCH, type GuestArch } from './arch.ts';
-import { pathExists } from './fs.ts';
+import { isExecutableFile as isExecutable, pathExists } from './fs.ts';
 
 /** What scripts/provision-host.sh recorded for one guest architecture. */
 export interface GuestInputs {
@@ -113,15 +112,4 @@ async function requireExecutable(file: string, variable: string): Promise<string
   throw new HostError(`${variable} points at ${file}, which is not an executable file`, {
     hint: `fix or unset ${variable}`,
   });
-}
-
-async function isExecutable(file: string): Promise<boolean> {
-  try {
-    const stat = await fs.stat(file);
-    if (!stat.isFile()) return false;
-    await fs.access(file, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -101,6 +101,13 @@ export interface RunningVm {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+/** Notifications of helper processes starting and stopping (the CLI's --events reports them). */
+export interface ProcessEvents {
+  onProcess?:
+    | ((event: { action: 'started' | 'stopped'; record: PidRecord; exit?: ExitResult | undefined }) => void)
+    | undefined;
+}
+
 export interface VmmBackend {
   readonly name: string;
   readonly features: BackendFeatures;

@@ -4,7 +4,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError, isErrno } from '../../errors.ts';
-import { pathExists } from '../../host/fs.ts';
+import { isExecutableFile, pathExists } from '../../host/fs.ts';
 
 /**
  * The libkrun runtime: libkrun (the VMM library), libkrunfw (the guest kernel as a library) and,
@@ -123,7 +123,7 @@ export async function validateBundle(
   let gvproxy: string | undefined;
   if (source !== 'system') {
     gvproxy = path.join(dir, 'gvproxy');
-    if (!(await isExecutable(gvproxy)))
+    if (!(await isExecutableFile(gvproxy)))
       throw fail('no executable gvproxy in the bundle', 'add gvproxy to the bundle (chmod +x)');
   }
 
@@ -222,13 +222,6 @@ async function findFirst(dir: string, names: readonly string[]): Promise<string 
 async function isDir(p: string): Promise<boolean> {
   return fs.stat(p).then(
     (s) => s.isDirectory(),
-    () => false,
-  );
-}
-
-async function isExecutable(p: string): Promise<boolean> {
-  return fs.stat(p).then(
-    (s) => s.isFile() && (s.mode & 0o111) !== 0,
     () => false,
   );
 }

@@ -3,8 +3,8 @@ import path from 'node:path';
 import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError } from '../../errors.ts';
 import { findQemu, findVirtiofsd } from '../../host/toolchain.ts';
-import { type ExitResult, type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
-import type { BackendFeatures, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
+import { type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
+import type { BackendFeatures, ProcessEvents, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
 import { qemuArgs, virtiofsdArgs } from './argv.ts';
 
 /** File names this backend creates in a run's directories. */
@@ -15,12 +15,6 @@ export const QEMU_FILES = {
   qemuLog: 'qemu.log',
   qemuPid: 'qemu.pid',
 } as const;
-
-export interface ProcessEvents {
-  onProcess?:
-    | ((event: { action: 'started' | 'stopped'; record: PidRecord; exit?: ExitResult }) => void)
-    | undefined;
-}
 
 /** Which command-line dialect a virtiofsd binary speaks (C virtiofsd of QEMU <= 7, or the Rust one). */
 export async function virtiofsdFlavour(binary: string): Promise<'c' | 'rust'> {
