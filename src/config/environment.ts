@@ -18,6 +18,10 @@ export interface HostEnvironment {
   readonly toolOverrides: Readonly<Record<string, string>>;
   /** OPENSHELL_VM_RUNTIME_DIR: the libkrun runtime bundle to use instead of discovering one. */
   readonly runtimeBundleDir: string | undefined;
+  /** Docker's client config (registry credentials): $DOCKER_CONFIG/config.json or ~/.docker/config.json. */
+  readonly dockerConfigPath: string;
+  /** OPENSHELL_VM_INSECURE_REGISTRIES: registries (host[:port], comma-separated) spoken to over plain HTTP. */
+  readonly insecureRegistries: readonly string[];
 }
 
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvironment {
@@ -43,5 +47,10 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvir
     searchPath: env.PATH ?? '',
     toolOverrides,
     runtimeBundleDir: env.OPENSHELL_VM_RUNTIME_DIR || undefined,
+    dockerConfigPath: path.join(env.DOCKER_CONFIG || path.join(home, '.docker'), 'config.json'),
+    insecureRegistries: (env.OPENSHELL_VM_INSECURE_REGISTRIES ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
   };
 }

@@ -32,6 +32,8 @@ function fakeGuest(t: { after: (fn: () => void) => void }): { env: HostEnvironme
     searchPath: '',
     toolOverrides: {},
     runtimeBundleDir: undefined,
+    dockerConfigPath: '/nonexistent/config.json',
+    insecureRegistries: [],
   };
   const guest: GuestInputs = {
     arch: 'x86_64',

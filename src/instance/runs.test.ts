@@ -18,6 +18,8 @@ function env(t: { after: (fn: () => void) => void }): HostEnvironment {
     searchPath: '',
     toolOverrides: {},
     runtimeBundleDir: undefined,
+    dockerConfigPath: '/nonexistent/config.json',
+    insecureRegistries: [],
   };
 }
 

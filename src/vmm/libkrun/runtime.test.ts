@@ -26,6 +26,8 @@ const env = (runtimeBundleDir?: string): HostEnvironment => ({
   dataDir: '/nonexistent',
   runtimeDir: '/nonexistent',
   searchPath: '',
+  dockerConfigPath: '/nonexistent/config.json',
+  insecureRegistries: [],
   toolOverrides: {},
   runtimeBundleDir,
 });

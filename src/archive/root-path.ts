@@ -1,0 +1,74 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { HostError, isErrno } from '../errors.ts';
+
+/** Symlinks followed while resolving one path, as Linux's MAXSYMLINKS. */
+const MAX_LINKS = 40;
+
+/**
+ * An archive member name as path components: `./`, leading `/` and empty parts dropped. A `..`
+ * component is refused: archives that climb out of their root are not extracted at all.
+ */
+export function splitArchivePath(name: string, label: string): string[] {
+  const parts = name.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) {
+    throw new HostError(`${label}: refusing the member '${name}': it climbs out of the root with '..'`, {
+      hint: 'the archive is malicious or damaged; do not use it',
+    });
+  }
+  return parts;
+}
+
+/**
+ * The host path of the directory `parts` inside `root`, resolving symlinks met on the way as a
+ * chroot would (absolute targets restart at `root`, `..` stops at `root`), so the result is always
+ * inside `root`. With `create`, missing directories are made (mode 0755).
+ */
+export async function resolveInRoot(
+  root: string,
+  parts: readonly string[],
+  options: { readonly create: boolean },
+): Promise<string> {
+  const pending = [...parts];
+  const resolved: string[] = [];
+  let links = 0;
+  while (pending.length) {
+    const part = pending.shift() as string;
+    if (part === '.' || part === '') continue;
+    if (part === '..') {
+      resolved.pop();
+      continue;
+    }
+    const here = path.join(root, ...resolved, part);
+    let stat: Awaited<ReturnType<typeof fs.lstat>> | undefined;
+    try {
+      stat = await fs.lstat(here);
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT')) throw err;
+    }
+    if (stat?.isSymbolicLink()) {
+      if (++links > MAX_LINKS) {
+        throw new HostError(`too many levels of symbolic links under ${root} at ${here}`, {
+          hint: 'the archive contains a symlink loop',
+        });
+      }
+      const target = await fs.readlink(here);
+      if (target.startsWith('/')) resolved.length = 0;
+      pending.unshift(...target.split('/'));
+      continue;
+    }
+    if (!stat) {
+      if (!options.create) {
+        throw new HostError(`${path.join(...resolved, part)} does not exist under ${root}`);
+      }
+      await fs.mkdir(here, { mode: 0o755 });
+    } else if (!stat.isDirectory()) {
+      if (!options.create) throw new HostError(`${here} is not a directory`);
+      // A file where the archive needs a directory: the later entry wins, as in tar.
+      await fs.rm(here, { force: true });
+      await fs.mkdir(here, { mode: 0o755 });
+    }
+    resolved.push(part);
+  }
+  return path.join(root, ...resolved);
+}
