@@ -72,3 +72,23 @@ export async function resolveInRoot(
   }
   return path.join(root, ...resolved);
 }
+
+/**
+ * The host path for `rel` inside `root`, for writing: its directories resolved (and created) as
+ * in a chroot, so a symlink in the root, absolute or not, cannot redirect a write outside it.
+ * The last component is not followed.
+ */
+export async function inRoot(root: string, rel: string): Promise<string> {
+  const parts = rel.split('/').filter((p) => p && p !== '.');
+  const parent = await resolveInRoot(root, parts.slice(0, -1), { create: true });
+  return path.join(parent, parts[parts.length - 1] ?? '');
+}
+
+/** The host path of directory `rel` inside `root`, created if missing (see inRoot). */
+export function dirInRoot(root: string, rel: string): Promise<string> {
+  return resolveInRoot(
+    root,
+    rel.split('/').filter((p) => p && p !== '.'),
+    { create: true },
+  );
+}

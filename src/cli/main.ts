@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { type AccelChoice, chooseAccelerator, readHostAccelFacts } from '../accel/probe.ts';
 import { readEnvironment } from '../config/environment.ts';
@@ -8,6 +7,7 @@ import { runExec } from '../exec/run-exec.ts';
 import { hostArch } from '../host/arch.ts';
 import { findGvproxy } from '../net/gvproxy.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
+import { packageVersion } from '../version.ts';
 import type { ProcessEvents, VmmBackend } from '../vmm/backend.ts';
 import { LibkrunBackend } from '../vmm/libkrun/backend.ts';
 import { describeRuntime, discoverRuntime, type RuntimeBundle } from '../vmm/libkrun/runtime.ts';
@@ -17,8 +17,11 @@ import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
 import { doctorCommand } from './doctor.ts';
 import { HELP } from './help.ts';
 import { kernelCommand } from './kernel.ts';
+import { prepareRootfsCommand } from './prepare-rootfs.ts';
 import { Reporter } from './reporter.ts';
+import { rootfsCommand } from './rootfs.ts';
 import { runtimeCommand } from './runtime.ts';
+import { Interrupted, withSignals } from './signals.ts';
 
 /** The only place that decides exit codes for openshell-vm's own failures. */
 export const EXIT = { usage: 2, failure: 125 } as const;
@@ -37,6 +40,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'port', short: 'p', kind: 'value', repeatable: true },
   { name: 'net', kind: 'value' },
   { name: 'backend', kind: 'value' },
+  { name: 'rootfs', kind: 'value' },
   { name: 'events', kind: 'value' },
   { name: 'quiet', short: 'q', kind: 'flag' },
   { name: 'keep-logs', kind: 'flag' },
@@ -44,16 +48,6 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'help', short: 'h', kind: 'flag' },
   { name: 'version', short: 'V', kind: 'flag' },
 ];
-
-/** Raised when a signal interrupts a run; the exit code is 128 + the signal number. */
-class Interrupted extends Error {
-  override readonly name = 'Interrupted';
-  readonly signal: NodeJS.Signals;
-  constructor(signal: NodeJS.Signals) {
-    super(`interrupted by ${signal}`);
-    this.signal = signal;
-  }
-}
 
 export async function main(argv: readonly string[]): Promise<number> {
   const debug = argv.includes('--debug');
@@ -69,6 +63,8 @@ async function dispatch(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'kernel') return kernelCommand(argv.slice(1));
   if (argv[0] === 'runtime') return runtimeCommand(argv.slice(1));
   if (argv[0] === 'doctor') return doctorCommand(argv.slice(1));
+  if (argv[0] === 'prepare-rootfs') return prepareRootfsCommand(argv.slice(1));
+  if (argv[0] === 'rootfs') return rootfsCommand(argv.slice(1));
   // `run` may come first or after options: `openshell-vm -q run -- PATH`.
   let args = parseArgs(argv, OPTIONS, true);
   const isRun = args.rest[0] === 'run';
@@ -123,6 +119,7 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
     ports: args.values.get('port'),
     net: single(args, 'net'),
     backend: single(args, 'backend'),
+    rootfs: single(args, 'rootfs'),
   };
   const reporter = new Reporter({
     stderr: process.stderr,
@@ -201,21 +198,12 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
   reporter.progress(`accelerator: ${accel.accel} (${accel.reason})`);
   if (accel.warning) reporter.warn(accel.warning);
 
-  const controller = new AbortController();
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (!controller.signal.aborted) {
-      reporter.notice(`${signal}: stopping the microVM`);
-      controller.abort(new Interrupted(signal));
-    }
-  };
-  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
-  for (const s of signals) process.on(s, onSignal);
-  try {
+  return withSignals(reporter, 'stopping the microVM', async (signal) => {
     const result = await runExec(
       env,
       { ...options, accel, keepLogs: args.flags.has('keep-logs') },
       { stdout: process.stdout, stderr: process.stderr },
-      { backend, signal: controller.signal, onEvent: (e) => reporter.event(e) },
+      { backend, signal, onEvent: (e) => reporter.event(e) },
     );
     if (result.message) reporter.notice(result.message);
     reporter.event({
@@ -225,9 +213,7 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
       timings: result.timings,
     });
     return result.exitCode;
-  } finally {
-    for (const s of signals) process.off(s, onSignal);
-  }
+  });
 }
 
 function mergeArgs(first: ParsedArgs, second: ParsedArgs): ParsedArgs {
@@ -244,13 +230,6 @@ function mergeArgs(first: ParsedArgs, second: ParsedArgs): ParsedArgs {
 function printHelp(): number {
   process.stdout.write(HELP);
   return 0;
-}
-
-function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
-    version: string;
-  };
-  return pkg.version;
 }
 
 function reportError(err: unknown, debug: boolean): number {

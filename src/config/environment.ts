@@ -22,6 +22,8 @@ export interface HostEnvironment {
   readonly dockerConfigPath: string;
   /** OPENSHELL_VM_INSECURE_REGISTRIES: registries (host[:port], comma-separated) spoken to over plain HTTP. */
   readonly insecureRegistries: readonly string[];
+  /** OPENSHELL_VM_K3S_BASE_URL: where k3s releases are downloaded from (a mirror of GitHub's release pages). */
+  readonly k3sBaseUrl: string;
 }
 
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvironment {
@@ -52,5 +54,6 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvir
       .split(',')
       .map((s) => s.trim())
       .filter(Boolean),
+    k3sBaseUrl: env.OPENSHELL_VM_K3S_BASE_URL || 'https://github.com/k3s-io/k3s/releases/download',
   };
 }

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
 import { UsageError } from '../errors.ts';
 import { mergeEnv, type WorkloadRequest } from '../exec/request.ts';
@@ -24,6 +25,7 @@ export interface RawExecOptions {
   readonly ports?: readonly string[] | undefined;
   readonly net?: string | undefined;
   readonly backend?: string | undefined;
+  readonly rootfs?: string | undefined;
 }
 
 export interface ExecOptions {
@@ -39,6 +41,8 @@ export interface ExecOptions {
   readonly forwards: readonly PortForward[];
   /** undefined: libkrun where a runtime is found and usable, QEMU otherwise. */
   readonly backend: BackendName | undefined;
+  /** A rootfs built by prepare-rootfs to run the command in (under a throwaway overlay); default: the embedded one. */
+  readonly rootfs: string | undefined;
 }
 
 export interface HostCapacity {
@@ -146,6 +150,7 @@ export function resolveExecOptions(
     network,
     forwards,
     backend: raw.backend === undefined ? undefined : parseBackend(raw.backend),
+    rootfs: raw.rootfs === undefined ? undefined : path.resolve(raw.rootfs),
   };
   return { options: Object.freeze(options), warnings };
 }

@@ -21,6 +21,7 @@ import {
 import { describe as describeForward, exposeAll, ForwarderClient } from '../net/forwarder.ts';
 import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
+import { verifyRootfsForBoot } from '../rootfs/record.ts';
 import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
 import { isWaitFailure, poll, tailFile } from '../supervisor/wait.ts';
 import type { NetworkSpec, RunningVm, VmmBackend } from '../vmm/backend.ts';
@@ -51,6 +52,8 @@ export interface ExecPlan {
   readonly network: NetworkSpec['mode'];
   /** Host-to-guest TCP forwards (validated, host ports checked free). */
   readonly forwards: readonly PortForward[];
+  /** A prepared rootfs (verified against its build record before boot); default: the embedded one. */
+  readonly rootfs?: string | undefined;
 }
 
 export type ExecStage = 'artifacts' | 'boot' | 'network' | 'running' | 'done';
@@ -130,8 +133,21 @@ export async function runExec(
     });
   }
 
+  // A prepared rootfs must be this tool's build: guest scripts and (QEMU) kernel modules.
+  const rootDir = plan.rootfs ?? artifacts.rootfs;
+  if (plan.rootfs) {
+    const record = await verifyRootfsForBoot(plan.rootfs, {
+      kernelRelease: options.backend.features.workload === 'guest-init' ? artifacts.kernelRelease : undefined,
+    });
+    emit({
+      type: 'stage',
+      stage: 'artifacts',
+      message: `rootfs ${plan.rootfs} (${record.base.source}, built ${record.builtAt})`,
+    });
+  }
+
   const run = await createRun(env, plan.instance);
-  const handoff = path.join(artifacts.rootfs, '.ovm', 'run', run.id);
+  const handoff = path.join(rootDir, '.ovm', 'run', run.id);
   let vm: RunningVm | undefined;
   let gvproxy: SupervisedProcess | undefined;
   let forwarder: ForwarderClient | undefined;
@@ -189,7 +205,7 @@ export async function runExec(
         kernel: artifacts.kernel,
         initramfs: artifacts.initramfs,
         kernelArgs: ['ovm.mode=exec', `ovm.run=${run.id}`, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
-        rootDir: artifacts.rootfs,
+        rootDir,
         rootMode: 'overlay',
         ports:
           stdoutSink && stderrSink

@@ -34,6 +34,7 @@ function fakeGuest(t: { after: (fn: () => void) => void }): { env: HostEnvironme
     runtimeBundleDir: undefined,
     dockerConfigPath: '/nonexistent/config.json',
     insecureRegistries: [],
+    k3sBaseUrl: 'http://127.0.0.1:9/none',
   };
   const guest: GuestInputs = {
     arch: 'x86_64',

@@ -20,6 +20,7 @@ function env(t: { after: (fn: () => void) => void }): HostEnvironment {
     runtimeBundleDir: undefined,
     dockerConfigPath: '/nonexistent/config.json',
     insecureRegistries: [],
+    k3sBaseUrl: 'http://127.0.0.1:9/none',
   };
 }
 

@@ -28,6 +28,7 @@ const env = (runtimeBundleDir?: string): HostEnvironment => ({
   searchPath: '',
   dockerConfigPath: '/nonexistent/config.json',
   insecureRegistries: [],
+  k3sBaseUrl: 'http://127.0.0.1:9/none',
   toolOverrides: {},
   runtimeBundleDir,
 });

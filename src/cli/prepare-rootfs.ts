@@ -1,0 +1,182 @@
+import fs from 'node:fs/promises';
+import { readEnvironment } from '../config/environment.ts';
+import { UsageError } from '../errors.ts';
+import { defaultGuestArch, parseGuestArch } from '../host/arch.ts';
+import { INSTANCE_NAME } from '../instance/runs.ts';
+import { parseImageReference } from '../oci/reference.ts';
+import { type BaseSpec, type ImageSpec, prepareRootfs } from '../rootfs/build.ts';
+import { DEFAULT_CHART, parseChartSpec } from '../rootfs/chart.ts';
+import { type OptionSpec, parseArgs, single } from './args.ts';
+import { Reporter } from './reporter.ts';
+import { withSignals } from './signals.ts';
+
+const OPTIONS: readonly OptionSpec[] = [
+  { name: 'name', kind: 'value' },
+  { name: 'force', kind: 'flag' },
+  { name: 'arch', kind: 'value' },
+  { name: 'base', kind: 'value' },
+  { name: 'mirror', kind: 'value' },
+  { name: 'k3s', kind: 'value' },
+  { name: 'k3s-sha256', kind: 'value' },
+  { name: 'chart', kind: 'value' },
+  { name: 'image', kind: 'value', repeatable: true },
+  { name: 'manifest', kind: 'value', repeatable: true },
+  { name: 'gateway-image', kind: 'value' },
+  { name: 'sandbox-image', kind: 'value' },
+  { name: 'json', kind: 'flag' },
+  { name: 'quiet', short: 'q', kind: 'flag' },
+  { name: 'events', kind: 'value' },
+  { name: 'debug', kind: 'flag' },
+  { name: 'help', short: 'h', kind: 'flag' },
+];
+
+export const PREPARE_HELP = `Usage: openshell-vm prepare-rootfs [OPTIONS]
+
+Builds the gateway root filesystem of an instance (<data>/instances/NAME/rootfs): base system,
+k3s, guest scripts, kernel modules, Helm chart, HelmChart manifest, pre-loaded images, and the
+build record /opt/openshell/rootfs.json. The build happens beside the old rootfs and replaces it
+only when complete: an interrupted or failed build leaves the previous rootfs as it was.
+
+Options:
+  --name NAME            instance (default: default)
+  --force                rebuild even if the instance already has a complete rootfs
+  --arch x86_64|aarch64  guest architecture (default: the host's)
+  --base debian[:REL]    Debian via mmdebstrap, from this host's apt sources (default on Debian)
+  --base oci:REF         an image pulled from a registry (default elsewhere)
+  --base archive:PATH    a docker save or OCI layout tarball (.tar, .tar.gz, .tar.zst)
+  --mirror URL           Debian mirror for --base debian (default: this host's sources)
+  --k3s PATH             a local k3s binary instead of downloading the pinned release
+  --k3s-sha256 HEX       the SHA-256 the --k3s binary must have
+  --chart SPEC           chart directory, chart .tgz, or oci:REF (default: ${DEFAULT_CHART})
+  --image SPEC           pre-load an image: a .tar/.tar.zst archive or oci:REF (repeatable)
+  --manifest FILE        also deploy this Kubernetes manifest (repeatable)
+  --gateway-image R:T    the gateway image the chart runs (default: ghcr.io/nvidia/openshell/gateway:latest)
+  --sandbox-image REF    the sandbox image (default: ghcr.io/nvidia/openshell-community/sandboxes/base:latest)
+  --json                 print the build record as JSON on stdout
+  -q, --quiet            no progress lines
+  --events FILE          progress as JSON lines
+
+Environment: OPENSHELL_VM_K3S_BASE_URL (a k3s release mirror), OPENSHELL_VM_INSECURE_REGISTRIES,
+DOCKER_CONFIG (registry credentials).
+`;
+
+export async function prepareRootfsCommand(argv: readonly string[]): Promise<number> {
+  const args = parseArgs(argv, OPTIONS, false);
+  if (args.flags.has('help')) {
+    process.stdout.write(PREPARE_HELP);
+    return 0;
+  }
+  const instance = single(args, 'name') ?? 'default';
+  if (!INSTANCE_NAME.test(instance)) {
+    throw new UsageError(`--name: invalid instance name '${instance}'`, {
+      hint: 'use letters, digits, - and _ (starting with a letter or digit, at most 63 characters)',
+    });
+  }
+  const archText = single(args, 'arch');
+  const arch = archText === undefined ? defaultGuestArch() : parseGuestArch(archText);
+  const base = await parseBase(single(args, 'base'), single(args, 'mirror'));
+  const chart = await parseChartSpec(single(args, 'chart') ?? DEFAULT_CHART);
+  const images = (args.values.get('image') ?? []).map(parseImageSpec);
+  const gatewayImage = single(args, 'gateway-image');
+  const sandboxImage = single(args, 'sandbox-image');
+  let image: { repository: string; tag: string } | undefined;
+  if (gatewayImage) {
+    const ref = parseImageReference(gatewayImage);
+    const at = gatewayImage.lastIndexOf(':');
+    image = {
+      repository: gatewayImage.slice(0, at > gatewayImage.lastIndexOf('/') ? at : undefined),
+      tag: ref.tag ?? 'latest',
+    };
+  }
+  if (sandboxImage) parseImageReference(sandboxImage);
+
+  const reporter = new Reporter({
+    stderr: process.stderr,
+    quiet: args.flags.has('quiet'),
+    eventsFile: single(args, 'events'),
+  });
+  const env = readEnvironment();
+  const result = await withSignals(
+    reporter,
+    'stopping the build (the previous rootfs stays as it was)',
+    (signal) =>
+      prepareRootfs(
+        env,
+        {
+          instance,
+          arch,
+          force: args.flags.has('force'),
+          base,
+          k3s: { path: single(args, 'k3s'), sha256: single(args, 'k3s-sha256') },
+          chart,
+          images,
+          manifests: args.values.get('manifest') ?? [],
+          gateway: { ...(image ? { image } : {}), ...(sandboxImage ? { sandboxImage } : {}) },
+        },
+        { progress: (m) => reporter.progress(m), warn: (m) => reporter.warn(m), signal },
+      ),
+  );
+  if (!result.built) {
+    reporter.notice(
+      `${result.rootfs} is already prepared (built ${result.record.builtAt}); use --force to rebuild it`,
+    );
+  } else {
+    reporter.notice(`prepared ${result.rootfs} in ${(result.record.buildMs / 1000).toFixed(1)} s`);
+  }
+  if (args.flags.has('json')) process.stdout.write(`${JSON.stringify(result.record, null, 2)}\n`);
+  return 0;
+}
+
+async function parseBase(text: string | undefined, mirror: string | undefined): Promise<BaseSpec> {
+  const value = text ?? (await defaultBase());
+  if (value === 'debian' || value.startsWith('debian:')) {
+    return {
+      kind: 'debian',
+      release: value.slice('debian:'.length) || (await hostDebianCodename()) || 'bookworm',
+      mirror,
+    };
+  }
+  if (mirror)
+    throw new UsageError('--mirror applies to --base debian only', {
+      hint: 'drop --mirror, or use --base debian',
+    });
+  if (value.startsWith('oci:')) {
+    const ref = value.slice(4).replace(/^\/\//, '');
+    parseImageReference(ref);
+    return { kind: 'oci', ref };
+  }
+  if (value.startsWith('archive:')) return { kind: 'archive', path: value.slice('archive:'.length) };
+  throw new UsageError(`--base: unknown base '${value}'`, {
+    hint: 'use debian[:RELEASE], oci:REF or archive:PATH',
+  });
+}
+
+function parseImageSpec(text: string): ImageSpec {
+  if (text.startsWith('oci:')) {
+    const ref = text.slice(4).replace(/^\/\//, '');
+    parseImageReference(ref);
+    return { kind: 'oci', ref };
+  }
+  if (!/\.tar(\.zst|\.gz)?$/.test(text)) {
+    throw new UsageError(
+      `--image: '${text}' is neither an image archive (.tar, .tar.zst, .tar.gz) nor oci:REF`,
+      {
+        hint: 'save an image with docker save, or name one with oci:REF',
+      },
+    );
+  }
+  return { kind: 'archive', path: text };
+}
+
+/** debian where the host has Debian or Ubuntu package tools; an OCI Debian image elsewhere. */
+async function defaultBase(): Promise<string> {
+  const os = await fs.readFile('/etc/os-release', 'utf8').catch(() => '');
+  return /^ID(_LIKE)?="?[^"\n]*\b(debian|ubuntu)\b/m.test(os)
+    ? 'debian'
+    : 'oci:docker.io/library/debian:bookworm-slim';
+}
+
+async function hostDebianCodename(): Promise<string | undefined> {
+  const os = await fs.readFile('/etc/os-release', 'utf8').catch(() => '');
+  return /^ID=debian$/m.test(os) ? /^VERSION_CODENAME=(.+)$/m.exec(os)?.[1] : undefined;
+}

@@ -1,0 +1,456 @@
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { dirInRoot, inRoot } from '../archive/root-path.ts';
+import { extractTar } from '../archive/tar-extract.ts';
+import type { HostEnvironment } from '../config/environment.ts';
+import { HostError, isErrno, UsageError } from '../errors.ts';
+import type { GuestArch } from '../host/arch.ts';
+import { pathExists } from '../host/fs.ts';
+import { loadGuestInputs } from '../host/toolchain.ts';
+import { instanceDir } from '../instance/runs.ts';
+import { loadImageArchive } from '../oci/archive.ts';
+import { BlobStore } from '../oci/blob-store.ts';
+import { readDockerCredentials } from '../oci/credentials.ts';
+import { type ImageHandle, type ProgressFn, platformFor, pullImage } from '../oci/image.ts';
+import { writeOciArchive } from '../oci/layout-writer.ts';
+import { formatReference, parseImageReference } from '../oci/reference.ts';
+import { RegistryClient } from '../oci/registry.ts';
+import { unpackImage } from '../oci/unpack.ts';
+import { isAlive } from '../supervisor/identity.ts';
+import { packageVersion } from '../version.ts';
+import { ensureDebianBase, GATEWAY_PACKAGES, hashFile, installedPackages } from './base-debian.ts';
+import { type ChartSpec, type PackagedChart, packageChartDir, pullChart, readChartTgz } from './chart.ts';
+import { installGuestScripts, readGatewayGuestScripts } from './guest-scripts.ts';
+import {
+  defaultGatewayValues,
+  type GatewayValues,
+  HELMCHART_TEMPLATE,
+  writeGatewayManifest,
+} from './helmchart.ts';
+import { describeK3s, ensureK3s } from './k3s.ts';
+import { installKernelModules } from './kernel-modules.ts';
+import { cleanKineDatastore } from './kine.ts';
+import { ROOTFS_PATHS } from './layout.ts';
+import { RECORD_FORMAT, type RootfsInput, type RootfsRecord, readRootfsRecord } from './record.ts';
+
+export type BaseSpec =
+  | { readonly kind: 'debian'; readonly release: string; readonly mirror?: string | undefined }
+  | { readonly kind: 'oci'; readonly ref: string }
+  | { readonly kind: 'archive'; readonly path: string };
+
+export type ImageSpec =
+  | { readonly kind: 'archive'; readonly path: string }
+  | { readonly kind: 'oci'; readonly ref: string };
+
+export interface PrepareRequest {
+  readonly instance: string;
+  readonly arch: GuestArch;
+  readonly force: boolean;
+  readonly base: BaseSpec;
+  readonly k3s: { readonly path?: string | undefined; readonly sha256?: string | undefined };
+  readonly chart: ChartSpec;
+  readonly images: readonly ImageSpec[];
+  readonly manifests: readonly string[];
+  readonly gateway?: Partial<Pick<GatewayValues, 'image' | 'sandboxImage'>> | undefined;
+}
+
+export interface PrepareResult {
+  readonly rootfs: string;
+  readonly record: RootfsRecord;
+  /** false: a complete rootfs was already there and --force was not given. */
+  readonly built: boolean;
+}
+
+export interface BuildHooks {
+  readonly progress?: ProgressFn | undefined;
+  readonly warn?: ((message: string) => void) | undefined;
+  readonly signal?: AbortSignal | undefined;
+}
+
+/** The instance's rootfs directory. */
+export function rootfsDir(env: HostEnvironment, instance: string): string {
+  return path.join(instanceDir(env, instance), 'rootfs');
+}
+
+const TMP_PREFIX = 'rootfs.tmp-';
+const OLD_PREFIX = 'rootfs.old-';
+
+/** Applets the guest init runs that a Debian base lacks (no init system, no DHCP client). */
+const BUSYBOX_APPLETS = ['udhcpc', 'reboot', 'poweroff', 'halt'] as const;
+/** Commands the guest init cannot do without. */
+const REQUIRED_COMMANDS = ['sh', 'mount', 'ip', 'modprobe'] as const;
+
+/**
+ * Builds the gateway rootfs of `request.instance`: base system, k3s, guest scripts, kernel
+ * modules, chart, manifests, images, then the build record. Everything is built in a temporary
+ * sibling directory and renamed into place only when complete, so a failed or interrupted build
+ * (even kill -9) never leaves a half rootfs where a good one was; leftovers of killed builds are
+ * removed by the next one. Inputs are checked before the slow steps start.
+ */
+export async function prepareRootfs(
+  env: HostEnvironment,
+  request: PrepareRequest,
+  hooks: BuildHooks = {},
+): Promise<PrepareResult> {
+  const t0 = performance.now();
+  const progress = hooks.progress ?? (() => undefined);
+  const warnings: string[] = [];
+  const warn = (m: string) => {
+    warnings.push(m);
+    hooks.warn?.(m);
+  };
+  const signal = hooks.signal;
+  const dir = instanceDir(env, request.instance);
+  const dest = rootfsDir(env, request.instance);
+  await fs.mkdir(dir, { recursive: true });
+  await sweepStaleBuilds(dir, progress);
+
+  if (!request.force && (await pathExists(dest))) {
+    try {
+      return { rootfs: dest, record: await readRootfsRecord(dest), built: false };
+    } catch (err) {
+      throw new UsageError(`${dest} exists but is not a complete rootfs: ${(err as Error).message}`, {
+        hint: `rebuild it with --force: openshell-vm prepare-rootfs --name ${request.instance} --force`,
+      });
+    }
+  }
+  const release = await takeBuildLock(dir, request.instance);
+  const tmp = path.join(dir, `${TMP_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    // Fast checks first: a bad input costs nothing.
+    for (const image of request.images) {
+      if (image.kind === 'archive' && !(await pathExists(image.path))) {
+        throw new UsageError(`--image: ${image.path} does not exist`, {
+          hint: 'give a .tar or .tar.zst image archive, or oci:REF',
+        });
+      }
+      if (image.kind === 'oci') parseImageReference(image.ref);
+    }
+    for (const m of request.manifests) {
+      if (!/\.ya?ml$/.test(m) || !(await pathExists(m))) {
+        throw new UsageError(`--manifest: ${m} is not an existing .yaml file`, {
+          hint: 'give Kubernetes manifests as .yaml files',
+        });
+      }
+    }
+    const guest = await loadGuestInputs(env, request.arch);
+    const k3s = await ensureK3s(
+      env,
+      { arch: request.arch, localPath: request.k3s.path, expectedSha256: request.k3s.sha256 },
+      { progress, warn, signal },
+    );
+    const store = new BlobStore(path.join(env.cacheDir, 'oci', 'blobs'));
+    const clients = new Map<string, RegistryClient>();
+    const client = async (registry: string) => {
+      let c = clients.get(registry);
+      if (!c) {
+        c = new RegistryClient(registry, {
+          insecure: env.insecureRegistries,
+          credentials: await readDockerCredentials(env.dockerConfigPath, registry),
+          signal,
+        });
+        clients.set(registry, c);
+      }
+      return c;
+    };
+    const chart = await resolveChart(request.chart, store, client, progress);
+
+    await fs.mkdir(tmp, { mode: 0o755 });
+    const owners = process.getuid?.() === 0;
+    if (!owners)
+      warn('not running as root: files in the rootfs belong to this user, not to their owners in the base');
+    const inputs: RootfsInput[] = [];
+    let packages: Record<string, string> = {};
+
+    // 1. Base system.
+    const base = request.base;
+    let baseSource: string;
+    if (base.kind === 'debian') {
+      const built = await ensureDebianBase(
+        env,
+        { release: base.release, arch: request.arch, packages: GATEWAY_PACKAGES, mirror: base.mirror },
+        { progress, signal },
+      );
+      progress(
+        `unpacking the Debian ${base.release} base${built.built ? ` (built in ${(built.buildMs / 1000).toFixed(1)} s)` : ' (cached)'}`,
+      );
+      await extractTar(createReadStream(built.tarball), { root: tmp, owners, label: 'Debian base', signal });
+      packages = await installedPackages(tmp);
+      baseSource = `debian:${base.release}`;
+      inputs.push({
+        kind: 'base',
+        source: `mmdebstrap ${base.release} (${built.sources.join('; ')})`,
+        version: base.release,
+        sha256: built.sha256,
+      });
+    } else {
+      const platform = platformFor(request.arch);
+      let image: ImageHandle;
+      if (base.kind === 'oci') {
+        const ref = parseImageReference(base.ref);
+        image = await pullImage(await client(ref.registry), ref, platform, store, progress);
+        baseSource = `oci:${formatReference(ref)}`;
+      } else {
+        image = await loadImageArchive(base.path, store, platform, progress);
+        baseSource = `archive:${path.resolve(base.path)}`;
+      }
+      await unpackImage(image, store, tmp, { owners, signal, progress });
+      packages = await installedPackages(tmp);
+      inputs.push({
+        kind: 'base',
+        source: image.source,
+        version: image.manifest.digest,
+        sha256: image.manifest.digest.slice(7),
+      });
+    }
+    signal?.throwIfAborted();
+
+    // 2. k3s and its multi-call links.
+    progress(`installing k3s (${describeK3s(k3s)})`);
+    const k3sDest = await inRoot(tmp, ROOTFS_PATHS.k3sBinary);
+    await fs.rm(k3sDest, { recursive: true, force: true });
+    await fs.copyFile(k3s.path, k3sDest);
+    await fs.chmod(k3sDest, 0o755);
+    for (const link of ['kubectl', 'crictl', 'ctr']) {
+      const file = await inRoot(tmp, `usr/local/bin/${link}`);
+      await fs.rm(file, { force: true });
+      await fs.symlink('k3s', file);
+    }
+    inputs.push({
+      kind: 'k3s',
+      source: k3s.source,
+      version: k3s.version,
+      sha256: k3s.sha256,
+      path: ROOTFS_PATHS.k3sBinary,
+      verification: k3s.verification,
+    });
+
+    // 3. Guest scripts (from this package, as they are) and the busybox applets they need.
+    const scripts = await readGatewayGuestScripts();
+    await installGuestScripts(tmp, scripts);
+    for (const s of scripts)
+      inputs.push({
+        kind: 'guest-script',
+        source: 'openshell-vm',
+        version: packageVersion(),
+        sha256: s.sha256,
+        path: s.dest,
+      });
+    await linkBusyboxApplets(tmp, warn);
+    for (const d of [
+      'proc',
+      'sys',
+      'dev',
+      'run',
+      'tmp',
+      '.ovm-host',
+      '.ovm/run',
+      'etc/rancher/k3s',
+      ROOTFS_PATHS.k3sManifests,
+      ROOTFS_PATHS.k3sCharts,
+      ROOTFS_PATHS.k3sImages,
+      ROOTFS_PATHS.stagedManifests,
+    ]) {
+      await dirInRoot(tmp, d);
+    }
+    await fs.chmod(await dirInRoot(tmp, 'tmp'), 0o1777);
+
+    // 4. Kernel modules of the QEMU backend's guest kernel.
+    progress(`installing kernel modules for ${guest.kernel.release}`);
+    const modules = await installKernelModules(guest, tmp);
+    inputs.push({
+      kind: 'kernel-modules',
+      source: guest.kernel.package,
+      version: guest.kernel.version,
+      sha256: guest.kernel.modulesDepSha256,
+      path: `${ROOTFS_PATHS.kernelModules}/${modules.release}`,
+    });
+    progress(`${modules.count} kernel modules (${(modules.bytes / 1048576).toFixed(1)} MiB)`);
+
+    // 5. Chart, HelmChart and manifests.
+    await fs.writeFile(await inRoot(tmp, `${ROOTFS_PATHS.k3sCharts}/${chart.fileName}`), chart.tgz);
+    inputs.push({
+      kind: 'chart',
+      source: chart.source,
+      version: `${chart.name}-${chart.version}`,
+      sha256: chart.sha256,
+      path: `${ROOTFS_PATHS.k3sCharts}/${chart.fileName}`,
+    });
+    const template = await fs.readFile(HELMCHART_TEMPLATE, 'utf8');
+    await fs.writeFile(await inRoot(tmp, ROOTFS_PATHS.stagedHelmChart), template);
+    const values: GatewayValues = {
+      ...defaultGatewayValues(chart.fileName, chart.sha256),
+      ...request.gateway,
+    };
+    await fs.writeFile(await inRoot(tmp, ROOTFS_PATHS.gatewayValues), `${JSON.stringify(values, null, 2)}\n`);
+    await writeGatewayManifest(tmp);
+    for (const m of request.manifests) {
+      const name = path.basename(m);
+      await fs.copyFile(m, await inRoot(tmp, `${ROOTFS_PATHS.stagedManifests}/${name}`));
+      await fs.copyFile(m, await inRoot(tmp, `${ROOTFS_PATHS.k3sManifests}/${name}`));
+      inputs.push({
+        kind: 'manifest',
+        source: path.resolve(m),
+        version: '',
+        sha256: await hashFile(m),
+        path: `${ROOTFS_PATHS.k3sManifests}/${name}`,
+      });
+    }
+
+    // 6. Pre-loaded images for k3s's agent/images directory.
+    for (const image of request.images) {
+      signal?.throwIfAborted();
+      if (image.kind === 'archive') {
+        const loaded = await loadImageArchive(image.path, store, platformFor(request.arch), progress);
+        const name = path.basename(image.path);
+        await fs.copyFile(image.path, await inRoot(tmp, `${ROOTFS_PATHS.k3sImages}/${name}`));
+        inputs.push({
+          kind: 'image',
+          source: path.resolve(image.path),
+          version: loaded.manifest.digest,
+          sha256: await hashFile(image.path),
+          path: `${ROOTFS_PATHS.k3sImages}/${name}`,
+        });
+      } else {
+        const ref = parseImageReference(image.ref);
+        const pulled = await pullImage(
+          await client(ref.registry),
+          ref,
+          platformFor(request.arch),
+          store,
+          progress,
+        );
+        const name = `${formatReference(ref).replace(/[^\w.-]+/g, '_')}.tar`;
+        const file = await inRoot(tmp, `${ROOTFS_PATHS.k3sImages}/${name}`);
+        await writeOciArchive(pulled, store, formatReference({ ...ref, digest: undefined }), file);
+        inputs.push({
+          kind: 'image',
+          source: formatReference(ref),
+          version: pulled.manifest.digest,
+          sha256: await hashFile(file),
+          path: `${ROOTFS_PATHS.k3sImages}/${name}`,
+        });
+      }
+    }
+
+    // 7. Datastore hygiene (a no-op on a rootfs that never ran k3s) and the record.
+    await cleanKineDatastore(await inRoot(tmp, ROOTFS_PATHS.kineDb));
+    const record: RootfsRecord = {
+      format: RECORD_FORMAT,
+      tool: { name: 'openshell-vm', version: packageVersion() },
+      builtAt: new Date().toISOString(),
+      buildMs: Math.round(performance.now() - t0),
+      arch: request.arch,
+      instance: request.instance,
+      base: { kind: base.kind, source: baseSource },
+      owners: owners ? 'preserved' : 'current-user',
+      kernelRelease: modules.release,
+      inputs,
+      packages,
+      warnings,
+    };
+    await fs.writeFile(await inRoot(tmp, ROOTFS_PATHS.record), `${JSON.stringify(record, null, 2)}\n`);
+    signal?.throwIfAborted();
+
+    // 8. Swap in: the old rootfs goes aside first, so there is always a complete one to find.
+    const old = path.join(dir, `${OLD_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
+    const hadOld = await pathExists(dest);
+    if (hadOld) await fs.rename(dest, old);
+    try {
+      await fs.rename(tmp, dest);
+    } catch (err) {
+      if (hadOld) await fs.rename(old, dest);
+      throw err;
+    }
+    if (hadOld) await fs.rm(old, { recursive: true, force: true });
+    progress(`rootfs ready at ${dest}`);
+    return { rootfs: dest, record, built: true };
+  } finally {
+    await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+    await release();
+  }
+}
+
+async function resolveChart(
+  spec: ChartSpec,
+  store: BlobStore,
+  client: (registry: string) => Promise<RegistryClient>,
+  progress: ProgressFn,
+): Promise<PackagedChart> {
+  if (spec.kind === 'dir') {
+    progress(`packaging the chart in ${spec.path}`);
+    return packageChartDir(spec.path);
+  }
+  if (spec.kind === 'tgz') return readChartTgz(await fs.readFile(spec.path), spec.path, 'tgz');
+  const ref = parseImageReference(spec.ref);
+  return pullChart(await client(ref.registry), spec.ref, store, progress);
+}
+
+async function linkBusyboxApplets(root: string, warn: (m: string) => void): Promise<void> {
+  const dirs = ['usr/local/sbin', 'usr/local/bin', 'usr/sbin', 'usr/bin', 'sbin', 'bin'];
+  const has = async (cmd: string) => {
+    for (const d of dirs) if (await lexists(path.join(root, d, cmd))) return true;
+    return false;
+  };
+  const busybox =
+    (await lexists(path.join(root, 'bin/busybox'))) || (await lexists(path.join(root, 'usr/bin/busybox')));
+  for (const applet of BUSYBOX_APPLETS) {
+    if (await has(applet)) continue;
+    if (!busybox) {
+      warn(`the base has neither ${applet} nor busybox: the guest init cannot use ${applet}`);
+      continue;
+    }
+    await fs.symlink('/bin/busybox', await inRoot(root, `${ROOTFS_PATHS.appletDir}/${applet}`));
+  }
+  for (const cmd of REQUIRED_COMMANDS) {
+    if (!(await has(cmd))) warn(`the base has no ${cmd}: the gateway's guest init needs it`);
+  }
+}
+
+async function lexists(file: string): Promise<boolean> {
+  try {
+    await fs.lstat(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Removes what builds killed with SIGKILL left: temporary trees of dead builders, aside-moved old trees. */
+async function sweepStaleBuilds(dir: string, progress: ProgressFn): Promise<void> {
+  for (const name of await fs.readdir(dir)) {
+    const m = new RegExp(`^(?:${TMP_PREFIX}|${OLD_PREFIX})(\\d+)-`).exec(name);
+    if (!m || isAlive(Number(m[1]))) continue;
+    if (name.startsWith(OLD_PREFIX) && !(await pathExists(path.join(dir, 'rootfs')))) {
+      // Killed between the two renames: the old tree is the only complete one.
+      await fs.rename(path.join(dir, name), path.join(dir, 'rootfs'));
+      progress(`restored the rootfs a killed build had moved aside`);
+      continue;
+    }
+    progress(`removing ${name}, left by a build that was killed`);
+    await fs.rm(path.join(dir, name), { recursive: true, force: true });
+  }
+}
+
+/** One build per instance at a time: `prepare.lock` holds the builder's pid. */
+async function takeBuildLock(dir: string, instance: string): Promise<() => Promise<void>> {
+  const lock = path.join(dir, 'prepare.lock');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await fs.writeFile(lock, `${process.pid}\n`, { flag: 'wx' });
+      return () => fs.rm(lock, { force: true });
+    } catch (err) {
+      if (!isErrno(err, 'EEXIST')) throw err;
+      const pid = Number((await fs.readFile(lock, 'utf8').catch(() => '')).trim());
+      if (pid && isAlive(pid) && pid !== process.pid) {
+        throw new HostError(`another openshell-vm (pid ${pid}) is preparing the rootfs of '${instance}'`, {
+          hint: 'wait for it to finish, or stop it',
+        });
+      }
+      await fs.rm(lock, { force: true });
+    }
+  }
+  throw new HostError(`cannot take ${lock}`);
+}
