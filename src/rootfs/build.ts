@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { dirInRoot, inRoot } from '../archive/root-path.ts';
+import { dirInRoot, inRoot, resolveInRoot } from '../archive/root-path.ts';
 import { extractTar } from '../archive/tar-extract.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno, UsageError } from '../errors.ts';
@@ -390,12 +390,15 @@ async function resolveChart(
 
 async function linkBusyboxApplets(root: string, warn: (m: string) => void): Promise<void> {
   const dirs = ['usr/local/sbin', 'usr/local/bin', 'usr/sbin', 'usr/bin', 'sbin', 'bin'];
-  const has = async (cmd: string) => {
-    for (const d of dirs) if (await lexists(path.join(root, d, cmd))) return true;
+  // Look inside the root as the guest will: /sbin may be an absolute link to /usr/sbin.
+  const has = async (cmd: string, where: readonly string[] = dirs) => {
+    for (const d of where) {
+      const dir = await resolveInRoot(root, d.split('/'), { create: false }).catch(() => undefined);
+      if (dir && (await lexists(path.join(dir, cmd)))) return true;
+    }
     return false;
   };
-  const busybox =
-    (await lexists(path.join(root, 'bin/busybox'))) || (await lexists(path.join(root, 'usr/bin/busybox')));
+  const busybox = await has('busybox', ['bin', 'usr/bin']);
   for (const applet of BUSYBOX_APPLETS) {
     if (await has(applet)) continue;
     if (!busybox) {

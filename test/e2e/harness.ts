@@ -90,9 +90,11 @@ function findSockets(dir: string): string[] {
 
 async function runCli(args: readonly string[], options: RunOptions, eventsFile: string): Promise<CliRun> {
   // Subcommands with their own options: no --events before them.
-  const argv = ['kernel', 'runtime', 'doctor'].includes(args[0] ?? '')
+  const argv = ['kernel', 'runtime', 'doctor', 'rootfs'].includes(args[0] ?? '')
     ? [...args]
-    : ['--events', eventsFile, ...args];
+    : args[0] === 'prepare-rootfs'
+      ? [args[0], '--events', eventsFile, ...args.slice(1)]
+      : ['--events', eventsFile, ...args];
   const child = options.direct
     ? spawn(process.execPath, [MAIN, ...argv], { env: options.env, stdio: ['ignore', 'pipe', 'pipe'] })
     : spawn(CLI, argv, { env: options.env, stdio: ['ignore', 'pipe', 'pipe'] });

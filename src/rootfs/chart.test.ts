@@ -1,0 +1,63 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { gunzipSync } from 'node:zlib';
+import tar from 'tar-stream';
+import { bufferStream } from '../archive/tar-pack.ts';
+import { helmIgnoreMatcher, packageChartDir, parseChartSpec, readChartTgz } from './chart.ts';
+
+const FIXTURE = new URL('../../test/fixtures/chart/openshell/', import.meta.url).pathname;
+
+async function listTgz(tgz: Buffer): Promise<string[]> {
+  const names: string[] = [];
+  const extract = tar.extract();
+  bufferStream(gunzipSync(tgz)).pipe(extract);
+  for await (const entry of extract) {
+    names.push(`${entry.header.name} ${(entry.header.mode ?? 0).toString(8)}`);
+    entry.resume();
+  }
+  return names;
+}
+
+test('a chart directory packages as NAME-VERSION.tgz with its files under the chart name, .helmignore applied', async () => {
+  const chart = await packageChartDir(FIXTURE);
+  assert.equal(chart.fileName, 'openshell-0.1.0.tgz');
+  assert.deepEqual(await listTgz(chart.tgz), [
+    'openshell/.helmignore 644',
+    'openshell/Chart.yaml 644',
+    'openshell/templates/configmap.yaml 644',
+    'openshell/values.yaml 644',
+  ]);
+  // Reproducible: the same directory gives the same bytes, hence the same chart checksum.
+  assert.equal((await packageChartDir(FIXTURE)).sha256, chart.sha256);
+  const back = await readChartTgz(chart.tgz, 'x.tgz', 'tgz');
+  assert.deepEqual([back.name, back.version, back.sha256], ['openshell', '0.1.0', chart.sha256]);
+});
+
+test('.helmignore globs match names anywhere, anchored paths and directories', () => {
+  const ignored = helmIgnoreMatcher('# c\n*.swp\nci/\ntemplates/NOTES.txt\n!keep\n');
+  assert.equal(ignored('templates/a.swp', false), true);
+  assert.equal(ignored('ci', true), true);
+  assert.equal(ignored('ci', false), false);
+  assert.equal(ignored('templates/NOTES.txt', false), true);
+  assert.equal(ignored('NOTES.txt', false), false);
+  assert.equal(ignored('values.yaml', false), false);
+});
+
+test('bad charts are refused with what is wrong', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-chart-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  await assert.rejects(packageChartDir(dir), /no Chart\.yaml there/);
+  await fs.writeFile(path.join(dir, 'Chart.yaml'), 'name: Bad_Name\nversion: 1\n');
+  await assert.rejects(packageChartDir(dir), /needs a name \(lowercase, digits, -\) and a version/);
+  await fs.writeFile(path.join(dir, 'Chart.yaml'), 'name: [unclosed\n');
+  await assert.rejects(packageChartDir(dir), /Chart\.yaml is not valid YAML/);
+  await assert.rejects(readChartTgz(Buffer.from('not gzip'), 'f.tgz', 'tgz'), /f\.tgz: not a gzip file/);
+  await assert.rejects(parseChartSpec(path.join(dir, 'missing')), /--chart: .* does not exist/);
+  assert.deepEqual(await parseChartSpec('oci:ghcr.io/nvidia/openshell/helm-chart:1.0.0'), {
+    kind: 'oci',
+    ref: 'ghcr.io/nvidia/openshell/helm-chart:1.0.0',
+  });
+});
