@@ -104,7 +104,9 @@ has_candidate() { apt-cache show "$1" >/dev/null 2>&1; }
 # ---------------------------------------------------------------------------------------------
 # 1. apt packages on the host.
 # gcc + libc6-dev: the libkrun contract tests compile a test double of libkrun's C ABI.
-packages=(kmod gcc libc6-dev)
+# mmdebstrap + debian-archive-keyring: prepare-rootfs builds the gateway's Debian base with them.
+# docker-registry: the OCI client's tests pull from a real registry server on loopback.
+packages=(kmod gcc libc6-dev mmdebstrap debian-archive-keyring docker-registry)
 for d in "${deb_arches[@]}"; do packages+=("$(qemu_package "$d")"); done
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 # virtiofsd: its own package from Debian 13 on; in Debian 12 it ships inside qemu-system-common.

@@ -6,6 +6,9 @@ Usage:
   openshell-vm kernel check [CONFIG] [--builtin] [--json]   the gateway's kernel requirements
   openshell-vm runtime [--json]   the libkrun runtime in use: libraries, sha256, provenance
   openshell-vm doctor [--json]    what this host has and lacks, with fixes
+  openshell-vm prepare-rootfs [--name NAME] [--force] [--base ...] [--k3s PATH] [--chart ...]
+                               build an instance's gateway rootfs (see prepare-rootfs --help)
+  openshell-vm rootfs info [--name NAME] [--json]   a rootfs's build record
   openshell-vm                 the gateway (not available yet: runs a command only, for now)
 
 Run a command in a fresh microVM (the embedded busybox root; writes vanish when it ends).
@@ -20,6 +23,8 @@ Command:
   --env K=V...           environment variable for the command (repeatable); the defaults
                          HOME=/root, PATH=/usr/local/sbin:...:/bin and TERM=xterm stay unless replaced
   --workdir DIR          working directory in the guest (default /)
+  --rootfs DIR           run it in a rootfs built by prepare-rootfs (checked against its build
+                         record first; writes go to a throwaway overlay) instead of the busybox root
 
 Machine:
   --vcpus N              virtual CPUs (default 2, at most the host's CPUs)

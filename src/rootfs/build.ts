@@ -135,7 +135,15 @@ export async function prepareRootfs(
         });
       }
     }
-    const guest = await loadGuestInputs(env, request.arch);
+    // The QEMU backend's kernel (cached by provisioning) needs its modules in the rootfs; a host
+    // without it (macOS, libkrun only) builds without them, and a QEMU boot then refuses the rootfs.
+    const guest = await loadGuestInputs(env, request.arch).catch((err: unknown) => {
+      if (!(err instanceof HostError)) throw err;
+      warn(
+        `no QEMU guest kernel for ${request.arch} (${err.message}): kernel modules not installed; fine for libkrun, not for QEMU`,
+      );
+      return undefined;
+    });
     const k3s = await ensureK3s(
       env,
       { arch: request.arch, localPath: request.k3s.path, expectedSha256: request.k3s.sha256 },
@@ -258,16 +266,20 @@ export async function prepareRootfs(
     await fs.chmod(await dirInRoot(tmp, 'tmp'), 0o1777);
 
     // 4. Kernel modules of the QEMU backend's guest kernel.
-    progress(`installing kernel modules for ${guest.kernel.release}`);
-    const modules = await installKernelModules(guest, tmp);
-    inputs.push({
-      kind: 'kernel-modules',
-      source: guest.kernel.package,
-      version: guest.kernel.version,
-      sha256: guest.kernel.modulesDepSha256,
-      path: `${ROOTFS_PATHS.kernelModules}/${modules.release}`,
-    });
-    progress(`${modules.count} kernel modules (${(modules.bytes / 1048576).toFixed(1)} MiB)`);
+    let kernelRelease: string | undefined;
+    if (guest) {
+      progress(`installing kernel modules for ${guest.kernel.release}`);
+      const modules = await installKernelModules(guest, tmp);
+      kernelRelease = modules.release;
+      inputs.push({
+        kind: 'kernel-modules',
+        source: guest.kernel.package,
+        version: guest.kernel.version,
+        sha256: guest.kernel.modulesDepSha256,
+        path: `${ROOTFS_PATHS.kernelModules}/${modules.release}`,
+      });
+      progress(`${modules.count} kernel modules (${(modules.bytes / 1048576).toFixed(1)} MiB)`);
+    }
 
     // 5. Chart, HelmChart and manifests.
     await fs.writeFile(await inRoot(tmp, `${ROOTFS_PATHS.k3sCharts}/${chart.fileName}`), chart.tgz);
@@ -346,7 +358,7 @@ export async function prepareRootfs(
       instance: request.instance,
       base: { kind: base.kind, source: baseSource },
       owners: owners ? 'preserved' : 'current-user',
-      kernelRelease: modules.release,
+      kernelRelease,
       inputs,
       packages,
       warnings,

@@ -4,26 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { test } from 'node:test';
+import { KINE_SCHEMA } from '../../test/fixtures/kine.ts';
 import { HostError } from '../errors.ts';
 import { cleanKineDatastore, KINE_RUNTIME_PREFIXES } from './kine.ts';
-
-/** kine's SQLite schema (k3s-io/kine, pkg/drivers/sqlite), as k3s creates it. */
-const KINE_SCHEMA = `
-CREATE TABLE IF NOT EXISTS kine (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  name INTEGER,
-  created INTEGER,
-  deleted INTEGER,
-  create_revision INTEGER,
-  prev_revision INTEGER,
-  lease INTEGER,
-  value BLOB,
-  old_value BLOB
-);
-CREATE INDEX IF NOT EXISTS kine_name_index ON kine (name);
-CREATE INDEX IF NOT EXISTS kine_name_id_index ON kine (name, id);
-CREATE UNIQUE INDEX IF NOT EXISTS kine_name_prev_revision_uindex ON kine (name, prev_revision);
-`;
 
 const KEEP = [
   '/registry/namespaces/openshell',

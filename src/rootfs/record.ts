@@ -105,6 +105,14 @@ export async function verifyRootfsForBoot(
       });
     }
   }
+  if (options.kernelRelease && !record.kernelRelease) {
+    throw new HostError(
+      `${rootfs} has no kernel modules for the QEMU backend's kernel (${options.kernelRelease})`,
+      {
+        hint: `provision the guest kernel (scripts/provision-host.sh), then rebuild: ${rebuild}`,
+      },
+    );
+  }
   if (options.kernelRelease && record.kernelRelease && record.kernelRelease !== options.kernelRelease) {
     throw new HostError(
       `${rootfs} has kernel modules for ${record.kernelRelease}, but the guest kernel is ${options.kernelRelease}`,

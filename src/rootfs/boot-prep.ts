@@ -1,0 +1,29 @@
+import { inRoot } from '../archive/root-path.ts';
+import { writeGatewayManifest } from './helmchart.ts';
+import { cleanKineDatastore, type KineReport } from './kine.ts';
+import { ROOTFS_PATHS } from './layout.ts';
+import { type RootfsRecord, verifyRootfsForBoot } from './record.ts';
+
+export interface BootPreparation {
+  readonly record: RootfsRecord;
+  /** undefined: k3s has not run in this rootfs yet. */
+  readonly kine: KineReport | undefined;
+  /** true when the HelmChart had to be written (first boot, or it was changed in the guest). */
+  readonly manifestWritten: boolean;
+}
+
+/**
+ * What the host does to a gateway rootfs before every boot, with k3s stopped: refuse a rootfs
+ * that is not this tool's build, clean k3s's datastore of runtime records (and refuse a corrupt
+ * one with the --reset hint), and render the HelmChart with the same function and values as the
+ * build did (so its bytes do not change and the Helm controller does not re-install).
+ */
+export async function prepareRootfsForBoot(
+  rootfs: string,
+  options: { readonly kernelRelease?: string | undefined } = {},
+): Promise<BootPreparation> {
+  const record = await verifyRootfsForBoot(rootfs, options);
+  const kine = await cleanKineDatastore(await inRoot(rootfs, ROOTFS_PATHS.kineDb));
+  const manifestWritten = await writeGatewayManifest(rootfs);
+  return { record, kine, manifestWritten };
+}
