@@ -106,7 +106,8 @@ has_candidate() { apt-cache show "$1" >/dev/null 2>&1; }
 # gcc + libc6-dev: the libkrun contract tests compile a test double of libkrun's C ABI.
 # mmdebstrap + debian-archive-keyring: prepare-rootfs builds the gateway's Debian base with them.
 # docker-registry: the OCI client's tests pull from a real registry server on loopback.
-packages=(kmod gcc libc6-dev mmdebstrap debian-archive-keyring docker-registry)
+# openssl: the PKI tests check the certificates with openssl verify.
+packages=(kmod gcc libc6-dev mmdebstrap debian-archive-keyring docker-registry openssl)
 for d in "${deb_arches[@]}"; do packages+=("$(qemu_package "$d")"); done
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 # virtiofsd: its own package from Debian 13 on; in Debian 12 it ships inside qemu-system-common.

@@ -24,6 +24,8 @@ export interface HostEnvironment {
   readonly insecureRegistries: readonly string[];
   /** OPENSHELL_VM_K3S_BASE_URL: where k3s releases are downloaded from (a mirror of GitHub's release pages). */
   readonly k3sBaseUrl: string;
+  /** The OpenShell CLI's configuration ($XDG_CONFIG_HOME/openshell): gateways, mTLS bundles, the active gateway. */
+  readonly openshellConfigDir: string;
 }
 
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvironment {
@@ -55,5 +57,6 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvir
       .map((s) => s.trim())
       .filter(Boolean),
     k3sBaseUrl: env.OPENSHELL_VM_K3S_BASE_URL || 'https://github.com/k3s-io/k3s/releases/download',
+    openshellConfigDir: path.join(env.XDG_CONFIG_HOME || path.join(home, '.config'), 'openshell'),
   };
 }

@@ -35,6 +35,7 @@ function fakeGuest(t: { after: (fn: () => void) => void }): { env: HostEnvironme
     dockerConfigPath: '/nonexistent/config.json',
     insecureRegistries: [],
     k3sBaseUrl: 'http://127.0.0.1:9/none',
+    openshellConfigDir: '/nonexistent/openshell',
   };
   const guest: GuestInputs = {
     arch: 'x86_64',

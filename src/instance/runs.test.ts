@@ -21,6 +21,7 @@ function env(t: { after: (fn: () => void) => void }): HostEnvironment {
     dockerConfigPath: '/nonexistent/config.json',
     insecureRegistries: [],
     k3sBaseUrl: 'http://127.0.0.1:9/none',
+    openshellConfigDir: '/nonexistent/openshell',
   };
 }
 

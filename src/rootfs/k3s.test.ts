@@ -28,6 +28,7 @@ async function tmpEnv(
     dockerConfigPath: '/nonexistent',
     insecureRegistries: [],
     k3sBaseUrl,
+    openshellConfigDir: '/nonexistent/openshell',
   };
 }
 

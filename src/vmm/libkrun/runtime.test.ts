@@ -29,6 +29,7 @@ const env = (runtimeBundleDir?: string): HostEnvironment => ({
   dockerConfigPath: '/nonexistent/config.json',
   insecureRegistries: [],
   k3sBaseUrl: 'http://127.0.0.1:9/none',
+  openshellConfigDir: '/nonexistent/openshell',
   toolOverrides: {},
   runtimeBundleDir,
 });

@@ -1,0 +1,138 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { HostError, isErrno } from '../errors.ts';
+
+/**
+ * The files the OpenShell CLI and SDK read to reach a gateway, in their layout
+ * (`$XDG_CONFIG_HOME/openshell/`):
+ *   gateways/NAME/metadata.json        name, endpoint, port
+ *   gateways/NAME/mtls/{ca.crt,tls.crt,tls.key}   the client's credentials
+ *   active_gateway                     the name, no newline
+ * Directories are 0700 and files 0600. Every file is replaced atomically, and the mTLS bundle as a
+ * whole: a crash at any point leaves either the old bundle or the new one usable.
+ */
+export interface GatewayMetadata {
+  readonly name: string;
+  readonly gateway_endpoint: string;
+  readonly is_remote: false;
+  readonly gateway_port: number;
+}
+
+export interface MtlsBundle {
+  readonly caCert: string;
+  readonly clientCert: string;
+  readonly clientKey: string;
+}
+
+export const MTLS_FILES = { caCert: 'ca.crt', clientCert: 'tls.crt', clientKey: 'tls.key' } as const;
+
+export function gatewayDir(configDir: string, name: string): string {
+  return path.join(configDir, 'gateways', name);
+}
+
+async function atomicWrite(file: string, data: string): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await fs.writeFile(tmp, data, { mode: 0o600 });
+    await fs.rename(tmp, file);
+  } finally {
+    await fs.rm(tmp, { force: true });
+  }
+}
+
+export async function writeGatewayMetadata(
+  configDir: string,
+  name: string,
+  port: number,
+): Promise<GatewayMetadata> {
+  const metadata: GatewayMetadata = {
+    name,
+    gateway_endpoint: `https://127.0.0.1:${port}`,
+    is_remote: false,
+    gateway_port: port,
+  };
+  await fs.mkdir(gatewayDir(configDir, name), { recursive: true, mode: 0o700 });
+  await atomicWrite(
+    path.join(gatewayDir(configDir, name), 'metadata.json'),
+    `${JSON.stringify(metadata, null, 2)}\n`,
+  );
+  return metadata;
+}
+
+export async function setActiveGateway(configDir: string, name: string): Promise<void> {
+  await atomicWrite(path.join(configDir, 'active_gateway'), name);
+}
+
+/**
+ * Replaces the mTLS bundle: the new files go into a sibling directory, the old `mtls` is moved
+ * to `mtls.bak`, the new one renamed into place, then the backup removed.
+ */
+export async function writeMtlsBundle(configDir: string, name: string, bundle: MtlsBundle): Promise<string> {
+  const dir = gatewayDir(configDir, name);
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  await recoverMtlsBundle(configDir, name);
+  for (const [key, value] of Object.entries(bundle)) {
+    if (!value.includes('-----BEGIN ')) throw new HostError(`mTLS bundle for ${name}: ${key} is not PEM`);
+  }
+  const live = path.join(dir, 'mtls');
+  const tmp = path.join(dir, `mtls.tmp-${process.pid}`);
+  const bak = path.join(dir, 'mtls.bak');
+  await fs.rm(tmp, { recursive: true, force: true });
+  await fs.mkdir(tmp, { mode: 0o700 });
+  try {
+    for (const [key, file] of Object.entries(MTLS_FILES)) {
+      await fs.writeFile(path.join(tmp, file), bundle[key as keyof MtlsBundle], { mode: 0o600 });
+    }
+    const hadLive = await exists(live);
+    if (hadLive) await fs.rename(live, bak);
+    try {
+      await fs.rename(tmp, live);
+    } catch (err) {
+      if (hadLive) await fs.rename(bak, live);
+      throw err;
+    }
+    await fs.chmod(live, 0o700);
+    await fs.rm(bak, { recursive: true, force: true });
+    return live;
+  } finally {
+    await fs.rm(tmp, { recursive: true, force: true });
+  }
+}
+
+/** After a crash between the two renames, `mtls` is missing and `mtls.bak` holds the old bundle: put it back. */
+export async function recoverMtlsBundle(configDir: string, name: string): Promise<void> {
+  const dir = gatewayDir(configDir, name);
+  const live = path.join(dir, 'mtls');
+  const bak = path.join(dir, 'mtls.bak');
+  if (!(await exists(bak))) return;
+  if (await exists(live)) await fs.rm(bak, { recursive: true, force: true });
+  else await fs.rename(bak, live);
+}
+
+/** The bundle, if all three files are there and non-empty (recovering from a crashed replace first). */
+export async function readMtlsBundle(configDir: string, name: string): Promise<MtlsBundle | undefined> {
+  await recoverMtlsBundle(configDir, name);
+  const live = path.join(gatewayDir(configDir, name), 'mtls');
+  const out: Record<string, string> = {};
+  for (const [key, file] of Object.entries(MTLS_FILES)) {
+    try {
+      out[key] = await fs.readFile(path.join(live, file), 'utf8');
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return undefined;
+      throw err;
+    }
+    if (!out[key]?.trim()) return undefined;
+  }
+  return out as unknown as MtlsBundle;
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
