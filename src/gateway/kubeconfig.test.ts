@@ -1,0 +1,111 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import YAML from 'yaml';
+import { mergeKubeconfig, rewriteKubeconfig, writeKubeconfig } from './kubeconfig.ts';
+
+// What k3s writes to /etc/rancher/k3s/k3s.yaml (data shortened).
+const K3S_YAML = `apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: Q0EK
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+kind: Config
+preferences: {}
+users:
+- name: default
+  user:
+    client-certificate-data: Q0VSVAo=
+    client-key-data: S0VZCg==
+`;
+
+const EXISTING = `apiVersion: v1
+kind: Config
+clusters:
+- name: work
+  cluster: { server: https://work.example:6443 }
+users:
+- name: work
+  user: { token: abc }
+contexts:
+- name: work
+  context: { cluster: work, user: work }
+current-context: work
+`;
+
+async function tmp(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-kube-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test("k3s's kubeconfig is rewritten to the forwarded port and named for the instance", () => {
+  const doc = YAML.parse(rewriteKubeconfig(K3S_YAML, { name: 'openshell-vm-default', port: 41234 }));
+  assert.equal(doc.clusters[0].cluster.server, 'https://127.0.0.1:41234');
+  assert.equal(doc.clusters[0].cluster['certificate-authority-data'], 'Q0EK');
+  assert.deepEqual(doc.contexts, [
+    {
+      name: 'openshell-vm-default',
+      context: { cluster: 'openshell-vm-default', user: 'openshell-vm-default' },
+    },
+  ]);
+  assert.equal(doc.users[0].user['client-key-data'], 'S0VZCg==');
+  assert.equal(doc['current-context'], 'openshell-vm-default');
+});
+
+test('the kubeconfig file is 0600', async (t) => {
+  const dir = await tmp(t);
+  const file = await writeKubeconfig(path.join(dir, '.kube'), 'gw', 'x: 1\n');
+  assert.equal((await fs.stat(file)).mode & 0o777, 0o600);
+});
+
+test('--merge-kubeconfig keeps other contexts and current-context, backs the file up, and replaces its own entry', async (t) => {
+  const dir = await tmp(t);
+  const target = path.join(dir, 'config');
+  await fs.writeFile(target, EXISTING);
+  const entry = rewriteKubeconfig(K3S_YAML, { name: 'gw', port: 40000 });
+  const backup = await mergeKubeconfig(target, entry, { now: new Date('2026-11-25T10:00:00Z') });
+  assert.equal(backup, `${target}.bak-2026-11-25T10-00-00-000Z`);
+  assert.equal(await fs.readFile(backup as string, 'utf8'), EXISTING);
+  let doc = YAML.parse(await fs.readFile(target, 'utf8'));
+  assert.deepEqual(
+    doc.contexts.map((c: { name: string }) => c.name),
+    ['work', 'gw'],
+  );
+  assert.equal(doc['current-context'], 'work', 'not switched unless asked');
+  // Again, on another port and asked to switch: one gw entry, now current.
+  await mergeKubeconfig(target, rewriteKubeconfig(K3S_YAML, { name: 'gw', port: 40001 }), {
+    setCurrent: true,
+  });
+  doc = YAML.parse(await fs.readFile(target, 'utf8'));
+  assert.deepEqual(
+    doc.clusters.map((c: { name: string }) => c.name),
+    ['work', 'gw'],
+  );
+  assert.equal(doc.clusters[1].cluster.server, 'https://127.0.0.1:40001');
+  assert.equal(doc['current-context'], 'gw');
+  assert.equal((await fs.stat(target)).mode & 0o777, 0o600);
+});
+
+test('a kubeconfig that does not parse is refused and left as it is', async (t) => {
+  const dir = await tmp(t);
+  const target = path.join(dir, 'config');
+  for (const bad of ['clusters: [unclosed\n', 'kind: Pod\n', '- a list\n']) {
+    await fs.writeFile(target, bad);
+    await assert.rejects(
+      mergeKubeconfig(target, rewriteKubeconfig(K3S_YAML, { name: 'gw', port: 1 })),
+      /not valid YAML|is not a kubeconfig/,
+    );
+    assert.equal(await fs.readFile(target, 'utf8'), bad);
+  }
+  assert.deepEqual((await fs.readdir(dir)).sort(), ['config'], 'no backup, no temporary file');
+});
