@@ -130,11 +130,13 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
 async function parseBase(text: string | undefined, mirror: string | undefined): Promise<BaseSpec> {
   const value = text ?? (await defaultBase());
   if (value === 'debian' || value.startsWith('debian:')) {
-    return {
-      kind: 'debian',
-      release: value.slice('debian:'.length) || (await hostDebianCodename()) || 'bookworm',
-      mirror,
-    };
+    const release = value.slice('debian:'.length) || (await hostDebianCodename()) || 'bookworm';
+    if (!/^[a-z][a-z0-9-]{1,30}$/.test(release)) {
+      throw new UsageError(`--base debian:${release}: not a Debian release name`, {
+        hint: 'use a codename such as bookworm or trixie',
+      });
+    }
+    return { kind: 'debian', release, mirror };
   }
   if (mirror)
     throw new UsageError('--mirror applies to --base debian only', {

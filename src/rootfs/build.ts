@@ -104,7 +104,7 @@ export async function prepareRootfs(
   const signal = hooks.signal;
   const dir = instanceDir(env, request.instance);
   const dest = rootfsDir(env, request.instance);
-  await fs.mkdir(dir, { recursive: true });
+  const createdDir = (await fs.mkdir(dir, { recursive: true })) !== undefined;
   await sweepStaleBuilds(dir, progress);
 
   if (!request.force && (await pathExists(dest))) {
@@ -382,6 +382,8 @@ export async function prepareRootfs(
   } finally {
     await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
     await release();
+    // A first build that failed leaves no empty instance directory behind.
+    if (createdDir) await fs.rmdir(dir).catch(() => undefined);
   }
 }
 

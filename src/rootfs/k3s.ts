@@ -118,7 +118,7 @@ export async function ensureK3s(
       throw new HostError(
         `cannot download k3s from ${url}: ${(err as { cause?: Error }).cause?.message ?? (err as Error).message}`,
         {
-          hint: `offline: download ${asset} of k3s ${pin.version} elsewhere and pass it with --k3s PATH`,
+          hint: `offline: download the '${asset}' binary of k3s ${pin.version} elsewhere and pass it with --k3s PATH`,
           cause: err,
         },
       );
