@@ -1,7 +1,7 @@
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { HostError, isErrno } from '../errors.ts';
+import { writeFileAtomic } from '../host/fs.ts';
 
 /**
  * The files the OpenShell CLI and SDK read to reach a gateway, in their layout
@@ -31,17 +31,6 @@ export function gatewayDir(configDir: string, name: string): string {
   return path.join(configDir, 'gateways', name);
 }
 
-async function atomicWrite(file: string, data: string): Promise<void> {
-  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  try {
-    await fs.writeFile(tmp, data, { mode: 0o600 });
-    await fs.rename(tmp, file);
-  } finally {
-    await fs.rm(tmp, { force: true });
-  }
-}
-
 export async function writeGatewayMetadata(
   configDir: string,
   name: string,
@@ -54,7 +43,7 @@ export async function writeGatewayMetadata(
     gateway_port: port,
   };
   await fs.mkdir(gatewayDir(configDir, name), { recursive: true, mode: 0o700 });
-  await atomicWrite(
+  await writeFileAtomic(
     path.join(gatewayDir(configDir, name), 'metadata.json'),
     `${JSON.stringify(metadata, null, 2)}\n`,
   );
@@ -62,7 +51,7 @@ export async function writeGatewayMetadata(
 }
 
 export async function setActiveGateway(configDir: string, name: string): Promise<void> {
-  await atomicWrite(path.join(configDir, 'active_gateway'), name);
+  await writeFileAtomic(path.join(configDir, 'active_gateway'), name);
 }
 
 /**

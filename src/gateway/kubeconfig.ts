@@ -1,8 +1,8 @@
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import YAML from 'yaml';
 import { HostError, isErrno } from '../errors.ts';
+import { writeFileAtomic } from '../host/fs.ts';
 
 /** A named kubeconfig entry (cluster, user or context); its body is kept as it is. */
 interface Named {
@@ -66,21 +66,10 @@ export function rewriteKubeconfig(
   return YAML.stringify(out, { lineWidth: 0 });
 }
 
-async function atomicWrite(file: string, data: string): Promise<void> {
-  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  try {
-    await fs.writeFile(tmp, data, { mode: 0o600 });
-    await fs.rename(tmp, file);
-  } finally {
-    await fs.rm(tmp, { force: true });
-  }
-}
-
 /** Writes `~/.kube/NAME.yaml` (0600). */
 export async function writeKubeconfig(kubeDir: string, name: string, text: string): Promise<string> {
   const file = path.join(kubeDir, `${name}.yaml`);
-  await atomicWrite(file, text);
+  await writeFileAtomic(file, text);
   return file;
 }
 
@@ -123,6 +112,6 @@ export async function mergeKubeconfig(
     backup = `${target}.bak-${stamp}`;
     await fs.writeFile(backup, existingText, { mode: 0o600 });
   }
-  await atomicWrite(target, YAML.stringify(merged, { lineWidth: 0 }));
+  await writeFileAtomic(target, YAML.stringify(merged, { lineWidth: 0 }));
   return backup;
 }

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { testEnvironment } from '../../test/fixtures/env.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import type { GuestInputs } from '../host/toolchain.ts';
 import { ensureGuestArtifacts } from './artifacts.ts';
@@ -25,18 +26,7 @@ function fakeGuest(t: { after: (fn: () => void) => void }): { env: HostEnvironme
     busybox,
     Buffer.from('ELF\0[\0[[\0cat\0insmod\0mount\0poweroff\0sh\0switch_root\0\0', 'latin1'),
   );
-  const env: HostEnvironment = {
-    cacheDir: path.join(base, 'cache'),
-    dataDir: base,
-    runtimeDir: base,
-    searchPath: '',
-    toolOverrides: {},
-    runtimeBundleDir: undefined,
-    dockerConfigPath: '/nonexistent/config.json',
-    insecureRegistries: [],
-    k3sBaseUrl: 'http://127.0.0.1:9/none',
-    openshellConfigDir: '/nonexistent/openshell',
-  };
+  const env: HostEnvironment = testEnvironment(base, { cacheDir: path.join(base, 'cache') });
   const guest: GuestInputs = {
     arch: 'x86_64',
     manifestPath: path.join(base, 'manifest.json'),

@@ -1,5 +1,7 @@
+import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
+import path from 'node:path';
 
 /** True when `file` exists (any type, following symlinks). */
 export async function pathExists(file: string): Promise<boolean> {
@@ -20,5 +22,17 @@ export async function isExecutableFile(file: string): Promise<boolean> {
     return true;
   } catch {
     return false;
+  }
+}
+
+/** Replaces `file` atomically (temporary sibling, then rename) with `data`, mode `mode`; its directory is created 0700. */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await fs.writeFile(tmp, data, { mode });
+    await fs.rename(tmp, file);
+  } finally {
+    await fs.rm(tmp, { force: true });
   }
 }

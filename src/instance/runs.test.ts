@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { testEnvironment } from '../../test/fixtures/env.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { isAlive, processStartTime } from '../supervisor/identity.ts';
 import { createRun, finishRun, RUN_FILES, socketDirFor, sweepStaleRuns } from './runs.ts';
@@ -11,18 +12,11 @@ import { createRun, finishRun, RUN_FILES, socketDirFor, sweepStaleRuns } from '.
 function env(t: { after: (fn: () => void) => void }): HostEnvironment {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-runs-'));
   t.after(() => fs.rmSync(base, { recursive: true, force: true }));
-  return {
+  return testEnvironment(base, {
     cacheDir: path.join(base, 'cache'),
     dataDir: path.join(base, 'data'),
     runtimeDir: path.join(base, 'rt'),
-    searchPath: '',
-    toolOverrides: {},
-    runtimeBundleDir: undefined,
-    dockerConfigPath: '/nonexistent/config.json',
-    insecureRegistries: [],
-    k3sBaseUrl: 'http://127.0.0.1:9/none',
-    openshellConfigDir: '/nonexistent/openshell',
-  };
+  });
 }
 
 test('a long run directory puts its sockets in the short runtime directory', () => {

@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { testEnvironment } from '../../test/fixtures/env.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { ensureK3s, K3S_ASSET, K3S_PIN, type K3sPin } from './k3s.ts';
 
@@ -18,18 +19,7 @@ async function tmpEnv(
 ): Promise<HostEnvironment> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-k3s-'));
   t.after(() => fs.rm(dir, { recursive: true, force: true }));
-  return {
-    cacheDir: dir,
-    dataDir: dir,
-    runtimeDir: dir,
-    searchPath: '',
-    toolOverrides: {},
-    runtimeBundleDir: undefined,
-    dockerConfigPath: '/nonexistent',
-    insecureRegistries: [],
-    k3sBaseUrl,
-    openshellConfigDir: '/nonexistent/openshell',
-  };
+  return testEnvironment(dir, { k3sBaseUrl });
 }
 
 test('the pin has a SHA-256 for each architecture', () => {

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { testEnvironment } from '../../../test/fixtures/env.ts';
 import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError } from '../../errors.ts';
 import { describeRuntime, discoverRuntime, validateBundle } from './runtime.ts';
@@ -21,18 +22,8 @@ function bundle(
   return dir;
 }
 const GV = { text: '#!/bin/sh\n', mode: 0o755 };
-const env = (runtimeBundleDir?: string): HostEnvironment => ({
-  cacheDir: '/nonexistent',
-  dataDir: '/nonexistent',
-  runtimeDir: '/nonexistent',
-  searchPath: '',
-  dockerConfigPath: '/nonexistent/config.json',
-  insecureRegistries: [],
-  k3sBaseUrl: 'http://127.0.0.1:9/none',
-  openshellConfigDir: '/nonexistent/openshell',
-  toolOverrides: {},
-  runtimeBundleDir,
-});
+const env = (runtimeBundleDir?: string): HostEnvironment =>
+  testEnvironment('/nonexistent', { runtimeBundleDir });
 
 test('a minimal stock bundle validates; the sha256 is the one sha256sum computes', async (t) => {
   const dir = bundle(t, { 'libkrun.so': 'krun', 'libkrunfw.so.5': 'kernel bytes', gvproxy: GV });
