@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { HostError, isErrno } from '../errors.ts';
-import { writeFileAtomic } from '../host/fs.ts';
+import { lexists, replaceDirectory, writeFileAtomic } from '../host/fs.ts';
 
 /**
  * The files the OpenShell CLI and SDK read to reach a gateway, in their layout
@@ -74,16 +74,8 @@ export async function writeMtlsBundle(configDir: string, name: string, bundle: M
     for (const [key, file] of Object.entries(MTLS_FILES)) {
       await fs.writeFile(path.join(tmp, file), bundle[key as keyof MtlsBundle], { mode: 0o600 });
     }
-    const hadLive = await exists(live);
-    if (hadLive) await fs.rename(live, bak);
-    try {
-      await fs.rename(tmp, live);
-    } catch (err) {
-      if (hadLive) await fs.rename(bak, live);
-      throw err;
-    }
+    await replaceDirectory(tmp, live, bak);
     await fs.chmod(live, 0o700);
-    await fs.rm(bak, { recursive: true, force: true });
     return live;
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });
@@ -95,8 +87,8 @@ export async function recoverMtlsBundle(configDir: string, name: string): Promis
   const dir = gatewayDir(configDir, name);
   const live = path.join(dir, 'mtls');
   const bak = path.join(dir, 'mtls.bak');
-  if (!(await exists(bak))) return;
-  if (await exists(live)) await fs.rm(bak, { recursive: true, force: true });
+  if (!(await lexists(bak))) return;
+  if (await lexists(live)) await fs.rm(bak, { recursive: true, force: true });
   else await fs.rename(bak, live);
 }
 
@@ -115,13 +107,4 @@ export async function readMtlsBundle(configDir: string, name: string): Promise<M
     if (!out[key]?.trim()) return undefined;
   }
   return out as unknown as MtlsBundle;
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fs.lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -36,3 +36,30 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     await fs.rm(tmp, { force: true });
   }
 }
+
+/** True when `file` exists as anything, a dangling symlink included (lstat, not stat). */
+export async function lexists(file: string): Promise<boolean> {
+  try {
+    await fs.lstat(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Puts the complete directory `next` in the place of `live`: the old `live` is renamed to
+ * `aside` first and removed only once `next` is in place (and put back if that rename fails),
+ * so at every moment one complete tree can be found at `live` or at `aside`.
+ */
+export async function replaceDirectory(next: string, live: string, aside: string): Promise<void> {
+  const hadLive = await lexists(live);
+  if (hadLive) await fs.rename(live, aside);
+  try {
+    await fs.rename(next, live);
+  } catch (err) {
+    if (hadLive) await fs.rename(aside, live);
+    throw err;
+  }
+  if (hadLive) await fs.rm(aside, { recursive: true, force: true });
+}

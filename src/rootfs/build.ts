@@ -7,7 +7,7 @@ import { extractTar } from '../archive/tar-extract.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno, UsageError } from '../errors.ts';
 import type { GuestArch } from '../host/arch.ts';
-import { pathExists } from '../host/fs.ts';
+import { lexists, pathExists, replaceDirectory } from '../host/fs.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { instanceDir } from '../instance/runs.ts';
 import { loadImageArchive } from '../oci/archive.ts';
@@ -368,15 +368,7 @@ export async function prepareRootfs(
 
     // 8. Swap in: the old rootfs goes aside first, so there is always a complete one to find.
     const old = path.join(dir, `${OLD_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
-    const hadOld = await pathExists(dest);
-    if (hadOld) await fs.rename(dest, old);
-    try {
-      await fs.rename(tmp, dest);
-    } catch (err) {
-      if (hadOld) await fs.rename(old, dest);
-      throw err;
-    }
-    if (hadOld) await fs.rm(old, { recursive: true, force: true });
+    await replaceDirectory(tmp, dest, old);
     progress(`rootfs ready at ${dest}`);
     return { rootfs: dest, record, built: true };
   } finally {
@@ -423,15 +415,6 @@ async function linkBusyboxApplets(root: string, warn: (m: string) => void): Prom
   }
   for (const cmd of REQUIRED_COMMANDS) {
     if (!(await has(cmd))) warn(`the base has no ${cmd}: the gateway's guest init needs it`);
-  }
-}
-
-async function lexists(file: string): Promise<boolean> {
-  try {
-    await fs.lstat(file);
-    return true;
-  } catch {
-    return false;
   }
 }
 
