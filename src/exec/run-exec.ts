@@ -9,7 +9,6 @@ import { ensureGuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
 import { pathExists } from '../host/fs.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
-import { hostTscKhz } from '../host/tsc.ts';
 import {
   addRunPath,
   createRun,
@@ -18,13 +17,13 @@ import {
   type RunPaths,
   sweepStaleRuns,
 } from '../instance/runs.ts';
-import { describe as describeForward, exposeAll, ForwarderClient } from '../net/forwarder.ts';
-import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvproxy.ts';
+import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { verifyRootfsForBoot } from '../rootfs/record.ts';
-import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
+import type { ExitResult, PidRecord } from '../supervisor/process.ts';
 import { isWaitFailure, poll, tailFile } from '../supervisor/wait.ts';
 import type { NetworkSpec, RunningVm, VmmBackend } from '../vmm/backend.ts';
+import { VmSession } from '../vmm/session.ts';
 import { OutputSink } from './output.ts';
 import {
   describeStatus,
@@ -148,10 +147,7 @@ export async function runExec(
 
   const run = await createRun(env, plan.instance);
   const handoff = path.join(rootDir, '.ovm', 'run', run.id);
-  let vm: RunningVm | undefined;
-  let gvproxy: SupervisedProcess | undefined;
-  let forwarder: ForwarderClient | undefined;
-  let stopHealth: (() => void) | undefined;
+  let session: VmSession | undefined;
   let sinks: OutputSink[] = [];
   let failed = true;
   // QEMU: openshell-vm's guest init runs the command (request and status through the shared
@@ -169,42 +165,18 @@ export async function runExec(
       sinks = [stdoutSink, stderrSink];
     }
 
-    let network: NetworkSpec = { mode: 'none' };
-    if (plan.network === 'gvproxy') {
-      gvproxy = await SupervisedProcess.start(
-        await gvproxySpec(await findGvproxy(env), run.dir, run.socketDir),
-        {
-          signal: options.signal,
-        },
-      );
-      emit({ type: 'process', action: 'started', process: gvproxy.record() });
-      network = {
-        mode: 'gvproxy',
-        socketPath: path.join(run.socketDir, GVPROXY_FILES.qemuSocket),
-        mac: GVPROXY_NET.mac,
-      };
-    } else if (plan.network === 'user') {
-      network = { mode: 'user', mac: GVPROXY_NET.mac, forwards: plan.forwards };
-    } else if (plan.network === 'tsi') {
-      network = { mode: 'tsi', forwards: plan.forwards };
-    }
-
-    const tsc = plan.arch === 'x86_64' && plan.accel.accel === 'tcg' ? await hostTscKhz() : undefined;
-    emit({
-      type: 'stage',
-      stage: 'boot',
-      message: `booting ${plan.arch} microVM with ${options.backend.name}/${plan.accel.accel} (${plan.vcpus} vCPU, ${plan.memMib} MiB)`,
-    });
     const tBoot = now();
-    vm = await options.backend.start(
+    session = await VmSession.start(
+      env,
+      run,
       {
         arch: plan.arch,
-        accel: plan.accel.accel,
+        accel: plan.accel,
         vcpus: plan.vcpus,
         memMib: plan.memMib,
         kernel: artifacts.kernel,
         initramfs: artifacts.initramfs,
-        kernelArgs: ['ovm.mode=exec', `ovm.run=${run.id}`, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
+        kernelArgs: ['ovm.mode=exec', `ovm.run=${run.id}`],
         rootDir,
         rootMode: 'overlay',
         ports:
@@ -222,22 +194,12 @@ export async function runExec(
               workdir: plan.request.workdir,
             }
           : undefined,
-        network,
-        runDir: run.dir,
-        socketDir: run.socketDir,
-        consoleLog: run.consoleLog,
+        network: plan.network,
+        forwards: plan.forwards,
       },
-      { signal: options.signal },
+      { backend: options.backend, signal: options.signal, emit },
     );
-    const running = vm;
-
-    if (gvproxy) {
-      forwarder = new ForwarderClient(path.join(run.socketDir, GVPROXY_FILES.apiSocket));
-      if (plan.forwards.length) {
-        await exposeAll(forwarder, plan.forwards, { deadlineMs: 10_000, signal: options.signal });
-      }
-      stopHealth = watchGvproxy(gvproxy, forwarder, running, (message) => emit({ type: 'warning', message }));
-    }
+    const running = session.vm;
     if (plan.forwards.length) {
       emit({ type: 'stage', stage: 'network', message: plan.forwards.map(describeForward).join(', ') });
     }
@@ -263,15 +225,7 @@ export async function runExec(
       outputBytes: { stdout: stdoutSink?.bytes.count ?? 0, stderr: stderrSink?.bytes.count ?? 0 },
     };
   } finally {
-    stopHealth?.();
-    if (vm && !vm.hasExited) await vm.stop();
-    if (gvproxy) {
-      if (forwarder && !gvproxy.hasExited) {
-        for (const f of plan.forwards) await forwarder.unexpose(f).catch(() => undefined);
-      }
-      const exit = await gvproxy.stop();
-      emit({ type: 'process', action: 'stopped', process: gvproxy.record(), exit });
-    }
+    await session?.close();
     for (const sink of sinks) await sink.close();
     await fs.rm(handoff, { recursive: true, force: true });
     await finishRun(run, failed || plan.keepLogs);
@@ -330,48 +284,6 @@ async function waitVmmExit(
   if (refused) throw new VmError(`libkrun did not start the VM: ${refused}`);
   const code = vmm.signal ? 128 + (os.constants.signals[vmm.signal] ?? 0) : (vmm.exitCode ?? 125);
   return { status: { code, reason: 'exited' }, tStarted };
-}
-
-/**
- * While the VM runs: if gvproxy exits, or stops answering its API, say so once (the guest's network
- * is down: the run is degraded, not healthy). Returns a function that stops watching.
- */
-function watchGvproxy(
-  gvproxy: SupervisedProcess,
-  client: ForwarderClient,
-  vm: RunningVm,
-  warn: (message: string) => void,
-): () => void {
-  let stopped = false;
-  let warned = false;
-  const degrade = (why: string) => {
-    if (stopped || warned || vm.hasExited) return;
-    warned = true;
-    warn(
-      `gvproxy ${why}: the guest's network and port forwards are down (degraded); see ${gvproxy.spec.logFile}`,
-    );
-  };
-  void gvproxy.exited.then(async (exit) => {
-    // gvproxy also exits by itself when QEMU closes its end: that is the VM ending, not a failure.
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([vm.exited, new Promise((resolve) => (timer = setTimeout(resolve, 1_000)))]);
-    clearTimeout(timer);
-    degrade(
-      `(pid ${gvproxy.pid}) exited ${exit.signal ? `by ${exit.signal}` : `with code ${exit.exitCode}`}`,
-    );
-  });
-  const timer = setInterval(() => {
-    client.list().catch(async (err: Error) => {
-      // A gvproxy that died also stops answering: let the exit watcher say so, with its status.
-      await new Promise((resolve) => setTimeout(resolve, 250));
-      if (!gvproxy.hasExited) degrade(`stopped answering its API (${err.message})`);
-    });
-  }, 2_000);
-  timer.unref();
-  return () => {
-    stopped = true;
-    clearInterval(timer);
-  };
 }
 
 async function readStatus(handoff: string): Promise<GuestStatus | undefined> {

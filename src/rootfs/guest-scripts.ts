@@ -5,6 +5,7 @@ import { inRoot } from '../archive/root-path.ts';
 /** The guest scripts a gateway rootfs carries, from this package, each at a fixed path. */
 export const GATEWAY_GUEST_SCRIPTS = [
   { source: 'ovm-init.sh', dest: 'sbin/ovm-init' },
+  { source: 'gateway-init.sh', dest: 'sbin/ovm-gateway-init' },
   { source: 'check-vm-capabilities.sh', dest: 'usr/local/bin/ovm-check-capabilities' },
 ] as const;
 

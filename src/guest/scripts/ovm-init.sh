@@ -1,6 +1,8 @@
 #!/bin/sh
 # openshell-vm guest init (PID 1 of the embedded default rootfs). POSIX sh, busybox applets.
 #
+# Mode gateway (ovm.mode=gateway): after the mounts and the network below, exec
+#   /sbin/ovm-gateway-init, which starts k3s (a rootfs from openshell-vm prepare-rootfs).
 # Mode exec (ovm.mode=exec ovm.run=ID on the kernel command line):
 #   the host wrote /.ovm/run/ID/request.sh into the shared root (sh-quoted by the host, so every
 #   argv string survives as is). This init resolves the executable, runs it with exactly the
@@ -169,6 +171,11 @@ run_exec() {
 
 case $mode in
   exec) run_exec ;;
+  gateway)
+    # The gateway's own init stays PID 1: it prepares k3s's state and runs k3s.
+    [ -x /sbin/ovm-gateway-init ] || finish 125 no-gateway-init
+    exec /sbin/ovm-gateway-init
+    ;;
   *)
     ts "unknown or missing ovm.mode '$mode'"
     finish 125 bad-mode

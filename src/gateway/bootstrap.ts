@@ -1,0 +1,172 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import YAML from 'yaml';
+import { inRoot } from '../archive/root-path.ts';
+import { HostError, isErrno } from '../errors.ts';
+import { ROOTFS_PATHS } from '../rootfs/layout.ts';
+import {
+  gatewayDir,
+  type MtlsBundle,
+  readMtlsBundle,
+  setActiveGateway,
+  writeGatewayMetadata,
+  writeMtlsBundle,
+} from './client-config.ts';
+import { generatePki, type PkiBundle } from './pki.ts';
+import { renderTlsSecretsManifest, TLS_SECRETS, TLS_SECRETS_MANIFEST } from './tls-secrets.ts';
+
+/** Where a rootfs may carry a PKI made at build time (the seed's pre-baked path). */
+export const PREBAKED_PKI_DIR = 'opt/openshell/pki';
+const PREBAKED_FILES = {
+  caCert: 'ca.crt',
+  caKey: 'ca.key',
+  serverCert: 'server.crt',
+  serverKey: 'server.key',
+  clientCert: 'client.crt',
+  clientKey: 'client.key',
+} as const satisfies Record<keyof PkiBundle, string>;
+
+export type BootstrapPath = 'pre-baked' | 'warm' | 'cold';
+
+export interface BootstrapResult {
+  readonly path: BootstrapPath;
+  /** Why this path was taken, for the progress line. */
+  readonly reason: string;
+  readonly bundle: MtlsBundle;
+  readonly mtlsDir: string;
+  readonly endpoint: string;
+  readonly elapsedMs: number;
+}
+
+/**
+ * The host's half of a gateway boot, through the shared root (no API calls): decides how the
+ * gateway gets its credentials and writes what the OpenShell CLI and SDK read.
+ *  - pre-baked: the rootfs carries a PKI (opt/openshell/pki): its TLS Secrets and the host files
+ *    are written from it;
+ *  - warm: the host's mTLS bundle exists and the rootfs's TLS Secrets were made from the same CA
+ *    and client certificate: nothing new is issued;
+ *  - cold: anything else (first boot, rebuilt rootfs, deleted or foreign host files): a new PKI,
+ *    its Secrets manifest in k3s's auto-deploy directory, the host files.
+ * Unlike the seed, the warm check compares the two sides (a rebuilt rootfs with old host files is
+ * cold), and the metadata is rewritten on every path, so the endpoint always follows --port.
+ * Failures are errors, never log lines.
+ */
+export async function bootstrapGateway(options: {
+  readonly rootfs: string;
+  readonly configDir: string;
+  readonly name: string;
+  readonly port: number;
+  readonly extraSans?: readonly string[] | undefined;
+}): Promise<BootstrapResult> {
+  const t0 = performance.now();
+  const manifest = await inRoot(options.rootfs, `${ROOTFS_PATHS.k3sManifests}/${TLS_SECRETS_MANIFEST}`);
+  let chosen: BootstrapPath;
+  let reason: string;
+  let bundle: MtlsBundle;
+  const prebaked = await readPrebakedPki(options.rootfs);
+  if (prebaked) {
+    chosen = 'pre-baked';
+    reason = `the rootfs carries a PKI (${PREBAKED_PKI_DIR})`;
+    await writeManifestIfChanged(manifest, renderTlsSecretsManifest(prebaked));
+    bundle = toBundle(prebaked);
+    await writeMtlsBundle(options.configDir, options.name, bundle);
+  } else {
+    const host = await readMtlsBundle(options.configDir, options.name);
+    const guest = await readSecretsClient(manifest);
+    if (host && guest && sameCert(host.caCert, guest.caCert) && sameCert(host.clientCert, guest.clientCert)) {
+      chosen = 'warm';
+      reason = 'the host credentials match the instance';
+      bundle = host;
+    } else {
+      chosen = 'cold';
+      reason = !guest
+        ? 'first boot of this rootfs: new credentials'
+        : !host
+          ? 'no host credentials for this gateway: new credentials'
+          : 'the host credentials do not match the instance: new credentials';
+      const pki = await generatePki(options.extraSans ? { extraSans: options.extraSans } : {});
+      await writeManifestIfChanged(manifest, renderTlsSecretsManifest(pki));
+      bundle = toBundle(pki);
+      await writeMtlsBundle(options.configDir, options.name, bundle);
+    }
+  }
+  const metadata = await writeGatewayMetadata(options.configDir, options.name, options.port);
+  await setActiveGateway(options.configDir, options.name);
+  return {
+    path: chosen,
+    reason,
+    bundle,
+    mtlsDir: path.join(gatewayDir(options.configDir, options.name), 'mtls'),
+    endpoint: metadata.gateway_endpoint,
+    elapsedMs: Math.round(performance.now() - t0),
+  };
+}
+
+function toBundle(pki: PkiBundle): MtlsBundle {
+  return { caCert: pki.caCert, clientCert: pki.clientCert, clientKey: pki.clientKey };
+}
+
+const sameCert = (a: string, b: string) => a.trim() === b.trim();
+
+async function readPrebakedPki(rootfs: string): Promise<PkiBundle | undefined> {
+  const dir = await inRoot(rootfs, PREBAKED_PKI_DIR);
+  try {
+    await fs.access(path.join(dir, PREBAKED_FILES.caCert));
+  } catch {
+    return undefined;
+  }
+  const out: Partial<Record<keyof PkiBundle, string>> = {};
+  for (const [key, file] of Object.entries(PREBAKED_FILES) as [keyof PkiBundle, string][]) {
+    try {
+      out[key] = await fs.readFile(path.join(dir, file), 'utf8');
+    } catch (err) {
+      throw new HostError(`the rootfs's pre-baked PKI is incomplete: cannot read ${path.join(dir, file)}`, {
+        hint: 'rebuild the rootfs (openshell-vm prepare-rootfs --force), or remove the pki directory to issue new credentials',
+        cause: err,
+      });
+    }
+  }
+  return out as PkiBundle;
+}
+
+/** The client certificate and CA in the rootfs's TLS Secrets manifest, if it is there and readable. */
+async function readSecretsClient(
+  manifest: string,
+): Promise<{ caCert: string; clientCert: string } | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(manifest, 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return undefined;
+    throw err;
+  }
+  try {
+    for (const doc of YAML.parseAllDocuments(text)) {
+      const obj = doc.toJS() as {
+        kind?: string;
+        metadata?: { name?: string };
+        data?: Record<string, string>;
+      };
+      if (obj?.kind === 'Secret' && obj.metadata?.name === TLS_SECRETS.client && obj.data) {
+        const ca = obj.data['ca.crt'];
+        const crt = obj.data['tls.crt'];
+        if (!ca || !crt) return undefined;
+        return {
+          caCert: Buffer.from(ca, 'base64').toString('utf8'),
+          clientCert: Buffer.from(crt, 'base64').toString('utf8'),
+        };
+      }
+    }
+  } catch {
+    // A damaged manifest is replaced by the cold path.
+  }
+  return undefined;
+}
+
+async function writeManifestIfChanged(file: string, text: string): Promise<void> {
+  const current = await fs.readFile(file, 'utf8').catch(() => undefined);
+  if (current === text) return;
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  await fs.writeFile(`${file}.tmp`, text, { mode: 0o600 });
+  await fs.rename(`${file}.tmp`, file);
+}

@@ -1,0 +1,207 @@
+import path from 'node:path';
+import type { AccelChoice } from '../accel/probe.ts';
+import type { HostEnvironment } from '../config/environment.ts';
+import type { GuestArch } from '../host/arch.ts';
+import { hostTscKhz } from '../host/tsc.ts';
+import type { RunPaths } from '../instance/runs.ts';
+import { exposeAll, ForwarderClient } from '../net/forwarder.ts';
+import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvproxy.ts';
+import type { PortForward } from '../net/ports.ts';
+import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
+import type { NetworkSpec, RunningVm, SerialPortSpec, VmmBackend, WorkloadSpec } from './backend.ts';
+
+/** What a session reports while it starts and runs (the CLI shows them, --events records them). */
+export type SessionEvent =
+  | { readonly type: 'stage'; readonly stage: 'boot'; readonly message: string }
+  | {
+      readonly type: 'process';
+      readonly action: 'started' | 'stopped';
+      readonly process: PidRecord;
+      readonly exit?: ExitResult | undefined;
+    }
+  | { readonly type: 'warning'; readonly message: string };
+
+export interface SessionSpec {
+  readonly arch: GuestArch;
+  readonly accel: AccelChoice;
+  readonly vcpus: number;
+  readonly memMib: number;
+  readonly kernel: string;
+  readonly initramfs: string;
+  readonly kernelArgs: readonly string[];
+  readonly rootDir: string;
+  readonly rootMode: 'overlay' | 'rw';
+  readonly ports: readonly SerialPortSpec[];
+  readonly workload?: WorkloadSpec | undefined;
+  readonly network: NetworkSpec['mode'];
+  readonly forwards: readonly PortForward[];
+}
+
+/**
+ * One running microVM with its network: gvproxy (when asked) started first, the VMM through the
+ * backend, the forwards exposed through gvproxy's API, and a watch that says once if gvproxy dies
+ * or stops answering (degraded). close() stops everything in order and is safe to call at any
+ * point, also after a failed start (start() cleans up itself before it throws).
+ */
+export class VmSession {
+  readonly vm: RunningVm;
+  readonly gvproxy: SupervisedProcess | undefined;
+  readonly forwarder: ForwarderClient | undefined;
+  readonly #forwards: readonly PortForward[];
+  readonly #emit: (event: SessionEvent) => void;
+  #stopWatch: (() => void) | undefined;
+  #closed = false;
+
+  private constructor(
+    vm: RunningVm,
+    gvproxy: SupervisedProcess | undefined,
+    forwarder: ForwarderClient | undefined,
+    forwards: readonly PortForward[],
+    emit: (event: SessionEvent) => void,
+  ) {
+    this.vm = vm;
+    this.gvproxy = gvproxy;
+    this.forwarder = forwarder;
+    this.#forwards = forwards;
+    this.#emit = emit;
+  }
+
+  static async start(
+    env: HostEnvironment,
+    run: RunPaths,
+    spec: SessionSpec,
+    options: {
+      readonly backend: VmmBackend;
+      readonly signal?: AbortSignal | undefined;
+      readonly emit: (event: SessionEvent) => void;
+    },
+  ): Promise<VmSession> {
+    const { emit } = options;
+    let gvproxy: SupervisedProcess | undefined;
+    let network: NetworkSpec = { mode: 'none' };
+    if (spec.network === 'gvproxy') {
+      gvproxy = await SupervisedProcess.start(
+        await gvproxySpec(await findGvproxy(env), run.dir, run.socketDir),
+        {
+          signal: options.signal,
+        },
+      );
+      emit({ type: 'process', action: 'started', process: gvproxy.record() });
+      network = {
+        mode: 'gvproxy',
+        socketPath: path.join(run.socketDir, GVPROXY_FILES.qemuSocket),
+        mac: GVPROXY_NET.mac,
+      };
+    } else if (spec.network === 'user') {
+      network = { mode: 'user', mac: GVPROXY_NET.mac, forwards: spec.forwards };
+    } else if (spec.network === 'tsi') {
+      network = { mode: 'tsi', forwards: spec.forwards };
+    }
+    let vm: RunningVm | undefined;
+    try {
+      const tsc = spec.arch === 'x86_64' && spec.accel.accel === 'tcg' ? await hostTscKhz() : undefined;
+      emit({
+        type: 'stage',
+        stage: 'boot',
+        message: `booting ${spec.arch} microVM with ${options.backend.name}/${spec.accel.accel} (${spec.vcpus} vCPU, ${spec.memMib} MiB)`,
+      });
+      vm = await options.backend.start(
+        {
+          arch: spec.arch,
+          accel: spec.accel.accel,
+          vcpus: spec.vcpus,
+          memMib: spec.memMib,
+          kernel: spec.kernel,
+          initramfs: spec.initramfs,
+          kernelArgs: [...spec.kernelArgs, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
+          rootDir: spec.rootDir,
+          rootMode: spec.rootMode,
+          ports: spec.ports,
+          workload: spec.workload,
+          network,
+          runDir: run.dir,
+          socketDir: run.socketDir,
+          consoleLog: run.consoleLog,
+        },
+        { signal: options.signal },
+      );
+      const client = gvproxy
+        ? new ForwarderClient(path.join(run.socketDir, GVPROXY_FILES.apiSocket))
+        : undefined;
+      const session = new VmSession(vm, gvproxy, client, gvproxy ? spec.forwards : [], emit);
+      if (gvproxy && client) {
+        if (spec.forwards.length) {
+          await exposeAll(client, spec.forwards, { deadlineMs: 10_000, signal: options.signal });
+        }
+        session.#stopWatch = watchGvproxy(gvproxy, client, vm, (message) =>
+          emit({ type: 'warning', message }),
+        );
+      }
+      return session;
+    } catch (err) {
+      if (vm && !vm.hasExited) await vm.stop();
+      if (gvproxy) {
+        const exit = await gvproxy.stop();
+        emit({ type: 'process', action: 'stopped', process: gvproxy.record(), exit });
+      }
+      throw err;
+    }
+  }
+
+  /** Stops the VM, removes the forwards, stops gvproxy. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stopWatch?.();
+    if (!this.vm.hasExited) await this.vm.stop();
+    if (this.gvproxy) {
+      if (this.forwarder && !this.gvproxy.hasExited) {
+        for (const f of this.#forwards) await this.forwarder.unexpose(f).catch(() => undefined);
+      }
+      const exit = await this.gvproxy.stop();
+      this.#emit({ type: 'process', action: 'stopped', process: this.gvproxy.record(), exit });
+    }
+  }
+}
+
+/**
+ * While the VM runs: if gvproxy exits, or stops answering its API, say so once (the guest's network
+ * is down: the run is degraded, not healthy). Returns a function that stops watching.
+ */
+function watchGvproxy(
+  gvproxy: SupervisedProcess,
+  client: ForwarderClient,
+  vm: RunningVm,
+  warn: (message: string) => void,
+): () => void {
+  let stopped = false;
+  let warned = false;
+  const degrade = (why: string) => {
+    if (stopped || warned || vm.hasExited) return;
+    warned = true;
+    warn(
+      `gvproxy ${why}: the guest's network and port forwards are down (degraded); see ${gvproxy.spec.logFile}`,
+    );
+  };
+  void gvproxy.exited.then(async (exit) => {
+    // gvproxy also exits by itself when QEMU closes its end: that is the VM ending, not a failure.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([vm.exited, new Promise((resolve) => (timer = setTimeout(resolve, 1_000)))]);
+    clearTimeout(timer);
+    degrade(
+      `(pid ${gvproxy.pid}) exited ${exit.signal ? `by ${exit.signal}` : `with code ${exit.exitCode}`}`,
+    );
+  });
+  const timer = setInterval(() => {
+    client.list().catch(async (err: Error) => {
+      // A gvproxy that died also stops answering: let the exit watcher say so, with its status.
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      if (!gvproxy.hasExited) degrade(`stopped answering its API (${err.message})`);
+    });
+  }, 2_000);
+  timer.unref();
+  return () => {
+    stopped = true;
+    clearInterval(timer);
+  };
+}
