@@ -9,7 +9,24 @@ Usage:
   openshell-vm prepare-rootfs [--name NAME] [--force] [--base ...] [--k3s PATH] [--chart ...]
                                build an instance's gateway rootfs (see prepare-rootfs --help)
   openshell-vm rootfs info [--name NAME] [--json]   a rootfs's build record
-  openshell-vm                 the gateway (not available yet: runs a command only, for now)
+  openshell-vm [GATEWAY OPTIONS]  boot the gateway (k3s + OpenShell) in the foreground
+  openshell-vm verify [--name NAME] [--kubeconfig FILE] [--json]   check a running gateway
+
+The gateway boots the instance's rootfs (built by prepare-rootfs) with k3s, forwards its port,
+writes the OpenShell CLI's files ($XDG_CONFIG_HOME/openshell/gateways/NAME/: metadata.json,
+mtls/{ca.crt,tls.crt,tls.key}; active_gateway) and ~/.kube/NAME.yaml, waits until the gateway
+answers mTLS, prints Ready (stdout), and runs until Ctrl-C or SIGTERM (exit 0).
+
+Gateway:
+  -p HOST:30051          the gateway's host port (default 127.0.0.1:30051); other -p add forwards
+  --api-port PORT        host loopback port of the Kubernetes API (default: a free one)
+  --ready-timeout S      seconds to wait for the gateway to answer mTLS (default 600)
+  --tls-san NAME,...     extra names or addresses in the gateway's server certificate
+  --merge-kubeconfig     also add context NAME to ~/.kube/config (backed up first)
+  --use-context          with --merge-kubeconfig: make it the current context
+  --json                 print Ready as one JSON object
+  --rootfs DIR           boot this rootfs instead of the instance's own
+  --vcpus, --mem         default 4 vCPUs and 8192 MiB (clamped to the host)
 
 Run a command in a fresh microVM (the embedded busybox root; writes vanish when it ends).
 Its stdout and stderr are the command's own; the exit code is the command's exit code

@@ -1,20 +1,13 @@
 import os from 'node:os';
-import { type AccelChoice, chooseAccelerator, readHostAccelFacts } from '../accel/probe.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { type RawExecOptions, resolveExecOptions } from '../config/exec-options.ts';
-import { HostError, OvmError, UsageError } from '../errors.ts';
+import { OvmError, UsageError } from '../errors.ts';
 import { runExec } from '../exec/run-exec.ts';
-import { hostArch } from '../host/arch.ts';
-import { findGvproxy } from '../net/gvproxy.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
 import { packageVersion } from '../version.ts';
-import type { ProcessEvents, VmmBackend } from '../vmm/backend.ts';
-import { LibkrunBackend } from '../vmm/libkrun/backend.ts';
-import { describeRuntime, discoverRuntime, type RuntimeBundle } from '../vmm/libkrun/runtime.ts';
-import { QemuBackend } from '../vmm/qemu/backend.ts';
-import { chooseBackend } from '../vmm/select.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
 import { doctorCommand } from './doctor.ts';
+import { gatewayCommand } from './gateway.ts';
 import { HELP } from './help.ts';
 import { kernelCommand } from './kernel.ts';
 import { prepareRootfsCommand } from './prepare-rootfs.ts';
@@ -22,6 +15,8 @@ import { Reporter } from './reporter.ts';
 import { rootfsCommand } from './rootfs.ts';
 import { runtimeCommand } from './runtime.ts';
 import { Interrupted, withSignals } from './signals.ts';
+import { verifyCommand } from './verify.ts';
+import { chooseVmm } from './vmm-choice.ts';
 
 /** The only place that decides exit codes for openshell-vm's own failures. */
 export const EXIT = { usage: 2, failure: 125 } as const;
@@ -42,12 +37,28 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'backend', kind: 'value' },
   { name: 'rootfs', kind: 'value' },
   { name: 'events', kind: 'value' },
+  { name: 'api-port', kind: 'value' },
+  { name: 'ready-timeout', kind: 'value' },
+  { name: 'tls-san', kind: 'value', repeatable: true },
+  { name: 'merge-kubeconfig', kind: 'flag' },
+  { name: 'use-context', kind: 'flag' },
+  { name: 'json', kind: 'flag' },
   { name: 'quiet', short: 'q', kind: 'flag' },
   { name: 'keep-logs', kind: 'flag' },
   { name: 'debug', kind: 'flag' },
   { name: 'help', short: 'h', kind: 'flag' },
   { name: 'version', short: 'V', kind: 'flag' },
 ];
+
+const EXEC_ONLY = ['args', 'env', 'workdir', 'boot-timeout'] as const;
+const GATEWAY_ONLY = [
+  'api-port',
+  'ready-timeout',
+  'tls-san',
+  'merge-kubeconfig',
+  'use-context',
+  'json',
+] as const;
 
 export async function main(argv: readonly string[]): Promise<number> {
   const debug = argv.includes('--debug');
@@ -65,6 +76,7 @@ async function dispatch(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'doctor') return doctorCommand(argv.slice(1));
   if (argv[0] === 'prepare-rootfs') return prepareRootfsCommand(argv.slice(1));
   if (argv[0] === 'rootfs') return rootfsCommand(argv.slice(1));
+  if (argv[0] === 'verify') return verifyCommand(argv.slice(1));
   // `run` may come first or after options: `openshell-vm -q run -- PATH`.
   let args = parseArgs(argv, OPTIONS, true);
   const isRun = args.rest[0] === 'run';
@@ -81,6 +93,13 @@ async function dispatch(argv: readonly string[]): Promise<number> {
     return 0;
   }
   if (isRun) {
+    for (const name of GATEWAY_ONLY) {
+      if (args.values.has(name) || args.flags.has(name)) {
+        throw new UsageError(`--${name} is a gateway option; it does nothing with run`, {
+          hint: `drop --${name}`,
+        });
+      }
+    }
     if (args.values.has('exec') || args.values.has('args')) {
       throw new UsageError('run takes the command after its options, not --exec/--args', {
         hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]',
@@ -94,12 +113,21 @@ async function dispatch(argv: readonly string[]): Promise<number> {
   }
   const exec = single(args, 'exec');
   if (exec === undefined) {
-    if (args.values.has('args') || args.values.has('env') || args.values.has('workdir')) {
-      throw new UsageError('--args, --env and --workdir need --exec PATH', { hint: 'add --exec PATH' });
+    for (const name of EXEC_ONLY) {
+      if (args.values.has(name) || args.flags.has(name)) {
+        throw new UsageError(`--${name} needs --exec PATH (the gateway takes no command)`, {
+          hint: 'add --exec PATH to run a command, or drop it to boot the gateway',
+        });
+      }
     }
-    throw new UsageError('the gateway (openshell-vm without --exec) is not available yet', {
-      hint: "run a command instead, e.g. openshell-vm --exec /bin/sh --args -c 'echo hello'",
-    });
+    return gatewayCommand(args);
+  }
+  for (const name of GATEWAY_ONLY) {
+    if (args.values.has(name) || args.flags.has(name)) {
+      throw new UsageError(`--${name} is a gateway option; it does nothing with --exec`, {
+        hint: `drop --${name}, or drop --exec to boot the gateway`,
+      });
+    }
   }
   return execCommand(args, exec, args.values.get('args') ?? []);
 }
@@ -134,69 +162,8 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
 
   // Everything that can fail without starting a process fails here, before anything starts.
   const env = readEnvironment();
-  const facts = await readHostAccelFacts();
-  const events: ProcessEvents = {
-    onProcess: (e) =>
-      reporter.event({
-        type: 'process',
-        action: e.action,
-        process: e.record,
-        exit: e.exit,
-        elapsedMs: Math.round(performance.now()),
-      }),
-  };
-  let runtime: RuntimeBundle | undefined;
-  let runtimeProblem: { why: string; hint?: string | undefined } = { why: 'not looked for' };
-  try {
-    runtime = await discoverRuntime(env);
-  } catch (err) {
-    // A runtime the user pointed at must be valid; one that is merely absent means QEMU.
-    if (!(err instanceof HostError) || env.runtimeBundleDir) throw err;
-    runtimeProblem = { why: err.message, hint: err.hint };
-  }
-  const choice = chooseBackend(
-    facts,
-    runtime ? { found: true, dir: runtime.dir } : { found: false, ...runtimeProblem },
-    options.backend,
-  );
-  let backend: VmmBackend;
-  let accel: AccelChoice;
-  if (choice.backend === 'libkrun' && runtime) {
-    if (options.arch !== hostArch()) {
-      throw new UsageError(`--arch ${options.arch}: libkrun runs guests of the host's architecture only`, {
-        hint: 'use --backend qemu',
-      });
-    }
-    if (options.accel === 'tcg')
-      throw new UsageError('--accel tcg: libkrun has no software emulation', { hint: 'use --backend qemu' });
-    if (options.network === 'user')
-      throw new UsageError("--net user is QEMU's own network", { hint: 'use --net gvproxy with libkrun' });
-    if (options.network === 'tsi' && options.forwards.some((f) => f.hostAddress !== '127.0.0.1')) {
-      throw new UsageError('-p ADDR:...: TSI port maps have no host address', {
-        hint: 'use -p HOST:GUEST with --net tsi',
-      });
-    }
-    backend = new LibkrunBackend(env, runtime, events);
-    accel = { accel: process.platform === 'darwin' ? 'hvf' : 'kvm', reason: 'libkrun', forced: false };
-  } else {
-    if (options.network === 'tsi') {
-      throw new UsageError("--net tsi is libkrun's network", {
-        hint: 'use --backend libkrun, or --net gvproxy/user',
-      });
-    }
-    const qemu = new QemuBackend(env, events);
-    await qemu.preflight(options);
-    backend = qemu;
-    accel = chooseAccelerator(options.arch, facts, options.accel);
-  }
-  if (options.network === 'gvproxy') await findGvproxy(env);
+  const { backend, accel } = await chooseVmm(env, options, reporter);
   await checkHostPortsFree(options.forwards);
-  reporter.progress(`backend: ${choice.backend} (${choice.reason})`);
-  if (choice.warning) reporter.warn(choice.warning);
-  if (runtime && choice.backend === 'libkrun')
-    for (const line of describeRuntime(runtime)) reporter.progress(line);
-  reporter.progress(`accelerator: ${accel.accel} (${accel.reason})`);
-  if (accel.warning) reporter.warn(accel.warning);
 
   return withSignals(reporter, 'stopping the microVM', async (signal) => {
     const result = await runExec(

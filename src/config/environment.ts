@@ -26,6 +26,8 @@ export interface HostEnvironment {
   readonly k3sBaseUrl: string;
   /** The OpenShell CLI's configuration ($XDG_CONFIG_HOME/openshell): gateways, mTLS bundles, the active gateway. */
   readonly openshellConfigDir: string;
+  /** Where gateway kubeconfigs go (~/.kube/NAME.yaml), and the kubeconfig --merge-kubeconfig adds to (~/.kube/config). */
+  readonly kubeDir: string;
 }
 
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvironment {
@@ -58,5 +60,6 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvir
       .filter(Boolean),
     k3sBaseUrl: env.OPENSHELL_VM_K3S_BASE_URL || 'https://github.com/k3s-io/k3s/releases/download',
     openshellConfigDir: path.join(env.XDG_CONFIG_HOME || path.join(home, '.config'), 'openshell'),
+    kubeDir: path.join(home, '.kube'),
   };
 }

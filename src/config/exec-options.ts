@@ -98,20 +98,7 @@ export function resolveExecOptions(
   }
   noNul('--workdir', workdir);
 
-  let vcpus =
-    raw.vcpus === undefined ? EXEC_DEFAULTS.vcpus : integer('--vcpus', raw.vcpus, LIMITS.vcpus, 'vCPUs');
-  if (vcpus > host.cpus) {
-    warnings.push(`--vcpus ${vcpus} is more than this host's ${host.cpus} CPUs: using ${host.cpus}`);
-    vcpus = host.cpus;
-  }
-  let memMib = raw.mem === undefined ? EXEC_DEFAULTS.memMib : integer('--mem', raw.mem, LIMITS.memMib, 'MiB');
-  const memCap = Math.max(LIMITS.memMib.min, Math.floor((host.memMib * 3) / 4));
-  if (memMib > memCap) {
-    warnings.push(
-      `--mem ${memMib} MiB is more than 3/4 of this host's ${host.memMib} MiB: using ${memCap} MiB`,
-    );
-    memMib = memCap;
-  }
+  const { vcpus, memMib } = resolveMachine(raw, host, EXEC_DEFAULTS, warnings);
 
   const bootTimeoutS =
     raw.bootTimeout === undefined
@@ -155,7 +142,38 @@ export function resolveExecOptions(
   return { options: Object.freeze(options), warnings };
 }
 
-function integer(option: string, value: string, range: { min: number; max: number }, unit: string): number {
+/** --vcpus and --mem: validated, defaulted, and clamped to what the host has (with a warning). */
+export function resolveMachine(
+  raw: { readonly vcpus?: string | undefined; readonly mem?: string | undefined },
+  host: HostCapacity,
+  defaults: { readonly vcpus: number; readonly memMib: number },
+  warnings: string[],
+): { vcpus: number; memMib: number } {
+  // A default the host cannot honour is fitted silently; a value the user gave, with a warning.
+  let vcpus = raw.vcpus === undefined ? defaults.vcpus : integer('--vcpus', raw.vcpus, LIMITS.vcpus, 'vCPUs');
+  if (vcpus > host.cpus) {
+    if (raw.vcpus !== undefined)
+      warnings.push(`--vcpus ${vcpus} is more than this host's ${host.cpus} CPUs: using ${host.cpus}`);
+    vcpus = host.cpus;
+  }
+  let memMib = raw.mem === undefined ? defaults.memMib : integer('--mem', raw.mem, LIMITS.memMib, 'MiB');
+  const memCap = Math.max(LIMITS.memMib.min, Math.floor((host.memMib * 3) / 4));
+  if (memMib > memCap) {
+    if (raw.mem !== undefined)
+      warnings.push(
+        `--mem ${memMib} MiB is more than 3/4 of this host's ${host.memMib} MiB: using ${memCap} MiB`,
+      );
+    memMib = memCap;
+  }
+  return { vcpus, memMib };
+}
+
+export function integer(
+  option: string,
+  value: string,
+  range: { min: number; max: number },
+  unit: string,
+): number {
   if (!/^\d+$/.test(value)) {
     throw new UsageError(`${option}: '${value}' is not a whole number`, {
       hint: `give a number of ${unit} from ${range.min} to ${range.max}`,

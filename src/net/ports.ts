@@ -92,3 +92,17 @@ export async function checkHostPortsFree(forwards: readonly PortForward[]): Prom
       });
   }
 }
+
+/** A TCP port free on loopback now (the kernel's choice); the forward binds it moments later. */
+export function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() =>
+        typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port')),
+      );
+    });
+  });
+}

@@ -5,10 +5,11 @@ import path from 'node:path';
 import { dirInRoot, inRoot, resolveInRoot } from '../archive/root-path.ts';
 import { extractTar } from '../archive/tar-extract.ts';
 import type { HostEnvironment } from '../config/environment.ts';
-import { HostError, isErrno, UsageError } from '../errors.ts';
+import { HostError, UsageError } from '../errors.ts';
 import type { GuestArch } from '../host/arch.ts';
 import { lexists, pathExists, replaceDirectory } from '../host/fs.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
+import { takeInstanceLock } from '../instance/lock.ts';
 import { instanceDir } from '../instance/runs.ts';
 import { loadImageArchive } from '../oci/archive.ts';
 import { BlobStore } from '../oci/blob-store.ts';
@@ -116,7 +117,7 @@ export async function prepareRootfs(
       });
     }
   }
-  const release = await takeBuildLock(dir, request.instance);
+  const release = await takeInstanceLock(dir, request.instance, 'preparing its rootfs');
   const tmp = path.join(dir, `${TMP_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
     // Fast checks first: a bad input costs nothing.
@@ -432,25 +433,4 @@ async function sweepStaleBuilds(dir: string, progress: ProgressFn): Promise<void
     progress(`removing ${name}, left by a build that was killed`);
     await fs.rm(path.join(dir, name), { recursive: true, force: true });
   }
-}
-
-/** One build per instance at a time: `prepare.lock` holds the builder's pid. */
-async function takeBuildLock(dir: string, instance: string): Promise<() => Promise<void>> {
-  const lock = path.join(dir, 'prepare.lock');
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      await fs.writeFile(lock, `${process.pid}\n`, { flag: 'wx' });
-      return () => fs.rm(lock, { force: true });
-    } catch (err) {
-      if (!isErrno(err, 'EEXIST')) throw err;
-      const pid = Number((await fs.readFile(lock, 'utf8').catch(() => '')).trim());
-      if (pid && isAlive(pid) && pid !== process.pid) {
-        throw new HostError(`another openshell-vm (pid ${pid}) is preparing the rootfs of '${instance}'`, {
-          hint: 'wait for it to finish, or stop it',
-        });
-      }
-      await fs.rm(lock, { force: true });
-    }
-  }
-  throw new HostError(`cannot take ${lock}`);
 }

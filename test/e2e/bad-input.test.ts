@@ -62,7 +62,62 @@ const cases: [string, string[], number, RegExp, RegExp][] = [
   ['unknown option', ['--exec', '/bin/true', '--frobnicate'], 2, /unknown option '--frobnicate'/, /--help/],
   ['missing value', ['--exec'], 2, /--exec needs a value/, /--help/],
   ['run without a command', ['run', '--'], 2, /run: no command given/, /run \[OPTIONS\] -- PATH/],
-  ['no --exec (gateway reserved)', [], 2, /gateway .* is not available yet/, /--exec/],
+  [
+    'gateway without a built rootfs',
+    [],
+    125,
+    /there is no rootfs at .*instances\/default\/rootfs/,
+    /build it: openshell-vm prepare-rootfs --name default/,
+  ],
+  [
+    'gateway on another network',
+    ['--net', 'user'],
+    2,
+    /--net user: the gateway runs on the gvproxy network only/,
+    /drop --net/,
+  ],
+  [
+    'gateway: the API port through -p',
+    ['-p', '7443:6443'],
+    2,
+    /guest port 6443 is the Kubernetes API/,
+    /--api-port/,
+  ],
+  [
+    'gateway: two gateway forwards',
+    ['-p', '1:30051', '-p', '2:30051'],
+    2,
+    /forwarded more than once/,
+    /-p HOST:30051/,
+  ],
+  [
+    'gateway: bad --tls-san',
+    ['--tls-san', 'bad_name!'],
+    2,
+    /--tls-san: 'bad_name!' is neither/,
+    /--tls-san gateway/,
+  ],
+  [
+    'gateway: --use-context alone',
+    ['--use-context'],
+    2,
+    /--use-context needs --merge-kubeconfig/,
+    /~\/.kube\/config/,
+  ],
+  [
+    'gateway: --workdir without --exec',
+    ['--workdir', '/'],
+    2,
+    /--workdir needs --exec PATH/,
+    /drop it to boot the gateway/,
+  ],
+  [
+    'exec with a gateway option',
+    ['--json', '--exec', '/bin/true'],
+    2,
+    /--json is a gateway option/,
+    /drop --json/,
+  ],
 ];
 
 for (const [name, args, code, message, hint] of cases) {

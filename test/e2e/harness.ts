@@ -25,7 +25,10 @@ export interface Sandbox {
   readonly env: NodeJS.ProcessEnv;
   run(args: readonly string[], options?: RunOptions): Promise<CliRun>;
   /** Fails when a process the CLI started is still alive or a socket is left anywhere it writes. */
-  assertClean(result: CliRun): Promise<void>;
+  assertClean(result: CliRun, instance?: string): Promise<void>;
+  /** The sandbox's HOME (~/.kube) and XDG_CONFIG_HOME (the OpenShell CLI's files). */
+  readonly homeDir: string;
+  readonly configDir: string;
   cleanup(): void;
 }
 
@@ -46,15 +49,24 @@ export function sandbox(): Sandbox {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-e2e-'));
   const dataDir = path.join(base, 'data');
   const runtimeDir = path.join(base, 'rt');
+  const homeDir = path.join(base, 'home');
+  const configDir = path.join(base, 'config');
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     OPENSHELL_VM_DATA_DIR: dataDir,
     XDG_RUNTIME_DIR: runtimeDir,
+    // A private HOME and config dir (kubeconfigs, OpenShell CLI files); the shared artifact cache.
+    HOME: homeDir,
+    XDG_CONFIG_HOME: configDir,
+    XDG_CACHE_HOME: process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'),
   };
+  fs.mkdirSync(homeDir, { recursive: true });
   fs.mkdirSync(runtimeDir, { recursive: true });
   return {
     dataDir,
     runtimeDir,
+    homeDir,
+    configDir,
     env,
     run: (args, options = {}) =>
       runCli(
@@ -62,13 +74,13 @@ export function sandbox(): Sandbox {
         { ...options, env: { ...env, ...options.env } },
         path.join(base, `events-${Date.now()}.ndjson`),
       ),
-    async assertClean(result) {
+    async assertClean(result, instance = 'default') {
       for (const p of result.processes) {
         assert.equal(await processStartTime(p.pid), undefined, `${p.name} (pid ${p.pid}) is still running`);
       }
       const sockets = findSockets(dataDir).concat(findSockets(runtimeDir));
       assert.deepEqual(sockets, [], 'sockets left behind');
-      const runs = path.join(dataDir, 'instances', 'default', 'runs');
+      const runs = path.join(dataDir, 'instances', instance, 'runs');
       const left = fs.existsSync(runs)
         ? fs.readdirSync(runs).filter((id) => !fs.existsSync(path.join(runs, id, 'kept')))
         : [];
@@ -83,6 +95,8 @@ function findSockets(dir: string): string[] {
   const out: string[] = [];
   for (const entry of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
     const full = path.join(entry.parentPath, entry.name);
+    // Inside a gateway rootfs, sockets belong to the guest (k3s's, or planted stale ones).
+    if (full.includes(`${path.sep}rootfs${path.sep}`)) continue;
     if (entry.isSocket() || entry.name.endsWith('.sock')) out.push(full);
   }
   return out;

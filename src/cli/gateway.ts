@@ -1,0 +1,131 @@
+import os from 'node:os';
+import path from 'node:path';
+import { readEnvironment } from '../config/environment.ts';
+import { type RawGatewayOptions, resolveGatewayOptions } from '../config/gateway-options.ts';
+import {
+  GATEWAY_GUEST_PORT,
+  type GatewayReady,
+  KUBE_API_GUEST_PORT,
+  runGateway,
+} from '../gateway/run-gateway.ts';
+import { checkHostPortsFree, freeLoopbackPort } from '../net/ports.ts';
+import { rootfsDir } from '../rootfs/build.ts';
+import { readRootfsRecord } from '../rootfs/record.ts';
+import { type ParsedArgs, single } from './args.ts';
+import { Reporter } from './reporter.ts';
+import { Interrupted, withSignals } from './signals.ts';
+import { chooseVmm } from './vmm-choice.ts';
+
+/**
+ * `openshell-vm [OPTIONS]` without --exec: boots the gateway in the foreground, prints Ready
+ * (or one JSON object with --json) on stdout, and runs until Ctrl-C/SIGTERM, which stops it and
+ * exits 0. A failure before Ready exits 125 (130/143 when interrupted).
+ */
+export async function gatewayCommand(args: ParsedArgs): Promise<number> {
+  const raw: RawGatewayOptions = {
+    name: single(args, 'name'),
+    rootfs: single(args, 'rootfs'),
+    ports: args.values.get('port'),
+    apiPort: single(args, 'api-port'),
+    vcpus: single(args, 'vcpus'),
+    mem: single(args, 'mem'),
+    arch: single(args, 'arch'),
+    accel: single(args, 'accel'),
+    backend: single(args, 'backend'),
+    net: single(args, 'net'),
+    readyTimeout: single(args, 'ready-timeout'),
+    tlsSans: args.values.get('tls-san'),
+    mergeKubeconfig: args.flags.has('merge-kubeconfig'),
+    useContext: args.flags.has('use-context'),
+  };
+  const json = args.flags.has('json');
+  const reporter = new Reporter({
+    stderr: process.stderr,
+    quiet: args.flags.has('quiet'),
+    eventsFile: single(args, 'events'),
+  });
+  const { options, warnings } = resolveGatewayOptions(raw, {
+    cpus: os.availableParallelism(),
+    memMib: Math.floor(os.totalmem() / (1024 * 1024)),
+  });
+  for (const warning of warnings) reporter.warn(warning);
+
+  // Everything that can fail without starting a process fails here.
+  const env = readEnvironment();
+  const rootfs = options.rootfs ?? rootfsDir(env, options.instance);
+  await readRootfsRecord(rootfs); // a missing rootfs: "build it: openshell-vm prepare-rootfs --name N"
+  const api = {
+    hostAddress: '127.0.0.1',
+    hostPort: options.apiPort ?? (await freeLoopbackPort()),
+    guestPort: KUBE_API_GUEST_PORT,
+  };
+  const forwards = [options.gateway, api, ...options.extraForwards];
+  const { backend, accel } = await chooseVmm(env, { ...options, network: 'gvproxy', forwards }, reporter);
+  await checkHostPortsFree(forwards);
+
+  let ready: GatewayReady | undefined;
+  try {
+    return await withSignals(reporter, 'stopping the gateway', async (signal) => {
+      await runGateway(
+        env,
+        {
+          arch: options.arch,
+          accel,
+          vcpus: options.vcpus,
+          memMib: options.memMib,
+          instance: options.instance,
+          rootfs,
+          gateway: options.gateway,
+          api,
+          extraForwards: options.extraForwards,
+          readyTimeoutMs: options.readyTimeoutMs,
+          mergeKubeconfig: options.mergeKubeconfig ? path.join(env.kubeDir, 'config') : undefined,
+          useContext: options.useContext,
+          extraSans: options.extraSans,
+          keepLogs: args.flags.has('keep-logs'),
+        },
+        {
+          backend,
+          signal,
+          kubeDir: env.kubeDir,
+          onEvent: (e) => {
+            if (e.type === 'guest') reporter.progress(`guest: ${e.message}`);
+            else if (e.type === 'stage' && e.stage === 'stopping') {
+              if (ready || signal.aborted) reporter.progress(e.message);
+            } else reporter.event(e as Record<string, unknown>);
+          },
+          onReady: (r) => {
+            ready = r;
+            reporter.event({ type: 'ready', ...r });
+            process.stdout.write(json ? `${JSON.stringify(r)}\n` : renderReady(r));
+          },
+        },
+      );
+      return 0;
+    });
+  } catch (err) {
+    // Ctrl-C or SIGTERM after Ready is how a foreground gateway is stopped: not a failure.
+    if (err instanceof Interrupted && ready) return 0;
+    throw err;
+  }
+}
+
+export function renderReady(r: GatewayReady): string {
+  const rows: [string, string][] = [
+    ['endpoint', `${r.endpoint} (mTLS; guest port ${GATEWAY_GUEST_PORT})`],
+    ['mTLS', `${r.mtlsDir}/ (ca.crt, tls.crt, tls.key)`],
+    ['kubeconfig', r.kubeconfig],
+    ['kube API', r.kubeApi],
+  ];
+  if (r.mergedInto) {
+    rows.push([
+      'merged',
+      `context '${r.name}' in ${r.mergedInto}${r.kubeconfigBackup ? ` (backup ${r.kubeconfigBackup})` : ''}`,
+    ]);
+  }
+  rows.push(['try', `KUBECONFIG=${r.kubeconfig} kubectl get pods -A`]);
+  rows.push(['console', r.consoleLog]);
+  return `Ready in ${(r.readyMs / 1000).toFixed(1)} s: gateway '${r.name}' (${r.backend}/${r.accel}, credentials ${r.bootstrap})\n${rows
+    .map(([k, v]) => `  ${k.padEnd(11)}${v}\n`)
+    .join('')}Ctrl-C stops it.\n`;
+}

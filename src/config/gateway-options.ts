@@ -1,0 +1,143 @@
+import { isIP } from 'node:net';
+import path from 'node:path';
+import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
+import { UsageError } from '../errors.ts';
+import { GATEWAY_GUEST_PORT, KUBE_API_GUEST_PORT } from '../gateway/run-gateway.ts';
+import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
+import { INSTANCE_NAME } from '../instance/runs.ts';
+import { checkDuplicates, type PortForward, parsePortSpec } from '../net/ports.ts';
+import { type BackendName, parseBackend } from '../vmm/select.ts';
+import { type HostCapacity, integer, resolveMachine } from './exec-options.ts';
+
+/** Gateway options as typed (strings), before validation. */
+export interface RawGatewayOptions {
+  readonly name?: string | undefined;
+  readonly rootfs?: string | undefined;
+  readonly ports?: readonly string[] | undefined;
+  readonly apiPort?: string | undefined;
+  readonly vcpus?: string | undefined;
+  readonly mem?: string | undefined;
+  readonly arch?: string | undefined;
+  readonly accel?: string | undefined;
+  readonly backend?: string | undefined;
+  readonly net?: string | undefined;
+  readonly readyTimeout?: string | undefined;
+  readonly tlsSans?: readonly string[] | undefined;
+  readonly mergeKubeconfig?: boolean | undefined;
+  readonly useContext?: boolean | undefined;
+}
+
+export interface GatewayOptions {
+  readonly instance: string;
+  /** undefined: the instance's own rootfs. */
+  readonly rootfs: string | undefined;
+  readonly gateway: PortForward;
+  /** undefined: a free loopback port, chosen just before the boot. */
+  readonly apiPort: number | undefined;
+  readonly extraForwards: readonly PortForward[];
+  readonly vcpus: number;
+  readonly memMib: number;
+  readonly arch: GuestArch;
+  readonly accel: Accelerator | undefined;
+  readonly backend: BackendName | undefined;
+  readonly readyTimeoutMs: number;
+  readonly extraSans: readonly string[];
+  readonly mergeKubeconfig: boolean;
+  readonly useContext: boolean;
+}
+
+/** The seed's gateway machine (4 vCPUs, 8 GiB), clamped to the host. */
+export const GATEWAY_DEFAULTS = { vcpus: 4, memMib: 8192, readyTimeoutS: 600, instance: 'default' } as const;
+
+const SAN =
+  /^(?=.{1,253}$)[A-Za-z0-9*]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+
+/**
+ * Validates the gateway's options. -p forwards whose guest port is 30051 define the gateway's
+ * endpoint (host port); without one, 127.0.0.1:30051 is used. Other -p forwards are added.
+ */
+export function resolveGatewayOptions(
+  raw: RawGatewayOptions,
+  host: HostCapacity,
+): { readonly options: GatewayOptions; readonly warnings: readonly string[] } {
+  const warnings: string[] = [];
+  const instance = raw.name ?? GATEWAY_DEFAULTS.instance;
+  if (!INSTANCE_NAME.test(instance)) {
+    throw new UsageError(`--name: invalid instance name '${instance}'`, {
+      hint: 'use letters, digits, - and _ (starting with a letter or digit, at most 63 characters)',
+    });
+  }
+  if (raw.net !== undefined && raw.net !== 'gvproxy') {
+    throw new UsageError(`--net ${raw.net}: the gateway runs on the gvproxy network only`, {
+      hint: "drop --net: the gateway's port forwards, DNS and DHCP come from gvproxy",
+    });
+  }
+  const forwards = (raw.ports ?? []).map(parsePortSpec);
+  const gateways = forwards.filter((f) => f.guestPort === GATEWAY_GUEST_PORT);
+  if (gateways.length > 1) {
+    throw new UsageError(`-p: guest port ${GATEWAY_GUEST_PORT} (the gateway) is forwarded more than once`, {
+      hint: `give one -p HOST:${GATEWAY_GUEST_PORT}`,
+    });
+  }
+  if (forwards.some((f) => f.guestPort === KUBE_API_GUEST_PORT)) {
+    throw new UsageError(
+      `-p: guest port ${KUBE_API_GUEST_PORT} is the Kubernetes API, forwarded by --api-port`,
+      {
+        hint: `use --api-port HOST_PORT (default: a free loopback port)`,
+      },
+    );
+  }
+  const gateway = gateways[0] ?? {
+    hostAddress: '127.0.0.1',
+    hostPort: GATEWAY_GUEST_PORT,
+    guestPort: GATEWAY_GUEST_PORT,
+  };
+  const extraForwards = forwards.filter((f) => f !== gateway);
+  const apiPort =
+    raw.apiPort === undefined
+      ? undefined
+      : integer('--api-port', raw.apiPort, { min: 1, max: 65535 }, 'port');
+  checkDuplicates([
+    gateway,
+    ...extraForwards,
+    ...(apiPort ? [{ hostAddress: '127.0.0.1', hostPort: apiPort, guestPort: KUBE_API_GUEST_PORT }] : []),
+  ]);
+  const { vcpus, memMib } = resolveMachine(raw, host, GATEWAY_DEFAULTS, warnings);
+  const readyTimeoutS =
+    raw.readyTimeout === undefined
+      ? GATEWAY_DEFAULTS.readyTimeoutS
+      : integer('--ready-timeout', raw.readyTimeout, { min: 1, max: 86_400 }, 'seconds');
+  const extraSans = (raw.tlsSans ?? [])
+    .flatMap((s) => s.split(','))
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const san of extraSans) {
+    if (!isIP(san) && !SAN.test(san)) {
+      throw new UsageError(`--tls-san: '${san}' is neither a DNS name nor an IP address`, {
+        hint: 'give host names or IP addresses, e.g. --tls-san gateway.example.com,10.0.0.5',
+      });
+    }
+  }
+  if (raw.useContext && !raw.mergeKubeconfig) {
+    throw new UsageError('--use-context needs --merge-kubeconfig', {
+      hint: 'add --merge-kubeconfig (it adds the context to ~/.kube/config)',
+    });
+  }
+  const options: GatewayOptions = {
+    instance,
+    rootfs: raw.rootfs === undefined ? undefined : path.resolve(raw.rootfs),
+    gateway,
+    apiPort,
+    extraForwards,
+    vcpus,
+    memMib,
+    arch: raw.arch === undefined ? defaultGuestArch() : parseGuestArch(raw.arch),
+    accel: raw.accel === undefined ? undefined : parseAccelerator(raw.accel),
+    backend: raw.backend === undefined ? undefined : parseBackend(raw.backend),
+    readyTimeoutMs: readyTimeoutS * 1000,
+    extraSans,
+    mergeKubeconfig: raw.mergeKubeconfig ?? false,
+    useContext: raw.useContext ?? false,
+  };
+  return { options: Object.freeze(options), warnings };
+}

@@ -1,0 +1,286 @@
+import fs from 'node:fs/promises';
+import type { AccelChoice } from '../accel/probe.ts';
+import { inRoot } from '../archive/root-path.ts';
+import type { HostEnvironment } from '../config/environment.ts';
+import { VmError } from '../errors.ts';
+import { ensureGuestArtifacts } from '../guest/artifacts.ts';
+import type { GuestArch } from '../host/arch.ts';
+import { loadGuestInputs } from '../host/toolchain.ts';
+import { takeInstanceLock } from '../instance/lock.ts';
+import { createRun, finishRun, instanceDir, type RunPaths, sweepStaleRuns } from '../instance/runs.ts';
+import { describe as describeForward } from '../net/forwarder.ts';
+import type { PortForward } from '../net/ports.ts';
+import { prepareRootfsForBoot } from '../rootfs/boot-prep.ts';
+import { followFile } from '../supervisor/follow.ts';
+import { abortableSleep, tailFile } from '../supervisor/wait.ts';
+import type { VmmBackend } from '../vmm/backend.ts';
+import { type SessionEvent, VmSession } from '../vmm/session.ts';
+import { type BootstrapResult, bootstrapGateway } from './bootstrap.ts';
+import { mergeKubeconfig, rewriteKubeconfig, writeKubeconfig } from './kubeconfig.ts';
+import { waitForGateway } from './readiness.ts';
+
+/** The guest port of the gateway's NodePort service, and of the Kubernetes API. */
+export const GATEWAY_GUEST_PORT = 30051;
+export const KUBE_API_GUEST_PORT = 6443;
+/** Where k3s writes its kubeconfig (--write-kubeconfig-mode=644), relative to the rootfs. */
+export const K3S_KUBECONFIG = 'etc/rancher/k3s/k3s.yaml';
+
+/** A validated gateway boot: everything decided, nothing started. */
+export interface GatewayPlan {
+  readonly arch: GuestArch;
+  readonly accel: AccelChoice;
+  readonly vcpus: number;
+  readonly memMib: number;
+  readonly instance: string;
+  readonly rootfs: string;
+  /** The gateway's forward (guest port 30051); its host port is the endpoint's. */
+  readonly gateway: PortForward;
+  /** The Kubernetes API's forward (guest port 6443) to a loopback port. */
+  readonly api: PortForward;
+  readonly extraForwards: readonly PortForward[];
+  readonly readyTimeoutMs: number;
+  /** Add a context to this kubeconfig (normally ~/.kube/config); undefined: leave it alone. */
+  readonly mergeKubeconfig: string | undefined;
+  /** Make the merged context current. */
+  readonly useContext: boolean;
+  readonly extraSans: readonly string[];
+  readonly keepLogs: boolean;
+}
+
+export interface GatewayReady {
+  readonly name: string;
+  readonly endpoint: string;
+  readonly gatewayPort: number;
+  readonly mtlsDir: string;
+  readonly kubeconfig: string;
+  readonly kubeApi: string;
+  readonly mergedInto: string | undefined;
+  readonly kubeconfigBackup: string | undefined;
+  readonly bootstrap: BootstrapResult['path'];
+  readonly backend: string;
+  readonly accel: string;
+  readonly consoleLog: string;
+  readonly readyMs: number;
+}
+
+export type GatewayEvent =
+  | SessionEvent
+  | {
+      readonly type: 'stage';
+      readonly stage: 'prepare' | 'bootstrap' | 'network' | 'ready' | 'stopping';
+      readonly message: string;
+    }
+  | { readonly type: 'guest'; readonly message: string };
+
+export interface GatewayOptions {
+  readonly backend: VmmBackend;
+  readonly signal?: AbortSignal | undefined;
+  readonly onEvent?: ((event: GatewayEvent) => void) | undefined;
+  /** Called once when the gateway answers mTLS and the kubeconfig is written. */
+  readonly onReady?: ((ready: GatewayReady) => void) | undefined;
+  /** Where the gateway's kubeconfig goes (~/.kube). */
+  readonly kubeDir: string;
+}
+
+/**
+ * Boots the gateway: checks and prepares the instance's rootfs, runs the host bootstrap while the
+ * guest boots, waits for the gateway to answer mTLS with the client credentials, writes the
+ * kubeconfig, reports Ready, then stays in the foreground until the signal aborts (Ctrl-C) or the
+ * VM stops. Everything started is stopped before this returns or throws. An abort rejects with the
+ * signal's reason; a VM that stops by itself is a VmError with its console's last lines.
+ */
+export async function runGateway(
+  env: HostEnvironment,
+  plan: GatewayPlan,
+  options: GatewayOptions,
+): Promise<void> {
+  const emit = (event: GatewayEvent) => options.onEvent?.(event);
+  const t0 = performance.now();
+  const dir = instanceDir(env, plan.instance);
+  const release = await takeInstanceLock(dir, plan.instance, 'running the gateway');
+  let run: RunPaths | undefined;
+  let session: VmSession | undefined;
+  let stopFollow: (() => Promise<void>) | undefined;
+  let failed = true;
+  try {
+    const guest = await loadGuestInputs(env, plan.arch);
+    const artifacts = await ensureGuestArtifacts(env, guest);
+    const swept = await sweepStaleRuns(env, plan.instance);
+    if (swept.removedRuns.length) {
+      emit({
+        type: 'warning',
+        message: `cleaned up ${swept.removedRuns.length} run(s) left by a CLI that died${swept.stoppedProcesses.length ? `; stopped ${swept.stoppedProcesses.map((p) => `${p.name} (pid ${p.pid})`).join(', ')}` : ''}`,
+      });
+    }
+    const prep = await prepareRootfsForBoot(plan.rootfs, {
+      kernelRelease: options.backend.features.workload === 'guest-init' ? artifacts.kernelRelease : undefined,
+    });
+    emit({
+      type: 'stage',
+      stage: 'prepare',
+      message: `rootfs ${plan.rootfs} (built ${prep.record.builtAt}; ${prep.kine ? `datastore cleaned: ${prep.kine.rowsBefore - prep.kine.rowsAfter} runtime records` : 'first boot'}${prep.manifestWritten ? '; HelmChart rendered' : ''})`,
+    });
+
+    run = await createRun(env, plan.instance);
+    const consoleLog = run.consoleLog;
+    let fatal: string | undefined;
+    stopFollow = followFile(consoleLog, (line) => {
+      const m = /ovm-gateway: (.*)$/.exec(line);
+      if (!m?.[1]) return;
+      if (m[1].startsWith('FATAL: ')) fatal = m[1].slice(7);
+      emit({ type: 'guest', message: m[1] });
+    });
+
+    const forwards = [plan.gateway, plan.api, ...plan.extraForwards];
+    // The host bootstrap runs while the guest boots: k3s picks the Secrets manifest up whenever
+    // it lands in its auto-deploy directory, and the guest init never removes it.
+    const bootstrapping = bootstrapGateway({
+      rootfs: plan.rootfs,
+      configDir: env.openshellConfigDir,
+      name: plan.instance,
+      port: plan.gateway.hostPort,
+      extraSans: plan.extraSans,
+    });
+    bootstrapping.catch(() => undefined);
+    session = await VmSession.start(
+      env,
+      run,
+      {
+        arch: plan.arch,
+        accel: plan.accel,
+        vcpus: plan.vcpus,
+        memMib: plan.memMib,
+        kernel: artifacts.kernel,
+        initramfs: artifacts.initramfs,
+        kernelArgs: ['ovm.mode=gateway'],
+        rootDir: plan.rootfs,
+        rootMode: 'rw',
+        ports: [],
+        network: 'gvproxy',
+        forwards,
+      },
+      { backend: options.backend, signal: options.signal, emit },
+    );
+    const vm = session.vm;
+    emit({ type: 'stage', stage: 'network', message: forwards.map(describeForward).join(', ') });
+    const boot = await bootstrapping;
+    emit({
+      type: 'stage',
+      stage: 'bootstrap',
+      message: `credentials: ${boot.path} (${boot.reason}); mTLS files in ${boot.mtlsDir}`,
+    });
+
+    const ended = async (): Promise<VmError> => {
+      await stopFollow?.();
+      const tail = await consoleTail(consoleLog);
+      const exit = (await vm.exited).vmm;
+      const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.exitCode}`;
+      return new VmError(
+        fatal
+          ? `the gateway guest stopped: ${fatal}`
+          : `the gateway microVM stopped before it was ready (VMM ${how})`,
+        {
+          hint: `${tail ? `last console lines:\n    ${tail.replaceAll('\n', '\n    ')}\n  ` : ''}see ${consoleLog}`,
+        },
+      );
+    };
+
+    // Readiness: mTLS on the gateway's port, raced against the VM ending.
+    const stopWaiting = new AbortController();
+    const waitSignal = options.signal
+      ? AbortSignal.any([options.signal, stopWaiting.signal])
+      : stopWaiting.signal;
+    const waiting = waitForGateway({
+      port: plan.gateway.hostPort,
+      bundle: boot.bundle,
+      deadlineMs: plan.readyTimeoutMs,
+      signal: waitSignal,
+      consoleTail: () => consoleTail(consoleLog),
+    }).then((ms) => ({ kind: 'ready' as const, ms }));
+    waiting.catch(() => undefined); // settled by the race below, or abandoned when the VM ends
+    const outcome = await Promise.race([waiting, vm.exited.then(() => ({ kind: 'ended' as const }))]).finally(
+      () => stopWaiting.abort(),
+    );
+    if (outcome.kind === 'ended') throw await ended();
+
+    // k3s writes its kubeconfig before anything in the cluster can run: wait for it briefly.
+    const k3sYaml = await waitForKubeconfig(
+      await inRoot(plan.rootfs, K3S_KUBECONFIG),
+      Math.max(30_000, plan.readyTimeoutMs - (performance.now() - t0)),
+      options.signal,
+      () => vm.hasExited,
+    );
+    if (k3sYaml === undefined) {
+      if (vm.hasExited) throw await ended();
+      throw new VmError(`k3s wrote no kubeconfig (${K3S_KUBECONFIG} in the rootfs)`, {
+        hint: `see ${consoleLog}`,
+      });
+    }
+    const kubeText = rewriteKubeconfig(k3sYaml, { name: plan.instance, port: plan.api.hostPort });
+    const kubeconfig = await writeKubeconfig(options.kubeDir, plan.instance, kubeText);
+    let backup: string | undefined;
+    if (plan.mergeKubeconfig) {
+      backup = await mergeKubeconfig(plan.mergeKubeconfig, kubeText, { setCurrent: plan.useContext });
+    }
+    failed = false;
+    const ready: GatewayReady = {
+      name: plan.instance,
+      endpoint: boot.endpoint,
+      gatewayPort: plan.gateway.hostPort,
+      mtlsDir: boot.mtlsDir,
+      kubeconfig,
+      kubeApi: `https://127.0.0.1:${plan.api.hostPort}`,
+      mergedInto: plan.mergeKubeconfig,
+      kubeconfigBackup: backup,
+      bootstrap: boot.path,
+      backend: options.backend.name,
+      accel: plan.accel.accel,
+      consoleLog,
+      readyMs: Math.round(performance.now() - t0),
+    };
+    emit({
+      type: 'stage',
+      stage: 'ready',
+      message: `gateway ready in ${(ready.readyMs / 1000).toFixed(1)} s`,
+    });
+    options.onReady?.(ready);
+
+    // Foreground: until Ctrl-C (the signal) or the VM stops by itself.
+    await new Promise<void>((_resolve, reject) => {
+      const onAbort = () => reject(options.signal?.reason);
+      if (options.signal?.aborted) return onAbort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      void vm.exited.then(async () => {
+        if (options.signal?.aborted) return; // stopped because of the abort, not by itself
+        options.signal?.removeEventListener('abort', onAbort);
+        failed = true;
+        reject(await ended());
+      });
+    });
+  } finally {
+    emit({ type: 'stage', stage: 'stopping', message: 'stopping the gateway microVM' });
+    await session?.close();
+    await stopFollow?.();
+    if (run) await finishRun(run, failed || plan.keepLogs);
+    await release();
+  }
+}
+
+async function consoleTail(file: string): Promise<string> {
+  return (await tailFile(file, 12)).trim();
+}
+
+async function waitForKubeconfig(
+  file: string,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+  stop: () => boolean,
+): Promise<string | undefined> {
+  const t0 = performance.now();
+  for (;;) {
+    const text = await fs.readFile(file, 'utf8').catch(() => undefined);
+    if (text?.includes('clusters:') && text.includes('users:')) return text;
+    if (stop() || performance.now() - t0 > timeoutMs) return undefined;
+    await abortableSleep(500, signal);
+  }
+}

@@ -1,0 +1,336 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createHash, X509Certificate } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import YAML from 'yaml';
+import { readMtlsBundle } from '../../src/gateway/client-config.ts';
+import { generatePki } from '../../src/gateway/pki.ts';
+import { mtlsHandshake } from '../../src/gateway/readiness.ts';
+import { findOnPath } from '../../src/host/toolchain.ts';
+import { type CliRun, ROOT, type Sandbox, sandbox } from './harness.ts';
+
+// The gateway's guest init in a real VM (TCG) on a Debian rootfs from the rootfs builder, with a
+// STAND-IN k3s (test/fixtures/k3s-stand-in.sh): it is not k3s; it records what the init gave it,
+// probes the network, and serves mTLS on the gateway port with the certificates the host bootstrap
+// injected. Real k3s is exercised by k3s.test.ts when OPENSHELL_VM_K3S is set.
+const STAND_IN = path.join(ROOT, 'test/fixtures/k3s-stand-in.sh');
+const STAND_IN_SHA = createHash('sha256').update(fs.readFileSync(STAND_IN)).digest('hex');
+const CHART = path.join(ROOT, 'test/fixtures/chart/openshell');
+const missing = (await findOnPath('mmdebstrap', process.env.PATH ?? ''))
+  ? undefined
+  : 'mmdebstrap is not installed: apt-get install mmdebstrap (scripts/provision-host.sh installs it)';
+
+const K3S = 'var/lib/rancher/k3s';
+const CONTAINERD = `${K3S}/agent/containerd`;
+
+/** Runs the gateway until Ready, hands the Ready object to `whileReady`, then stops it with SIGINT. */
+async function bootGateway(
+  box: Sandbox,
+  args: readonly string[],
+  whileReady: (ready: Record<string, unknown>) => Promise<void>,
+): Promise<CliRun> {
+  let resolveReady: (v: { ready: Record<string, unknown>; kill: (s: NodeJS.Signals) => void }) => void;
+  const readyP = new Promise<{ ready: Record<string, unknown>; kill: (s: NodeJS.Signals) => void }>(
+    (r) => (resolveReady = r),
+  );
+  const running = box.run(['--name', 'gw', '--json', ...args], {
+    timeoutMs: 600_000,
+    onEvent: (e, child) => {
+      if (e.type === 'ready') resolveReady({ ready: e, kill: child.kill });
+    },
+  });
+  const first = await Promise.race([readyP, running]);
+  if ('code' in first) assert.fail(`the gateway ended before Ready (exit ${first.code}):\n${first.stderr}`);
+  try {
+    await whileReady(first.ready);
+  } finally {
+    first.kill('SIGINT');
+  }
+  const result = await running;
+  assert.equal(result.code, 0, `Ctrl-C after Ready exits 0:\n${result.stderr}`);
+  await box.assertClean(result, 'gw');
+  return result;
+}
+
+describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
+  let box: Sandbox;
+  let rootfs: string;
+  let hostHttp: http.Server;
+  let hostPort: number;
+  const at = (p: string) => path.join(rootfs, p);
+  const record = (name: string) => fs.readFileSync(at(`var/log/k3s-stand-in/${name}`), 'utf8');
+
+  before(async () => {
+    box = sandbox();
+    hostHttp = http.createServer((_req, res) => res.end('host says hi\n'));
+    await new Promise<void>((r) => hostHttp.listen(0, '127.0.0.1', r));
+    hostPort = (hostHttp.address() as AddressInfo).port;
+    const build = await box.run([
+      'prepare-rootfs',
+      '--name',
+      'gw',
+      '-q',
+      '--k3s',
+      STAND_IN,
+      '--k3s-sha256',
+      STAND_IN_SHA,
+      '--chart',
+      CHART,
+    ]);
+    assert.equal(build.code, 0, build.stderr);
+    rootfs = path.join(box.dataDir, 'instances', 'gw', 'rootfs');
+  });
+  after(() => {
+    hostHttp?.close();
+    box?.cleanup();
+  });
+
+  test('a kernel or rootfs that lacks a capability fails fast, naming it', { timeout: 300_000 }, async () => {
+    fs.renameSync(at('usr/local/bin/k3s'), at('usr/local/bin/k3s.away'));
+    try {
+      const r = await box.run(['--name', 'gw', '--ready-timeout', '300']);
+      assert.equal(r.code, 125, r.stderr);
+      assert.match(
+        r.stderr,
+        /error: the gateway guest stopped: this kernel cannot run the gateway: missing k3s_bin \(k3s at \/usr\/local\/bin\/k3s\)/,
+      );
+      assert.match(r.stderr, /hint: last console lines:/);
+      assert.match(r.stderr, /guest: stale runtime and network state removed/, 'guest progress is shown');
+      await box.assertClean(r, 'gw');
+    } finally {
+      fs.renameSync(at('usr/local/bin/k3s.away'), at('usr/local/bin/k3s'));
+    }
+  });
+
+  test('readiness: the deadline ends the boot with the console lines, leaving nothing', {
+    timeout: 300_000,
+  }, async () => {
+    const r = await box.run(['--name', 'gw', '--ready-timeout', '2']);
+    assert.equal(r.code, 125, r.stderr);
+    assert.match(r.stderr, /error: the gateway did not answer mTLS on 127\.0\.0\.1:30051 within 2 s/);
+    assert.match(r.stderr, /hint: .*--ready-timeout/);
+    await box.assertClean(r, 'gw');
+  });
+
+  test('cold boot: stale state cleaned, manifests and CNI written, k3s argv, mTLS and kubeconfig', {
+    timeout: 600_000,
+  }, async () => {
+    // A first boot for this host and rootfs (the tests above ran the bootstrap already).
+    fs.rmSync(path.join(box.configDir, 'openshell'), { recursive: true, force: true });
+    fs.rmSync(at(`${K3S}/server/manifests/openshell-tls-secrets.yaml`), { force: true });
+    // Stale state as a crashed gateway leaves it on disk, and things that must survive.
+    const plant = (p: string, data = 'x') => {
+      fs.mkdirSync(path.dirname(at(p)), { recursive: true });
+      fs.writeFileSync(at(p), data);
+    };
+    const socket = (p: string) => {
+      fs.mkdirSync(path.dirname(at(p)), { recursive: true });
+      // A relative path: the full one is longer than a socket address may be.
+      const made = spawnSync(
+        process.execPath,
+        [
+          '-e',
+          `require('net').createServer().listen(${JSON.stringify(path.basename(p))}, () => process.exit(0))`,
+        ],
+        { stdio: 'inherit', cwd: path.dirname(at(p)) },
+      );
+      assert.equal(made.status, 0);
+      assert.ok(fs.lstatSync(at(p)).isSocket());
+    };
+    socket(`${K3S}/server/kine.sock`);
+    plant(`${K3S}/server/cred/node-passwd`);
+    plant(`${K3S}/server/tls/temporary-certs/x.crt`);
+    plant(`${CONTAINERD}/io.containerd.runtime.v2.task/k8s.io/abc/shim.pid`, '4242');
+    plant(`${CONTAINERD}/io.containerd.sandbox.controller.v1.shim/abc/state`);
+    plant(`${CONTAINERD}/io.containerd.content.v1.content/ingest/stale`);
+    plant(`${CONTAINERD}/io.containerd.metadata.v1.bolt/meta.db`, 'bolt');
+    plant(`${CONTAINERD}/io.containerd.content.v1.content/blobs/sha256/keep`, 'blob');
+    plant(`${CONTAINERD}/io.containerd.snapshotter.v1.native/snapshots/1/keep`, 'layer');
+    socket(`${CONTAINERD}/io.containerd.snapshotter.v1.native/snapshots/1/keep.sock`);
+    plant('var/lib/cni/networks/bridge/10.42.0.7', 'abc');
+    plant('var/lib/cni/results/bridge-abc-eth0', '{}');
+    plant(`${K3S}/agent/etc/cni/net.d/10-flannel.conflist`, '{}');
+    plant('etc/cni/net.d/10-ptp.conflist', '{}');
+    plant(`${K3S}/server/manifests/openshell-orphan.yaml`, 'kind: ConfigMap\n');
+    plant(`${K3S}/server/manifests/agent-orphan.yaml`, 'kind: ConfigMap\n');
+    plant(`${K3S}/server/manifests/user-own.yaml`, 'kind: ConfigMap\n');
+    const sandboxYaml =
+      'kind: Deployment\nspec:\n  hostNetwork: true\n  dnsPolicy: ClusterFirstWithHostNet\n  x: 1\n';
+    plant('opt/openshell/manifests/agent-sandbox.yaml', sandboxYaml);
+    plant('etc/ovm-stand-in.env', `HOST_HTTP_PORT=${hostPort}\n`);
+
+    const run = await bootGateway(box, ['--ready-timeout', '400'], async (ready) => {
+      assert.equal(ready.bootstrap, 'cold');
+      assert.equal(ready.endpoint, 'https://127.0.0.1:30051');
+      // The host's files, in the OpenShell CLI's layout and modes.
+      const gw = path.join(box.configDir, 'openshell', 'gateways', 'gw');
+      assert.equal(ready.mtlsDir, path.join(gw, 'mtls'));
+      const meta = JSON.parse(fs.readFileSync(path.join(gw, 'metadata.json'), 'utf8'));
+      assert.deepEqual(meta, {
+        name: 'gw',
+        gateway_endpoint: 'https://127.0.0.1:30051',
+        is_remote: false,
+        gateway_port: 30051,
+      });
+      assert.equal(fs.statSync(path.join(gw, 'mtls')).mode & 0o777, 0o700);
+      assert.equal(fs.statSync(path.join(gw, 'mtls', 'tls.key')).mode & 0o777, 0o600);
+      assert.equal(fs.readFileSync(path.join(box.configDir, 'openshell', 'active_gateway'), 'utf8'), 'gw');
+      const bundle = await readMtlsBundle(path.join(box.configDir, 'openshell'), 'gw');
+      assert.ok(bundle);
+      const client = new X509Certificate(bundle.clientCert);
+      assert.match(client.toLegacyObject().ext_key_usage?.join(',') ?? '', /1\.3\.6\.1\.5\.5\.7\.3\.2/);
+
+      // The stand-in's server accepts the host's client certificate, and no other.
+      assert.equal(await mtlsHandshake(30051, bundle), true);
+      const stranger = await generatePki();
+      const foreign = {
+        caCert: bundle.caCert,
+        clientCert: stranger.clientCert,
+        clientKey: stranger.clientKey,
+      };
+      assert.notEqual(await mtlsHandshake(30051, foreign).catch(() => 'refused'), true);
+      await assert.rejects(
+        mtlsHandshake(30051, { ...bundle, caCert: stranger.caCert }),
+        /fails mTLS/,
+        'a server the CA did not sign is refused',
+      );
+
+      // The kubeconfig: k3s's, pointed at the forwarded API port and named for the instance.
+      const kube = YAML.parse(fs.readFileSync(path.join(box.homeDir, '.kube', 'gw.yaml'), 'utf8'));
+      assert.equal(ready.kubeconfig, path.join(box.homeDir, '.kube', 'gw.yaml'));
+      assert.equal(kube.clusters[0].cluster.server, ready.kubeApi);
+      assert.match(String(ready.kubeApi), /^https:\/\/127\.0\.0\.1:\d+$/);
+      assert.equal(kube['current-context'], 'gw');
+      assert.equal(fs.statSync(path.join(box.homeDir, '.kube', 'gw.yaml')).mode & 0o777, 0o600);
+      assert.equal(
+        fs.existsSync(path.join(box.homeDir, '.kube', 'config')),
+        false,
+        '~/.kube/config untouched',
+      );
+    });
+    const ready = JSON.parse(run.stdout.toString().trim());
+    assert.equal(ready.name, 'gw');
+
+    // What the stand-in saw when the init started it.
+    assert.deepEqual(record('argv').trim().split('\n'), [
+      'server',
+      '--disable=traefik,servicelb,metrics-server',
+      '--disable-network-policy',
+      '--write-kubeconfig-mode=644',
+      '--node-ip=192.168.127.2',
+      '--kube-apiserver-arg=bind-address=0.0.0.0',
+      '--resolv-conf=/etc/resolv.conf',
+      '--tls-san=localhost,127.0.0.1,10.0.2.15,192.168.127.2',
+      '--flannel-backend=none',
+      '--snapshotter=native',
+      '--kube-proxy-arg=proxy-mode=nftables',
+    ]);
+    assert.deepEqual(
+      record('env')
+        .trim()
+        .split('\n')
+        .map((l) => l.split('=')[0]),
+      ['HOME', 'PATH', 'PWD'],
+    );
+    assert.equal(record('hostname').trim(), 'gateway');
+    const files = record('files');
+    const section = (name: string) =>
+      (files.split(`## ${name}\n`)[1] ?? '').split('\n## ')[0]?.trim().split('\n').filter(Boolean) ?? [];
+    assert.deepEqual(section('manifests').sort(), [
+      'agent-sandbox.yaml',
+      'openshell-helmchart.yaml',
+      'openshell-tls-secrets.yaml',
+      'user-own.yaml',
+    ]);
+    assert.deepEqual(section('cni'), ['10-bridge.conflist']);
+    assert.deepEqual(section('present').sort(), [
+      `/${CONTAINERD}/io.containerd.content.v1.content/blobs/sha256/keep`,
+      `/${CONTAINERD}/io.containerd.metadata.v1.bolt/meta.db`,
+      `/${CONTAINERD}/io.containerd.snapshotter.v1.native/snapshots/1/keep`,
+      `/${CONTAINERD}/io.containerd.snapshotter.v1.native/snapshots/1/keep.sock`,
+      `/${K3S}/server/manifests/user-own.yaml`,
+    ]);
+    const conflist = JSON.parse(record('conflist'));
+    assert.equal(conflist.cniVersion, '1.0.0');
+    assert.deepEqual(
+      conflist.plugins.map((p: { type: string }) => p.type),
+      ['bridge', 'portmap', 'loopback'],
+    );
+    assert.equal(conflist.plugins[0].bridge, 'cni0');
+    assert.equal(conflist.plugins[0].ipMasq, true);
+    assert.deepEqual(conflist.plugins[0].ipam.ranges, [[{ subnet: '10.42.0.0/24' }]]);
+    assert.doesNotMatch(record('helmchart'), /__[A-Z_]+__/);
+    assert.equal(record('agent-sandbox'), 'kind: Deployment\nspec:\n  x: 1\n');
+    assert.match(record('nft'), /ip daddr 192\.168\.127\.1 tcp dport 80 .*drop/);
+
+    // gvproxy's API is out of reach from the guest and from a pod-like namespace; DNS and
+    // outbound traffic through gvproxy work, and without the guard the API would answer.
+    const probes = Object.fromEntries(
+      record('probes')
+        .trim()
+        .split('\n')
+        .map((l) => l.split(' ')),
+    );
+    assert.deepEqual(probes, {
+      'guest-gvproxy-api': 'fail',
+      'guest-dns': 'ok',
+      'guest-host-http': 'ok',
+      'pod-gvproxy-api': 'fail',
+      'pod-host-http': 'ok',
+      'guest-gvproxy-api-unguarded': 'ok',
+      'pod-gvproxy-api-unguarded': 'ok',
+      'guest-gvproxy-api-reguarded': 'fail',
+    });
+
+    // Stale pod networking in a running kernel, removed by the init's clean-network step.
+    const clean = record('clean-network');
+    const before = (clean.split('## before\n')[1] ?? '').split('## after')[0] ?? '';
+    const afterPart = (clean.split('## after\n')[1] ?? '').split('## end')[0] ?? '';
+    for (const name of ['cni0', 'vstale0', 'stale-pod']) assert.match(before, new RegExp(name));
+    assert.deepEqual(afterPart.trim().split('\n'), ['lo', 'eth0']);
+  });
+
+  test('warm boot on another port: same credentials, metadata follows --port, --merge-kubeconfig', {
+    timeout: 600_000,
+  }, async () => {
+    const cfg = path.join(box.configDir, 'openshell');
+    const before = await readMtlsBundle(cfg, 'gw');
+    const kubeDir = path.join(box.homeDir, '.kube');
+    const existing = YAML.stringify({
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [{ name: 'work', cluster: { server: 'https://work.example:6443' } }],
+      users: [{ name: 'work', user: { token: 't' } }],
+      contexts: [{ name: 'work', context: { cluster: 'work', user: 'work' } }],
+      'current-context': 'work',
+    });
+    fs.mkdirSync(kubeDir, { recursive: true });
+    fs.writeFileSync(path.join(kubeDir, 'config'), existing);
+    await bootGateway(
+      box,
+      ['-p', '30951:30051', '--merge-kubeconfig', '--ready-timeout', '400'],
+      async (ready) => {
+        assert.equal(ready.bootstrap, 'warm');
+        assert.equal(ready.endpoint, 'https://127.0.0.1:30951');
+        const meta = JSON.parse(fs.readFileSync(path.join(cfg, 'gateways', 'gw', 'metadata.json'), 'utf8'));
+        assert.equal(meta.gateway_port, 30951);
+        const after = await readMtlsBundle(cfg, 'gw');
+        assert.deepEqual(after, before);
+        assert.equal(await mtlsHandshake(30951, after as NonNullable<typeof after>), true);
+        const merged = YAML.parse(fs.readFileSync(path.join(kubeDir, 'config'), 'utf8'));
+        assert.deepEqual(merged.contexts.map((c: { name: string }) => c.name).sort(), ['gw', 'work']);
+        assert.equal(merged['current-context'], 'work', 'current-context is kept unless --use-context');
+        assert.equal(typeof ready.kubeconfigBackup, 'string');
+        assert.equal(fs.readFileSync(String(ready.kubeconfigBackup), 'utf8'), existing);
+      },
+    );
+    // The stale state of a stopped gateway (the stand-in's own kubeconfig and records) is there,
+    // and this boot's cleanup ran again: no leftovers from the first boot's task dirs.
+    assert.equal(fs.existsSync(at(`${CONTAINERD}/io.containerd.runtime.v2.task`)), false);
+    assert.ok(fs.existsSync(at(`${CONTAINERD}/io.containerd.metadata.v1.bolt/meta.db`)));
+  });
+});
