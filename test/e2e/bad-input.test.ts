@@ -112,6 +112,13 @@ const cases: [string, string[], number, RegExp, RegExp][] = [
     /drop it to boot the gateway/,
   ],
   [
+    'verify without a gateway',
+    ['verify'],
+    2,
+    /no kubeconfig at .*\.kube\/default\.yaml/,
+    /start the gateway first/,
+  ],
+  [
     'exec with a gateway option',
     ['--json', '--exec', '/bin/true'],
     2,
