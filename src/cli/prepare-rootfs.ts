@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import { readEnvironment } from '../config/environment.ts';
 import { UsageError } from '../errors.ts';
 import { defaultGuestArch, parseGuestArch } from '../host/arch.ts';
-import { INSTANCE_NAME } from '../instance/runs.ts';
+import { parseInstanceName } from '../instance/runs.ts';
 import { parseImageReference } from '../oci/reference.ts';
 import { type BaseSpec, type ImageSpec, prepareRootfs } from '../rootfs/build.ts';
 import { DEFAULT_CHART, parseChartSpec } from '../rootfs/chart.ts';
@@ -66,12 +66,7 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
     process.stdout.write(PREPARE_HELP);
     return 0;
   }
-  const instance = single(args, 'name') ?? 'default';
-  if (!INSTANCE_NAME.test(instance)) {
-    throw new UsageError(`--name: invalid instance name '${instance}'`, {
-      hint: 'use letters, digits, - and _ (starting with a letter or digit, at most 63 characters)',
-    });
-  }
+  const instance = parseInstanceName(single(args, 'name'));
   const archText = single(args, 'arch');
   const arch = archText === undefined ? defaultGuestArch() : parseGuestArch(archText);
   const base = await parseBase(single(args, 'base'), single(args, 'mirror'));

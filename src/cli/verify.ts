@@ -5,7 +5,7 @@ import { integer } from '../config/exec-options.ts';
 import { HostError, isErrno, UsageError } from '../errors.ts';
 import { gatewayDir, readMtlsBundle } from '../gateway/client-config.ts';
 import { type VerifyReport, verifyGateway } from '../gateway/verify.ts';
-import { INSTANCE_NAME } from '../instance/runs.ts';
+import { parseInstanceName } from '../instance/runs.ts';
 import { type OptionSpec, parseArgs, single } from './args.ts';
 
 const OPTIONS: readonly OptionSpec[] = [
@@ -34,12 +34,7 @@ export async function verifyCommand(argv: readonly string[]): Promise<number> {
     process.stdout.write(VERIFY_HELP);
     return 0;
   }
-  const name = single(args, 'name') ?? 'default';
-  if (!INSTANCE_NAME.test(name)) {
-    throw new UsageError(`--name: invalid instance name '${name}'`, {
-      hint: 'use letters, digits, - and _ (starting with a letter or digit)',
-    });
-  }
+  const name = parseInstanceName(single(args, 'name'));
   const timeoutS = integer('--timeout', single(args, 'timeout') ?? '120', { min: 1, max: 86_400 }, 'seconds');
   const env = readEnvironment();
   const kubeconfig = path.resolve(single(args, 'kubeconfig') ?? path.join(env.kubeDir, `${name}.yaml`));

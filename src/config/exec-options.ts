@@ -3,7 +3,7 @@ import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
 import { UsageError } from '../errors.ts';
 import { mergeEnv, type WorkloadRequest } from '../exec/request.ts';
 import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
-import { INSTANCE_NAME } from '../instance/runs.ts';
+import { parseInstanceName } from '../instance/runs.ts';
 import { checkDuplicates, type PortForward, parsePortSpec } from '../net/ports.ts';
 import { type BackendName, parseBackend } from '../vmm/select.ts';
 
@@ -105,12 +105,7 @@ export function resolveExecOptions(
       ? EXEC_DEFAULTS.bootTimeoutS
       : integer('--boot-timeout', raw.bootTimeout, { min: 1, max: 86_400 }, 'seconds');
 
-  const instance = raw.name ?? EXEC_DEFAULTS.instance;
-  if (!INSTANCE_NAME.test(instance)) {
-    throw new UsageError(`--name: invalid instance name '${instance}'`, {
-      hint: 'use letters, digits, - and _ (starting with a letter or digit, at most 63 characters)',
-    });
-  }
+  const instance = parseInstanceName(raw.name);
 
   const network = (raw.net ?? 'gvproxy') as NetworkMode;
   if (!(NETWORKS as readonly string[]).includes(network)) {

@@ -4,7 +4,7 @@ import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
 import { UsageError } from '../errors.ts';
 import { GATEWAY_GUEST_PORT, KUBE_API_GUEST_PORT } from '../gateway/run-gateway.ts';
 import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
-import { INSTANCE_NAME } from '../instance/runs.ts';
+import { parseInstanceName } from '../instance/runs.ts';
 import { checkDuplicates, type PortForward, parsePortSpec } from '../net/ports.ts';
 import { type BackendName, parseBackend } from '../vmm/select.ts';
 import { type HostCapacity, integer, resolveMachine } from './exec-options.ts';
@@ -61,12 +61,7 @@ export function resolveGatewayOptions(
   host: HostCapacity,
 ): { readonly options: GatewayOptions; readonly warnings: readonly string[] } {
   const warnings: string[] = [];
-  const instance = raw.name ?? GATEWAY_DEFAULTS.instance;
-  if (!INSTANCE_NAME.test(instance)) {
-    throw new UsageError(`--name: invalid instance name '${instance}'`, {
-      hint: 'use letters, digits, - and _ (starting with a letter or digit, at most 63 characters)',
-    });
-  }
+  const instance = parseInstanceName(raw.name);
   if (raw.net !== undefined && raw.net !== 'gvproxy') {
     throw new UsageError(`--net ${raw.net}: the gateway runs on the gvproxy network only`, {
       hint: "drop --net: the gateway's port forwards, DNS and DHCP come from gvproxy",

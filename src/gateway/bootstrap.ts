@@ -3,6 +3,7 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { inRoot } from '../archive/root-path.ts';
 import { HostError, isErrno } from '../errors.ts';
+import { writeFileIfChanged } from '../host/fs.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import {
   gatewayDir,
@@ -67,7 +68,7 @@ export async function bootstrapGateway(options: {
   if (prebaked) {
     chosen = 'pre-baked';
     reason = `the rootfs carries a PKI (${PREBAKED_PKI_DIR})`;
-    await writeManifestIfChanged(manifest, renderTlsSecretsManifest(prebaked));
+    await writeFileIfChanged(manifest, renderTlsSecretsManifest(prebaked), 0o600);
     bundle = toBundle(prebaked);
     await writeMtlsBundle(options.configDir, options.name, bundle);
   } else {
@@ -85,7 +86,7 @@ export async function bootstrapGateway(options: {
           ? 'no host credentials for this gateway: new credentials'
           : 'the host credentials do not match the instance: new credentials';
       const pki = await generatePki(options.extraSans ? { extraSans: options.extraSans } : {});
-      await writeManifestIfChanged(manifest, renderTlsSecretsManifest(pki));
+      await writeFileIfChanged(manifest, renderTlsSecretsManifest(pki), 0o600);
       bundle = toBundle(pki);
       await writeMtlsBundle(options.configDir, options.name, bundle);
     }
@@ -161,12 +162,4 @@ async function readSecretsClient(
     // A damaged manifest is replaced by the cold path.
   }
   return undefined;
-}
-
-async function writeManifestIfChanged(file: string, text: string): Promise<void> {
-  const current = await fs.readFile(file, 'utf8').catch(() => undefined);
-  if (current === text) return;
-  await fs.mkdir(path.dirname(file), { recursive: true });
-  await fs.writeFile(`${file}.tmp`, text, { mode: 0o600 });
-  await fs.rename(`${file}.tmp`, file);
 }

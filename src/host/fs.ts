@@ -37,6 +37,20 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   }
 }
 
+/**
+ * Writes `text` to `file` (temporary sibling, then rename) unless the file already holds exactly
+ * that, so an unchanged file keeps its bytes and mtime (k3s's manifest watcher sees no change).
+ * Returns true when it wrote.
+ */
+export async function writeFileIfChanged(file: string, text: string, mode = 0o644): Promise<boolean> {
+  const current = await fs.readFile(file, 'utf8').catch(() => undefined);
+  if (current === text) return false;
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  await fs.writeFile(`${file}.tmp`, text, { mode });
+  await fs.rename(`${file}.tmp`, file);
+  return true;
+}
+
 /** True when `file` exists as anything, a dangling symlink included (lstat, not stat). */
 export async function lexists(file: string): Promise<boolean> {
   try {

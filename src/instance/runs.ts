@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
-import { isErrno } from '../errors.ts';
+import { isErrno, UsageError } from '../errors.ts';
 import { pathExists } from '../host/fs.ts';
 import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
 import type { PidRecord } from '../supervisor/process.ts';
@@ -36,6 +36,17 @@ const SUN_PATH_MAX = 103;
 const KEPT_RUNS = 5;
 
 export const INSTANCE_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
+
+/** `--name`, validated (default "default"). */
+export function parseInstanceName(name: string | undefined): string {
+  const instance = name ?? 'default';
+  if (!INSTANCE_NAME.test(instance)) {
+    throw new UsageError(`--name: invalid instance name '${instance}'`, {
+      hint: 'use letters, digits, - and _ (starting with a letter or digit, at most 63 characters)',
+    });
+  }
+  return instance;
+}
 
 export interface RunPaths {
   readonly id: string;

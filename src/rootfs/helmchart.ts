@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises';
 import { inRoot } from '../archive/root-path.ts';
 import { HostError, isErrno } from '../errors.ts';
+import { writeFileIfChanged } from '../host/fs.ts';
 import { ROOTFS_PATHS } from './layout.ts';
 
 /** Everything the HelmChart manifest depends on; stored in the rootfs so boots re-render the same. */
@@ -105,9 +106,5 @@ export async function writeGatewayManifest(rootfs: string): Promise<boolean> {
   }
   const rendered = renderHelmChart(template, values);
   const dest = await inRoot(rootfs, `${ROOTFS_PATHS.k3sManifests}/openshell-helmchart.yaml`);
-  const current = await fs.readFile(dest, 'utf8').catch(() => undefined);
-  if (current === rendered) return false;
-  await fs.writeFile(`${dest}.tmp`, rendered);
-  await fs.rename(`${dest}.tmp`, dest);
-  return true;
+  return writeFileIfChanged(dest, rendered);
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { createHash, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -10,19 +10,14 @@ import YAML from 'yaml';
 import { readMtlsBundle } from '../../src/gateway/client-config.ts';
 import { generatePki } from '../../src/gateway/pki.ts';
 import { mtlsHandshake } from '../../src/gateway/readiness.ts';
-import { findOnPath } from '../../src/host/toolchain.ts';
-import { type CliRun, ROOT, type Sandbox, sandbox } from './harness.ts';
+import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_SHA } from '../fixtures/stand-in.ts';
+import { type CliRun, type Sandbox, sandbox } from './harness.ts';
 
 // The gateway's guest init in a real VM (TCG) on a Debian rootfs from the rootfs builder, with a
 // STAND-IN k3s (test/fixtures/k3s-stand-in.sh): it is not k3s; it records what the init gave it,
 // probes the network, and serves mTLS on the gateway port with the certificates the host bootstrap
 // injected. Real k3s is exercised by k3s.test.ts when OPENSHELL_VM_K3S is set.
-const STAND_IN = path.join(ROOT, 'test/fixtures/k3s-stand-in.sh');
-const STAND_IN_SHA = createHash('sha256').update(fs.readFileSync(STAND_IN)).digest('hex');
-const CHART = path.join(ROOT, 'test/fixtures/chart/openshell');
-const missing = (await findOnPath('mmdebstrap', process.env.PATH ?? ''))
-  ? undefined
-  : 'mmdebstrap is not installed: apt-get install mmdebstrap (scripts/provision-host.sh installs it)';
+const missing = mmdebstrapMissing;
 
 const K3S = 'var/lib/rancher/k3s';
 const CONTAINERD = `${K3S}/agent/containerd`;

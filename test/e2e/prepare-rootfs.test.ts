@@ -4,7 +4,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { packTarBuffer } from '../../src/archive/tar-pack.ts';
-import { findOnPath } from '../../src/host/toolchain.ts';
 import type { RootfsRecord } from '../../src/rootfs/record.ts';
 import {
   buildLayer,
@@ -14,14 +13,10 @@ import {
   startRegistry,
   type TestRegistry,
 } from '../fixtures/registry.ts';
+import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_SHA } from '../fixtures/stand-in.ts';
 import { ROOT, type Sandbox, sandbox } from './harness.ts';
 
-const STAND_IN = path.join(ROOT, 'test/fixtures/k3s-stand-in.sh');
-const STAND_IN_SHA = createHash('sha256').update(fs.readFileSync(STAND_IN)).digest('hex');
-const CHART = path.join(ROOT, 'test/fixtures/chart/openshell');
-const missing = (await findOnPath('mmdebstrap', process.env.PATH ?? ''))
-  ? undefined
-  : 'mmdebstrap is not installed: apt-get install mmdebstrap (scripts/provision-host.sh installs it)';
+const missing = mmdebstrapMissing;
 
 const fileSha = (f: string) => createHash('sha256').update(fs.readFileSync(f)).digest('hex');
 
