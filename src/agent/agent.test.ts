@@ -1,0 +1,190 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
+import { after, before, describe, it } from 'node:test';
+import { testEnvironment } from '../../test/fixtures/env.ts';
+import { ensureAgent } from '../guest/agent-build.ts';
+import { defaultGuestArch } from '../host/arch.ts';
+import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
+import { controlRequest, ExecSession } from './client.ts';
+import { ControlServer } from './control.ts';
+import { AgentLink } from './link.ts';
+import { FRAME, parseAgentTime } from './protocol.ts';
+
+/**
+ * The real agent (compiled for this host) on its --stdio channel, behind the real link and
+ * control socket: what `openshell-vm exec` does, without a VM.
+ */
+describe('guest agent, link, control socket and exec client', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-agent-'));
+  const socketPath = path.join(dir, 'ctl.sock');
+  let agent: ChildProcess;
+  let link: AgentLink;
+  let control: ControlServer;
+  const stops: number[] = [];
+
+  before(async () => {
+    const env = testEnvironment(dir, { searchPath: process.env.PATH ?? '' });
+    const binary = await ensureAgent(env, defaultGuestArch());
+    agent = spawn(binary.path, ['--stdio'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    link = new AgentLink();
+    link.attach(Duplex.from({ readable: agent.stdout, writable: agent.stdin }));
+    assert.ok(await link.waitHello(5_000), 'the agent said hello');
+    control = await ControlServer.listen(socketPath, link, { onStop: (ms) => stops.push(ms) });
+  });
+
+  after(async () => {
+    await control.close();
+    await link.close();
+    agent.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const collect = () => {
+    const chunks: Buffer[] = [];
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        chunks.push(chunk);
+        cb();
+      },
+    });
+    return {
+      stream,
+      text: () => Buffer.concat(chunks).toString(),
+      bytes: () => Buffer.concat(chunks).length,
+    };
+  };
+
+  async function exec(
+    argv: string[],
+    options: { env?: string[]; workdir?: string; tty?: boolean; stdin?: Readable } = {},
+  ) {
+    const out = collect();
+    const err = collect();
+    const session = await ExecSession.start(
+      socketPath,
+      'test',
+      {
+        argv,
+        env: options.env ?? [],
+        workdir: options.workdir ?? '',
+        tty: options.tty ?? false,
+        rows: 24,
+        cols: 80,
+      },
+      { stdin: options.stdin, stdout: out.stream, stderr: err.stream },
+    );
+    return { session, out, err };
+  }
+
+  it('says hello with its architecture', () => {
+    assert.equal(link.hello?.version, 'ovm-agent/1');
+    assert.equal(link.hello?.arch, defaultGuestArch());
+  });
+
+  it('returns the exit code and keeps stdout and stderr apart', async () => {
+    const { session, out, err } = await exec(['sh', '-c', 'echo out; echo err >&2; exit 7']);
+    assert.equal(await session.done, 7);
+    assert.equal(out.text(), 'out\n');
+    assert.equal(err.text(), 'err\n');
+  });
+
+  it('passes stdin through to its end', async () => {
+    const { session, out } = await exec(['sh', '-c', 'cat; echo done'], {
+      stdin: Readable.from([Buffer.from('hello '), Buffer.from('world\n')]),
+    });
+    assert.equal(await session.done, 0);
+    assert.equal(out.text(), 'hello world\ndone\n');
+  });
+
+  it('sets the environment and the working directory', async () => {
+    const { session, out } = await exec(['sh', '-c', 'echo "$FOO"; pwd'], {
+      env: ['FOO=b a r'],
+      workdir: '/tmp',
+    });
+    assert.equal(await session.done, 0);
+    assert.equal(out.text(), 'b a r\n/tmp\n');
+  });
+
+  it('says why a command cannot run: 127 not found, 126 not executable, 125 bad workdir', async () => {
+    const missing = await exec(['/no/such/command']);
+    assert.equal(await missing.session.done, 127);
+    assert.match(missing.err.text(), /cannot run '\/no\/such\/command': No such file or directory/);
+    const plain = path.join(dir, 'plain-file');
+    fs.writeFileSync(plain, 'x', { mode: 0o644 });
+    const notExec = await exec([plain]);
+    assert.equal(await notExec.session.done, 126);
+    const badDir = await exec(['true'], { workdir: '/no/such/dir' });
+    assert.equal(await badDir.session.done, 125);
+    assert.match(badDir.err.text(), /cannot change to directory '\/no\/such\/dir'/);
+  });
+
+  it('streams large output whole', async () => {
+    const { session, out, err } = await exec(['head', '-c', '3000000', '/dev/zero']);
+    assert.equal(await session.done, 0, err.text());
+    assert.equal(out.bytes(), 3_000_000, err.text());
+  });
+
+  it('runs sessions at once', async () => {
+    const a = await exec(['sh', '-c', 'sleep 0.5; echo a']);
+    const b = await exec(['sh', '-c', 'echo b']);
+    assert.equal(await b.session.done, 0);
+    assert.equal(a.out.text(), '', 'a is still running when b is done');
+    assert.equal(await a.session.done, 0);
+    assert.equal(a.out.text(), 'a\n');
+  });
+
+  it('forwards signals to the command: 128+N', async () => {
+    const { session } = await exec(['sleep', '30']);
+    await new Promise((r) => setTimeout(r, 200));
+    session.signal('TERM');
+    assert.equal(await session.done, 143);
+  });
+
+  it('kills the command when the client goes away', async () => {
+    const pidFile = path.join(dir, 'sleeper.pid');
+    const { session } = await exec(['sh', '-c', `echo $$ > ${pidFile}; exec sleep 100`]);
+    for (let i = 0; i < 50 && !fs.existsSync(pidFile); i++) await new Promise((r) => setTimeout(r, 50));
+    const pid = Number(fs.readFileSync(pidFile, 'utf8'));
+    const started = await processStartTime(pid);
+    assert.ok(started);
+    session.close();
+    await assert.rejects(session.done);
+    let alive = true;
+    for (let i = 0; i < 50 && alive; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      alive = await isSameProcess(pid, started);
+    }
+    assert.equal(alive, false, 'the command was killed');
+  });
+
+  it('runs on a pseudo-terminal: a tty device, its size, and size changes', async () => {
+    const stdin = new PassThrough();
+    const { session, out } = await exec(['sh', '-c', 'tty; stty size; read x; stty size'], {
+      tty: true,
+      stdin,
+    });
+    for (let i = 0; i < 100 && !/\d+ \d+/.test(out.text()); i++) await new Promise((r) => setTimeout(r, 20));
+    session.resize(40, 100);
+    await new Promise((r) => setTimeout(r, 100));
+    stdin.write('go\n');
+    assert.equal(await session.done, 0);
+    const lines = out.text().split(/\r?\n/);
+    assert.match(lines[0] ?? '', /^\/dev\/pts\/\d+$/);
+    assert.equal(lines[1], '24 80');
+    assert.ok(lines.includes('40 100'), out.text());
+  });
+
+  it('reads the guest clock and forwards stop requests', async () => {
+    const t0 = Date.now();
+    const frame = await controlRequest(socketPath, 'test', FRAME.timeGet, '', 2_000);
+    const guest = parseAgentTime(frame.payload.toString());
+    assert.ok(Math.abs(guest - t0) < 2_000, `agent clock ${guest} vs host ${t0}`);
+    const ack = await controlRequest(socketPath, 'test', FRAME.stop, '4500', 2_000);
+    assert.equal(ack.type, FRAME.pong);
+    assert.deepEqual(stops, [4500]);
+  });
+});

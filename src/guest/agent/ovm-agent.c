@@ -1,0 +1,607 @@
+/*
+ * ovm-agent: openshell-vm's in-guest agent (static, no libraries beyond libc).
+ *
+ * The host talks to it over one byte stream: the virtio-serial port named org.openshell.agent
+ * (QEMU), a device given as the first argument, or its stdin/stdout with "--stdio" (tests). Everything on the stream is a frame:
+ *
+ *   u32 length (big-endian, of what follows)   u8 type   u32 channel (big-endian)   payload
+ *
+ * Channel 0 is the agent itself (hello, ping, clock, shutdown); every other channel is one
+ * command session the host opened. The agent runs many sessions at once, each in its own session
+ * and process group, on pipes or on a pseudo-terminal.
+ *
+ * Host to guest: OPEN (start a command), STDIN (bytes; empty = end of input), RESIZE (u16 rows,
+ * u16 cols), SIGNAL (a name: INT, TERM, HUP, QUIT, KILL), CLOSE (the host side went away: kill
+ * the session), PING, TIME_GET, TIME_SET ("SEC.NSEC"), SHUTDOWN (SIGTERM to PID 1, whose trap
+ * stops the guest in order).
+ * Guest to host: HELLO ("ovm-agent/1 ARCH", sent at start), STDOUT, STDERR, EXIT (i32 code:
+ * the exit status, 128+N for signal N, 127 not found, 126 not executable, 125 the agent failed),
+ * PONG, TIME ("SEC.NSEC" of CLOCK_REALTIME).
+ *
+ * OPEN's payload is NUL-terminated strings: "t" or "-" (terminal), rows, cols, workdir, argc,
+ * argv..., envc, env... (NAME=VALUE entries added to, or replacing, the agent's environment).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+  F_OPEN = 1, F_STDIN = 2, F_RESIZE = 3, F_SIGNAL = 4, F_STDOUT = 5, F_STDERR = 6, F_EXIT = 7,
+  F_CLOSE = 8, F_TIME_GET = 9, F_TIME = 10, F_TIME_SET = 11, F_SHUTDOWN = 12, F_HELLO = 13,
+  F_PING = 14, F_PONG = 15,
+};
+
+#define PORT_NAME "org.openshell.agent"
+#define MAX_FRAME (1u << 20)
+#define MAX_SESSIONS 64
+#define CHUNK 16384
+/* After a command exits: how long to wait for the rest of its output (a background child may
+ * keep the pipes open). */
+#define DRAIN_MS 300
+
+#ifndef OVM_ARCH
+#if defined(__x86_64__)
+#define OVM_ARCH "x86_64"
+#elif defined(__aarch64__)
+#define OVM_ARCH "aarch64"
+#else
+#define OVM_ARCH "unknown"
+#endif
+#endif
+
+extern char **environ;
+
+struct session {
+  uint32_t ch;
+  pid_t pid;
+  int tty;
+  int in_fd;  /* stdin pipe (write end) or the pty master; -1 once closed */
+  int out_fd; /* stdout pipe (read end) or the pty master */
+  int err_fd; /* stderr pipe (read end); -1 with a terminal */
+  char *pending; /* stdin bytes not written yet */
+  size_t pending_len;
+  int in_eof;    /* close stdin once pending is written */
+  int exited;
+  int code;
+  long long drain_until; /* ms; set when the process has exited */
+};
+
+static struct session *sessions[MAX_SESSIONS];
+static int port = -1;     /* read from */
+static int port_out = -1; /* written to (the same fd, except with --stdio) */
+static unsigned char *rbuf;
+static size_t rlen;
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void logmsg(const char *fmt, const char *arg) {
+  fprintf(stderr, "ovm-agent: ");
+  fprintf(stderr, fmt, arg);
+  fputc('\n', stderr);
+}
+
+static int write_all(int fd, const void *buf, size_t len) {
+  const unsigned char *p = buf;
+  while (len) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        struct pollfd w = {.fd = fd, .events = POLLOUT};
+        poll(&w, 1, 1000);
+        continue;
+      }
+      return -1;
+    }
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static void put32(unsigned char *p, uint32_t v) {
+  p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+static uint32_t get32(const unsigned char *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void send_frame(int type, uint32_t ch, const void *data, size_t len) {
+  unsigned char head[9];
+  put32(head, (uint32_t)(len + 5));
+  head[4] = (unsigned char)type;
+  put32(head + 5, ch);
+  if (port_out < 0) return;
+  if (write_all(port_out, head, sizeof head) < 0 || (len && write_all(port_out, data, len) < 0)) {
+    logmsg("write to the host failed: %s", strerror(errno));
+  }
+}
+
+static void send_text(int type, uint32_t ch, const char *text) { send_frame(type, ch, text, strlen(text)); }
+
+static void send_time(uint32_t ch) {
+  struct timespec ts;
+  char text[64];
+  clock_gettime(CLOCK_REALTIME, &ts);
+  snprintf(text, sizeof text, "%lld.%09ld", (long long)ts.tv_sec, ts.tv_nsec);
+  send_text(F_TIME, ch, text);
+}
+
+static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+static struct session *find_session(uint32_t ch) {
+  for (int i = 0; i < MAX_SESSIONS; i++)
+    if (sessions[i] && sessions[i]->ch == ch) return sessions[i];
+  return NULL;
+}
+
+static void close_fd(int *fd) {
+  if (*fd >= 0) close(*fd);
+  *fd = -1;
+}
+
+static void free_session(struct session *s) {
+  for (int i = 0; i < MAX_SESSIONS; i++)
+    if (sessions[i] == s) sessions[i] = NULL;
+  if (s->tty) {
+    /* in_fd and out_fd are the same master */
+    if (s->out_fd >= 0) close(s->out_fd);
+  } else {
+    close_fd(&s->in_fd);
+    close_fd(&s->out_fd);
+    close_fd(&s->err_fd);
+  }
+  free(s->pending);
+  free(s);
+}
+
+static void finish_session(struct session *s) {
+  unsigned char code[4];
+  put32(code, (uint32_t)s->code);
+  send_frame(F_EXIT, s->ch, code, 4);
+  free_session(s);
+}
+
+/* One failed start: a message on the session's stderr, then its exit code. */
+static void refuse(uint32_t ch, int code, const char *what, const char *detail) {
+  char text[512];
+  unsigned char c[4];
+  snprintf(text, sizeof text, "ovm-agent: %s: %s\n", what, detail);
+  send_text(F_STDERR, ch, text);
+  put32(c, (uint32_t)code);
+  send_frame(F_EXIT, ch, c, 4);
+}
+
+/* Splits OPEN's payload into its NUL-terminated fields; returns how many, -1 if malformed. */
+static int split_fields(char *p, size_t len, char **out, int max) {
+  int n = 0;
+  size_t i = 0;
+  while (i < len) {
+    if (n == max) return -1;
+    out[n++] = p + i;
+    char *end = memchr(p + i, 0, len - i);
+    if (!end) return -1;
+    i = (size_t)(end - p) + 1;
+  }
+  return n;
+}
+
+static char **merged_env(char **extra, int n) {
+  int base = 0;
+  while (environ[base]) base++;
+  char **env = calloc((size_t)(base + n + 1), sizeof *env);
+  if (!env) return NULL;
+  int k = 0;
+  for (int i = 0; i < base; i++) {
+    size_t key = strcspn(environ[i], "=");
+    int replaced = 0;
+    for (int j = 0; j < n; j++)
+      if (strncmp(extra[j], environ[i], key) == 0 && extra[j][key] == '=') replaced = 1;
+    if (!replaced) env[k++] = environ[i];
+  }
+  for (int j = 0; j < n; j++) env[k++] = extra[j];
+  env[k] = NULL;
+  return env;
+}
+
+static void open_session(uint32_t ch, char *payload, size_t len) {
+  char *f[4097];
+  int n = split_fields(payload, len, f, 4096);
+  if (find_session(ch)) return;
+  if (n < 6) return refuse(ch, 125, "bad request", "malformed OPEN");
+  int tty = f[0][0] == 't';
+  int rows = atoi(f[1]), cols = atoi(f[2]);
+  const char *workdir = f[3];
+  int argc = atoi(f[4]);
+  if (argc < 1 || 5 + argc >= n) return refuse(ch, 125, "bad request", "no command");
+  char **argv = &f[5];
+  int envc = atoi(f[5 + argc]);
+  if (envc < 0 || 6 + argc + envc != n) return refuse(ch, 125, "bad request", "bad environment");
+  char **extra = &f[6 + argc];
+  f[5 + argc] = NULL; /* argv ends here (the slot held envc) */
+
+  int slot = -1;
+  for (int i = 0; i < MAX_SESSIONS; i++)
+    if (!sessions[i]) { slot = i; break; }
+  if (slot < 0) return refuse(ch, 125, "too many sessions", "at most 64 at once");
+
+  int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, status[2];
+  int master = -1;
+  char *slave_name = NULL;
+  if (tty) {
+    master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0 || !(slave_name = ptsname(master))) {
+      if (master >= 0) close(master);
+      return refuse(ch, 125, "cannot open a pseudo-terminal", strerror(errno));
+    }
+    struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+    if (rows > 0 && cols > 0) ioctl(master, TIOCSWINSZ, &ws);
+  } else if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
+    return refuse(ch, 125, "cannot make pipes", strerror(errno));
+  }
+  if (pipe2(status, O_CLOEXEC) < 0) return refuse(ch, 125, "cannot make a pipe", strerror(errno));
+  char **env = merged_env(extra, envc);
+
+  pid_t pid = fork();
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    setsid();
+    if (tty) {
+      int slave = open(slave_name, O_RDWR);
+      if (slave < 0) goto failed;
+      ioctl(slave, TIOCSCTTY, 0);
+      dup2(slave, 0); dup2(slave, 1); dup2(slave, 2);
+      if (slave > 2) close(slave);
+    } else {
+      dup2(in[0], 0); dup2(out[1], 1); dup2(err[1], 2);
+    }
+    if (workdir[0] && chdir(workdir) < 0) {
+      int e = -errno; /* negative: the working directory, not the command */
+      write(status[1], &e, sizeof e);
+      _exit(125);
+    }
+    if (env) environ = env;
+    execvp(argv[0], argv);
+  failed:;
+    int e = errno;
+    write(status[1], &e, sizeof e);
+    _exit(e == ENOENT ? 127 : 126);
+  }
+  free(env);
+  close(status[1]);
+  if (pid < 0) {
+    int e = errno;
+    close(status[0]);
+    if (tty) close(master);
+    else { close(in[0]); close(in[1]); close(out[0]); close(out[1]); close(err[0]); close(err[1]); }
+    return refuse(ch, 125, "fork failed", strerror(e));
+  }
+  if (!tty) { close(in[0]); close(out[1]); close(err[1]); }
+
+  /* The status pipe closes on exec (success) or carries errno (failure). */
+  int e = 0;
+  ssize_t got;
+  do got = read(status[0], &e, sizeof e); while (got < 0 && errno == EINTR);
+  close(status[0]);
+  if (got == (ssize_t)sizeof e) {
+    waitpid(pid, NULL, 0);
+    if (tty) close(master);
+    else { close(in[1]); close(out[0]); close(err[0]); }
+    char what[300];
+    if (e < 0) {
+      snprintf(what, sizeof what, "cannot change to directory '%s'", workdir);
+      return refuse(ch, 125, what, strerror(-e));
+    }
+    snprintf(what, sizeof what, "cannot run '%s'", argv[0]);
+    return refuse(ch, e == ENOENT ? 127 : 126, what, strerror(e));
+  }
+
+  struct session *s = calloc(1, sizeof *s);
+  s->ch = ch;
+  s->pid = pid;
+  s->tty = tty;
+  s->in_fd = tty ? master : in[1];
+  s->out_fd = tty ? master : out[0];
+  s->err_fd = tty ? -1 : err[0];
+  set_nonblock(s->out_fd);
+  if (!tty) { set_nonblock(s->in_fd); set_nonblock(s->err_fd); }
+  sessions[slot] = s;
+}
+
+static void flush_stdin(struct session *s) {
+  while (s->pending_len && s->in_fd >= 0) {
+    ssize_t n = write(s->in_fd, s->pending, s->pending_len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return;
+      s->pending_len = 0; /* the command closed its stdin: drop the rest */
+      break;
+    }
+    memmove(s->pending, s->pending + n, s->pending_len - (size_t)n);
+    s->pending_len -= (size_t)n;
+  }
+  if (!s->pending_len && s->in_eof && s->in_fd >= 0) {
+    if (s->tty) {
+      /* A terminal has no end of input: send the EOF character (^D) instead. */
+      char eof = 4;
+      write(s->in_fd, &eof, 1);
+      s->in_eof = 0;
+    } else {
+      close_fd(&s->in_fd);
+    }
+  }
+}
+
+static int signal_number(const char *name) {
+  static const struct { const char *name; int sig; } table[] = {
+    {"INT", SIGINT}, {"TERM", SIGTERM}, {"HUP", SIGHUP}, {"QUIT", SIGQUIT}, {"KILL", SIGKILL},
+    {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"WINCH", SIGWINCH},
+  };
+  for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+    if (strcmp(name, table[i].name) == 0) return table[i].sig;
+  return 0;
+}
+
+static void handle_frame(int type, uint32_t ch, unsigned char *p, size_t len) {
+  struct session *s = ch ? find_session(ch) : NULL;
+  char text[64];
+  switch (type) {
+  case F_OPEN:
+    if (ch) open_session(ch, (char *)p, len);
+    break;
+  case F_STDIN:
+    if (!s || s->in_fd < 0) break;
+    if (!len) {
+      s->in_eof = 1;
+    } else {
+      char *grown = realloc(s->pending, s->pending_len + len);
+      if (!grown) break;
+      s->pending = grown;
+      memcpy(s->pending + s->pending_len, p, len);
+      s->pending_len += len;
+    }
+    flush_stdin(s);
+    break;
+  case F_RESIZE:
+    if (s && s->tty && len >= 4) {
+      struct winsize ws = {.ws_row = (unsigned short)(p[0] << 8 | p[1]), .ws_col = (unsigned short)(p[2] << 8 | p[3])};
+      ioctl(s->in_fd, TIOCSWINSZ, &ws);
+    }
+    break;
+  case F_SIGNAL:
+    if (s && !s->exited && len < sizeof text) {
+      memcpy(text, p, len);
+      text[len] = 0;
+      int sig = signal_number(text);
+      if (sig) kill(-s->pid, sig);
+    }
+    break;
+  case F_CLOSE:
+    if (s) {
+      if (!s->exited) kill(-s->pid, SIGKILL);
+      /* reaped later by SIGCHLD; the session is gone for the host already */
+      s->exited = 1;
+      s->drain_until = 0;
+      free_session(s);
+    }
+    break;
+  case F_PING:
+    send_frame(F_PONG, ch, p, len);
+    break;
+  case F_TIME_GET:
+    send_time(ch);
+    break;
+  case F_TIME_SET:
+    if (len < sizeof text) {
+      memcpy(text, p, len);
+      text[len] = 0;
+      char *dot;
+      struct timespec ts = {.tv_sec = strtoll(text, &dot, 10), .tv_nsec = 0};
+      if (*dot == '.') ts.tv_nsec = strtol(dot + 1, NULL, 10);
+      if (clock_settime(CLOCK_REALTIME, &ts) < 0) logmsg("cannot set the clock: %s", strerror(errno));
+    }
+    send_time(ch);
+    break;
+  case F_SHUTDOWN:
+    logmsg("%s", "shutdown requested by the host");
+    kill(1, SIGTERM);
+    break;
+  }
+}
+
+static void read_port(void) {
+  unsigned char buf[CHUNK];
+  ssize_t n = read(port, buf, sizeof buf);
+  if (n <= 0) {
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    /* --stdio: the host is gone, so is the agent. A port: the host side is not connected (yet, or
+     * any more): wait for it. */
+    if (port == 0) {
+      for (int i = 0; i < MAX_SESSIONS; i++)
+        if (sessions[i] && !sessions[i]->exited) kill(-sessions[i]->pid, SIGKILL);
+      exit(0);
+    }
+    usleep(200000);
+    return;
+  }
+  unsigned char *grown = realloc(rbuf, rlen + (size_t)n);
+  if (!grown) return;
+  rbuf = grown;
+  memcpy(rbuf + rlen, buf, (size_t)n);
+  rlen += (size_t)n;
+  size_t off = 0;
+  while (rlen - off >= 4) {
+    uint32_t flen = get32(rbuf + off);
+    if (flen < 5 || flen > MAX_FRAME) {
+      logmsg("%s", "bad frame from the host: resetting the stream");
+      off = rlen;
+      break;
+    }
+    if (rlen - off < 4 + flen) break;
+    handle_frame(rbuf[off + 4], get32(rbuf + off + 5), rbuf + off + 9, flen - 5);
+    off += 4 + flen;
+  }
+  memmove(rbuf, rbuf + off, rlen - off);
+  rlen -= off;
+}
+
+/* Forwards what a command wrote; returns 0 at end of file (or EIO on a terminal). */
+static int pump(struct session *s, int fd, int type) {
+  unsigned char buf[CHUNK];
+  for (int rounds = 0; rounds < 8; rounds++) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n > 0) {
+      send_frame(type, s->ch, buf, (size_t)n);
+      if (s->exited) s->drain_until = now_ms() + DRAIN_MS;
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 1;
+    return 0;
+  }
+  return 1;
+}
+
+static void reap(int sfd) {
+  struct signalfd_siginfo info;
+  while (read(sfd, &info, sizeof info) > 0) {}
+  int st;
+  pid_t pid;
+  while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+    for (int i = 0; i < MAX_SESSIONS; i++) {
+      struct session *s = sessions[i];
+      if (!s || s->pid != pid) continue;
+      s->exited = 1;
+      s->code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      s->drain_until = now_ms() + DRAIN_MS;
+    }
+  }
+}
+
+static int open_port(const char *given) {
+  if (given && strcmp(given, "--stdio") == 0) return 0;
+  if (given) return open(given, O_RDWR | O_CLOEXEC);
+  glob_t g;
+  int fd = -1;
+  if (glob("/sys/class/virtio-ports/*/name", 0, NULL, &g) == 0) {
+    for (size_t i = 0; i < g.gl_pathc && fd < 0; i++) {
+      char name[128] = {0};
+      FILE *f = fopen(g.gl_pathv[i], "r");
+      if (!f) continue;
+      if (fgets(name, sizeof name, f)) name[strcspn(name, "\n")] = 0;
+      fclose(f);
+      if (strcmp(name, PORT_NAME) != 0) continue;
+      char dev[300];
+      const char *dir = g.gl_pathv[i] + strlen("/sys/class/virtio-ports/");
+      snprintf(dev, sizeof dev, "/dev/%.*s", (int)strcspn(dir, "/"), dir);
+      fd = open(dev, O_RDWR | O_CLOEXEC);
+    }
+    globfree(&g);
+  }
+  return fd;
+}
+
+int main(int argc, char **argv) {
+  const char *given = argc > 1 ? argv[1] : NULL;
+  for (int tries = 0; (port = open_port(given)) < 0; tries++) {
+    if (tries == 50) {
+      logmsg("no host channel (%s)", given ? given : "virtio-serial port " PORT_NAME);
+      return 1;
+    }
+    usleep(100000);
+  }
+  port_out = given && strcmp(given, "--stdio") == 0 ? 1 : port;
+  if (isatty(port)) {
+    /* A terminal as the channel: raw bytes, no line discipline. */
+    struct termios t;
+    if (tcgetattr(port, &t) == 0) {
+      cfmakeraw(&t);
+      tcsetattr(port, TCSANOW, &t);
+    }
+  }
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &mask, NULL);
+  int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  send_text(F_HELLO, 0, "ovm-agent/1 " OVM_ARCH);
+
+  for (;;) {
+    struct pollfd fds[2 + 3 * MAX_SESSIONS];
+    struct { struct session *s; int which; } who[2 + 3 * MAX_SESSIONS];
+    int n = 0, timeout = -1;
+    long long now = now_ms();
+    fds[n] = (struct pollfd){.fd = port, .events = POLLIN};
+    who[n++].s = NULL;
+    fds[n] = (struct pollfd){.fd = sfd, .events = POLLIN};
+    who[n++].s = NULL;
+    for (int i = 0; i < MAX_SESSIONS; i++) {
+      struct session *s = sessions[i];
+      if (!s) continue;
+      if (s->exited) {
+        long long left = s->drain_until - now;
+        if (left <= 0 || (s->out_fd < 0 && s->err_fd < 0)) {
+          finish_session(s);
+          continue;
+        }
+        if (timeout < 0 || left < timeout) timeout = (int)left;
+      }
+      if (s->out_fd >= 0) {
+        fds[n] = (struct pollfd){.fd = s->out_fd, .events = POLLIN};
+        who[n].s = s; who[n++].which = 1;
+      }
+      if (s->err_fd >= 0) {
+        fds[n] = (struct pollfd){.fd = s->err_fd, .events = POLLIN};
+        who[n].s = s; who[n++].which = 2;
+      }
+      if (!s->tty && s->in_fd >= 0 && s->pending_len) {
+        fds[n] = (struct pollfd){.fd = s->in_fd, .events = POLLOUT};
+        who[n].s = s; who[n++].which = 0;
+      }
+    }
+    if (poll(fds, (nfds_t)n, timeout) < 0) {
+      if (errno == EINTR) continue;
+      logmsg("poll: %s", strerror(errno));
+      return 1;
+    }
+    if (fds[1].revents) reap(sfd);
+    for (int i = 2; i < n; i++) {
+      struct session *s = who[i].s;
+      if (!fds[i].revents || !find_session(s->ch)) continue;
+      if (who[i].which == 0) {
+        if (fds[i].revents & POLLERR) { s->pending_len = 0; close_fd(&s->in_fd); }
+        else flush_stdin(s);
+      } else if (who[i].which == 1) {
+        if (!pump(s, s->out_fd, F_STDOUT)) {
+          if (s->tty) { close(s->out_fd); s->out_fd = -1; s->in_fd = -1; }
+          else close_fd(&s->out_fd);
+        }
+      } else if (!pump(s, s->err_fd, F_STDERR)) {
+        close_fd(&s->err_fd);
+      }
+    }
+    if (fds[0].revents & POLLIN) read_port();
+    else if (fds[0].revents & (POLLHUP | POLLERR)) usleep(200000);
+  }
+}
