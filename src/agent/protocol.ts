@@ -50,7 +50,7 @@ export function encodeFrame(
 
 /** Splits a byte stream into frames; throws on a frame that cannot be one (length out of range). */
 export class FrameDecoder {
-  #buf = Buffer.alloc(0);
+  #buf: Buffer = Buffer.alloc(0);
 
   push(chunk: Buffer): Frame[] {
     this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
