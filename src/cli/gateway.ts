@@ -8,20 +8,25 @@ import {
   KUBE_API_GUEST_PORT,
   runGateway,
 } from '../gateway/run-gateway.ts';
+import { resetInstance } from '../instance/lifecycle.ts';
 import { checkHostPortsFree, freeLoopbackPort } from '../net/ports.ts';
 import { rootfsDir } from '../rootfs/build.ts';
 import { readRootfsRecord } from '../rootfs/record.ts';
 import { type ParsedArgs, single } from './args.ts';
+import { reportDetachedReady, runDetached } from './detach.ts';
 import { Reporter } from './reporter.ts';
 import { Interrupted, withSignals } from './signals.ts';
 import { chooseVmm } from './vmm-choice.ts';
+
+/** How long a stop gives k3s to wind down before the VM is killed. */
+export const GATEWAY_STOP_TIMEOUT_MS = 30_000;
 
 /**
  * `openshell-vm [OPTIONS]` without --exec: boots the gateway in the foreground, prints Ready
  * (or one JSON object with --json) on stdout, and runs until Ctrl-C/SIGTERM, which stops it and
  * exits 0. A failure before Ready exits 125 (130/143 when interrupted).
  */
-export async function gatewayCommand(args: ParsedArgs): Promise<number> {
+export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]): Promise<number> {
   const raw: RawGatewayOptions = {
     name: single(args, 'name'),
     rootfs: single(args, 'rootfs'),
@@ -62,10 +67,21 @@ export async function gatewayCommand(args: ParsedArgs): Promise<number> {
   const forwards = [options.gateway, api, ...options.extraForwards];
   const { backend, accel } = await chooseVmm(env, { ...options, network: 'gvproxy', forwards }, reporter);
   await checkHostPortsFree(forwards);
+  const supervise = args.flags.has('supervise');
+  if (args.flags.has('detach') && !supervise) {
+    return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'));
+  }
+
+  if (args.flags.has('reset')) {
+    const removed = await resetInstance(env, options.instance, rootfs);
+    reporter.progress(
+      `reset: cluster state and credentials of '${options.instance}' removed (${removed.length} paths); the built rootfs layers are kept`,
+    );
+  }
 
   let ready: GatewayReady | undefined;
   try {
-    return await withSignals(reporter, 'stopping the gateway', async (signal) => {
+    return await withSignals(reporter, 'stopping the gateway', async (signal, force) => {
       await runGateway(
         env,
         {
@@ -83,13 +99,17 @@ export async function gatewayCommand(args: ParsedArgs): Promise<number> {
           useContext: options.useContext,
           extraSans: options.extraSans,
           keepLogs: args.flags.has('keep-logs'),
+          stopTimeoutMs: GATEWAY_STOP_TIMEOUT_MS,
         },
         {
           backend,
           signal,
+          force,
+          detached: supervise,
           kubeDir: env.kubeDir,
           onEvent: (e) => {
             if (e.type === 'guest') reporter.progress(`guest: ${e.message}`);
+            else if (e.type === 'agent' || e.type === 'clock') reporter.progress(e.message);
             else if (e.type === 'stage' && e.stage === 'stopping') {
               if (ready || signal.aborted) reporter.progress(e.message);
             } else reporter.event(e as Record<string, unknown>);
@@ -97,7 +117,9 @@ export async function gatewayCommand(args: ParsedArgs): Promise<number> {
           onReady: (r) => {
             ready = r;
             reporter.event({ type: 'ready', ...r });
-            process.stdout.write(json ? `${JSON.stringify(r)}\n` : renderReady(r));
+            const text = json ? `${JSON.stringify(r)}\n` : renderReady(r, supervise);
+            if (supervise) reportDetachedReady(text);
+            else process.stdout.write(text);
           },
         },
       );
@@ -110,7 +132,7 @@ export async function gatewayCommand(args: ParsedArgs): Promise<number> {
   }
 }
 
-export function renderReady(r: GatewayReady): string {
+export function renderReady(r: GatewayReady, detached = false): string {
   const rows: [string, string][] = [
     ['endpoint', `${r.endpoint} (mTLS; guest port ${GATEWAY_GUEST_PORT})`],
     ['mTLS', `${r.mtlsDir}/ (ca.crt, tls.crt, tls.key)`],
@@ -127,5 +149,7 @@ export function renderReady(r: GatewayReady): string {
   rows.push(['console', r.consoleLog]);
   return `Ready in ${(r.readyMs / 1000).toFixed(1)} s: gateway '${r.name}' (${r.backend}/${r.accel}, credentials ${r.bootstrap})\n${rows
     .map(([k, v]) => `  ${k.padEnd(11)}${v}\n`)
-    .join('')}Ctrl-C stops it.\n`;
+    .join(
+      '',
+    )}${detached ? `Running in the background: openshell-vm status ${r.name}; openshell-vm stop ${r.name} stops it.` : 'Ctrl-C stops it (twice: at once).'}\n`;
 }

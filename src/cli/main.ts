@@ -6,9 +6,12 @@ import { runExec } from '../exec/run-exec.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
 import { packageVersion } from '../version.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
+import { reportDetachedReady, runDetached } from './detach.ts';
 import { doctorCommand } from './doctor.ts';
+import { execIntoCommand } from './exec-into.ts';
 import { gatewayCommand } from './gateway.ts';
 import { HELP } from './help.ts';
+import { deleteCommand, listCommand, logsCommand, statusCommand, stopCommand } from './instances.ts';
 import { kernelCommand } from './kernel.ts';
 import { prepareRootfsCommand } from './prepare-rootfs.ts';
 import { Reporter } from './reporter.ts';
@@ -45,6 +48,10 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'json', kind: 'flag' },
   { name: 'quiet', short: 'q', kind: 'flag' },
   { name: 'keep-logs', kind: 'flag' },
+  { name: 'detach', short: 'd', kind: 'flag' },
+  { name: 'reset', kind: 'flag' },
+  // Internal: this process is the background supervisor --detach started.
+  { name: 'supervise', kind: 'flag' },
   { name: 'debug', kind: 'flag' },
   { name: 'help', short: 'h', kind: 'flag' },
   { name: 'version', short: 'V', kind: 'flag' },
@@ -58,6 +65,7 @@ const GATEWAY_ONLY = [
   'merge-kubeconfig',
   'use-context',
   'json',
+  'reset',
 ] as const;
 
 export async function main(argv: readonly string[]): Promise<number> {
@@ -77,6 +85,12 @@ async function dispatch(argv: readonly string[]): Promise<number> {
   if (argv[0] === 'prepare-rootfs') return prepareRootfsCommand(argv.slice(1));
   if (argv[0] === 'rootfs') return rootfsCommand(argv.slice(1));
   if (argv[0] === 'verify') return verifyCommand(argv.slice(1));
+  if (argv[0] === 'status') return statusCommand(argv.slice(1));
+  if (argv[0] === 'list' || argv[0] === 'ls') return listCommand(argv.slice(1));
+  if (argv[0] === 'stop') return stopCommand(argv.slice(1));
+  if (argv[0] === 'logs') return logsCommand(argv.slice(1));
+  if (argv[0] === 'delete' || argv[0] === 'rm') return deleteCommand(argv.slice(1));
+  if (argv[0] === 'exec') return execIntoCommand(argv.slice(1));
   // `run` may come first or after options: `openshell-vm -q run -- PATH`.
   let args = parseArgs(argv, OPTIONS, true);
   const isRun = args.rest[0] === 'run';
@@ -109,7 +123,7 @@ async function dispatch(argv: readonly string[]): Promise<number> {
       throw new UsageError('run: no command given', {
         hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]',
       });
-    return execCommand(args, args.rest[0] as string, args.rest.slice(1));
+    return execCommand(args, args.rest[0] as string, args.rest.slice(1), argv);
   }
   const exec = single(args, 'exec');
   if (exec === undefined) {
@@ -120,7 +134,7 @@ async function dispatch(argv: readonly string[]): Promise<number> {
         });
       }
     }
-    return gatewayCommand(args);
+    return gatewayCommand(args, argv);
   }
   for (const name of GATEWAY_ONLY) {
     if (args.values.has(name) || args.flags.has(name)) {
@@ -129,10 +143,15 @@ async function dispatch(argv: readonly string[]): Promise<number> {
       });
     }
   }
-  return execCommand(args, exec, args.values.get('args') ?? []);
+  return execCommand(args, exec, args.values.get('args') ?? [], argv);
 }
 
-async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly string[]): Promise<number> {
+async function execCommand(
+  args: ParsedArgs,
+  exec: string,
+  guestArgs: readonly string[],
+  argv: readonly string[],
+): Promise<number> {
   const raw: RawExecOptions = {
     exec,
     args: guestArgs,
@@ -164,13 +183,31 @@ async function execCommand(args: ParsedArgs, exec: string, guestArgs: readonly s
   const env = readEnvironment();
   const { backend, accel } = await chooseVmm(env, options, reporter);
   await checkHostPortsFree(options.forwards);
+  const supervise = args.flags.has('supervise');
+  if (args.flags.has('detach') && !supervise) {
+    return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'));
+  }
 
   return withSignals(reporter, 'stopping the microVM', async (signal) => {
     const result = await runExec(
       env,
-      { ...options, accel, keepLogs: args.flags.has('keep-logs') },
+      { ...options, accel, keepLogs: args.flags.has('keep-logs'), detached: supervise },
       { stdout: process.stdout, stderr: process.stderr },
-      { backend, signal, onEvent: (e) => reporter.event(e) },
+      {
+        backend,
+        signal,
+        onEvent: (e) => {
+          reporter.event(e);
+          if (supervise && e.type === 'stage' && e.stage === 'running') {
+            reportDetachedReady(
+              `Started: '${[exec, ...guestArgs].join(' ')}' in instance '${options.instance}' (${backend.name}/${accel.accel}).\n` +
+                `  output     openshell-vm logs ${options.instance} --source output\n` +
+                `  exec       openshell-vm exec ${options.instance} -- sh\n` +
+                `Running in the background: openshell-vm stop ${options.instance} stops it.\n`,
+            );
+          }
+        },
+      },
     );
     if (result.message) reporter.notice(result.message);
     reporter.event({

@@ -28,6 +28,8 @@ export interface HostEnvironment {
   readonly openshellConfigDir: string;
   /** Where gateway kubeconfigs go (~/.kube/NAME.yaml), and the kubeconfig --merge-kubeconfig adds to (~/.kube/config). */
   readonly kubeDir: string;
+  /** OPENSHELL_VM_CLOCK_CHECK_MS: how often a running instance checks its guest's clock (default 10 s). */
+  readonly clockCheckMs: number;
 }
 
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvironment {
@@ -51,6 +53,7 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvir
     dataDir: env.OPENSHELL_VM_DATA_DIR || path.join(xdgData, 'openshell-vm'),
     runtimeDir: env.XDG_RUNTIME_DIR ? path.join(runtimeBase, 'ovm') : runtimeBase,
     searchPath: env.PATH ?? '',
+    clockCheckMs: positiveNumber(env.OPENSHELL_VM_CLOCK_CHECK_MS) ?? 10_000,
     toolOverrides,
     runtimeBundleDir: env.OPENSHELL_VM_RUNTIME_DIR || undefined,
     dockerConfigPath: path.join(env.DOCKER_CONFIG || path.join(home, '.docker'), 'config.json'),
@@ -62,4 +65,9 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvir
     openshellConfigDir: path.join(env.XDG_CONFIG_HOME || path.join(home, '.config'), 'openshell'),
     kubeDir: path.join(home, '.kube'),
   };
+}
+
+function positiveNumber(value: string | undefined): number | undefined {
+  const n = Number(value);
+  return value && Number.isFinite(n) && n >= 100 ? n : undefined;
 }

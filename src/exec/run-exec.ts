@@ -5,18 +5,15 @@ import type { Writable } from 'node:stream';
 import type { AccelChoice } from '../accel/probe.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { VmError } from '../errors.ts';
-import { ensureGuestArtifacts } from '../guest/artifacts.ts';
+import { ensureAgent, installAgent } from '../guest/agent-build.ts';
+import { ensureGuestArtifacts, type GuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
 import { pathExists } from '../host/fs.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
-import {
-  addRunPath,
-  createRun,
-  finishRun,
-  RUN_FILES,
-  type RunPaths,
-  sweepStaleRuns,
-} from '../instance/runs.ts';
+import { takeInstanceLock } from '../instance/lock.ts';
+import { describeReap, reapStaleInstance } from '../instance/reap.ts';
+import { addRunPath, createRun, finishRun, instanceDir, RUN_FILES, type RunPaths } from '../instance/runs.ts';
+import { InstanceSupervisor } from '../instance/supervisor.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { verifyRootfsForBoot } from '../rootfs/record.ts';
@@ -53,6 +50,8 @@ export interface ExecPlan {
   readonly forwards: readonly PortForward[];
   /** A prepared rootfs (verified against its build record before boot); default: the embedded one. */
   readonly rootfs?: string | undefined;
+  /** Run by a detached supervisor (openshell-vm run --detach), for the state file. */
+  readonly detached?: boolean | undefined;
 }
 
 export type ExecStage = 'artifacts' | 'boot' | 'network' | 'running' | 'done';
@@ -123,21 +122,35 @@ export async function runExec(
   });
   const tArtifacts = now();
 
-  const swept = await sweepStaleRuns(env, plan.instance);
-  if (swept.removedRuns.length) {
-    const stopped = swept.stoppedProcesses.map((p) => `${p.name} (pid ${p.pid})`).join(', ');
-    emit({
-      type: 'warning',
-      message: `cleaned up ${swept.removedRuns.length} run(s) left by a CLI that died${stopped ? `; stopped ${stopped}` : ''}`,
-    });
+  // One VM per instance at a time: a second start is refused at once, naming the holder.
+  const release = await takeInstanceLock(instanceDir(env, plan.instance), plan.instance, 'running a command');
+  try {
+    const reaped = describeReap(await reapStaleInstance(env, plan.instance));
+    if (reaped) emit({ type: 'warning', message: reaped });
+    return await runLocked(env, plan, io, options, artifacts, emit, now, t0, tArtifacts);
+  } finally {
+    await release();
   }
+}
 
+async function runLocked(
+  env: HostEnvironment,
+  plan: ExecPlan,
+  io: { readonly stdout: Writable; readonly stderr: Writable },
+  options: ExecOptions,
+  artifacts: GuestArtifacts,
+  emit: (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) => void,
+  now: () => number,
+  t0: number,
+  tArtifacts: number,
+): Promise<ExecResult> {
   // A prepared rootfs must be this tool's build: guest scripts and (QEMU) kernel modules.
   const rootDir = plan.rootfs ?? artifacts.rootfs;
   if (plan.rootfs) {
     const record = await verifyRootfsForBoot(plan.rootfs, {
       kernelRelease: options.backend.features.workload === 'guest-init' ? artifacts.kernelRelease : undefined,
     });
+    await installAgent(plan.rootfs, await ensureAgent(env, plan.arch));
     emit({
       type: 'stage',
       stage: 'artifacts',
@@ -148,6 +161,7 @@ export async function runExec(
   const run = await createRun(env, plan.instance);
   const handoff = path.join(rootDir, '.ovm', 'run', run.id);
   let session: VmSession | undefined;
+  let supervisor: InstanceSupervisor | undefined;
   let sinks: OutputSink[] = [];
   let failed = true;
   // QEMU: openshell-vm's guest init runs the command (request and status through the shared
@@ -165,6 +179,23 @@ export async function runExec(
       sinks = [stdoutSink, stderrSink];
     }
 
+    supervisor = await InstanceSupervisor.open(
+      env,
+      run,
+      plan.instance,
+      {
+        mode: 'run',
+        detached: plan.detached ?? false,
+        backend: options.backend.name,
+        accel: plan.accel.accel,
+        arch: plan.arch,
+        vcpus: plan.vcpus,
+        memMib: plan.memMib,
+        forwards: plan.forwards.map(describeForward),
+        command: [plan.request.exec, ...plan.request.args],
+      },
+      (e) => emit({ type: 'stage', stage: 'running', message: e.message }),
+    );
     const tBoot = now();
     session = await VmSession.start(
       env,
@@ -184,6 +215,7 @@ export async function runExec(
             ? [
                 { name: OUTPUT_PORTS.stdout, socketPath: stdoutSink.socketPath },
                 { name: OUTPUT_PORTS.stderr, socketPath: stderrSink.socketPath },
+                supervisor.agentPort,
               ]
             : [],
         workload: vmmRuns
@@ -200,13 +232,21 @@ export async function runExec(
       { backend: options.backend, signal: options.signal, emit },
     );
     const running = session.vm;
+    await supervisor.attach(session);
+    // openshell-vm stop: the guest init stops the command (SIGTERM) and reports its status.
+    const stopping = session;
+    const owner = supervisor;
+    void supervisor.stopRequested.then((ms) => owner.shutdownGuest(stopping, ms, options.signal));
     if (plan.forwards.length) {
       emit({ type: 'stage', stage: 'network', message: plan.forwards.map(describeForward).join(', ') });
     }
 
+    if (vmmRuns) await owner.ready({}); // libkrun runs the command itself, as soon as it boots
     const { status, tStarted } = vmmRuns
       ? await waitVmmExit(running, options.signal, now)
-      : await waitGuestInit(running, handoff, run, plan.bootTimeoutMs, options.signal, now, emit);
+      : await waitGuestInit(running, handoff, run, plan.bootTimeoutMs, options.signal, now, emit, () =>
+          owner.ready({}),
+        );
     await Promise.all(sinks.map((s) => s.drained(2_000)));
     const tDone = now();
     const message = describeStatus(status, plan.request);
@@ -226,6 +266,7 @@ export async function runExec(
     };
   } finally {
     await session?.close();
+    await supervisor?.close();
     for (const sink of sinks) await sink.close();
     await fs.rm(handoff, { recursive: true, force: true });
     await finishRun(run, failed || plan.keepLogs);
@@ -241,6 +282,7 @@ async function waitGuestInit(
   signal: AbortSignal | undefined,
   now: () => number,
   emit: (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) => void,
+  onStarted: () => Promise<void>,
 ): Promise<{ status: GuestStatus; tStarted: number }> {
   const started = await poll<'started' | 'exited'>(
     async () => {
@@ -256,8 +298,10 @@ async function waitGuestInit(
     });
   }
   const tStarted = now();
-  if (started === 'started')
+  if (started === 'started') {
+    await onStarted();
     emit({ type: 'stage', stage: 'running', message: 'command started in the guest' });
+  }
   await raceAbort(vm.exited, signal);
   const status = await readStatus(handoff);
   if (!status) {

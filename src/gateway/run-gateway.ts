@@ -3,11 +3,14 @@ import type { AccelChoice } from '../accel/probe.ts';
 import { inRoot } from '../archive/root-path.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { VmError } from '../errors.ts';
+import { ensureAgent } from '../guest/agent-build.ts';
 import { ensureGuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { takeInstanceLock } from '../instance/lock.ts';
-import { createRun, finishRun, instanceDir, type RunPaths, sweepStaleRuns } from '../instance/runs.ts';
+import { describeReap, reapStaleInstance } from '../instance/reap.ts';
+import { createRun, finishRun, instanceDir, type RunPaths } from '../instance/runs.ts';
+import { InstanceSupervisor, type SupervisorEvent } from '../instance/supervisor.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { prepareRootfsForBoot } from '../rootfs/boot-prep.ts';
@@ -45,6 +48,8 @@ export interface GatewayPlan {
   readonly useContext: boolean;
   readonly extraSans: readonly string[];
   readonly keepLogs: boolean;
+  /** How long an orderly stop (Ctrl-C, SIGTERM) gives the guest before the VM is killed. */
+  readonly stopTimeoutMs: number;
 }
 
 export interface GatewayReady {
@@ -70,7 +75,8 @@ export type GatewayEvent =
       readonly stage: 'prepare' | 'bootstrap' | 'network' | 'ready' | 'stopping';
       readonly message: string;
     }
-  | { readonly type: 'guest'; readonly message: string };
+  | { readonly type: 'guest'; readonly message: string }
+  | SupervisorEvent;
 
 export interface GatewayOptions {
   readonly backend: VmmBackend;
@@ -80,6 +86,10 @@ export interface GatewayOptions {
   readonly onReady?: ((ready: GatewayReady) => void) | undefined;
   /** Where the gateway's kubeconfig goes (~/.kube). */
   readonly kubeDir: string;
+  /** Aborted to skip the orderly stop and kill the VM at once (a second Ctrl-C). */
+  readonly force?: AbortSignal | undefined;
+  /** The supervisor runs in the background (openshell-vm --detach), for the state file. */
+  readonly detached?: boolean | undefined;
 }
 
 /**
@@ -100,20 +110,19 @@ export async function runGateway(
   const release = await takeInstanceLock(dir, plan.instance, 'running the gateway');
   let run: RunPaths | undefined;
   let session: VmSession | undefined;
+  let supervisor: InstanceSupervisor | undefined;
+  let stopTimeoutMs: number | undefined;
+  let isReady = false;
   let stopFollow: (() => Promise<void>) | undefined;
   let failed = true;
   try {
     const guest = await loadGuestInputs(env, plan.arch);
     const artifacts = await ensureGuestArtifacts(env, guest);
-    const swept = await sweepStaleRuns(env, plan.instance);
-    if (swept.removedRuns.length) {
-      emit({
-        type: 'warning',
-        message: `cleaned up ${swept.removedRuns.length} run(s) left by a CLI that died${swept.stoppedProcesses.length ? `; stopped ${swept.stoppedProcesses.map((p) => `${p.name} (pid ${p.pid})`).join(', ')}` : ''}`,
-      });
-    }
+    const reaped = describeReap(await reapStaleInstance(env, plan.instance));
+    if (reaped) emit({ type: 'warning', message: reaped });
     const prep = await prepareRootfsForBoot(plan.rootfs, {
       kernelRelease: options.backend.features.workload === 'guest-init' ? artifacts.kernelRelease : undefined,
+      agent: await ensureAgent(env, plan.arch),
     });
     emit({
       type: 'stage',
@@ -132,6 +141,25 @@ export async function runGateway(
     });
 
     const forwards = [plan.gateway, plan.api, ...plan.extraForwards];
+    supervisor = await InstanceSupervisor.open(
+      env,
+      run,
+      plan.instance,
+      {
+        mode: 'gateway',
+        detached: options.detached ?? false,
+        backend: options.backend.name,
+        accel: plan.accel.accel,
+        arch: plan.arch,
+        vcpus: plan.vcpus,
+        memMib: plan.memMib,
+        forwards: forwards.map(describeForward),
+      },
+      emit,
+    );
+    void supervisor.stopRequested.then((ms) => {
+      stopTimeoutMs = ms;
+    });
     // The host bootstrap runs while the guest boots: k3s picks the Secrets manifest up whenever
     // it lands in its auto-deploy directory, and the guest init never removes it.
     const bootstrapping = bootstrapGateway({
@@ -155,13 +183,14 @@ export async function runGateway(
         kernelArgs: ['ovm.mode=gateway'],
         rootDir: plan.rootfs,
         rootMode: 'rw',
-        ports: [],
+        ports: [supervisor.agentPort],
         network: 'gvproxy',
         forwards,
       },
       { backend: options.backend, signal: options.signal, emit },
     );
     const vm = session.vm;
+    await supervisor.attach(session);
     emit({ type: 'stage', stage: 'network', message: forwards.map(describeForward).join(', ') });
     const boot = await bootstrapping;
     emit({
@@ -238,6 +267,13 @@ export async function runGateway(
       consoleLog,
       readyMs: Math.round(performance.now() - t0),
     };
+    await supervisor.ready({
+      gateway: ready.endpoint,
+      kubeApi: ready.kubeApi,
+      kubeconfig: ready.kubeconfig,
+      mtlsDir: ready.mtlsDir,
+    });
+    isReady = true;
     emit({
       type: 'stage',
       stage: 'ready',
@@ -245,13 +281,18 @@ export async function runGateway(
     });
     options.onReady?.(ready);
 
-    // Foreground: until Ctrl-C (the signal) or the VM stops by itself.
-    await new Promise<void>((_resolve, reject) => {
+    // Foreground: until Ctrl-C (the signal), openshell-vm stop, or the VM stops by itself.
+    const stopped = supervisor.stopRequested;
+    await new Promise<void>((resolve, reject) => {
       const onAbort = () => reject(options.signal?.reason);
       if (options.signal?.aborted) return onAbort();
       options.signal?.addEventListener('abort', onAbort, { once: true });
+      void stopped.then(() => {
+        options.signal?.removeEventListener('abort', onAbort);
+        resolve();
+      });
       void vm.exited.then(async () => {
-        if (options.signal?.aborted) return; // stopped because of the abort, not by itself
+        if (options.signal?.aborted || stopTimeoutMs !== undefined) return; // stopped on request
         options.signal?.removeEventListener('abort', onAbort);
         failed = true;
         reject(await ended());
@@ -259,8 +300,19 @@ export async function runGateway(
     });
   } finally {
     emit({ type: 'stage', stage: 'stopping', message: 'stopping the gateway microVM' });
+    if (session && supervisor && isReady && !session.vm.hasExited) {
+      // k3s's datastore and containerd's state are on the shared root: stop them in order.
+      const how = await supervisor.shutdownGuest(session, stopTimeoutMs ?? plan.stopTimeoutMs, options.force);
+      if (how === 'forced') {
+        emit({
+          type: 'warning',
+          message: `the guest did not stop within ${((stopTimeoutMs ?? plan.stopTimeoutMs) / 1000).toFixed(0)} s: killed`,
+        });
+      }
+    }
     await session?.close();
     await stopFollow?.();
+    await supervisor?.close();
     if (run) await finishRun(run, failed || plan.keepLogs);
     await release();
   }

@@ -1,10 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { inRoot } from '../archive/root-path.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
 import { DEB_ARCH, type GuestArch, hostArch } from '../host/arch.ts';
-import { pathExists } from '../host/fs.ts';
+import { pathExists, writeFileIfChanged } from '../host/fs.ts';
 import { findOnPath } from '../host/toolchain.ts';
 import { runCommand } from '../supervisor/command.ts';
 
@@ -64,4 +65,12 @@ async function findCompiler(env: HostEnvironment, arch: GuestArch): Promise<stri
   throw new HostError(`no C compiler for ${arch} guests: the guest agent (ovm-agent) cannot be built`, {
     hint: `run scripts/provision-host.sh, or: apt-get install ${hostArch() === arch ? 'gcc libc6-dev' : cross.packages}`,
   });
+}
+
+/**
+ * Puts the agent into a rootfs openshell-vm built (at build time, and again before each boot, so a
+ * rootfs built by an older version gets the current agent). Returns whether it was (re)written.
+ */
+export async function installAgent(root: string, agent: AgentBinary): Promise<boolean> {
+  return writeFileIfChanged(await inRoot(root, AGENT_GUEST_PATH), agent.bytes, 0o755);
 }

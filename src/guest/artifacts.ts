@@ -6,6 +6,7 @@ import { isErrno } from '../errors.ts';
 import { DEB_ARCH, type GuestArch } from '../host/arch.ts';
 import { pathExists } from '../host/fs.ts';
 import type { GuestInputs } from '../host/toolchain.ts';
+import { ensureAgent } from './agent-build.ts';
 import { writeDefaultRootfs } from './default-rootfs.ts';
 import { buildInitramfs, INITRAMFS_MODULES, loadInitramfsInputs } from './initramfs.ts';
 import { readModuleIndex, resolveLoadOrder } from './modules.ts';
@@ -36,8 +37,9 @@ export async function readGuestScripts(): Promise<GuestScripts> {
 }
 
 /** The content key: every input that changes the bytes of the artifacts. */
-export function artifactKey(guest: GuestInputs, scripts: GuestScripts): string {
+export function artifactKey(guest: GuestInputs, scripts: GuestScripts, agentSha256: string): string {
   const identity = {
+    agent: agentSha256,
     format: ARTIFACT_FORMAT,
     busybox: guest.busybox.binarySha256,
     vmlinuz: guest.kernel.vmlinuzSha256,
@@ -59,7 +61,8 @@ export async function ensureGuestArtifacts(
   guest: GuestInputs,
 ): Promise<GuestArtifacts> {
   const scripts = await readGuestScripts();
-  const key = artifactKey(guest, scripts);
+  const agent = await ensureAgent(env, guest.arch);
+  const key = artifactKey(guest, scripts, agent.sha256);
   const dir = path.join(env.cacheDir, 'artifacts', DEB_ARCH[guest.arch], key);
   const result = (built: boolean): GuestArtifacts => ({
     arch: guest.arch,
@@ -79,7 +82,7 @@ export async function ensureGuestArtifacts(
     const order = resolveLoadOrder(index, INITRAMFS_MODULES, guest.kernel.release);
     const inputs = await loadInitramfsInputs(guest, scripts.initramfsInit, order);
     await fs.writeFile(path.join(tmp, 'initramfs.cpio.gz'), buildInitramfs(inputs));
-    await writeDefaultRootfs(path.join(tmp, 'rootfs'), inputs.busybox, scripts.ovmInit);
+    await writeDefaultRootfs(path.join(tmp, 'rootfs'), inputs.busybox, scripts.ovmInit, agent.bytes);
     await fs.writeFile(
       path.join(tmp, 'complete'),
       `${JSON.stringify({ key, modules: order.map((m) => m.name) })}\n`,

@@ -103,6 +103,7 @@ export async function addRunPath(run: RunPaths, extra: string): Promise<void> {
 
 /** Ends a run: removes its directory and extra paths, or keeps its logs (failed runs). */
 export async function finishRun(run: RunPaths, keepLogs: boolean): Promise<void> {
+  await saveRunLogs(run.dir, run.instanceDir);
   const owner = await readOwner(run.dir);
   for (const extra of owner?.extraPaths ?? []) await fs.rm(extra, { recursive: true, force: true });
   if (keepLogs) {
@@ -160,6 +161,7 @@ export async function sweepStaleRuns(env: HostEnvironment, instance: string): Pr
       }
     }
     for (const extra of owner.extraPaths) await fs.rm(extra, { recursive: true, force: true });
+    await saveRunLogs(dir, instanceDir(env, instance));
     await fs.rm(dir, { recursive: true, force: true });
     removedRuns.push(id);
   }
@@ -174,7 +176,33 @@ async function readPidRecord(file: string): Promise<PidRecord | undefined> {
   }
 }
 
-async function terminate(record: PidRecord): Promise<void> {
+/**
+ * Copies a run's logs (console, VMM, helpers) to the instance's logs/ directory, replacing the
+ * previous run's, so `openshell-vm logs` shows the last run after it ended (or crashed).
+ */
+export async function saveRunLogs(runDir: string, base: string): Promise<void> {
+  const logs = path.join(base, 'logs');
+  const entries = await fs.readdir(runDir).catch(() => [] as string[]);
+  const files = entries.filter((e) => e.endsWith('.log'));
+  if (!files.length) return;
+  await fs.mkdir(logs, { recursive: true, mode: 0o700 });
+  for (const stale of await fs.readdir(logs)) {
+    // The supervisor's own logs (detached runs) belong to the instance, not to a run.
+    if (stale.endsWith('.log') && !RUN_INDEPENDENT_LOGS.has(stale))
+      await fs.rm(path.join(logs, stale), { force: true });
+  }
+  for (const file of files) {
+    await fs.copyFile(path.join(runDir, file), path.join(logs, file)).catch(() => undefined);
+  }
+}
+
+const RUN_INDEPENDENT_LOGS: ReadonlySet<string> = new Set(['supervisor.log', 'output.log']);
+
+/** Stops a process of ours: SIGTERM, then SIGKILL after 2 s; only while pid and start time match. */
+export async function terminate(record: {
+  readonly pid: number;
+  readonly startTime: string | undefined;
+}): Promise<void> {
   const send = (signal: NodeJS.Signals) => {
     try {
       process.kill(record.pid, signal);
@@ -188,6 +216,10 @@ async function terminate(record: PidRecord): Promise<void> {
     await new Promise((r) => setTimeout(r, 50));
   }
   send('SIGKILL');
+  for (let i = 0; i < 40; i++) {
+    if (!(await isSameProcess(record.pid, record.startTime))) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
 }
 
 async function pruneKeptRuns(base: string): Promise<void> {

@@ -1,4 +1,5 @@
 import { inRoot } from '../archive/root-path.ts';
+import { type AgentBinary, installAgent } from '../guest/agent-build.ts';
 import { writeGatewayManifest } from './helmchart.ts';
 import { cleanKineDatastore, type KineReport } from './kine.ts';
 import { ROOTFS_PATHS } from './layout.ts';
@@ -20,9 +21,10 @@ export interface BootPreparation {
  */
 export async function prepareRootfsForBoot(
   rootfs: string,
-  options: { readonly kernelRelease?: string | undefined } = {},
+  options: { readonly kernelRelease?: string | undefined; readonly agent?: AgentBinary | undefined } = {},
 ): Promise<BootPreparation> {
   const record = await verifyRootfsForBoot(rootfs, options);
+  if (options.agent) await installAgent(rootfs, options.agent);
   const kine = await cleanKineDatastore(await inRoot(rootfs, ROOTFS_PATHS.kineDb));
   const manifestWritten = await writeGatewayManifest(rootfs);
   return { record, kine, manifestWritten };

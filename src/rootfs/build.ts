@@ -6,6 +6,7 @@ import { dirInRoot, inRoot, resolveInRoot } from '../archive/root-path.ts';
 import { extractTar } from '../archive/tar-extract.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, UsageError } from '../errors.ts';
+import { ensureAgent, installAgent } from '../guest/agent-build.ts';
 import type { GuestArch } from '../host/arch.ts';
 import { lexists, pathExists, replaceDirectory } from '../host/fs.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
@@ -247,6 +248,7 @@ export async function prepareRootfs(
         sha256: s.sha256,
         path: s.dest,
       });
+    await installAgent(tmp, await ensureAgent(env, request.arch));
     await linkBusyboxApplets(tmp, warn);
     for (const d of [
       'proc',

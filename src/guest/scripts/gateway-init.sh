@@ -198,6 +198,8 @@ check_capabilities() {
 
 main() {
   ts "gateway init started"
+  # A stop asked before k3s runs (openshell-vm stop, through the agent): nothing to wind down.
+  trap 'ts "stop requested before k3s started"; sync; reboot -f' TERM INT
   mkdir -p /sys/fs/cgroup
   mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || grep -qw cgroup2 /proc/mounts || fatal "cannot mount cgroup2 on /sys/fs/cgroup (k3s needs the unified hierarchy)"
   mkdir -p /sys/fs/bpf

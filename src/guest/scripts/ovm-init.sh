@@ -12,6 +12,9 @@
 #   Codes follow libkrun's init: 127 not found, 126 not executable, 125 this init failed before
 #   running the command; a command killed by signal N gives 128+N.
 # The console (kernel and this script's progress lines) goes to the host's console log only.
+# In both modes the guest agent (/sbin/ovm-agent, openshell-vm exec) runs on the virtio-serial
+# port org.openshell.agent when the host provides one; SIGTERM to PID 1 (the agent's shutdown
+# request) stops the command (exec mode) or k3s (gateway mode), then the VM.
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -127,6 +130,23 @@ find_port() { # NAME -> /dev/vportNpM
   return 1
 }
 
+# The agent, restarted if it dies, with the environment `openshell-vm exec` commands start from.
+start_agent() {
+  [ -x /sbin/ovm-agent ] || return 0
+  find_port org.openshell.agent >/dev/null || return 0
+  kubeconfig=
+  [ "$mode" = gateway ] && kubeconfig=/etc/rancher/k3s/k3s.yaml
+  (
+    trap - TERM
+    while :; do
+      env -i PATH="$PATH" HOME=/root TERM=xterm ${kubeconfig:+KUBECONFIG=$kubeconfig} /sbin/ovm-agent
+      ts "agent exited with status $?; restarting it"
+      sleep 1
+    done
+  ) </dev/null >/dev/console 2>&1 &
+  ts "agent started"
+}
+
 run_exec() {
   [ -n "$run" ] || finish 125 no-run-id
   [ -r "$handoff/request.sh" ] || finish 125 no-request
@@ -165,9 +185,19 @@ run_exec() {
     done
     ovm_setenv
     exec "$target" "$@"
-  ) </dev/null >"$out" 2>"$err"
-  finish $? exited
+  ) </dev/null >"$out" 2>"$err" &
+  child=$!
+  trap 'ts "stop requested: SIGTERM to the command"; kill -TERM $child 2>/dev/null' TERM
+  # wait returns early when the trap runs; the command (a zombie until reaped) is waited again.
+  while :; do
+    wait $child
+    code=$?
+    kill -0 $child 2>/dev/null || break
+  done
+  finish $code exited
 }
+
+start_agent
 
 case $mode in
   exec) run_exec ;;

@@ -1,0 +1,95 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { HostEnvironment } from '../config/environment.ts';
+import { HostError } from '../errors.ts';
+import { readLockHolder } from '../instance/lock.ts';
+import { instanceDir } from '../instance/runs.ts';
+import { LOGS_DIR } from '../instance/state.ts';
+import { followFile } from '../supervisor/follow.ts';
+import { isSameProcess } from '../supervisor/identity.ts';
+import type { Reporter } from './reporter.ts';
+import { Interrupted, withSignals } from './signals.ts';
+
+/** The hidden option a detached supervisor is started with (never typed by users). */
+export const SUPERVISE_FLAG = '--supervise';
+
+/** What a detached supervisor tells the command that started it. */
+export type DetachMessage = { readonly type: 'ready'; readonly text: string };
+
+/** In a detached supervisor: tells the starting command that the instance is up, then lets it go. */
+export function reportDetachedReady(text: string): void {
+  if (!process.send) return;
+  process.send({ type: 'ready', text } satisfies DetachMessage, () => {
+    if (process.connected) process.disconnect();
+  });
+}
+
+/**
+ * `--detach`: starts this same command again as a background supervisor (its own session, no
+ * terminal; stderr to logs/supervisor.log and, for run, the command's stdout to logs/output.log
+ * in the instance directory), shows its progress from that log, and returns once it reports the
+ * instance ready (the gateway answers; the command has started): exit 0 with its Ready text on
+ * stdout. If it fails first, its error is shown and its exit code returned. Ctrl-C while waiting
+ * stops it, and leaves nothing running.
+ */
+export async function runDetached(
+  env: HostEnvironment,
+  instance: string,
+  argv: readonly string[],
+  reporter: Reporter,
+  quiet: boolean,
+): Promise<number> {
+  const dir = instanceDir(env, instance);
+  const holder = await readLockHolder(dir);
+  if (holder && (await isSameProcess(holder.pid, holder.startTime))) {
+    throw new HostError(
+      `instance '${instance}' is in use: openshell-vm (pid ${holder.pid}) is ${holder.purpose}`,
+      {
+        hint: `see: openshell-vm status ${instance}; stop it: openshell-vm stop ${instance}; or use another --name`,
+      },
+    );
+  }
+  const logs = path.join(dir, LOGS_DIR);
+  fs.mkdirSync(logs, { recursive: true, mode: 0o700 });
+  const supervisorLog = path.join(logs, 'supervisor.log');
+  const err = fs.openSync(supervisorLog, 'w', 0o600);
+  const out = fs.openSync(path.join(logs, 'output.log'), 'w', 0o600);
+  const child = spawn(
+    process.execPath,
+    [...process.execArgv, process.argv[1] as string, SUPERVISE_FLAG, ...argv.filter((a) => a !== '--detach')],
+    { detached: true, stdio: ['ignore', out, err, 'ipc'] },
+  );
+  fs.closeSync(err);
+  fs.closeSync(out);
+  const stopFollow = followFile(supervisorLog, (line) => {
+    if (!quiet || /error|hint|warning/.test(line)) process.stderr.write(`${line}\n`);
+  });
+  const exited = new Promise<number>((resolve) => {
+    child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 + 15 : 125)));
+  });
+  try {
+    return await withSignals(reporter, 'stopping the detached instance', async (signal) => {
+      const outcome = await new Promise<{ ready: string } | { code: number }>((resolve, reject) => {
+        child.once('message', (m: DetachMessage) => {
+          if (m?.type === 'ready') resolve({ ready: m.text });
+        });
+        void exited.then((code) => resolve({ code }));
+        signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+      });
+      await stopFollow();
+      if ('code' in outcome) return outcome.code;
+      process.stdout.write(outcome.ready);
+      if (child.connected) child.disconnect();
+      child.unref();
+      return 0;
+    });
+  } catch (error) {
+    if (error instanceof Interrupted) {
+      child.kill('SIGTERM');
+      await exited;
+      await stopFollow();
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,134 @@
+import { ExecSession } from '../agent/client.ts';
+import { readEnvironment } from '../config/environment.ts';
+import { HostError, UsageError } from '../errors.ts';
+import { instanceDir, parseInstanceName } from '../instance/runs.ts';
+import { readState } from '../instance/state.ts';
+import { isSameProcess } from '../supervisor/identity.ts';
+import { type OptionSpec, parseArgs, single } from './args.ts';
+
+const OPTIONS: readonly OptionSpec[] = [
+  { name: 'name', kind: 'value' },
+  { name: 'env', short: 'e', kind: 'value', repeatable: true },
+  { name: 'workdir', short: 'w', kind: 'value' },
+  { name: 'tty', short: 't', kind: 'flag' },
+  { name: 'no-tty', short: 'T', kind: 'flag' },
+  { name: 'debug', kind: 'flag' },
+  { name: 'help', short: 'h', kind: 'flag' },
+];
+
+export const EXEC_HELP = `Usage: openshell-vm exec [NAME] [OPTIONS] [-- CMD [ARG...]]
+
+Runs a command in a running instance (gateway or detached run) through its guest agent.
+stdout and stderr stream separately, stdin is passed through, and the exit code is the
+command's (128+N for signal N; 127 not found, 126 not executable; 125 openshell-vm failed).
+When stdin is a terminal the command gets a pseudo-terminal (raw mode, window-size changes
+forwarded) and CMD defaults to sh. In a gateway, KUBECONFIG is set: exec -- kubectl get pods -A.
+
+  --env, -e K=V      environment variable for the command (repeatable)
+  --workdir, -w DIR  working directory in the guest (default /)
+  --tty, -t          a pseudo-terminal even when stdin is not a terminal
+  --no-tty, -T       no pseudo-terminal even when stdin is a terminal
+`;
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+export async function execIntoCommand(argv: readonly string[]): Promise<number> {
+  const split = argv.indexOf('--');
+  const own = split < 0 ? argv : argv.slice(0, split);
+  const command = split < 0 ? [] : argv.slice(split + 1);
+  const args = parseArgs(own, OPTIONS, true);
+  if (args.flags.has('help')) {
+    process.stdout.write(EXEC_HELP);
+    return 0;
+  }
+  let rest = args.rest;
+  let more = args;
+  if (rest.length) {
+    // Options may follow the name: exec gw --workdir /tmp -- ls
+    more = parseArgs(rest.slice(1), OPTIONS, true);
+    if (more.rest.length) {
+      throw new UsageError(`exec: unexpected argument '${more.rest[0]}'`, {
+        hint: 'the command goes after --: openshell-vm exec NAME -- CMD [ARG...]',
+      });
+    }
+    rest = rest.slice(0, 1);
+  }
+  const flag = (name: string) => args.flags.has(name) || more.flags.has(name);
+  const value = (name: string) => single(args, name) ?? single(more, name);
+  const name = parseInstanceName(rest[0] ?? value('name'));
+  const env = [...(args.values.get('env') ?? []), ...(more.values.get('env') ?? [])];
+  for (const e of env) {
+    const eq = e.indexOf('=');
+    if (eq < 1 || !ENV_NAME.test(e.slice(0, eq))) {
+      throw new UsageError(`--env: '${e}' is not NAME=VALUE`, {
+        hint: 'use --env NAME=VALUE (NAME: letters, digits, _)',
+      });
+    }
+  }
+  if (flag('tty') && flag('no-tty'))
+    throw new UsageError('--tty and --no-tty contradict each other', { hint: 'give one' });
+  const stdinTty = Boolean(process.stdin.isTTY);
+  const tty = flag('tty') || (!flag('no-tty') && stdinTty);
+  const argvInGuest = command.length ? command : tty ? ['sh'] : [];
+  if (!argvInGuest.length) {
+    throw new UsageError('exec: no command given', {
+      hint: `use: openshell-vm exec ${name} -- CMD [ARG...] (sh is the default only on a terminal)`,
+    });
+  }
+  const workdir = value('workdir') ?? '/';
+  if (!workdir.startsWith('/'))
+    throw new UsageError(`--workdir: '${workdir}' is not an absolute path`, {
+      hint: 'give a path that starts with /',
+    });
+
+  const state = await readState(instanceDir(readEnvironment(), name));
+  if (!state || !(await isSameProcess(state.supervisor.pid, state.supervisor.startTime))) {
+    throw new HostError(`instance '${name}' is not running`, {
+      hint: `start it (openshell-vm --name ${name} --detach), or see: openshell-vm list`,
+    });
+  }
+  if (state.phase === 'starting') {
+    throw new HostError(`instance '${name}' is still starting`, {
+      hint: 'wait until it is Ready, then try again',
+    });
+  }
+  const size = () => {
+    const out = process.stdout.isTTY ? process.stdout : process.stderr.isTTY ? process.stderr : undefined;
+    // A terminal that reports no size (0x0) gets the classic 24x80.
+    return { rows: out?.rows || 24, cols: out?.columns || 80 };
+  };
+  const term = process.env.TERM;
+  const session = await ExecSession.start(
+    state.control,
+    name,
+    {
+      argv: argvInGuest,
+      env: tty && term && !env.some((e) => e.startsWith('TERM=')) ? [`TERM=${term}`, ...env] : env,
+      workdir,
+      tty,
+      ...size(),
+    },
+    { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
+  );
+  const raw = tty && stdinTty;
+  if (raw) process.stdin.setRawMode(true);
+  const onResize = () => {
+    const { rows, cols } = size();
+    session.resize(rows, cols);
+  };
+  process.stdout.on('resize', onResize);
+  process.stderr.on('resize', onResize);
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
+  const forward = (sig: NodeJS.Signals) => session.signal(sig.slice(3));
+  for (const s of signals) process.on(s, forward);
+  try {
+    return await session.done;
+  } finally {
+    for (const s of signals) process.off(s, forward);
+    process.stdout.off('resize', onResize);
+    process.stderr.off('resize', onResize);
+    if (raw) process.stdin.setRawMode(false);
+    process.stdin.pause();
+    process.stdin.destroy();
+  }
+}

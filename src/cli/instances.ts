@@ -1,0 +1,275 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { readEnvironment } from '../config/environment.ts';
+import { integer } from '../config/exec-options.ts';
+import { HostError, UsageError } from '../errors.ts';
+import {
+  deleteInstance,
+  type InstanceStatus,
+  inspectInstance,
+  listInstanceNames,
+  stopInstance,
+} from '../instance/lifecycle.ts';
+import { instanceDir, parseInstanceName } from '../instance/runs.ts';
+import { LOG_SOURCES, LOGS_DIR, type LogSource, readState } from '../instance/state.ts';
+import { followFile } from '../supervisor/follow.ts';
+import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
+import { Reporter } from './reporter.ts';
+import { withSignals } from './signals.ts';
+
+export const INSTANCES_HELP = `Instances (NAME defaults to "default"; --name NAME works too):
+  openshell-vm status [NAME] [--json]   running / degraded / starting / stopping / busy / stopped,
+                                        with processes, forwards, endpoints, guest clock offset
+  openshell-vm list [--json]            every instance and its status
+  openshell-vm stop [NAME] [--timeout S]  stop in order (the guest stops k3s or the command),
+                                        killed after S seconds (default 30)
+  openshell-vm logs [NAME] [--source console|gvproxy|virtiofsd|vmm|supervisor|output] [--follow]
+  openshell-vm delete [NAME] [--timeout S]  stop, then remove the instance (rootfs, logs, its
+                                        kubeconfig and OpenShell CLI files)
+  openshell-vm exec [NAME] [--env K=V...] [--workdir DIR] [--tty|--no-tty] [-- CMD ARG...]
+`;
+
+function nameOf(args: ParsedArgs, command: string): string {
+  const positional = args.rest[0];
+  const flag = single(args, 'name');
+  if (positional && flag && positional !== flag) {
+    throw new UsageError(`${command}: two names given ('${positional}' and --name ${flag})`, {
+      hint: 'give one',
+    });
+  }
+  if (args.rest.length > 1) {
+    throw new UsageError(`${command}: unexpected argument '${args.rest[1]}'`, {
+      hint: `use: openshell-vm ${command} [NAME]`,
+    });
+  }
+  return parseInstanceName(positional ?? flag);
+}
+
+function parse(argv: readonly string[], extra: readonly OptionSpec[]): ParsedArgs {
+  return parseArgs(
+    argv,
+    [
+      { name: 'name', kind: 'value' },
+      { name: 'json', kind: 'flag' },
+      { name: 'debug', kind: 'flag' },
+      { name: 'help', short: 'h', kind: 'flag' },
+      ...extra,
+    ],
+    true,
+  );
+}
+
+function help(): number {
+  process.stdout.write(INSTANCES_HELP);
+  return 0;
+}
+
+function timeoutOf(args: ParsedArgs): number {
+  return integer('--timeout', single(args, 'timeout') ?? '30', { min: 1, max: 3600 }, 'seconds') * 1000;
+}
+
+export async function statusCommand(argv: readonly string[]): Promise<number> {
+  const args = parse(argv, []);
+  if (args.flags.has('help')) return help();
+  const name = nameOf(args, 'status');
+  const env = readEnvironment();
+  const status = await inspectInstance(env, name);
+  if (status.reaped) process.stderr.write(`openshell-vm: ${status.reaped}\n`);
+  process.stdout.write(
+    args.flags.has('json') ? `${JSON.stringify(toJson(status), null, 2)}\n` : render(status),
+  );
+  return 0;
+}
+
+export async function listCommand(argv: readonly string[]): Promise<number> {
+  const args = parse(argv, []);
+  if (args.flags.has('help')) return help();
+  if (args.rest.length)
+    throw new UsageError(`list: unexpected argument '${args.rest[0]}'`, {
+      hint: 'use: openshell-vm list [--json]',
+    });
+  const env = readEnvironment();
+  const all: InstanceStatus[] = [];
+  for (const name of await listInstanceNames(env)) all.push(await inspectInstance(env, name));
+  if (args.flags.has('json')) {
+    process.stdout.write(`${JSON.stringify(all.map(toJson), null, 2)}\n`);
+    return 0;
+  }
+  if (!all.length) {
+    process.stdout.write('no instances (start one: openshell-vm prepare-rootfs, then openshell-vm)\n');
+    return 0;
+  }
+  const rows = all.map((s) => [
+    s.name,
+    s.status,
+    s.state?.mode ?? (s.hasRootfs ? 'gateway' : '-'),
+    s.state ? String(s.state.supervisor.pid) : '-',
+    s.state?.endpoints?.gateway ?? s.state?.forwards.join(', ') ?? '-',
+  ]);
+  const head = ['NAME', 'STATUS', 'MODE', 'PID', 'ENDPOINT / FORWARDS'];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  for (const r of [head, ...rows]) {
+    process.stdout.write(
+      `${r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')}\n`,
+    );
+  }
+  return 0;
+}
+
+export async function stopCommand(argv: readonly string[]): Promise<number> {
+  const args = parse(argv, [{ name: 'timeout', kind: 'value' }]);
+  if (args.flags.has('help')) return help();
+  const name = nameOf(args, 'stop');
+  const timeoutMs = timeoutOf(args);
+  const env = readEnvironment();
+  const reporter = new Reporter({ stderr: process.stderr, quiet: false, eventsFile: undefined });
+  const result = await stopInstance(env, name, timeoutMs, (m) => reporter.progress(m));
+  if (result.reaped) reporter.notice(result.reaped);
+  if (!result.wasRunning) {
+    process.stdout.write(`instance '${name}' is not running\n`);
+  } else {
+    process.stdout.write(
+      `instance '${name}' stopped${result.forced ? ' (killed: it did not stop in time)' : ''}\n`,
+    );
+  }
+  return 0;
+}
+
+export async function deleteCommand(argv: readonly string[]): Promise<number> {
+  const args = parse(argv, [{ name: 'timeout', kind: 'value' }]);
+  if (args.flags.has('help')) return help();
+  const name = nameOf(args, 'delete');
+  const env = readEnvironment();
+  const reporter = new Reporter({ stderr: process.stderr, quiet: false, eventsFile: undefined });
+  const result = await deleteInstance(env, name, timeoutOf(args), (m) => reporter.progress(m));
+  process.stdout.write(
+    `instance '${name}' deleted${result.stopped ? ' (stopped first)' : ''}; removed:\n${result.removed.map((p) => `  ${p}\n`).join('')}`,
+  );
+  return 0;
+}
+
+export async function logsCommand(argv: readonly string[]): Promise<number> {
+  const args = parse(argv, [
+    { name: 'source', kind: 'value' },
+    { name: 'follow', short: 'f', kind: 'flag' },
+  ]);
+  if (args.flags.has('help')) return help();
+  const name = nameOf(args, 'logs');
+  const source = (single(args, 'source') ?? 'console') as LogSource;
+  if (!(LOG_SOURCES as readonly string[]).includes(source)) {
+    throw new UsageError(`--source: unknown log '${source}'`, {
+      hint: `use one of: ${LOG_SOURCES.join(', ')}`,
+    });
+  }
+  const env = readEnvironment();
+  const dir = instanceDir(env, name);
+  if (!fs.existsSync(dir))
+    throw new HostError(`there is no instance '${name}'`, { hint: 'see: openshell-vm list' });
+  const state = await readState(dir);
+  const stopped = path.join(dir, LOGS_DIR);
+  const file =
+    state?.logs[source] ??
+    path.join(
+      stopped,
+      source === 'vmm'
+        ? fs.existsSync(path.join(stopped, 'libkrun.log'))
+          ? 'libkrun.log'
+          : 'qemu.log'
+        : `${source}.log`,
+    );
+  if (!fs.existsSync(file)) {
+    throw new HostError(`instance '${name}' has no ${source} log yet (${file})`, {
+      hint:
+        source === 'supervisor' || source === 'output'
+          ? 'only instances started with --detach have it'
+          : 'start it first',
+    });
+  }
+  if (!args.flags.has('follow')) {
+    await new Promise<void>((resolve, reject) => {
+      fs.createReadStream(file).on('error', reject).on('end', resolve).pipe(process.stdout, { end: false });
+    });
+    return 0;
+  }
+  const reporter = new Reporter({ stderr: process.stderr, quiet: true, eventsFile: undefined });
+  return withSignals(reporter, 'stopped following', async (signal) => {
+    const stop = followFile(file, (line) => process.stdout.write(`${line}\n`), { intervalMs: 200 });
+    await new Promise<void>((resolve) => {
+      signal.addEventListener('abort', () => resolve(), { once: true });
+      // Following ends with the instance: its supervisor gone, nothing more will be written.
+      const timer = setInterval(async () => {
+        const now = await readState(dir);
+        if (state && !now) {
+          clearInterval(timer);
+          resolve();
+        }
+      }, 1_000);
+      signal.addEventListener('abort', () => clearInterval(timer), { once: true });
+    });
+    await stop();
+    return 0;
+  }).catch(() => 0);
+}
+
+function toJson(s: InstanceStatus): Record<string, unknown> {
+  const st = s.state;
+  return {
+    name: s.name,
+    status: s.status,
+    problems: s.problems,
+    ...(s.busy ? { busy: s.busy } : {}),
+    hasRootfs: s.hasRootfs,
+    ...(st
+      ? {
+          mode: st.mode,
+          pid: st.supervisor.pid,
+          detached: st.detached,
+          backend: st.backend,
+          accel: st.accel,
+          arch: st.arch,
+          vcpus: st.vcpus,
+          memMib: st.memMib,
+          startedAt: st.startedAt,
+          readyAt: st.readyAt,
+          forwards: st.forwards,
+          endpoints: st.endpoints ?? {},
+          processes: st.processes,
+          sockets: st.sockets,
+          logs: st.logs,
+          command: st.command,
+          clockDiffMs: s.clockDiffMs,
+        }
+      : {}),
+  };
+}
+
+function render(s: InstanceStatus): string {
+  const st = s.state;
+  const lines = [`${s.name}: ${s.status}${s.busy ? ` (${s.busy})` : ''}`];
+  for (const p of s.problems) lines.push(`  problem    ${p}`);
+  if (st) {
+    const up = Math.round((Date.now() - Date.parse(st.startedAt)) / 1000);
+    lines.push(
+      `  mode       ${st.mode}${st.command ? ` (${st.command.join(' ')})` : ''}${st.detached ? ', detached' : ''}`,
+    );
+    lines.push(
+      `  vm         ${st.backend}/${st.accel} ${st.arch}, ${st.vcpus} vCPU, ${st.memMib} MiB, up ${up} s`,
+    );
+    lines.push(`  supervisor openshell-vm pid ${st.supervisor.pid}`);
+    for (const p of st.processes) lines.push(`  process    ${p.name} pid ${p.pid}`);
+    for (const f of st.forwards) lines.push(`  forward    ${f}`);
+    const e = st.endpoints ?? {};
+    if (e.gateway) lines.push(`  endpoint   ${e.gateway}`);
+    if (e.kubeApi) lines.push(`  kube API   ${e.kubeApi}`);
+    if (e.kubeconfig) lines.push(`  kubeconfig ${e.kubeconfig}`);
+    if (e.mtlsDir) lines.push(`  mTLS       ${e.mtlsDir}`);
+    if (s.clockDiffMs !== undefined)
+      lines.push(
+        `  clock      guest ${s.clockDiffMs >= 0 ? '+' : ''}${(s.clockDiffMs / 1000).toFixed(3)} s from the host`,
+      );
+    lines.push(`  logs       openshell-vm logs ${s.name} [--source console|gvproxy|virtiofsd|vmm]`);
+  } else if (s.status === 'stopped') {
+    lines.push(`  rootfs     ${s.hasRootfs ? 'built' : 'not built'}`);
+  }
+  return `${lines.join('\n')}\n`;
+}

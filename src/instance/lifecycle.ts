@@ -1,0 +1,252 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { controlRequest } from '../agent/client.ts';
+import { FRAME, parseAgentTime } from '../agent/protocol.ts';
+import type { HostEnvironment } from '../config/environment.ts';
+import { HostError, isErrno } from '../errors.ts';
+import { gatewayDir } from '../gateway/client-config.ts';
+import { lexists, pathExists } from '../host/fs.ts';
+import { ROOTFS_PATHS } from '../rootfs/layout.ts';
+import { isSameProcess } from '../supervisor/identity.ts';
+import { readLockHolder, takeInstanceLock } from './lock.ts';
+import { describeReap, reapStaleInstance } from './reap.ts';
+import { INSTANCE_NAME, instanceDir, terminate } from './runs.ts';
+import { type InstanceState, readState } from './state.ts';
+
+export interface InstanceStatus {
+  readonly name: string;
+  /**
+   * running: every process alive and the agent answering; degraded: the supervisor runs but a
+   * helper died or the agent does not answer; starting / stopping: on the way; busy: another
+   * openshell-vm holds it (a rootfs build); stopped: nothing runs.
+   */
+  readonly status: 'running' | 'degraded' | 'starting' | 'stopping' | 'busy' | 'stopped';
+  readonly problems: readonly string[];
+  readonly state?: InstanceState | undefined;
+  /** Guest clock minus host clock (ms), when the agent answered. */
+  readonly clockDiffMs?: number | undefined;
+  readonly busy?: string | undefined;
+  readonly hasRootfs: boolean;
+  /** What was cleaned up after a supervisor that died. */
+  readonly reaped?: string | undefined;
+}
+
+/** The names of every instance that has a directory. */
+export async function listInstanceNames(env: HostEnvironment): Promise<string[]> {
+  try {
+    const entries = await fs.readdir(path.join(env.dataDir, 'instances'), { withFileTypes: true });
+    return entries
+      .filter((e) => e.isDirectory() && INSTANCE_NAME.test(e.name))
+      .map((e) => e.name)
+      .sort();
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return [];
+    throw err;
+  }
+}
+
+/**
+ * An instance's status from its state file, each process checked by pid and start time and the
+ * guest agent asked for its clock. A state left by a supervisor that died is reaped first.
+ */
+export async function inspectInstance(env: HostEnvironment, name: string): Promise<InstanceStatus> {
+  const dir = instanceDir(env, name);
+  const reaped = describeReap(await reapStaleInstance(env, name));
+  const hasRootfs = await pathExists(path.join(dir, 'rootfs', ROOTFS_PATHS.record));
+  const state = await readState(dir);
+  if (!state) {
+    const holder = await readLockHolder(dir);
+    if (holder && (await isSameProcess(holder.pid, holder.startTime))) {
+      const starting = holder.purpose.startsWith('running');
+      return {
+        name,
+        status: starting ? 'starting' : 'busy',
+        problems: [],
+        busy: `openshell-vm (pid ${holder.pid}) is ${holder.purpose}`,
+        hasRootfs,
+        reaped,
+      };
+    }
+    return { name, status: 'stopped', problems: [], hasRootfs, reaped };
+  }
+  const problems: string[] = [];
+  for (const p of state.processes) {
+    if (!(await isSameProcess(p.pid, p.startTime))) problems.push(`${p.name} (pid ${p.pid}) is not running`);
+  }
+  let clockDiffMs: number | undefined;
+  if (state.phase === 'running') {
+    try {
+      const t0 = Date.now();
+      const frame = await controlRequest(state.control, name, FRAME.timeGet, '', 3_000);
+      clockDiffMs = Math.round(parseAgentTime(frame.payload.toString()) - (t0 + Date.now()) / 2);
+    } catch (err) {
+      problems.push(`the guest agent does not answer (${(err as Error).message})`);
+    }
+  }
+  const status =
+    state.phase === 'starting'
+      ? 'starting'
+      : state.phase === 'stopping'
+        ? 'stopping'
+        : problems.length
+          ? 'degraded'
+          : 'running';
+  return { name, status, problems, state, clockDiffMs, hasRootfs, reaped };
+}
+
+export interface StopResult {
+  readonly wasRunning: boolean;
+  /** The supervisor did not end in time and was killed (its processes reaped). */
+  readonly forced: boolean;
+  readonly reaped?: string | undefined;
+}
+
+/**
+ * Stops an instance: asks its supervisor (control socket; SIGTERM if that does not answer) to stop
+ * the guest in order within `timeoutMs`, waits for it to end, and kills it and reaps its processes
+ * if it does not end in time. A stopped instance is left as it is (stale state reaped).
+ */
+export async function stopInstance(
+  env: HostEnvironment,
+  name: string,
+  timeoutMs: number,
+  onProgress: (message: string) => void = () => undefined,
+): Promise<StopResult> {
+  const dir = instanceDir(env, name);
+  const reaped = describeReap(await reapStaleInstance(env, name));
+  const state = await readState(dir);
+  let target: { pid: number; startTime: string | undefined };
+  if (state) {
+    target = state.supervisor;
+    onProgress(`stopping instance '${name}' (openshell-vm pid ${target.pid}; up to ${timeoutMs / 1000} s)`);
+    try {
+      await controlRequest(state.control, name, FRAME.stop, String(timeoutMs), 3_000);
+    } catch {
+      signal(target.pid, 'SIGTERM');
+    }
+  } else {
+    const holder = await readLockHolder(dir);
+    if (!holder || !(await isSameProcess(holder.pid, holder.startTime))) {
+      return { wasRunning: false, forced: false, reaped };
+    }
+    if (!holder.purpose.startsWith('running')) {
+      throw new HostError(
+        `instance '${name}' is busy: openshell-vm (pid ${holder.pid}) is ${holder.purpose}`,
+        {
+          hint: 'wait for it to finish, or interrupt it (Ctrl-C in its terminal)',
+        },
+      );
+    }
+    // Still booting, before its state file: SIGTERM stops a boot at any stage.
+    target = holder;
+    onProgress(`stopping instance '${name}' while it starts (openshell-vm pid ${target.pid})`);
+    signal(target.pid, 'SIGTERM');
+  }
+  // The supervisor gives the guest timeoutMs, then kills the VM (within a few seconds).
+  const deadline = Date.now() + timeoutMs + 15_000;
+  while (Date.now() < deadline) {
+    if (!(await isSameProcess(target.pid, target.startTime))) {
+      return { wasRunning: true, forced: false, reaped };
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  onProgress(`openshell-vm (pid ${target.pid}) did not stop in time: killing it`);
+  await terminate(target);
+  const after = describeReap(await reapStaleInstance(env, name));
+  return { wasRunning: true, forced: true, reaped: after ?? reaped };
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // gone already
+  }
+}
+
+/** Where an instance keeps what --reset wipes: k3s's runtime state in its rootfs. */
+const RESET_PATHS = [
+  'var/lib/kubelet/pods',
+  'var/lib/cni',
+  'var/run',
+  'run',
+  'var/lib/rancher/k3s/server/db',
+  'var/lib/rancher/k3s/server/tls',
+  'var/lib/rancher/k3s/server/cred',
+  'var/lib/rancher/k3s/server/token',
+  'var/lib/rancher/k3s/server/node-token',
+  'var/lib/rancher/k3s/agent/pod-manifests',
+  'var/lib/rancher/k3s/agent/client-ca.crt',
+  'etc/rancher/k3s/k3s.yaml',
+  `${ROOTFS_PATHS.k3sManifests}/openshell-tls-secrets.yaml`,
+] as const;
+
+/**
+ * `--reset`: forgets the cluster and the credentials, keeps what the build made. Wipes k3s's
+ * datastore, certificates and tokens, kubelet pods, CNI state and run files from the instance's
+ * rootfs, the gateway's mTLS bundle and metadata from the OpenShell CLI's config, and its
+ * kubeconfig. Kept: the base system, k3s, the chart and manifests, and the images (containerd's
+ * content store and snapshots). The instance must be stopped (the lock is held while wiping).
+ */
+export async function resetInstance(env: HostEnvironment, name: string, rootfs: string): Promise<string[]> {
+  const dir = instanceDir(env, name);
+  const release = await takeInstanceLock(dir, name, 'resetting the instance');
+  const removed: string[] = [];
+  try {
+    for (const rel of RESET_PATHS) {
+      const p = path.join(rootfs, rel);
+      if (await lexists(p)) {
+        await fs.rm(p, { recursive: true, force: true });
+        removed.push(p);
+      }
+    }
+    for (const p of [gatewayDir(env.openshellConfigDir, name), path.join(env.kubeDir, `${name}.yaml`)]) {
+      if (await lexists(p)) {
+        await fs.rm(p, { recursive: true, force: true });
+        removed.push(p);
+      }
+    }
+    await fs.mkdir(path.join(rootfs, 'run'), { recursive: true });
+  } finally {
+    await release();
+  }
+  return removed;
+}
+
+/**
+ * `delete`: stops the instance if it runs, then removes its directory (rootfs, logs, state), its
+ * kubeconfig and the OpenShell CLI's files for it (and active_gateway when it names it).
+ */
+export async function deleteInstance(
+  env: HostEnvironment,
+  name: string,
+  timeoutMs: number,
+  onProgress: (message: string) => void,
+): Promise<{ removed: string[]; stopped: boolean }> {
+  const dir = instanceDir(env, name);
+  if (!(await pathExists(dir))) {
+    throw new HostError(`there is no instance '${name}'`, { hint: 'see: openshell-vm list' });
+  }
+  const stop = await stopInstance(env, name, timeoutMs, onProgress);
+  const release = await takeInstanceLock(dir, name, 'deleting the instance');
+  const removed: string[] = [];
+  try {
+    const active = path.join(env.openshellConfigDir, 'active_gateway');
+    const activeName = await fs.readFile(active, 'utf8').catch(() => '');
+    if (activeName.trim() === name) {
+      await fs.rm(active, { force: true });
+      removed.push(active);
+    }
+    for (const p of [gatewayDir(env.openshellConfigDir, name), path.join(env.kubeDir, `${name}.yaml`)]) {
+      if (await lexists(p)) {
+        await fs.rm(p, { recursive: true, force: true });
+        removed.push(p);
+      }
+    }
+  } finally {
+    await release();
+  }
+  await fs.rm(dir, { recursive: true, force: true });
+  removed.unshift(dir);
+  return { removed, stopped: stop.wasRunning };
+}

@@ -1,0 +1,244 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { ControlServer } from '../agent/control.ts';
+import { AgentLink } from '../agent/link.ts';
+import type { HostEnvironment } from '../config/environment.ts';
+import { AGENT_PORT_NAME } from '../guest/agent-build.ts';
+import { processStartTime } from '../supervisor/identity.ts';
+import type { SerialPortSpec } from '../vmm/backend.ts';
+import type { VmSession } from '../vmm/session.ts';
+import { instanceDir, type RunPaths } from './runs.ts';
+import { type InstanceState, LOGS_DIR, type LogSource, removeState, writeState } from './state.ts';
+
+export const SUPERVISOR_SOCKETS = { agent: 'agent.sock', control: 'ctl.sock' } as const;
+
+/** A host clock that moved this much against the monotonic clock means a suspend (or a step). */
+const CLOCK_JUMP_MS = 2_000;
+/** A guest clock this far from the host's is set again. */
+const CLOCK_DRIFT_MS = 2_000;
+
+export interface SupervisorInfo {
+  readonly mode: InstanceState['mode'];
+  readonly detached: boolean;
+  readonly backend: string;
+  readonly accel: string;
+  readonly arch: string;
+  readonly vcpus: number;
+  readonly memMib: number;
+  readonly forwards: readonly string[];
+  readonly command?: readonly string[] | undefined;
+}
+
+export type SupervisorEvent =
+  | { readonly type: 'agent'; readonly message: string }
+  | { readonly type: 'clock'; readonly message: string };
+
+/**
+ * What the openshell-vm process that runs an instance's VM adds to it: the state file (written at
+ * each phase, removed at the end), the guest agent's link and the control socket (exec, clock,
+ * stop), the guest clock kept in step with the host's (also after the host slept), and an orderly
+ * guest shutdown.
+ */
+export class InstanceSupervisor {
+  readonly link: AgentLink;
+  readonly control: ControlServer;
+  readonly agentPort: SerialPortSpec;
+  /** Settles with the timeout (ms) when `openshell-vm stop` asks this instance to stop. */
+  readonly stopRequested: Promise<number>;
+  readonly #dir: string;
+  readonly #run: RunPaths;
+  readonly #emit: (event: SupervisorEvent) => void;
+  #state: InstanceState;
+  #clockTimer: NodeJS.Timeout | undefined;
+  #clockCheckMs = 10_000;
+  #closed = false;
+
+  private constructor(
+    dir: string,
+    run: RunPaths,
+    link: AgentLink,
+    control: ControlServer,
+    state: InstanceState,
+    stopRequested: Promise<number>,
+    emit: (event: SupervisorEvent) => void,
+  ) {
+    this.#dir = dir;
+    this.#run = run;
+    this.link = link;
+    this.control = control;
+    this.#state = state;
+    this.stopRequested = stopRequested;
+    this.#emit = emit;
+    this.agentPort = {
+      name: AGENT_PORT_NAME,
+      socketPath: path.join(run.socketDir, SUPERVISOR_SOCKETS.agent),
+    };
+  }
+
+  /** Opens the agent's socket and the control socket in the run's socket directory; writes the state. */
+  static async open(
+    env: HostEnvironment,
+    run: RunPaths,
+    instance: string,
+    info: SupervisorInfo,
+    emit: (event: SupervisorEvent) => void = () => undefined,
+  ): Promise<InstanceSupervisor> {
+    const dir = instanceDir(env, instance);
+    const link = await AgentLink.listen(path.join(run.socketDir, SUPERVISOR_SOCKETS.agent));
+    let requestStop: (ms: number) => void = () => undefined;
+    const stopRequested = new Promise<number>((resolve) => {
+      requestStop = resolve;
+    });
+    let control: ControlServer;
+    try {
+      control = await ControlServer.listen(path.join(run.socketDir, SUPERVISOR_SOCKETS.control), link, {
+        onStop: (ms) => requestStop(ms),
+      });
+    } catch (err) {
+      await link.close();
+      throw err;
+    }
+    const state: InstanceState = {
+      version: 1,
+      instance,
+      mode: info.mode,
+      phase: 'starting',
+      supervisor: { name: 'openshell-vm', pid: process.pid, startTime: await processStartTime(process.pid) },
+      detached: info.detached,
+      backend: info.backend,
+      accel: info.accel,
+      arch: info.arch,
+      vcpus: info.vcpus,
+      memMib: info.memMib,
+      startedAt: new Date().toISOString(),
+      runDir: run.dir,
+      control: control.socketPath,
+      processes: [],
+      sockets: [path.join(run.socketDir, SUPERVISOR_SOCKETS.agent), control.socketPath],
+      forwards: info.forwards,
+      logs: logFiles(run, info.backend, dir),
+      command: info.command,
+    };
+    const supervisor = new InstanceSupervisor(dir, run, link, control, state, stopRequested, emit);
+    supervisor.#clockCheckMs = env.clockCheckMs;
+    try {
+      await writeState(dir, state);
+    } catch (err) {
+      await supervisor.close();
+      throw err;
+    }
+    void link.waitHello(24 * 3600_000).then((hello) => {
+      if (!hello || supervisor.#closed) return;
+      emit({ type: 'agent', message: `guest agent ${hello.version} (${hello.arch}) connected` });
+      void supervisor.#checkClock(true);
+    });
+    return supervisor;
+  }
+
+  get state(): InstanceState {
+    return this.#state;
+  }
+
+  /** Records the VM's processes and sockets once they run. */
+  async attach(session: VmSession): Promise<void> {
+    const processes = [...session.vm.processes, ...(session.gvproxy ? [session.gvproxy.record()] : [])].map(
+      (p) => ({ name: p.name, pid: p.pid, startTime: p.startTime }),
+    );
+    const sockets = new Set(this.#state.sockets);
+    for (const entry of await fs.readdir(this.#run.socketDir).catch(() => [] as string[])) {
+      if (entry.endsWith('.sock')) sockets.add(path.join(this.#run.socketDir, entry));
+    }
+    await this.#update({ processes, sockets: [...sockets] });
+    this.#startClockWatch();
+  }
+
+  async ready(endpoints: InstanceState['endpoints']): Promise<void> {
+    await this.#update({ phase: 'running', readyAt: new Date().toISOString(), endpoints });
+  }
+
+  /**
+   * Stops the guest in order: the agent asks PID 1 to stop (k3s, or the command, first), and the
+   * VM is given `timeoutMs` to end by itself; then, or at once when `force` aborts, it is killed.
+   * Returns how it ended.
+   */
+  async shutdownGuest(
+    session: VmSession,
+    timeoutMs: number,
+    force?: AbortSignal,
+  ): Promise<'already' | 'clean' | 'forced' | 'no-agent'> {
+    if (session.vm.hasExited) return 'already';
+    if (this.#state.phase !== 'stopping') await this.#update({ phase: 'stopping' }).catch(() => undefined);
+    if (!this.link.shutdown()) {
+      await session.close();
+      return 'no-agent';
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const ended = await Promise.race([
+      session.vm.exited.then(() => true),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), timeoutMs);
+        force?.addEventListener('abort', () => resolve(false), { once: true });
+      }),
+    ]);
+    clearTimeout(timer);
+    await session.close();
+    return ended ? 'clean' : 'forced';
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#clockTimer);
+    await this.control.close().catch(() => undefined);
+    await this.link.close();
+    await removeState(this.#dir);
+  }
+
+  async #update(changes: Partial<InstanceState>): Promise<void> {
+    this.#state = { ...this.#state, ...changes };
+    if (!this.#closed) await writeState(this.#dir, this.#state);
+  }
+
+  /**
+   * Every few seconds: if the host's clock jumped against the monotonic clock (the host slept, or
+   * its clock was stepped), or the guest's clock is off, set the guest's clock from the host's.
+   */
+  #startClockWatch(): void {
+    const everyMs = this.#clockCheckMs;
+    let base = Date.now() - performance.now();
+    this.#clockTimer = setInterval(() => {
+      const offset = Date.now() - performance.now();
+      const jumped = Math.abs(offset - base) > CLOCK_JUMP_MS;
+      base = offset;
+      void this.#checkClock(jumped);
+    }, everyMs);
+    this.#clockTimer.unref();
+  }
+
+  async #checkClock(force: boolean): Promise<void> {
+    if (!this.link.hello || this.#closed) return;
+    const t = await this.link.guestTime().catch(() => undefined);
+    if (!t) return;
+    const diff = t.guestMs - t.hostMs;
+    if (!force && Math.abs(diff) <= CLOCK_DRIFT_MS) return;
+    const after = await this.link.syncClock().catch(() => undefined);
+    if (after === undefined) return;
+    if (Math.abs(diff) > CLOCK_DRIFT_MS) {
+      this.#emit({
+        type: 'clock',
+        message: `guest clock was ${(diff / 1000).toFixed(1)} s off the host's; set from the host`,
+      });
+    }
+  }
+}
+
+function logFiles(run: RunPaths, backend: string, dir: string): InstanceState['logs'] {
+  return {
+    console: run.consoleLog,
+    gvproxy: path.join(run.dir, 'gvproxy.log'),
+    virtiofsd: path.join(run.dir, 'virtiofsd.log'),
+    vmm: path.join(run.dir, backend === 'libkrun' ? 'libkrun.log' : 'qemu.log'),
+    supervisor: path.join(dir, LOGS_DIR, 'supervisor.log'),
+    output: path.join(dir, LOGS_DIR, 'output.log'),
+  } satisfies Partial<Record<LogSource, string>>;
+}
