@@ -45,18 +45,28 @@ function nameOf(args: ParsedArgs, command: string): string {
   return parseInstanceName(positional ?? flag);
 }
 
+/** Options before and after the NAME word: `status gw --json` and `status --json gw`. */
 function parse(argv: readonly string[], extra: readonly OptionSpec[]): ParsedArgs {
-  return parseArgs(
-    argv,
-    [
-      { name: 'name', kind: 'value' },
-      { name: 'json', kind: 'flag' },
-      { name: 'debug', kind: 'flag' },
-      { name: 'help', short: 'h', kind: 'flag' },
-      ...extra,
-    ],
-    true,
-  );
+  const specs: OptionSpec[] = [
+    { name: 'name', kind: 'value' },
+    { name: 'json', kind: 'flag' },
+    { name: 'debug', kind: 'flag' },
+    { name: 'help', short: 'h', kind: 'flag' },
+    ...extra,
+  ];
+  const first = parseArgs(argv, specs, true);
+  if (!first.rest.length) return first;
+  const second = parseArgs(first.rest.slice(1), specs, true);
+  const values = new Map(first.values);
+  for (const [k, v] of second.values) {
+    if (values.has(k)) throw new UsageError(`--${k} was given more than once`, { hint: 'give it once' });
+    values.set(k, v);
+  }
+  return {
+    values,
+    flags: new Set([...first.flags, ...second.flags]),
+    rest: [first.rest[0] as string, ...second.rest],
+  };
 }
 
 function help(): number {

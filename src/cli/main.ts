@@ -2,7 +2,7 @@ import os from 'node:os';
 import { readEnvironment } from '../config/environment.ts';
 import { type RawExecOptions, resolveExecOptions } from '../config/exec-options.ts';
 import { OvmError, UsageError } from '../errors.ts';
-import { runExec } from '../exec/run-exec.ts';
+import { COMMAND_STARTED, runExec } from '../exec/run-exec.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
 import { packageVersion } from '../version.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
@@ -198,7 +198,7 @@ async function execCommand(
         signal,
         onEvent: (e) => {
           reporter.event(e);
-          if (supervise && e.type === 'stage' && e.stage === 'running') {
+          if (supervise && e.type === 'stage' && e.stage === 'running' && e.message === COMMAND_STARTED) {
             reportDetachedReady(
               `Started: '${[exec, ...guestArgs].join(' ')}' in instance '${options.instance}' (${backend.name}/${accel.accel}).\n` +
                 `  output     openshell-vm logs ${options.instance} --source output\n` +

@@ -33,6 +33,9 @@ import {
 /** Names of the virtio-serial ports the guest init writes the command's output to. */
 export const OUTPUT_PORTS = { stdout: 'org.openshell.stdout', stderr: 'org.openshell.stderr' } as const;
 
+/** The progress message when the guest has started the command (a detached run is then up). */
+export const COMMAND_STARTED = 'command started in the guest';
+
 /** A validated exec run: everything decided, nothing started. */
 export interface ExecPlan {
   readonly arch: GuestArch;
@@ -194,7 +197,7 @@ async function runLocked(
         forwards: plan.forwards.map(describeForward),
         command: [plan.request.exec, ...plan.request.args],
       },
-      (e) => emit({ type: 'stage', stage: 'running', message: e.message }),
+      (e) => emit({ type: 'stage', stage: 'boot', message: e.message }),
     );
     const tBoot = now();
     session = await VmSession.start(
@@ -300,7 +303,7 @@ async function waitGuestInit(
   const tStarted = now();
   if (started === 'started') {
     await onStarted();
-    emit({ type: 'stage', stage: 'running', message: 'command started in the guest' });
+    emit({ type: 'stage', stage: 'running', message: COMMAND_STARTED });
   }
   await raceAbort(vm.exited, signal);
   const status = await readStatus(handoff);

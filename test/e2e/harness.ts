@@ -104,7 +104,19 @@ function findSockets(dir: string): string[] {
 
 async function runCli(args: readonly string[], options: RunOptions, eventsFile: string): Promise<CliRun> {
   // Subcommands with their own options: no --events before them.
-  const argv = ['kernel', 'runtime', 'doctor', 'rootfs', 'verify'].includes(args[0] ?? '')
+  const argv = [
+    'kernel',
+    'runtime',
+    'doctor',
+    'rootfs',
+    'verify',
+    'status',
+    'list',
+    'stop',
+    'logs',
+    'delete',
+    'exec',
+  ].includes(args[0] ?? '')
     ? [...args]
     : args[0] === 'prepare-rootfs'
       ? [args[0], '--events', eventsFile, ...args.slice(1)]
