@@ -107,8 +107,20 @@ has_candidate() { apt-cache show "$1" >/dev/null 2>&1; }
 # mmdebstrap + debian-archive-keyring: prepare-rootfs builds the gateway's Debian base with them.
 # docker-registry: the OCI client's tests pull from a real registry server on loopback.
 # openssl: the PKI tests check the certificates with openssl verify.
-packages=(kmod gcc libc6-dev mmdebstrap debian-archive-keyring docker-registry openssl)
-for d in "${deb_arches[@]}"; do packages+=("$(qemu_package "$d")"); done
+# gcc + libc6-dev (and gcc-<triplet> + libc6-dev-<arch>-cross for a guest architecture other
+#   than the host's): openshell-vm compiles its static guest agent (ovm-agent) with them.
+# python3: the exec tests drive `openshell-vm exec` from a pseudo-terminal with its pty module.
+packages=(kmod gcc libc6-dev mmdebstrap debian-archive-keyring docker-registry openssl python3)
+host_deb=$(dpkg --print-architecture)
+for d in "${deb_arches[@]}"; do
+  packages+=("$(qemu_package "$d")")
+  if [ "$d" != "$host_deb" ]; then
+    case $d in
+      arm64) packages+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross) ;;
+      amd64) packages+=(gcc-x86-64-linux-gnu libc6-dev-amd64-cross) ;;
+    esac
+  fi
+done
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 # virtiofsd: its own package from Debian 13 on; in Debian 12 it ships inside qemu-system-common.
 if has_candidate virtiofsd; then packages+=(virtiofsd); fi

@@ -324,8 +324,19 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
         assert.equal(merged['current-context'], 'work', 'current-context is kept unless --use-context');
         assert.equal(typeof ready.kubeconfigBackup, 'string');
         assert.equal(fs.readFileSync(String(ready.kubeconfigBackup), 'utf8'), existing);
+        // The running gateway as status and exec see it: endpoints, KUBECONFIG in the guest.
+        const status = JSON.parse((await box.run(['status', 'gw', '--json'])).stdout.toString());
+        assert.equal(status.status, 'running');
+        assert.equal(status.mode, 'gateway');
+        assert.equal(status.endpoints.gateway, 'https://127.0.0.1:30951');
+        const exec = await box.run(['exec', 'gw', '--', 'sh', '-c', 'echo "$KUBECONFIG"; hostname']);
+        assert.equal(exec.code, 0, exec.stderr);
+        assert.equal(exec.stdout.toString(), '/etc/rancher/k3s/k3s.yaml\ngateway\n');
       },
     );
+    // Ctrl-C stopped the guest in order: the agent asked PID 1, which stopped k3s first.
+    const console = await box.run(['logs', 'gw']);
+    assert.match(console.stdout.toString(), /stopping k3s/);
     // The stale state of a stopped gateway (the stand-in's own kubeconfig and records) is there,
     // and this boot's cleanup ran again: no leftovers from the first boot's task dirs.
     assert.equal(fs.existsSync(at(`${CONTAINERD}/io.containerd.runtime.v2.task`)), false);

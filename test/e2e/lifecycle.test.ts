@@ -182,6 +182,19 @@ describe('instances', () => {
     await assertGone(state);
   });
 
+  test('exec into an aarch64 guest (the agent cross-compiled for it)', async () => {
+    const state = await start('arm', ['--arch', 'aarch64']);
+    try {
+      const r = await box.run(['exec', 'arm', '--', 'sh', '-c', 'uname -m; echo e >&2; exit 5']);
+      assert.equal(r.code, 5);
+      assert.equal(r.stdout.toString(), 'aarch64\n');
+      assert.equal(r.stderr, 'e\n');
+    } finally {
+      await box.run(['stop', 'arm']);
+    }
+    await assertGone(state);
+  });
+
   test('kill -9 of the CLI during boot and after ready: the next status/start reaps; a decoy survives', async () => {
     // Decoys named like our helpers, started by the test: never ours, never touched.
     const decoyDir = fs.mkdtempSync(path.join(box.runtimeDir, 'decoy-'));
