@@ -11,6 +11,7 @@ Usage:
   openshell-vm rootfs info [--name NAME] [--json]   a rootfs's build record
   openshell-vm [GATEWAY OPTIONS]  boot the gateway (k3s + OpenShell) in the foreground
   openshell-vm verify [--name NAME] [--kubeconfig FILE] [--json]   check a running gateway
+  openshell-vm status|list|stop|logs|delete|exec ...   instances (see "Instances" below)
 
 The gateway boots the instance's rootfs (built by prepare-rootfs) with k3s, forwards its port,
 writes the OpenShell CLI's files ($XDG_CONFIG_HOME/openshell/gateways/NAME/: metadata.json,
@@ -22,6 +23,8 @@ Gateway:
   --api-port PORT        host loopback port of the Kubernetes API (default: a free one)
   --ready-timeout S      seconds to wait for the gateway to answer mTLS (default 600)
   --tls-san NAME,...     extra names or addresses in the gateway's server certificate
+  -d, --detach           run in the background; return at Ready (openshell-vm stop NAME stops it)
+  --reset                first forget the cluster state and credentials (the built layers stay)
   --merge-kubeconfig     also add context NAME to ~/.kube/config (backed up first)
   --use-context          with --merge-kubeconfig: make it the current context
   --json                 print Ready as one JSON object
@@ -42,6 +45,8 @@ Command:
   --workdir DIR          working directory in the guest (default /)
   --rootfs DIR           run it in a rootfs built by prepare-rootfs (checked against its build
                          record first; writes go to a throwaway overlay) instead of the busybox root
+
+With run, --detach returns once the command has started (its stdout: logs --source output).
 
 Machine:
   --vcpus N              virtual CPUs (default 2, at most the host's CPUs)
@@ -78,4 +83,17 @@ Output:
 
 Files: logs of failed runs stay in $XDG_DATA_HOME/openshell-vm/instances/NAME/runs/;
 the kernel, busybox and built guest artifacts are cached in $XDG_CACHE_HOME/openshell-vm.
+
+Instances (NAME defaults to "default"; --name NAME works too):
+  openshell-vm status [NAME] [--json]     running / degraded / starting / stopping / busy / stopped,
+                                          processes, forwards, endpoints, guest clock offset
+  openshell-vm list [--json]              every instance and its status
+  openshell-vm stop [NAME] [--timeout S]  stop in order (the guest stops k3s or the command first),
+                                          killed after S seconds (default 30)
+  openshell-vm logs [NAME] [--source console|gvproxy|virtiofsd|vmm|supervisor|output] [--follow]
+  openshell-vm delete [NAME]              stop, then remove the instance, its kubeconfig and
+                                          OpenShell CLI files
+  openshell-vm exec [NAME] [--env K=V] [--workdir DIR] [-t|-T] [-- CMD ARG...]
+                                          a command in the running guest (sh on a terminal);
+                                          see openshell-vm exec --help
 `;

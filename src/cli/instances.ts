@@ -14,20 +14,9 @@ import { instanceDir, parseInstanceName } from '../instance/runs.ts';
 import { LOG_SOURCES, LOGS_DIR, type LogSource, readState } from '../instance/state.ts';
 import { followFile } from '../supervisor/follow.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
+import { HELP } from './help.ts';
 import { Reporter } from './reporter.ts';
 import { withSignals } from './signals.ts';
-
-export const INSTANCES_HELP = `Instances (NAME defaults to "default"; --name NAME works too):
-  openshell-vm status [NAME] [--json]   running / degraded / starting / stopping / busy / stopped,
-                                        with processes, forwards, endpoints, guest clock offset
-  openshell-vm list [--json]            every instance and its status
-  openshell-vm stop [NAME] [--timeout S]  stop in order (the guest stops k3s or the command),
-                                        killed after S seconds (default 30)
-  openshell-vm logs [NAME] [--source console|gvproxy|virtiofsd|vmm|supervisor|output] [--follow]
-  openshell-vm delete [NAME] [--timeout S]  stop, then remove the instance (rootfs, logs, its
-                                        kubeconfig and OpenShell CLI files)
-  openshell-vm exec [NAME] [--env K=V...] [--workdir DIR] [--tty|--no-tty] [-- CMD ARG...]
-`;
 
 function nameOf(args: ParsedArgs, command: string): string {
   const positional = args.rest[0];
@@ -70,7 +59,7 @@ function parse(argv: readonly string[], extra: readonly OptionSpec[]): ParsedArg
 }
 
 function help(): number {
-  process.stdout.write(INSTANCES_HELP);
+  process.stdout.write(HELP.slice(HELP.indexOf('Instances (')));
   return 0;
 }
 
