@@ -109,7 +109,8 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
           kubeDir: env.kubeDir,
           onEvent: (e) => {
             if (e.type === 'guest') reporter.progress(`guest: ${e.message}`);
-            else if (e.type === 'agent' || e.type === 'clock') reporter.progress(e.message);
+            else if (e.type === 'agent') reporter.progress(e.message);
+            else if (e.type === 'clock') reporter.warn(e.message);
             else if (e.type === 'stage' && e.stage === 'stopping') {
               if (ready || signal.aborted) reporter.progress(e.message);
             } else reporter.event(e as Record<string, unknown>);

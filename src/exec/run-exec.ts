@@ -197,7 +197,13 @@ async function runLocked(
         forwards: plan.forwards.map(describeForward),
         command: [plan.request.exec, ...plan.request.args],
       },
-      (e) => emit({ type: 'stage', stage: 'boot', message: e.message }),
+      // A clock correction says the host slept or the guest drifted: worth a line even with -q.
+      (e) =>
+        emit(
+          e.type === 'clock'
+            ? { type: 'warning', message: e.message }
+            : { type: 'stage', stage: 'boot', message: e.message },
+        ),
     );
     const tBoot = now();
     session = await VmSession.start(

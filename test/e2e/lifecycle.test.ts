@@ -30,8 +30,10 @@ function stateOf(name: string): InstanceState | undefined {
   return fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as InstanceState) : undefined;
 }
 
-async function start(name: string, extra: string[] = []) {
-  const r = await box.run(['run', '--name', name, '--detach', ...LIGHT, ...extra, '--', 'sleep', '3600']);
+async function start(name: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}) {
+  const r = await box.run(['run', '--name', name, '--detach', ...LIGHT, ...extra, '--', 'sleep', '3600'], {
+    env,
+  });
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout.toString(), new RegExp(`Started: 'sleep 3600' in instance '${name}'`));
   const state = stateOf(name);
@@ -178,6 +180,28 @@ describe('instances', () => {
       assert.match(notRunning.stderr, /instance 'nope' is not running/);
     } finally {
       await box.run(['stop', 'ex']);
+    }
+    await assertGone(state);
+  });
+
+  test('clock: a guest clock set wrong is set from the host again; status shows the offset', async () => {
+    const state = await start('clock', [], { OPENSHELL_VM_CLOCK_CHECK_MS: '500' });
+    try {
+      const set = await box.run(['exec', 'clock', '--', 'date', '-s', '@1000000000']);
+      assert.equal(set.code, 0, set.stderr);
+      let offset = Number.POSITIVE_INFINITY;
+      for (let i = 0; i < 20 && Math.abs(offset) > 2_000; i++) {
+        await new Promise((r) => setTimeout(r, 500));
+        offset = JSON.parse((await box.run(['status', 'clock', '--json'])).stdout.toString()).clockDiffMs;
+      }
+      assert.ok(Math.abs(offset) < 2_000, `guest clock offset ${offset} ms`);
+      const log = fs.readFileSync(
+        path.join(box.dataDir, 'instances', 'clock', 'logs', 'supervisor.log'),
+        'utf8',
+      );
+      assert.match(log, /guest clock was -\d+\.\d s off the host's; set from the host/);
+    } finally {
+      await box.run(['stop', 'clock']);
     }
     await assertGone(state);
   });
