@@ -26,7 +26,10 @@ function fakeGuest(t: { after: (fn: () => void) => void }): { env: HostEnvironme
     busybox,
     Buffer.from('ELF\0[\0[[\0cat\0insmod\0mount\0poweroff\0sh\0switch_root\0\0', 'latin1'),
   );
-  const env: HostEnvironment = testEnvironment(base, { cacheDir: path.join(base, 'cache') });
+  const env: HostEnvironment = testEnvironment(base, {
+    cacheDir: path.join(base, 'cache'),
+    searchPath: process.env.PATH ?? '',
+  });
   const guest: GuestInputs = {
     arch: 'x86_64',
     manifestPath: path.join(base, 'manifest.json'),
