@@ -17,17 +17,11 @@ const CLOCK_JUMP_MS = 2_000;
 /** A guest clock this far from the host's is set again. */
 const CLOCK_DRIFT_MS = 2_000;
 
-export interface SupervisorInfo {
-  readonly mode: InstanceState['mode'];
-  readonly detached: boolean;
-  readonly backend: string;
-  readonly accel: string;
-  readonly arch: string;
-  readonly vcpus: number;
-  readonly memMib: number;
-  readonly forwards: readonly string[];
-  readonly command?: readonly string[] | undefined;
-}
+/** What the process that runs the VM says about it (the rest of the state it finds itself). */
+export type SupervisorInfo = Pick<
+  InstanceState,
+  'mode' | 'detached' | 'backend' | 'accel' | 'arch' | 'vcpus' | 'memMib' | 'forwards' | 'command'
+>;
 
 export type SupervisorEvent =
   | { readonly type: 'agent'; readonly message: string }
