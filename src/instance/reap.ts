@@ -9,6 +9,8 @@ export interface ReapReport {
   readonly stopped: readonly ProcessIdentity[];
   /** Stale sockets and run directories removed. */
   readonly removed: readonly string[];
+  /** How many runs (VM boots) were cleaned up. */
+  readonly runs: number;
 }
 
 /**
@@ -46,11 +48,11 @@ export async function reapStaleInstance(env: HostEnvironment, instance: string):
       stopped.push({ name: p.name, pid: p.pid, startTime: p.startTime });
   }
   removed.push(...swept.removedRuns);
-  return { stopped, removed };
+  return { stopped, removed, runs: Math.max(swept.removedRuns.length, state && stopped.length ? 1 : 0) };
 }
 
 export function describeReap(report: ReapReport): string | undefined {
   if (!report.stopped.length && !report.removed.length) return undefined;
   const stopped = report.stopped.map((p) => `${p.name} (pid ${p.pid})`).join(', ');
-  return `cleaned up after an openshell-vm that died${stopped ? `: stopped ${stopped}` : ''}`;
+  return `cleaned up ${report.runs} run(s) left by a CLI that died${stopped ? `; stopped ${stopped}` : ''}`;
 }

@@ -242,7 +242,7 @@ describe('instances', () => {
       assert.ok(boot.processes.length >= 2, 'helpers had started');
       const status = await box.run(['status', 'crash', '--json']);
       assert.equal(JSON.parse(status.stdout.toString()).status, 'stopped');
-      assert.match(status.stderr, /cleaned up after an openshell-vm that died: stopped/);
+      assert.match(status.stderr, /cleaned up \d+ run\(s\) left by a CLI that died; stopped/);
       for (const p of boot.processes) {
         assert.equal(await processStartTime(p.pid), undefined, `${p.name} (pid ${p.pid}) leaked`);
       }
