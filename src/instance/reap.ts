@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import type { HostEnvironment } from '../config/environment.ts';
 import { isSameProcess } from '../supervisor/identity.ts';
-import { instanceDir, sweepStaleRuns, terminate } from './runs.ts';
+import { instanceDir, sweepStaleRuns, terminateAll } from './runs.ts';
 import { type ProcessIdentity, readState, removeState } from './state.ts';
 
 export interface ReapReport {
@@ -25,12 +25,7 @@ export async function reapStaleInstance(env: HostEnvironment, instance: string):
   const removed: string[] = [];
   const state = await readState(dir);
   if (state && !(await isSameProcess(state.supervisor.pid, state.supervisor.startTime))) {
-    for (const p of state.processes) {
-      if (await isSameProcess(p.pid, p.startTime)) {
-        await terminate(p);
-        stopped.push(p);
-      }
-    }
+    stopped.push(...(await terminateAll(state.processes)));
     for (const socket of state.sockets) {
       if (
         await fs.rm(socket, { force: true }).then(

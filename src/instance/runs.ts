@@ -152,14 +152,13 @@ export async function sweepStaleRuns(env: HostEnvironment, instance: string): Pr
     const owner = await readOwner(dir);
     if (!owner) continue; // kept (finished) runs have no owner file
     if (await isSameProcess(owner.pid, owner.startTime)) continue;
+    const records: PidRecord[] = [];
     for (const file of await fs.readdir(dir)) {
       if (!file.endsWith('.pid')) continue;
       const record = await readPidRecord(path.join(dir, file));
-      if (record && (await isSameProcess(record.pid, record.startTime))) {
-        await terminate(record);
-        stoppedProcesses.push(record);
-      }
+      if (record) records.push(record);
     }
+    stoppedProcesses.push(...(await terminateAll(records)));
     for (const extra of owner.extraPaths) await fs.rm(extra, { recursive: true, force: true });
     await saveRunLogs(dir, instanceDir(env, instance));
     await fs.rm(dir, { recursive: true, force: true });
@@ -199,6 +198,20 @@ export async function saveRunLogs(runDir: string, base: string): Promise<void> {
 const RUN_INDEPENDENT_LOGS: ReadonlySet<string> = new Set(['supervisor.log', 'output.log']);
 
 /** Stops a process of ours: SIGTERM, then SIGKILL after 2 s; only while pid and start time match. */
+/**
+ * Stops every listed process that is still the same process (pid + start time), all at once, and
+ * returns those that were alive. Looking them all up before stopping any matters: a helper that
+ * exits by itself when its peer dies (gvproxy when QEMU goes) was still one we left behind.
+ */
+export async function terminateAll<
+  T extends { readonly pid: number; readonly startTime: string | undefined },
+>(records: readonly T[]): Promise<T[]> {
+  const alive: T[] = [];
+  for (const r of records) if (await isSameProcess(r.pid, r.startTime)) alive.push(r);
+  await Promise.all(alive.map((r) => terminate(r)));
+  return alive;
+}
+
 export async function terminate(record: {
   readonly pid: number;
   readonly startTime: string | undefined;
