@@ -188,3 +188,146 @@ describe('guest agent, link, control socket and exec client', () => {
     assert.deepEqual(stops, [4500]);
   });
 });
+
+/**
+ * How the agent runs under libkrun, whose init runs one command: started as that command with
+ * --then, it forks itself off and execs the real command in its place, and dials the host (vsock
+ * there; a Unix socket here: the same code but for the address family) again whenever it is lost.
+ */
+describe('the agent beside a command (--then) on a channel it dials (--unix, as --vsock)', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-agent-then-'));
+  const agentSocket = path.join(dir, 'agent.sock');
+  const controlSocket = path.join(dir, 'ctl.sock');
+  let binary: string;
+  const children: ChildProcess[] = [];
+
+  before(async () => {
+    binary = (
+      await ensureAgent(testEnvironment(dir, { searchPath: process.env.PATH ?? '' }), defaultGuestArch())
+    ).path;
+  });
+  after(() => {
+    for (const c of children) c.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Processes whose command line names this test's socket (the agent and its keeper). */
+  const agentsAlive = () =>
+    fs
+      .readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .filter((p) => {
+        try {
+          return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(agentSocket) && !isZombie(p);
+        } catch {
+          return false;
+        }
+      });
+  const isZombie = (pid: string) =>
+    / Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ' '));
+
+  function start(command: string[]) {
+    const child = spawn(binary, ['--unix', agentSocket, '--then', ...command], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, LEAK: 'from-the-caller' },
+    });
+    children.push(child);
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr?.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    return { child, exited, out: () => out, err: () => err };
+  }
+
+  async function execVia(argv: string[]) {
+    const chunks: Buffer[] = [];
+    const session = await ExecSession.start(
+      controlSocket,
+      'test',
+      { argv, env: [], workdir: '', tty: false, rows: 24, cols: 80 },
+      {
+        stdout: new Writable({
+          write(chunk: Buffer, _enc, cb) {
+            chunks.push(chunk);
+            cb();
+          },
+        }),
+        stderr: new PassThrough(),
+      },
+    );
+    return { session, text: () => Buffer.concat(chunks).toString() };
+  }
+
+  it('runs the command in its own place, serves exec, dials again when lost, stops the command', async () => {
+    const script = 'echo "started $$ $LEAK"; trap "echo stopping; exit 3" TERM; while :; do sleep 0.1; done';
+    const cmd = start(['/bin/sh', '-c', script]);
+    let link = await AgentLink.listen(agentSocket);
+    let control = await ControlServer.listen(controlSocket, link, { onStop: () => undefined });
+    try {
+      assert.ok(await link.waitHello(5_000), 'the agent dialled in and said hello');
+      for (let i = 0; i < 100 && !cmd.out().includes('started'); i++)
+        await new Promise((r) => setTimeout(r, 20));
+      // The command kept the caller's pid and environment; the agent's sessions get a clean one.
+      assert.equal(cmd.out(), `started ${cmd.child.pid} from-the-caller\n`);
+      const first = await execVia(['sh', '-c', 'echo "[$LEAK] $HOME"; exit 5']);
+      assert.equal(await first.session.done, 5);
+      assert.equal(first.text(), '[] /root\n');
+
+      // The host side goes away (the VMM's connection dropped) with a session running: the
+      // session's command is killed, and the agent dials again.
+      const marker = path.join(dir, 'sleeper.pid');
+      const inFlight = await execVia(['sh', '-c', `echo $$ > ${marker}; exec sleep 60`]);
+      for (let i = 0; i < 100 && !fs.existsSync(marker); i++) await new Promise((r) => setTimeout(r, 20));
+      const sleeper = Number(fs.readFileSync(marker, 'utf8'));
+      const sleeperStart = await processStartTime(sleeper);
+      await link.close(); // first: the control socket would otherwise close the session itself
+      await inFlight.session.done.catch(() => undefined);
+      await control.close();
+      link = await AgentLink.listen(agentSocket);
+      control = await ControlServer.listen(controlSocket, link, { onStop: () => undefined });
+      assert.ok(await link.waitHello(5_000), 'the agent dialled again');
+      for (let i = 0; i < 100 && (await isSameProcess(sleeper, sleeperStart)); i++)
+        await new Promise((r) => setTimeout(r, 20));
+      assert.equal(await isSameProcess(sleeper, sleeperStart), false, 'the lost session was killed');
+      const second = await execVia(['echo', 'again']);
+      assert.equal(await second.session.done, 0);
+      assert.equal(second.text(), 'again\n');
+
+      // SHUTDOWN stops the command (not PID 1); the agent goes with it.
+      assert.equal(link.shutdown(), true);
+      assert.equal(await cmd.exited, 3);
+      assert.match(cmd.out(), /stopping\n$/);
+      let alive = agentsAlive();
+      for (let i = 0; i < 100 && alive.length; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        alive = agentsAlive();
+      }
+      assert.deepEqual(alive, [], 'no agent process outlives the command');
+    } finally {
+      await control.close();
+      await link.close();
+    }
+  });
+
+  it('gives the exit status of a command that cannot run: 127 not found, 126 not executable', async () => {
+    const missing = start(['/no/such/command']);
+    assert.equal(await missing.exited, 127);
+    assert.match(missing.err(), /\/no\/such\/command: No such file or directory/);
+    const plain = path.join(dir, 'plain');
+    fs.writeFileSync(plain, 'x', { mode: 0o644 });
+    const notExec = start([plain]);
+    assert.equal(await notExec.exited, 126);
+    const usage = spawn(binary, ['--vsock', 'x'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    usage.stderr?.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
+    assert.equal(await new Promise((r) => usage.on('exit', r)), 2);
+    assert.match(err, /--vsock: PORT must be a number/);
+  });
+});

@@ -65,7 +65,11 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
     guestPort: KUBE_API_GUEST_PORT,
   };
   const forwards = [options.gateway, api, ...options.extraForwards];
-  const { backend, accel } = await chooseVmm(env, { ...options, network: 'gvproxy', forwards }, reporter);
+  const { backend, accel } = await chooseVmm(
+    env,
+    { ...options, network: 'gvproxy', forwards, purpose: 'gateway' },
+    reporter,
+  );
   await checkHostPortsFree(forwards);
   const supervise = args.flags.has('supervise');
   if (args.flags.has('detach') && !supervise) {

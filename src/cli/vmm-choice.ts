@@ -24,6 +24,8 @@ export async function chooseVmm(
     readonly backend: BackendName | undefined;
     readonly network: NetworkMode;
     readonly forwards: readonly PortForward[];
+    /** What the VM is for: a command (`run`), or the gateway (QEMU only). */
+    readonly purpose?: 'command' | 'gateway' | undefined;
   },
   reporter: Reporter,
 ): Promise<{ backend: VmmBackend; accel: AccelChoice }> {
@@ -51,6 +53,7 @@ export async function chooseVmm(
     facts,
     runtime ? { found: true, dir: runtime.dir } : { found: false, ...runtimeProblem },
     options.backend,
+    options.purpose,
   );
   let backend: VmmBackend;
   let accel: AccelChoice;

@@ -224,9 +224,9 @@ async function runLocked(
             ? [
                 { name: OUTPUT_PORTS.stdout, socketPath: stdoutSink.socketPath },
                 { name: OUTPUT_PORTS.stderr, socketPath: stderrSink.socketPath },
-                supervisor.agentPort,
               ]
             : [],
+        agentSocket: supervisor.agentSocket,
         workload: vmmRuns
           ? {
               path: plan.request.exec,

@@ -11,8 +11,10 @@ import { runCommand } from '../supervisor/command.ts';
 
 /** Where the agent lives in every rootfs openshell-vm builds. */
 export const AGENT_GUEST_PATH = 'sbin/ovm-agent';
-/** The virtio-serial port the agent talks on. */
+/** The virtio-serial port the agent talks on (QEMU). */
 export const AGENT_PORT_NAME = 'org.openshell.agent';
+/** The vsock port the agent dials (libkrun maps it to the host's agent socket). */
+export const AGENT_VSOCK_PORT = 10_000;
 
 const SOURCE = new URL('./agent/ovm-agent.c', import.meta.url);
 

@@ -3,9 +3,7 @@ import path from 'node:path';
 import { ControlServer } from '../agent/control.ts';
 import { AgentLink } from '../agent/link.ts';
 import type { HostEnvironment } from '../config/environment.ts';
-import { AGENT_PORT_NAME } from '../guest/agent-build.ts';
 import { processStartTime } from '../supervisor/identity.ts';
-import type { SerialPortSpec } from '../vmm/backend.ts';
 import type { VmSession } from '../vmm/session.ts';
 import { instanceDir, type RunPaths } from './runs.ts';
 import { type InstanceState, LOGS_DIR, type LogSource, removeState, writeState } from './state.ts';
@@ -36,7 +34,8 @@ export type SupervisorEvent =
 export class InstanceSupervisor {
   readonly link: AgentLink;
   readonly control: ControlServer;
-  readonly agentPort: SerialPortSpec;
+  /** Where the guest agent's channel ends on the host (the VMM connects it to the guest). */
+  readonly agentSocket: string;
   /** Settles with the timeout (ms) when `openshell-vm stop` asks this instance to stop. */
   readonly stopRequested: Promise<number>;
   readonly #dir: string;
@@ -63,10 +62,7 @@ export class InstanceSupervisor {
     this.#state = state;
     this.stopRequested = stopRequested;
     this.#emit = emit;
-    this.agentPort = {
-      name: AGENT_PORT_NAME,
-      socketPath: path.join(run.socketDir, SUPERVISOR_SOCKETS.agent),
-    };
+    this.agentSocket = path.join(run.socketDir, SUPERVISOR_SOCKETS.agent);
   }
 
   /** Opens the agent's socket and the control socket in the run's socket directory; writes the state. */

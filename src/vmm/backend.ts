@@ -49,6 +49,12 @@ export interface VmSpec {
   /** 'overlay': the share is read-only lower layer under a tmpfs; 'rw': the share is the root. */
   readonly rootMode: 'overlay' | 'rw';
   readonly ports: readonly SerialPortSpec[];
+  /**
+   * The Unix socket the caller listens on for the guest agent. Each backend connects the agent to
+   * it its own way: QEMU through the virtio-serial port org.openshell.agent (the guest init starts
+   * the agent); libkrun through a vsock port, with the agent started beside the command.
+   */
+  readonly agentSocket?: string | undefined;
   readonly network: NetworkSpec;
   /** Where the backend writes logs and pid files. */
   readonly runDir: string;

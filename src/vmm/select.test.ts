@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { HostAccelFacts } from '../accel/probe.ts';
-import { HostError } from '../errors.ts';
+import { HostError, UsageError } from '../errors.ts';
 import { chooseBackend } from './select.ts';
 
 const kvm: HostAccelFacts = {
@@ -22,6 +22,20 @@ test('libkrun by default where a runtime is found and KVM/HVF works, QEMU otherw
   assert.equal(pvm.backend, 'qemu');
   assert.match(pvm.reason, /kvm-pvm/);
   assert.equal(chooseBackend({ ...kvm, kvmDevice: 'absent' }, found).backend, 'qemu');
+});
+
+test('the gateway runs on QEMU; --backend libkrun for it is refused with the fix', () => {
+  const gateway = chooseBackend(kvm, found, undefined, 'gateway');
+  assert.equal(gateway.backend, 'qemu');
+  assert.match(gateway.reason, /the gateway runs on QEMU/);
+  assert.equal(chooseBackend(kvm, missing, 'qemu', 'gateway').backend, 'qemu');
+  assert.throws(
+    () => chooseBackend(kvm, found, 'libkrun', 'gateway'),
+    (e: unknown) =>
+      e instanceof UsageError &&
+      /the gateway does not run on libkrun yet/.test(e.message) &&
+      /--backend qemu/.test(e.hint ?? ''),
+  );
 });
 
 test('--backend forces a choice; libkrun without a runtime is an error with the hint', () => {

@@ -20,13 +20,28 @@ export function parseBackend(value: string): BackendName {
 /**
  * libkrun when a runtime is found and its hypervisor works here (KVM on Linux, HVF on macOS),
  * QEMU otherwise; `requested` forces one (libkrun without a runtime is an error with the install
- * hint; libkrun without a working hypervisor runs with a warning).
+ * hint; libkrun without a working hypervisor runs with a warning). The gateway runs on QEMU only:
+ * it needs openshell-vm's guest init as PID 1 and its kernel's modules, which libkrun (its own
+ * init, libkrunfw's kernel) does not boot.
  */
 export function chooseBackend(
   facts: HostAccelFacts,
   runtime: { found: true; dir: string } | { found: false; why: string; hint?: string | undefined },
   requested?: BackendName,
+  purpose: 'command' | 'gateway' = 'command',
 ): BackendChoice {
+  if (purpose === 'gateway') {
+    if (requested === 'libkrun') {
+      throw new UsageError(
+        "--backend libkrun: the gateway does not run on libkrun yet (it needs openshell-vm's guest init and kernel, which only QEMU boots)",
+        { hint: 'leave out --backend, or use --backend qemu; libkrun runs `openshell-vm run` commands' },
+      );
+    }
+    return {
+      backend: 'qemu',
+      reason: requested === 'qemu' ? 'requested with --backend qemu' : 'the gateway runs on QEMU',
+    };
+  }
   const hypervisor =
     facts.platform === 'darwin'
       ? facts.hvfSupported

@@ -32,6 +32,7 @@ export interface SessionSpec {
   readonly rootDir: string;
   readonly rootMode: 'overlay' | 'rw';
   readonly ports: readonly SerialPortSpec[];
+  readonly agentSocket?: string | undefined;
   readonly workload?: WorkloadSpec | undefined;
   readonly network: NetworkSpec['mode'];
   readonly forwards: readonly PortForward[];
@@ -117,6 +118,7 @@ export class VmSession {
           rootDir: spec.rootDir,
           rootMode: spec.rootMode,
           ports: spec.ports,
+          agentSocket: spec.agentSocket,
           workload: spec.workload,
           network,
           runDir: run.dir,

@@ -7,9 +7,12 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
+import { readEnvironment } from '../../src/config/environment.ts';
 import { readMtlsBundle } from '../../src/gateway/client-config.ts';
 import { generatePki } from '../../src/gateway/pki.ts';
 import { mtlsHandshake } from '../../src/gateway/readiness.ts';
+import { findGvproxy } from '../../src/net/gvproxy.ts';
+import { buildLibkrunDouble } from '../fixtures/libkrun-double.ts';
 import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_SHA } from '../fixtures/stand-in.ts';
 import { type CliRun, type Sandbox, sandbox } from './harness.ts';
 
@@ -99,6 +102,20 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
     } finally {
       fs.renameSync(at('usr/local/bin/k3s.away'), at('usr/local/bin/k3s'));
     }
+  });
+
+  test('--backend libkrun is refused for the gateway, naming the fix; nothing is started', async () => {
+    const bundle = fs.mkdtempSync(path.join(box.dataDir, 'krun-'));
+    buildLibkrunDouble(bundle);
+    fs.symlinkSync(await findGvproxy(readEnvironment()), path.join(bundle, 'gvproxy'));
+    const r = await box.run(['--name', 'gw', '--backend', 'libkrun'], {
+      env: { OPENSHELL_VM_RUNTIME_DIR: bundle },
+    });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--backend libkrun: the gateway does not run on libkrun yet/);
+    assert.match(r.stderr, /--backend qemu/);
+    assert.deepEqual(r.processes, []);
+    await box.assertClean(r, 'gw');
   });
 
   test('readiness: the deadline ends the boot with the console lines, leaving nothing', {

@@ -64,8 +64,22 @@ test("--backend libkrun: the command and env reach krun_set_exec; the exit statu
   const recorded = calls(log);
   const exec = recorded.find((c) => c.fn === 'krun_set_exec');
   assert.ok(exec, 'krun_set_exec was called');
-  assert.deepEqual(exec.args.slice(1, 3), ['/bin/sh', ['-c', 'exit 42']]);
+  // libkrun's init runs the guest agent, which starts itself beside the command and execs it in
+  // its own place; the agent dials vsock port 10000, which libkrun connects to the agent socket.
+  assert.deepEqual(exec.args.slice(1, 3), [
+    '/sbin/ovm-agent',
+    ['--vsock', '10000', '--then', '/bin/sh', '-c', 'exit 42'],
+  ]);
   assert.ok((exec.args[3] as string[]).includes('A=1'));
+  const vsock = recorded.find((c) => c.fn === 'krun_add_vsock_port2');
+  assert.ok(vsock, 'krun_add_vsock_port2 was called');
+  assert.equal(vsock.args[1], 10000);
+  assert.match(String(vsock.args[2]), /\/agent\.sock$/);
+  assert.equal(vsock.args[3], false);
+  assert.ok(
+    recorded.findIndex((c) => c.fn === 'krun_add_vsock') < recorded.indexOf(vsock),
+    'the vsock device exists before its port is added',
+  );
   assert.deepEqual(recorded.find((c) => c.fn === 'krun_set_workdir')?.args[1], '/tmp');
   assert.equal(recorded.at(-1)?.fn, 'krun_start_enter');
   await box.assertClean(r);

@@ -1,8 +1,20 @@
 /*
  * ovm-agent: openshell-vm's in-guest agent (static, no libraries beyond libc).
  *
- * The host talks to it over one byte stream: the virtio-serial port named org.openshell.agent
- * (QEMU), a device given as the first argument, or its stdin/stdout with "--stdio" (tests). Everything on the stream is a frame:
+ * The host talks to it over one byte stream, one of:
+ *   (no argument)   the virtio-serial port named org.openshell.agent (QEMU);
+ *   DEVICE          a character device;
+ *   --vsock PORT    a vsock connection to the host (CID 2) on PORT: libkrun maps the port to a Unix
+ *                   socket the host listens on; the agent connects again whenever it is lost;
+ *   --unix PATH     the same through a Unix socket (tests run the agent on the host with it);
+ *   --stdio         its own stdin/stdout (tests).
+ * With "--then CMD [ARG...]" at the end, the agent runs beside a command instead of as a service:
+ * it forks itself off (new session, clean environment, output to /dev/kmsg) and execs CMD in its
+ * own place, so CMD keeps the caller's pid, stdio, environment and exit status (127 not found,
+ * 126 not executable). That is how it runs under libkrun, whose init runs one command. SHUTDOWN
+ * then stops CMD (SIGTERM) rather than PID 1.
+ *
+ * Everything on the stream is a frame:
  *
  *   u32 length (big-endian, of what follows)   u8 type   u32 channel (big-endian)   payload
  *
@@ -32,7 +44,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <linux/vm_sockets.h> /* after sys/socket.h, which it needs */
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -82,6 +98,10 @@ struct session {
 static struct session *sessions[MAX_SESSIONS];
 static int port = -1;     /* read from */
 static int port_out = -1; /* written to (the same fd, except with --stdio) */
+/* Connected channels (--vsock, --unix) are dialled again when lost. */
+static enum { CH_PORT, CH_STDIO, CH_VSOCK, CH_UNIX } channel = CH_PORT;
+static const char *channel_arg;
+static pid_t shutdown_pid = 1; /* who SHUTDOWN stops: PID 1, or the --then command */
 static unsigned char *rbuf;
 static size_t rlen;
 
@@ -425,9 +445,54 @@ static void handle_frame(int type, uint32_t ch, unsigned char *p, size_t len) {
     break;
   case F_SHUTDOWN:
     logmsg("%s", "shutdown requested by the host");
-    kill(1, SIGTERM);
+    kill(shutdown_pid, SIGTERM);
     break;
   }
+}
+
+/* The host is gone: its sessions' commands are killed (nobody reads them any more). */
+static void drop_sessions(void) {
+  for (int i = 0; i < MAX_SESSIONS; i++) {
+    struct session *s = sessions[i];
+    if (!s) continue;
+    if (!s->exited) kill(-s->pid, SIGKILL);
+    free_session(s);
+  }
+  free(rbuf);
+  rbuf = NULL;
+  rlen = 0;
+}
+
+static int dial(void) {
+  int fd = -1;
+  if (channel == CH_VSOCK) {
+    struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST,
+                            .svm_port = (unsigned)strtoul(channel_arg, NULL, 10)};
+    fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
+  } else {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", channel_arg);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
+  }
+  if (fd >= 0) close(fd);
+  return -1;
+}
+
+static void hello(void) { send_text(F_HELLO, 0, "ovm-agent/1 " OVM_ARCH); }
+
+/* Drops the lost connection and dials until the host answers (every 0.1 s, then every 1 s). */
+static void redial(void) {
+  if (port >= 0) {
+    logmsg("%s", "the host went away; dialling again");
+    drop_sessions();
+    close(port);
+  }
+  port = port_out = -1;
+  for (int tries = 0; (port = dial()) < 0; tries++) usleep(tries < 50 ? 100000 : 1000000);
+  port_out = port;
+  hello();
 }
 
 static void read_port(void) {
@@ -435,12 +500,15 @@ static void read_port(void) {
   ssize_t n = read(port, buf, sizeof buf);
   if (n <= 0) {
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
-    /* --stdio: the host is gone, so is the agent. A port: the host side is not connected (yet, or
-     * any more): wait for it. */
-    if (port == 0) {
-      for (int i = 0; i < MAX_SESSIONS; i++)
-        if (sessions[i] && !sessions[i]->exited) kill(-sessions[i]->pid, SIGKILL);
+    /* --stdio: the host is gone, so is the agent. A connection: dial again. A port: the host side
+     * is not connected (yet, or any more): wait for it. */
+    if (channel == CH_STDIO) {
+      drop_sessions();
       exit(0);
+    }
+    if (channel == CH_VSOCK || channel == CH_UNIX) {
+      redial();
+      return;
     }
     usleep(200000);
     return;
@@ -499,7 +567,7 @@ static void reap(int sfd) {
 }
 
 static int open_port(const char *given) {
-  if (given && strcmp(given, "--stdio") == 0) return 0;
+  if (channel == CH_STDIO) return 0;
   if (given) return open(given, O_RDWR | O_CLOEXEC);
   glob_t g;
   int fd = -1;
@@ -521,16 +589,93 @@ static int open_port(const char *given) {
   return fd;
 }
 
-int main(int argc, char **argv) {
-  const char *given = argc > 1 ? argv[1] : NULL;
-  for (int tries = 0; (port = open_port(given)) < 0; tries++) {
-    if (tries == 50) {
-      logmsg("no host channel (%s)", given ? given : "virtio-serial port " PORT_NAME);
-      return 1;
+static int usage(const char *problem) {
+  logmsg("%s", problem);
+  fputs("usage: ovm-agent [DEVICE | --vsock PORT | --unix PATH | --stdio] [--then CMD [ARG...]]\n", stderr);
+  return 2;
+}
+
+/*
+ * --then: forks the agent off and execs `cmd` in this process (same pid, stdio, environment).
+ * Returns in the agent (0), or never (the command, or its exec failure: 127 / 126).
+ */
+static void beside(char **cmd) {
+  pid_t self = getpid();
+  pid_t pid = fork();
+  if (pid < 0) logmsg("fork failed: %s; running the command without the agent", strerror(errno));
+  if (pid == 0) {
+    /* The agent goes when the command does (its parent, after the exec). */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != self) _exit(0);
+    setsid();
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    int log = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+    if (null >= 0) { dup2(null, 0); dup2(null, 1); }
+    if (log >= 0 || null >= 0) dup2(log >= 0 ? log : null, 2);
+    const char *term = getenv("TERM");
+    char *path = getenv("PATH");
+    path = strdup(path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    char *t = strdup(term ? term : "xterm");
+    clearenv();
+    setenv("PATH", path, 1);
+    setenv("HOME", "/root", 1);
+    setenv("TERM", t, 1);
+    shutdown_pid = self;
+    /* Keep an agent running while the command does: start it again if it dies. */
+    for (;;) {
+      pid_t agent = fork();
+      if (agent == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        return;
+      }
+      int st;
+      if (agent > 0) while (waitpid(agent, &st, 0) < 0 && errno == EINTR) {}
+      if (kill(self, 0) < 0) _exit(0);
+      sleep(1);
     }
-    usleep(100000);
   }
-  port_out = given && strcmp(given, "--stdio") == 0 ? 1 : port;
+  execvp(cmd[0], cmd);
+  int e = errno;
+  fprintf(stderr, "%s: %s\n", cmd[0], strerror(e));
+  _exit(e == ENOENT ? 127 : 126);
+}
+
+int main(int argc, char **argv) {
+  const char *given = NULL;
+  char **then = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--then") == 0) {
+      if (i + 1 >= argc) return usage("--then needs a command");
+      then = &argv[i + 1];
+      break;
+    } else if (strcmp(argv[i], "--stdio") == 0) {
+      channel = CH_STDIO;
+    } else if (strcmp(argv[i], "--vsock") == 0 || strcmp(argv[i], "--unix") == 0) {
+      if (i + 1 >= argc) return usage("--vsock and --unix need a value");
+      channel = argv[i][2] == 'v' ? CH_VSOCK : CH_UNIX;
+      channel_arg = argv[++i];
+      if (channel == CH_VSOCK && strspn(channel_arg, "0123456789") != strlen(channel_arg))
+        return usage("--vsock: PORT must be a number");
+    } else if (argv[i][0] == '-') {
+      return usage("unknown option");
+    } else {
+      given = argv[i];
+    }
+  }
+  if (then) beside(then);
+  signal(SIGPIPE, SIG_IGN);
+  if (channel == CH_VSOCK || channel == CH_UNIX) {
+    redial();
+  } else {
+    for (int tries = 0; (port = open_port(given)) < 0; tries++) {
+      if (tries == 50) {
+        logmsg("no host channel (%s)", given ? given : "virtio-serial port " PORT_NAME);
+        return 1;
+      }
+      usleep(100000);
+    }
+    port_out = channel == CH_STDIO ? 1 : port;
+  }
   if (isatty(port)) {
     /* A terminal as the channel: raw bytes, no line discipline. */
     struct termios t;
@@ -539,13 +684,12 @@ int main(int argc, char **argv) {
       tcsetattr(port, TCSANOW, &t);
     }
   }
-  signal(SIGPIPE, SIG_IGN);
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGCHLD);
   sigprocmask(SIG_BLOCK, &mask, NULL);
   int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-  send_text(F_HELLO, 0, "ovm-agent/1 " OVM_ARCH);
+  if (channel != CH_VSOCK && channel != CH_UNIX) hello(); /* redial() said it */
 
   for (;;) {
     struct pollfd fds[2 + 3 * MAX_SESSIONS];
@@ -602,6 +746,7 @@ int main(int argc, char **argv) {
       }
     }
     if (fds[0].revents & POLLIN) read_port();
+    else if (fds[0].revents && (channel == CH_VSOCK || channel == CH_UNIX)) redial();
     else if (fds[0].revents & (POLLHUP | POLLERR)) usleep(200000);
   }
 }

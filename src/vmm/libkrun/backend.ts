@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError } from '../../errors.ts';
+import { AGENT_GUEST_PATH, AGENT_VSOCK_PORT } from '../../guest/agent-build.ts';
 import { hostArch } from '../../host/arch.ts';
 import { type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
 import type { BackendFeatures, ProcessEvents, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
@@ -37,15 +38,27 @@ export function libkrunConfig(spec: VmSpec, platform: NodeJS.Platform, logLevel 
       hint: 'use --net gvproxy',
     });
   }
+  const { workload } = spec;
   return {
     logLevel,
     vcpus: spec.vcpus,
     memMib: spec.memMib,
     rootDir: spec.rootDir,
-    workdir: spec.workload.workdir,
-    exec: { path: spec.workload.path, args: spec.workload.args, env: spec.workload.env },
+    workdir: workload.workdir,
+    // With an agent socket, libkrun's init runs the agent, which starts itself beside the command
+    // and execs it in its own place (same pid, stdio, environment and exit status); the agent
+    // dials the vsock port that libkrun connects to the host's agent socket.
+    exec: spec.agentSocket
+      ? {
+          path: `/${AGENT_GUEST_PATH}`,
+          args: ['--vsock', String(AGENT_VSOCK_PORT), '--then', workload.path, ...workload.args],
+          env: workload.env,
+        }
+      : { path: workload.path, args: workload.args, env: workload.env },
     net,
-    vsockPorts: [],
+    vsockPorts: spec.agentSocket
+      ? [{ port: AGENT_VSOCK_PORT, socketPath: spec.agentSocket, listen: false }]
+      : [],
   };
 }
 

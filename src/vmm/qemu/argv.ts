@@ -1,3 +1,4 @@
+import { AGENT_PORT_NAME } from '../../guest/agent-build.ts';
 import type { VmSpec } from '../backend.ts';
 import { ROOT_SHARE_TAG } from '../backend.ts';
 
@@ -37,6 +38,9 @@ export function kernelCommandLine(spec: VmSpec): string {
  * x86_64: the microvm machine (virtio-mmio only, no PCI, no firmware). aarch64: the virt machine.
  */
 export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
+  const ports = spec.agentSocket
+    ? [...spec.ports, { name: AGENT_PORT_NAME, socketPath: spec.agentSocket }]
+    : spec.ports;
   const hardware = spec.accel !== 'tcg';
   const machine =
     spec.arch === 'x86_64'
@@ -81,8 +85,8 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
     '-device',
     `vhost-user-fs-device,chardev=vfs,tag=${ROOT_SHARE_TAG}`,
     ...networkArgs(spec),
-    ...(spec.ports.length ? ['-device', 'virtio-serial-device'] : []),
-    ...spec.ports.flatMap((port, i) => [
+    ...(ports.length ? ['-device', 'virtio-serial-device'] : []),
+    ...ports.flatMap((port, i) => [
       '-chardev',
       `socket,id=port${i},path=${optValue(port.socketPath)}`,
       '-device',
