@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import YAML from 'yaml';
@@ -106,12 +107,119 @@ export async function mergeKubeconfig(
   };
   if (options.setCurrent || !doc['current-context'])
     merged['current-context'] = entry['current-context'] ?? '';
-  let backup: string | undefined;
-  if (existingText !== undefined) {
-    const stamp = (options.now ?? new Date()).toISOString().replace(/[:.]/g, '-');
-    backup = `${target}.bak-${stamp}`;
-    await fs.writeFile(backup, existingText, { mode: 0o600 });
-  }
+  const backup = existingText === undefined ? undefined : await backUp(target, existingText, options.now);
   await writeFileAtomic(target, YAML.stringify(merged, { lineWidth: 0 }));
   return backup;
+}
+
+async function backUp(target: string, text: string, now = new Date()): Promise<string> {
+  const backup = `${target}.bak-${now.toISOString().replace(/[:.]/g, '-')}`;
+  await fs.writeFile(backup, text, { mode: 0o600 });
+  return backup;
+}
+
+/**
+ * What identifies a merged entry as the one openshell-vm wrote: its name and a hash of the
+ * cluster's CA and the user's client certificate (the server's port changes every boot, these do
+ * not until the instance is reset).
+ */
+export interface MergedEntry {
+  readonly target: string;
+  readonly name: string;
+  readonly fingerprint: string;
+}
+
+function fingerprintOf(cluster: Named | undefined, user: Named | undefined): string | undefined {
+  const ca = (cluster?.cluster as Record<string, unknown> | undefined)?.['certificate-authority-data'];
+  const cert = (user?.user as Record<string, unknown> | undefined)?.['client-certificate-data'];
+  if (typeof ca !== 'string' || typeof cert !== 'string') return undefined;
+  return createHash('sha256').update(`${ca}\n${cert}`).digest('hex');
+}
+
+/** The record of a merge of the gateway kubeconfig `entryText` into `target`. */
+export function mergedEntry(target: string, entryText: string): MergedEntry {
+  const entry = parse(entryText, 'the gateway kubeconfig');
+  const name = entry.contexts?.[0]?.name;
+  const fingerprint = fingerprintOf(entry.clusters?.[0], entry.users?.[0]);
+  if (!name || !fingerprint)
+    throw new HostError('the gateway kubeconfig has no context, CA or client certificate');
+  return { target, name, fingerprint };
+}
+
+export interface UnmergeResult {
+  /** Which of the cluster, user and context named NAME were removed. */
+  readonly removed: readonly ('cluster' | 'user' | 'context')[];
+  /** Entries named NAME that were left because they are not the ones openshell-vm merged. */
+  readonly kept: readonly ('cluster' | 'user' | 'context')[];
+  readonly backup: string | undefined;
+}
+
+/**
+ * Takes out of `record.target` what mergeKubeconfig put there: the cluster and user named NAME
+ * only while they still carry the merged CA and client certificate (and no context that stays
+ * names them), the context only when it joins those two. An entry of the same name that is not ours (the user replaced it) is kept and
+ * reported. current-context is cleared when it named the removed context. The old file is backed
+ * up first; a target that is gone or does not parse is left alone (the latter is an error).
+ */
+export async function unmergeKubeconfig(
+  record: MergedEntry,
+  options: { readonly now?: Date | undefined } = {},
+): Promise<UnmergeResult> {
+  let text: string;
+  try {
+    text = await fs.readFile(record.target, 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return { removed: [], kept: [], backup: undefined };
+    throw err;
+  }
+  const doc = parse(text, record.target);
+  const { name } = record;
+  const cluster = doc.clusters?.find((c) => c.name === name);
+  const user = doc.users?.find((u) => u.name === name);
+  const context = doc.contexts?.find((c) => c.name === name);
+  const ours = fingerprintOf(cluster, user) === record.fingerprint;
+  const joins = (context?.context as Record<string, unknown> | undefined) ?? {};
+  const removed: UnmergeResult['removed'][number][] = [];
+  const kept: UnmergeResult['kept'][number][] = [];
+  const sort = (what: 'cluster' | 'user' | 'context', present: unknown, remove: boolean) => {
+    if (present) (remove ? removed : kept).push(what);
+  };
+  const contextOurs = ours && joins.cluster === name && joins.user === name;
+  // A cluster or user that a context left in the file still names stays, so nothing dangles.
+  const left = (doc.contexts ?? []).filter((c) => !(contextOurs && c === context));
+  const named = (key: 'cluster' | 'user') =>
+    left.some((c) => (c.context as Record<string, unknown> | undefined)?.[key] === name);
+  sort('cluster', cluster, ours && !named('cluster'));
+  sort('user', user, ours && !named('user'));
+  sort('context', context, contextOurs);
+  if (removed.length === 0) return { removed, kept, backup: undefined };
+  const out: Kubeconfig = { ...doc };
+  if (removed.includes('cluster')) out.clusters = (doc.clusters ?? []).filter((c) => c !== cluster);
+  if (removed.includes('user')) out.users = (doc.users ?? []).filter((u) => u !== user);
+  if (removed.includes('context')) {
+    out.contexts = (doc.contexts ?? []).filter((c) => c !== context);
+    if (doc['current-context'] === name) out['current-context'] = '';
+  }
+  const backup = await backUp(record.target, text, options.now);
+  await writeFileAtomic(record.target, YAML.stringify(out, { lineWidth: 0 }));
+  return { removed, kept, backup };
+}
+
+/** In the instance directory: what `--merge-kubeconfig` added where, for `delete` to take out. */
+export const MERGE_RECORD = 'kubeconfig-merge.json';
+
+export async function writeMergeRecord(instanceDir: string, record: MergedEntry): Promise<void> {
+  await writeFileAtomic(path.join(instanceDir, MERGE_RECORD), `${JSON.stringify(record)}\n`);
+}
+
+/** The merge record, or undefined when there is none (or it is unreadable: nothing is removed then). */
+export async function readMergeRecord(instanceDir: string): Promise<MergedEntry | undefined> {
+  try {
+    const r = JSON.parse(await fs.readFile(path.join(instanceDir, MERGE_RECORD), 'utf8')) as MergedEntry;
+    return typeof r.target === 'string' && typeof r.name === 'string' && typeof r.fingerprint === 'string'
+      ? r
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -19,7 +19,13 @@ import { abortableSleep, tailFile } from '../supervisor/wait.ts';
 import type { VmmBackend } from '../vmm/backend.ts';
 import { type SessionEvent, VmSession } from '../vmm/session.ts';
 import { type BootstrapResult, bootstrapGateway } from './bootstrap.ts';
-import { mergeKubeconfig, rewriteKubeconfig, writeKubeconfig } from './kubeconfig.ts';
+import {
+  mergedEntry,
+  mergeKubeconfig,
+  rewriteKubeconfig,
+  writeKubeconfig,
+  writeMergeRecord,
+} from './kubeconfig.ts';
 import { waitForGateway } from './readiness.ts';
 
 /** The guest port of the gateway's NodePort service, and of the Kubernetes API. */
@@ -251,6 +257,7 @@ export async function runGateway(
     let backup: string | undefined;
     if (plan.mergeKubeconfig) {
       backup = await mergeKubeconfig(plan.mergeKubeconfig, kubeText, { setCurrent: plan.useContext });
+      await writeMergeRecord(dir, mergedEntry(plan.mergeKubeconfig, kubeText));
     }
     failed = false;
     const ready: GatewayReady = {

@@ -5,6 +5,7 @@ import { FRAME, parseAgentTime } from '../agent/protocol.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno } from '../errors.ts';
 import { gatewayDir } from '../gateway/client-config.ts';
+import { readMergeRecord, unmergeKubeconfig } from '../gateway/kubeconfig.ts';
 import { lexists, pathExists } from '../host/fs.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { isSameProcess } from '../supervisor/identity.ts';
@@ -215,7 +216,8 @@ export async function resetInstance(env: HostEnvironment, name: string, rootfs: 
 
 /**
  * `delete`: stops the instance if it runs, then removes its directory (rootfs, logs, state), its
- * kubeconfig and the OpenShell CLI's files for it (and active_gateway when it names it).
+ * kubeconfig, what `--merge-kubeconfig` added to ~/.kube/config (while it is still ours) and the
+ * OpenShell CLI's files for it (and active_gateway when it names it).
  */
 export async function deleteInstance(
   env: HostEnvironment,
@@ -241,6 +243,22 @@ export async function deleteInstance(
       if (await lexists(p)) {
         await fs.rm(p, { recursive: true, force: true });
         removed.push(p);
+      }
+    }
+    const merged = await readMergeRecord(dir);
+    if (merged) {
+      // A kubeconfig that no longer parses is left as it is; the instance goes all the same.
+      const out = await unmergeKubeconfig(merged).catch((err: unknown) => {
+        onProgress(`left ${merged.target} alone: ${(err as Error).message}`);
+        return undefined;
+      });
+      if (out?.removed.length) {
+        removed.push(`${merged.target}: ${out.removed.join(', ')} '${merged.name}' (backup ${out.backup})`);
+      }
+      if (out?.kept.length) {
+        onProgress(
+          `kept ${out.kept.join(', ')} '${merged.name}' in ${merged.target}: not the ones openshell-vm merged (they were changed since)`,
+        );
       }
     }
   } finally {

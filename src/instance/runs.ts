@@ -197,7 +197,6 @@ export async function saveRunLogs(runDir: string, base: string): Promise<void> {
 
 const RUN_INDEPENDENT_LOGS: ReadonlySet<string> = new Set(['supervisor.log', 'output.log']);
 
-/** Stops a process of ours: SIGTERM, then SIGKILL after 2 s; only while pid and start time match. */
 /**
  * Stops every listed process that is still the same process (pid + start time), all at once, and
  * returns those that were alive. Looking them all up before stopping any matters: a helper that
@@ -212,6 +211,7 @@ export async function terminateAll<
   return alive;
 }
 
+/** Stops a process of ours: SIGTERM, then SIGKILL after 2 s; only while pid and start time match. */
 export async function terminate(record: {
   readonly pid: number;
   readonly startTime: string | undefined;

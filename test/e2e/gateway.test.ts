@@ -358,5 +358,14 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
     // and this boot's cleanup ran again: no leftovers from the first boot's task dirs.
     assert.equal(fs.existsSync(at(`${CONTAINERD}/io.containerd.runtime.v2.task`)), false);
     assert.ok(fs.existsSync(at(`${CONTAINERD}/io.containerd.metadata.v1.bolt/meta.db`)));
+    // delete takes out what --merge-kubeconfig added and nothing else (this is the last test: it
+    // removes the instance and its rootfs).
+    const del = await box.run(['delete', 'gw']);
+    assert.equal(del.code, 0, del.stderr);
+    assert.match(del.stdout.toString(), /config: cluster, user, context 'gw' \(backup /);
+    assert.deepEqual(YAML.parse(fs.readFileSync(path.join(kubeDir, 'config'), 'utf8')), YAML.parse(existing));
+    assert.equal(fs.existsSync(path.join(kubeDir, 'gw.yaml')), false);
+    assert.equal(fs.existsSync(path.join(cfg, 'gateways', 'gw')), false);
+    assert.equal(fs.existsSync(path.join(box.dataDir, 'instances', 'gw')), false);
   });
 });
