@@ -77,10 +77,11 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
   }
 
   if (args.flags.has('reset')) {
-    const removed = await resetInstance(env, options.instance, rootfs);
+    const { removed, unmerged } = await resetInstance(env, options.instance, rootfs, (m) => reporter.warn(m));
     reporter.progress(
       `reset: cluster state and credentials of '${options.instance}' removed (${removed.length} paths); the built rootfs layers are kept`,
     );
+    for (const line of unmerged) reporter.progress(`reset: taken out of ${line}`);
   }
 
   let ready: GatewayReady | undefined;

@@ -5,7 +5,7 @@ import { FRAME, parseAgentTime } from '../agent/protocol.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno } from '../errors.ts';
 import { gatewayDir } from '../gateway/client-config.ts';
-import { readMergeRecord, unmergeKubeconfig } from '../gateway/kubeconfig.ts';
+import { MERGE_RECORD, readMergeRecord, unmergeKubeconfig } from '../gateway/kubeconfig.ts';
 import { lexists, pathExists } from '../host/fs.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { isSameProcess } from '../supervisor/identity.ts';
@@ -183,16 +183,49 @@ const RESET_PATHS = [
 ] as const;
 
 /**
+ * Takes what `--merge-kubeconfig` added out of the kubeconfig it went into (while it is still
+ * ours) and forgets the record. Returns what was removed, as lines for the user. A kubeconfig that
+ * no longer parses is left as it is, and said so: the caller goes on all the same.
+ */
+async function forgetMergedKubeconfig(dir: string, onProgress: (message: string) => void): Promise<string[]> {
+  const merged = await readMergeRecord(dir);
+  if (!merged) return [];
+  const removed: string[] = [];
+  try {
+    const out = await unmergeKubeconfig(merged);
+    if (out.removed.length) {
+      removed.push(`${merged.target}: ${out.removed.join(', ')} '${merged.name}' (backup ${out.backup})`);
+    }
+    if (out.kept.length) {
+      onProgress(
+        `kept ${out.kept.join(', ')} '${merged.name}' in ${merged.target}: not the ones openshell-vm merged (changed since)`,
+      );
+    }
+  } catch (err) {
+    onProgress(`left ${merged.target} alone: ${(err as Error).message}`);
+  }
+  await fs.rm(path.join(dir, MERGE_RECORD), { force: true });
+  return removed;
+}
+
+/**
  * `--reset`: forgets the cluster and the credentials, keeps what the build made. Wipes k3s's
  * datastore, certificates and tokens, kubelet pods, CNI state and run files from the instance's
- * rootfs, the gateway's mTLS bundle and metadata from the OpenShell CLI's config, and its
- * kubeconfig. Kept: the base system, k3s, the chart and manifests, and the images (containerd's
- * content store and snapshots). The instance must be stopped (the lock is held while wiping).
+ * rootfs, the gateway's mTLS bundle and metadata from the OpenShell CLI's config, its kubeconfig
+ * and what `--merge-kubeconfig` added (returned as `unmerged`). Kept: the base system, k3s, the
+ * chart and manifests, and the images (containerd's content store and snapshots). The instance
+ * must be stopped (the lock is held while wiping).
  */
-export async function resetInstance(env: HostEnvironment, name: string, rootfs: string): Promise<string[]> {
+export async function resetInstance(
+  env: HostEnvironment,
+  name: string,
+  rootfs: string,
+  onProgress: (message: string) => void = () => undefined,
+): Promise<{ removed: string[]; unmerged: string[] }> {
   const dir = instanceDir(env, name);
   const release = await takeInstanceLock(dir, name, 'resetting the instance');
   const removed: string[] = [];
+  let unmerged: string[] = [];
   try {
     for (const rel of RESET_PATHS) {
       const p = path.join(rootfs, rel);
@@ -207,11 +240,12 @@ export async function resetInstance(env: HostEnvironment, name: string, rootfs: 
         removed.push(p);
       }
     }
+    unmerged = await forgetMergedKubeconfig(dir, onProgress);
     await fs.mkdir(path.join(rootfs, 'run'), { recursive: true });
   } finally {
     await release();
   }
-  return removed;
+  return { removed, unmerged };
 }
 
 /**
@@ -245,22 +279,7 @@ export async function deleteInstance(
         removed.push(p);
       }
     }
-    const merged = await readMergeRecord(dir);
-    if (merged) {
-      // A kubeconfig that no longer parses is left as it is; the instance goes all the same.
-      const out = await unmergeKubeconfig(merged).catch((err: unknown) => {
-        onProgress(`left ${merged.target} alone: ${(err as Error).message}`);
-        return undefined;
-      });
-      if (out?.removed.length) {
-        removed.push(`${merged.target}: ${out.removed.join(', ')} '${merged.name}' (backup ${out.backup})`);
-      }
-      if (out?.kept.length) {
-        onProgress(
-          `kept ${out.kept.join(', ')} '${merged.name}' in ${merged.target}: not the ones openshell-vm merged (they were changed since)`,
-        );
-      }
-    }
+    removed.push(...(await forgetMergedKubeconfig(dir, onProgress)));
   } finally {
     await release();
   }

@@ -358,12 +358,72 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
     // and this boot's cleanup ran again: no leftovers from the first boot's task dirs.
     assert.equal(fs.existsSync(at(`${CONTAINERD}/io.containerd.runtime.v2.task`)), false);
     assert.ok(fs.existsSync(at(`${CONTAINERD}/io.containerd.metadata.v1.bolt/meta.db`)));
-    // delete takes out what --merge-kubeconfig added and nothing else (this is the last test: it
-    // removes the instance and its rootfs).
+  });
+
+  // The last test: it resets, then deletes the instance (rootfs included).
+  test('--reset: cold bootstrap with new credentials, cluster state gone, images kept, merged context taken out; then delete', {
+    timeout: 600_000,
+  }, async () => {
+    const cfg = path.join(box.configDir, 'openshell');
+    const kubeDir = path.join(box.homeDir, '.kube');
+    const config = path.join(kubeDir, 'config');
+    const caOf = (doc: { clusters: { name: string; cluster: Record<string, string> }[] }) =>
+      doc.clusters.find((c) => c.name === 'gw')?.cluster['certificate-authority-data'];
+    const before = await readMtlsBundle(cfg, 'gw');
+    const mergedBefore = YAML.parse(fs.readFileSync(config, 'utf8'));
+    const oldCa = caOf(mergedBefore);
+    assert.ok(before && oldCa, 'the previous test left credentials and a merged context');
+    const theirs = {
+      ...mergedBefore,
+      contexts: mergedBefore.contexts.filter((c: { name: string }) => c.name !== 'gw'),
+    };
+    theirs.clusters = theirs.clusters.filter((c: { name: string }) => c.name !== 'gw');
+    theirs.users = theirs.users.filter((c: { name: string }) => c.name !== 'gw');
+    // Cluster state to forget, and an image layer to keep.
+    fs.mkdirSync(at(`${K3S}/server/tls`), { recursive: true });
+    fs.writeFileSync(at(`${K3S}/server/tls/planted-by-test`), 'x');
+    fs.writeFileSync(at(`${K3S}/server/token`), 'old-token');
+    const kept = at(`${CONTAINERD}/io.containerd.content.v1.content/planted-by-test`);
+    fs.mkdirSync(path.dirname(kept), { recursive: true });
+    fs.writeFileSync(kept, 'layer');
+    const run = await bootGateway(box, ['--reset', '--ready-timeout', '400'], async (ready) => {
+      assert.equal(ready.bootstrap, 'cold');
+      const after = await readMtlsBundle(cfg, 'gw');
+      assert.ok(after);
+      assert.notEqual(after.caCert, before.caCert, 'a new CA');
+      assert.equal(await mtlsHandshake(30051, after), true);
+      assert.notEqual(
+        await mtlsHandshake(30051, before).catch(() => 'refused'),
+        true,
+        'the old client is refused',
+      );
+      // The merged context went with the old credentials; the user's own entries stayed.
+      assert.deepEqual(YAML.parse(fs.readFileSync(config, 'utf8')), theirs);
+      assert.notEqual(
+        caOf(YAML.parse(fs.readFileSync(path.join(kubeDir, 'gw.yaml'), 'utf8'))),
+        oldCa,
+        'the new kubeconfig carries the new CA',
+      );
+    });
+    assert.match(run.stderr, /reset: cluster state and credentials of 'gw' removed/);
+    assert.match(run.stderr, /reset: taken out of .*config: cluster, user, context 'gw' \(backup /);
+    assert.equal(fs.existsSync(at(`${K3S}/server/tls/planted-by-test`)), false);
+    assert.equal(fs.existsSync(at(`${K3S}/server/token`)), false);
+    assert.equal(fs.readFileSync(kept, 'utf8'), 'layer', 'the content store is kept');
+
+    // Merged again, then delete takes out what --merge-kubeconfig added, and nothing else.
+    await bootGateway(box, ['--merge-kubeconfig', '--ready-timeout', '400'], async () => {
+      assert.deepEqual(
+        YAML.parse(fs.readFileSync(config, 'utf8'))
+          .contexts.map((c: { name: string }) => c.name)
+          .sort(),
+        ['gw', 'work'],
+      );
+    });
     const del = await box.run(['delete', 'gw']);
     assert.equal(del.code, 0, del.stderr);
     assert.match(del.stdout.toString(), /config: cluster, user, context 'gw' \(backup /);
-    assert.deepEqual(YAML.parse(fs.readFileSync(path.join(kubeDir, 'config'), 'utf8')), YAML.parse(existing));
+    assert.deepEqual(YAML.parse(fs.readFileSync(config, 'utf8')), theirs);
     assert.equal(fs.existsSync(path.join(kubeDir, 'gw.yaml')), false);
     assert.equal(fs.existsSync(path.join(cfg, 'gateways', 'gw')), false);
     assert.equal(fs.existsSync(path.join(box.dataDir, 'instances', 'gw')), false);
