@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process';
+import { fstatSync } from 'node:fs';
 import { ExecSession } from '../agent/client.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { HostError, UsageError } from '../errors.ts';
@@ -111,7 +113,10 @@ export async function execIntoCommand(argv: readonly string[]): Promise<number> 
     { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
   );
   const raw = tty && stdinTty;
-  if (raw) process.stdin.setRawMode(true);
+  if (raw) {
+    process.stdin.setRawMode(true);
+    if (process.stdout.isTTY) rawOutput();
+  }
   const onResize = () => {
     const { rows, cols } = size();
     session.resize(rows, cols);
@@ -131,4 +136,19 @@ export async function execIntoCommand(argv: readonly string[]): Promise<number> 
     process.stdin.pause();
     process.stdin.destroy();
   }
+}
+
+/**
+ * Node's raw mode keeps output processing (ONLCR) on, so the guest pty's "\r\n" would reach the
+ * terminal as "\r\r\n". Like ssh, turn output processing off too while the session runs, on
+ * the terminal that stdin and stdout share; setRawMode(false) puts back the terminal's settings
+ * from before. Without stty, or on two different terminals, output stays as it was.
+ */
+function rawOutput(): void {
+  try {
+    if (fstatSync(0).rdev !== fstatSync(1).rdev) return;
+  } catch {
+    return;
+  }
+  spawnSync('stty', ['-opost'], { stdio: ['inherit', 'ignore', 'ignore'] });
 }

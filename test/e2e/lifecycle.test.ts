@@ -168,6 +168,9 @@ describe('instances', () => {
       );
       const out = pty.stdout.toString().replaceAll('\r', '');
       assert.equal(pty.status, 4, out + pty.stderr.toString());
+      // One CR per line, from the guest's pty; the local terminal adds none (no "\r\r\n").
+      assert.match(pty.stdout.toString(), /^24 80\r\n/m);
+      assert.doesNotMatch(pty.stdout.toString(), /\r\r\n/);
       assert.match(out, /^\/dev\/pts\/\d+$/m);
       assert.match(out, /^24 80$/m);
       assert.match(out, /^40 100$/m, 'the resize reached the guest');
