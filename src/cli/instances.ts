@@ -8,9 +8,10 @@ import {
   type InstanceStatus,
   inspectInstance,
   listInstanceNames,
+  requireInstance,
   stopInstance,
 } from '../instance/lifecycle.ts';
-import { instanceDir, parseInstanceName } from '../instance/runs.ts';
+import { parseInstanceName } from '../instance/runs.ts';
 import { LOG_SOURCES, LOGS_DIR, type LogSource, readState } from '../instance/state.ts';
 import { followFile } from '../supervisor/follow.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
@@ -72,6 +73,7 @@ export async function statusCommand(argv: readonly string[]): Promise<number> {
   if (args.flags.has('help')) return help();
   const name = nameOf(args, 'status');
   const env = readEnvironment();
+  await requireInstance(env, name);
   const status = await inspectInstance(env, name);
   if (status.reaped) process.stderr.write(`openshell-vm: ${status.reaped}\n`);
   process.stdout.write(
@@ -121,6 +123,7 @@ export async function stopCommand(argv: readonly string[]): Promise<number> {
   const name = nameOf(args, 'stop');
   const timeoutMs = timeoutOf(args);
   const env = readEnvironment();
+  await requireInstance(env, name);
   const reporter = new Reporter({ stderr: process.stderr, quiet: false, eventsFile: undefined });
   const result = await stopInstance(env, name, timeoutMs, (m) => reporter.progress(m));
   if (result.reaped) reporter.notice(result.reaped);
@@ -161,9 +164,7 @@ export async function logsCommand(argv: readonly string[]): Promise<number> {
     });
   }
   const env = readEnvironment();
-  const dir = instanceDir(env, name);
-  if (!fs.existsSync(dir))
-    throw new HostError(`there is no instance '${name}'`, { hint: 'see: openshell-vm list' });
+  const dir = await requireInstance(env, name);
   const state = await readState(dir);
   const stopped = path.join(dir, LOGS_DIR);
   const file =

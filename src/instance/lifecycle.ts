@@ -32,6 +32,15 @@ export interface InstanceStatus {
   readonly reaped?: string | undefined;
 }
 
+/** The instance's directory; an instance that has none is an error naming it, with `list` as the hint. */
+export async function requireInstance(env: HostEnvironment, name: string): Promise<string> {
+  const dir = instanceDir(env, name);
+  if (!(await pathExists(dir))) {
+    throw new HostError(`there is no instance '${name}'`, { hint: 'see: openshell-vm list' });
+  }
+  return dir;
+}
+
 /** The names of every instance that has a directory. */
 export async function listInstanceNames(env: HostEnvironment): Promise<string[]> {
   try {
@@ -259,10 +268,7 @@ export async function deleteInstance(
   timeoutMs: number,
   onProgress: (message: string) => void,
 ): Promise<{ removed: string[]; stopped: boolean }> {
-  const dir = instanceDir(env, name);
-  if (!(await pathExists(dir))) {
-    throw new HostError(`there is no instance '${name}'`, { hint: 'see: openshell-vm list' });
-  }
+  const dir = await requireInstance(env, name);
   const stop = await stopInstance(env, name, timeoutMs, onProgress);
   const release = await takeInstanceLock(dir, name, 'deleting the instance');
   const removed: string[] = [];

@@ -181,6 +181,12 @@ describe('instances', () => {
       const notRunning = await box.run(['exec', 'nope', '--', 'true']);
       assert.equal(notRunning.code, 125);
       assert.match(notRunning.stderr, /instance 'nope' is not running/);
+      for (const command of ['status', 'stop', 'logs', 'delete']) {
+        const none = await box.run([command, 'nope']);
+        assert.equal(none.code, 125, `${command}: ${none.stderr}`);
+        assert.match(none.stderr, /error: there is no instance 'nope'\n {2}hint: see: openshell-vm list/);
+        assert.equal(none.stdout.toString(), '');
+      }
     } finally {
       await box.run(['stop', 'ex']);
     }
