@@ -60,7 +60,8 @@ Machine:
 Backend:
   --backend qemu|libkrun  the VMM (default: libkrun where a libkrun runtime is found and KVM/HVF
                          works, else QEMU; the choice and its reason are printed). libkrun runs
-                         guests of the host's architecture only, with --net gvproxy, tsi or none
+                         guests of the host's architecture only, with --net gvproxy, tsi or none;
+                         the gateway runs on QEMU only
 
 Network:
   --net gvproxy|user|tsi|none  gvproxy user-mode network (default: DHCP 192.168.127.2, DNS,
