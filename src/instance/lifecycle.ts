@@ -191,6 +191,18 @@ const RESET_PATHS = [
   `${ROOTFS_PATHS.k3sManifests}/openshell-tls-secrets.yaml`,
 ] as const;
 
+/** The gateway's files outside the instance: the OpenShell CLI's metadata and mTLS, ~/.kube/NAME.yaml. */
+async function removeHostCredentials(env: HostEnvironment, name: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const p of [gatewayDir(env.openshellConfigDir, name), path.join(env.kubeDir, `${name}.yaml`)]) {
+    if (await lexists(p)) {
+      await fs.rm(p, { recursive: true, force: true });
+      removed.push(p);
+    }
+  }
+  return removed;
+}
+
 /**
  * Takes what `--merge-kubeconfig` added out of the kubeconfig it went into (while it is still
  * ours) and forgets the record. Returns what was removed, as lines for the user. A kubeconfig that
@@ -243,12 +255,7 @@ export async function resetInstance(
         removed.push(p);
       }
     }
-    for (const p of [gatewayDir(env.openshellConfigDir, name), path.join(env.kubeDir, `${name}.yaml`)]) {
-      if (await lexists(p)) {
-        await fs.rm(p, { recursive: true, force: true });
-        removed.push(p);
-      }
-    }
+    removed.push(...(await removeHostCredentials(env, name)));
     unmerged = await forgetMergedKubeconfig(dir, onProgress);
     await fs.mkdir(path.join(rootfs, 'run'), { recursive: true });
   } finally {
@@ -279,12 +286,7 @@ export async function deleteInstance(
       await fs.rm(active, { force: true });
       removed.push(active);
     }
-    for (const p of [gatewayDir(env.openshellConfigDir, name), path.join(env.kubeDir, `${name}.yaml`)]) {
-      if (await lexists(p)) {
-        await fs.rm(p, { recursive: true, force: true });
-        removed.push(p);
-      }
-    }
+    removed.push(...(await removeHostCredentials(env, name)));
     removed.push(...(await forgetMergedKubeconfig(dir, onProgress)));
   } finally {
     await release();
