@@ -156,10 +156,10 @@ export interface UnmergeResult {
 
 /**
  * Takes out of `record.target` what mergeKubeconfig put there: the cluster and user named NAME
- * only while they still carry the merged CA and client certificate (and no context that stays
- * names them), the context only when it joins those two. An entry of the same name that is not ours (the user replaced it) is kept and
- * reported. current-context is cleared when it named the removed context. The old file is backed
- * up first; a target that is gone or does not parse is left alone (the latter is an error).
+ * only while they still carry the merged CA and client certificate and no context that stays names
+ * them; the context only when it joins those two. An entry of that name that is not ours (the user
+ * changed it) is kept and reported. current-context is cleared when it named the removed context.
+ * The old file is backed up first; a target that is gone is fine, one that does not parse an error.
  */
 export async function unmergeKubeconfig(
   record: MergedEntry,
@@ -174,30 +174,31 @@ export async function unmergeKubeconfig(
   }
   const doc = parse(text, record.target);
   const { name } = record;
-  const cluster = doc.clusters?.find((c) => c.name === name);
-  const user = doc.users?.find((u) => u.name === name);
-  const context = doc.contexts?.find((c) => c.name === name);
-  const ours = fingerprintOf(cluster, user) === record.fingerprint;
-  const joins = (context?.context as Record<string, unknown> | undefined) ?? {};
-  const removed: UnmergeResult['removed'][number][] = [];
-  const kept: UnmergeResult['kept'][number][] = [];
-  const sort = (what: 'cluster' | 'user' | 'context', present: unknown, remove: boolean) => {
-    if (present) (remove ? removed : kept).push(what);
+  const entries = {
+    cluster: doc.clusters?.find((c) => c.name === name),
+    user: doc.users?.find((u) => u.name === name),
+    context: doc.contexts?.find((c) => c.name === name),
   };
-  const contextOurs = ours && joins.cluster === name && joins.user === name;
+  const ours = fingerprintOf(entries.cluster, entries.user) === record.fingerprint;
+  const refs = (c: Named | undefined) => (c?.context ?? {}) as Record<string, unknown>;
+  const dropContext = ours && refs(entries.context).cluster === name && refs(entries.context).user === name;
   // A cluster or user that a context left in the file still names stays, so nothing dangles.
-  const left = (doc.contexts ?? []).filter((c) => !(contextOurs && c === context));
-  const named = (key: 'cluster' | 'user') =>
-    left.some((c) => (c.context as Record<string, unknown> | undefined)?.[key] === name);
-  sort('cluster', cluster, ours && !named('cluster'));
-  sort('user', user, ours && !named('user'));
-  sort('context', context, contextOurs);
+  const stillNamed = (key: 'cluster' | 'user') =>
+    (doc.contexts ?? []).some((c) => !(dropContext && c === entries.context) && refs(c)[key] === name);
+  const drop = {
+    cluster: ours && !stillNamed('cluster'),
+    user: ours && !stillNamed('user'),
+    context: dropContext,
+  };
+  const kinds = (['cluster', 'user', 'context'] as const).filter((k) => entries[k]);
+  const removed = kinds.filter((k) => drop[k]);
+  const kept = kinds.filter((k) => !drop[k]);
   if (removed.length === 0) return { removed, kept, backup: undefined };
   const out: Kubeconfig = { ...doc };
-  if (removed.includes('cluster')) out.clusters = (doc.clusters ?? []).filter((c) => c !== cluster);
-  if (removed.includes('user')) out.users = (doc.users ?? []).filter((u) => u !== user);
-  if (removed.includes('context')) {
-    out.contexts = (doc.contexts ?? []).filter((c) => c !== context);
+  if (drop.cluster) out.clusters = (doc.clusters ?? []).filter((c) => c !== entries.cluster);
+  if (drop.user) out.users = (doc.users ?? []).filter((u) => u !== entries.user);
+  if (drop.context && entries.context) {
+    out.contexts = (doc.contexts ?? []).filter((c) => c !== entries.context);
     if (doc['current-context'] === name) out['current-context'] = '';
   }
   const backup = await backUp(record.target, text, options.now);

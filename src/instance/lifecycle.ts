@@ -206,9 +206,9 @@ async function removeHostCredentials(env: HostEnvironment, name: string): Promis
 /**
  * Takes what `--merge-kubeconfig` added out of the kubeconfig it went into (while it is still
  * ours) and forgets the record. Returns what was removed, as lines for the user. A kubeconfig that
- * no longer parses is left as it is, and said so: the caller goes on all the same.
+ * no longer parses, or entries changed since, are left as they are, and `warn` says so.
  */
-async function forgetMergedKubeconfig(dir: string, onProgress: (message: string) => void): Promise<string[]> {
+async function forgetMergedKubeconfig(dir: string, warn: (message: string) => void): Promise<string[]> {
   const merged = await readMergeRecord(dir);
   if (!merged) return [];
   const removed: string[] = [];
@@ -218,12 +218,12 @@ async function forgetMergedKubeconfig(dir: string, onProgress: (message: string)
       removed.push(`${merged.target}: ${out.removed.join(', ')} '${merged.name}' (backup ${out.backup})`);
     }
     if (out.kept.length) {
-      onProgress(
+      warn(
         `kept ${out.kept.join(', ')} '${merged.name}' in ${merged.target}: not the ones openshell-vm merged (changed since)`,
       );
     }
   } catch (err) {
-    onProgress(`left ${merged.target} alone: ${(err as Error).message}`);
+    warn(`left ${merged.target} alone: ${(err as Error).message}`);
   }
   await fs.rm(path.join(dir, MERGE_RECORD), { force: true });
   return removed;
@@ -241,7 +241,7 @@ export async function resetInstance(
   env: HostEnvironment,
   name: string,
   rootfs: string,
-  onProgress: (message: string) => void = () => undefined,
+  warn: (message: string) => void = () => undefined,
 ): Promise<{ removed: string[]; unmerged: string[] }> {
   const dir = instanceDir(env, name);
   const release = await takeInstanceLock(dir, name, 'resetting the instance');
@@ -256,7 +256,7 @@ export async function resetInstance(
       }
     }
     removed.push(...(await removeHostCredentials(env, name)));
-    unmerged = await forgetMergedKubeconfig(dir, onProgress);
+    unmerged = await forgetMergedKubeconfig(dir, warn);
     await fs.mkdir(path.join(rootfs, 'run'), { recursive: true });
   } finally {
     await release();

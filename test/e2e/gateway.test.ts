@@ -373,12 +373,13 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
     const mergedBefore = YAML.parse(fs.readFileSync(config, 'utf8'));
     const oldCa = caOf(mergedBefore);
     assert.ok(before && oldCa, 'the previous test left credentials and a merged context');
+    const notGw = (list: { name: string }[]) => list.filter((x) => x.name !== 'gw');
     const theirs = {
       ...mergedBefore,
-      contexts: mergedBefore.contexts.filter((c: { name: string }) => c.name !== 'gw'),
+      clusters: notGw(mergedBefore.clusters),
+      users: notGw(mergedBefore.users),
+      contexts: notGw(mergedBefore.contexts),
     };
-    theirs.clusters = theirs.clusters.filter((c: { name: string }) => c.name !== 'gw');
-    theirs.users = theirs.users.filter((c: { name: string }) => c.name !== 'gw');
     // Cluster state to forget, and an image layer to keep.
     fs.mkdirSync(at(`${K3S}/server/tls`), { recursive: true });
     fs.writeFileSync(at(`${K3S}/server/tls/planted-by-test`), 'x');
