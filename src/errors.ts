@@ -76,3 +76,61 @@ function indent(text: string): string {
 export function isErrno(err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
 }
+
+/** A Node.js system error (with its `code`) anywhere in `err`'s cause chain, `err` included. */
+export function systemErrorIn(err: unknown, codes: ReadonlySet<string>): NodeJS.ErrnoException | undefined {
+  const seen = new Set<unknown>();
+  for (let e = err; typeof e === 'object' && e !== null && !seen.has(e); e = (e as Error).cause) {
+    seen.add(e);
+    const code = (e as NodeJS.ErrnoException).code;
+    if (typeof code === 'string' && codes.has(code)) return e as NodeJS.ErrnoException;
+  }
+  return undefined;
+}
+
+/** Host conditions a user can fix, each with what it means and how to fix it (PATH: the path, when known). */
+const HOST_CONDITIONS: Readonly<
+  Record<
+    string,
+    { readonly what: string; readonly fix: (at: string | undefined) => string; readonly needsPath?: true }
+  >
+> = {
+  ENOSPC: {
+    what: 'no space left on the device',
+    fix: (at) =>
+      `free space on ${at ? `that filesystem (df -h ${at})` : 'the full filesystem (df -h shows which)'}, then run again`,
+  },
+  EDQUOT: {
+    what: 'disk quota exceeded',
+    fix: (at) => `free space or raise your quota (${at ? `df -h ${at}; ` : ''}quota -s), then run again`,
+  },
+  EROFS: {
+    what: 'read-only file system',
+    fix: (at) =>
+      `${at ? `${at} is` : 'the path is'} on a read-only filesystem: remount it read-write, or point OPENSHELL_VM_DATA_DIR / XDG_CACHE_HOME to a writable place`,
+  },
+  EACCES: {
+    what: 'permission denied',
+    needsPath: true,
+    fix: (at) =>
+      `check the owner and mode (ls -ld ${at}); run as the user that owns it, or point OPENSHELL_VM_DATA_DIR / XDG_CACHE_HOME elsewhere`,
+  },
+};
+const HOST_CONDITION_CODES: ReadonlySet<string> = new Set(Object.keys(HOST_CONDITIONS));
+
+/**
+ * A full disk, an exceeded quota, a read-only filesystem or a denied path anywhere in `err`'s
+ * cause chain, as a HostError naming the path (when the system error has one) with the fix; the
+ * original is its cause. Undefined when there is none (EACCES only counts with a path: without
+ * one it is not about our files).
+ */
+export function explainHostCondition(err: unknown): HostError | undefined {
+  const sys = systemErrorIn(err, HOST_CONDITION_CODES);
+  if (!sys?.code) return undefined;
+  const condition = HOST_CONDITIONS[sys.code];
+  const at = typeof sys.path === 'string' ? sys.path : undefined;
+  if (!condition || (condition.needsPath && !at)) return undefined;
+  const where = at ? `: ${at}` : '';
+  const syscall = sys.syscall ? ` (${sys.code}, ${sys.syscall})` : ` (${sys.code})`;
+  return new HostError(`${condition.what}${where}${syscall}`, { hint: condition.fix(at), cause: err });
+}

@@ -14,6 +14,21 @@ import { Interrupted, withSignals } from './signals.ts';
 /** The hidden option a detached supervisor is started with (never typed by users). */
 export const SUPERVISE_FLAG = '--supervise';
 
+/** openshell-vm's own option that --detach is (long and short). */
+const DETACH_WORDS: ReadonlySet<string> = new Set(['--detach', '-d']);
+
+/**
+ * The argv a detached supervisor is started with: the starting command's, without openshell-vm's
+ * own --detach (or -d). Only the options part is touched: the last `guestWords` words are the
+ * guest's command (after `--`, or from the first word that is not an option) and are kept as they
+ * are, a `--detach` among them included. In the options part every such word is the flag itself:
+ * value options refuse our own options as values, and --args stops at them.
+ */
+export function supervisorArgv(argv: readonly string[], guestWords: number): string[] {
+  const split = argv.length - Math.max(0, Math.min(guestWords, argv.length));
+  return [...argv.slice(0, split).filter((word) => !DETACH_WORDS.has(word)), ...argv.slice(split)];
+}
+
 /** What a detached supervisor tells the command that started it. */
 export type DetachMessage = { readonly type: 'ready'; readonly text: string };
 
@@ -31,7 +46,8 @@ export function reportDetachedReady(text: string): void {
  * in the instance directory), shows its progress from that log, and returns once it reports the
  * instance ready (the gateway answers; the command has started): exit 0 with its Ready text on
  * stdout. If it fails first, its error is shown and its exit code returned. Ctrl-C while waiting
- * stops it, and leaves nothing running.
+ * stops it, and leaves nothing running. `guestWords`: how many words at the end of `argv` are the
+ * guest's command (see supervisorArgv).
  */
 export async function runDetached(
   env: HostEnvironment,
@@ -39,6 +55,7 @@ export async function runDetached(
   argv: readonly string[],
   reporter: Reporter,
   quiet: boolean,
+  guestWords = 0,
 ): Promise<number> {
   const dir = instanceDir(env, instance);
   const holder = await readLockHolder(dir);
@@ -57,7 +74,7 @@ export async function runDetached(
   const out = fs.openSync(path.join(logs, 'output.log'), 'w', 0o600);
   const child = spawn(
     process.execPath,
-    [...process.execArgv, process.argv[1] as string, SUPERVISE_FLAG, ...argv.filter((a) => a !== '--detach')],
+    [...process.execArgv, process.argv[1] as string, SUPERVISE_FLAG, ...supervisorArgv(argv, guestWords)],
     { detached: true, stdio: ['ignore', out, err, 'ipc'] },
   );
   fs.closeSync(err);

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { readEnvironment } from '../config/environment.ts';
 import { type RawExecOptions, resolveExecOptions } from '../config/exec-options.ts';
-import { OvmError, UsageError } from '../errors.ts';
+import { explainHostCondition, OvmError, UsageError } from '../errors.ts';
 import { COMMAND_STARTED, runExec } from '../exec/run-exec.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
 import { packageVersion } from '../version.ts';
@@ -123,7 +123,7 @@ async function dispatch(argv: readonly string[]): Promise<number> {
       throw new UsageError('run: no command given', {
         hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]',
       });
-    return execCommand(args, args.rest[0] as string, args.rest.slice(1), argv);
+    return execCommand(args, args.rest[0] as string, args.rest.slice(1), argv, args.rest.length);
   }
   const exec = single(args, 'exec');
   if (exec === undefined) {
@@ -143,7 +143,7 @@ async function dispatch(argv: readonly string[]): Promise<number> {
       });
     }
   }
-  return execCommand(args, exec, args.values.get('args') ?? [], argv);
+  return execCommand(args, exec, args.values.get('args') ?? [], argv, 0);
 }
 
 async function execCommand(
@@ -151,6 +151,8 @@ async function execCommand(
   exec: string,
   guestArgs: readonly string[],
   argv: readonly string[],
+  /** How many words at the end of argv are the guest's command (run's), kept whole by --detach. */
+  guestWords: number,
 ): Promise<number> {
   const raw: RawExecOptions = {
     exec,
@@ -185,7 +187,7 @@ async function execCommand(
   await checkHostPortsFree(options.forwards);
   const supervise = args.flags.has('supervise');
   if (args.flags.has('detach') && !supervise) {
-    return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'));
+    return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'), guestWords);
   }
 
   return withSignals(reporter, 'stopping the microVM', async (signal) => {
@@ -241,9 +243,13 @@ function reportError(err: unknown, debug: boolean): number {
     return 128 + (os.constants.signals[err.signal] ?? 0);
   }
   const write = (line: string) => process.stderr.write(`${line}\n`);
+  // A full disk (or a quota, a read-only filesystem, a denied path) somewhere below: say so, with the fix.
+  const condition = explainHostCondition(err);
+  if (condition && !(err instanceof OvmError)) return reportError(condition, debug);
   if (err instanceof OvmError) {
     write(`openshell-vm: error: ${err.message}`);
     if (err.hint) write(`  hint: ${err.hint}`);
+    else if (condition) write(`  hint: ${condition.message}: ${condition.hint}`);
     if (debug) {
       for (let cause = err.cause; cause; cause = (cause as Error).cause) {
         write(`  caused by: ${cause instanceof Error ? (cause.stack ?? cause.message) : String(cause)}`);
