@@ -1,9 +1,7 @@
-import fs from 'node:fs/promises';
 import path from 'node:path';
 import YAML from 'yaml';
-import { inRoot } from '../archive/root-path.ts';
-import { HostError, isErrno } from '../errors.ts';
-import { writeFileIfChanged } from '../host/fs.ts';
+import { HostError } from '../errors.ts';
+import { GuestRoot } from '../host/guest-root.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import {
   gatewayDir,
@@ -50,7 +48,9 @@ export interface BootstrapResult {
  *    its Secrets manifest in k3s's auto-deploy directory, the host files.
  * Unlike the seed, the warm check compares the two sides (a rebuilt rootfs with old host files is
  * cold), and the metadata is rewritten on every path, so the endpoint always follows --port.
- * Failures are errors, never log lines.
+ * Failures are errors, never log lines. The rootfs is the guest's (it may be running while this
+ * writes): every access goes through GuestRoot, so a symlink planted there is refused, never
+ * followed to a host file.
  */
 export async function bootstrapGateway(options: {
   readonly rootfs: string;
@@ -60,20 +60,21 @@ export async function bootstrapGateway(options: {
   readonly extraSans?: readonly string[] | undefined;
 }): Promise<BootstrapResult> {
   const t0 = performance.now();
-  const manifest = await inRoot(options.rootfs, `${ROOTFS_PATHS.k3sManifests}/${TLS_SECRETS_MANIFEST}`);
+  const root = new GuestRoot(options.rootfs);
+  const manifest = `${ROOTFS_PATHS.k3sManifests}/${TLS_SECRETS_MANIFEST}`;
   let chosen: BootstrapPath;
   let reason: string;
   let bundle: MtlsBundle;
-  const prebaked = await readPrebakedPki(options.rootfs);
+  const prebaked = await readPrebakedPki(root);
   if (prebaked) {
     chosen = 'pre-baked';
     reason = `the rootfs carries a PKI (${PREBAKED_PKI_DIR})`;
-    await writeFileIfChanged(manifest, renderTlsSecretsManifest(prebaked), 0o600);
+    await root.writeFileIfChanged(manifest, renderTlsSecretsManifest(prebaked), 0o600);
     bundle = toBundle(prebaked);
     await writeMtlsBundle(options.configDir, options.name, bundle);
   } else {
     const host = await readMtlsBundle(options.configDir, options.name);
-    const guest = await readSecretsClient(manifest);
+    const guest = await readSecretsClient(root, manifest);
     if (host && guest && sameCert(host.caCert, guest.caCert) && sameCert(host.clientCert, guest.clientCert)) {
       chosen = 'warm';
       reason = 'the host credentials match the instance';
@@ -86,7 +87,7 @@ export async function bootstrapGateway(options: {
           ? 'no host credentials for this gateway: new credentials'
           : 'the host credentials do not match the instance: new credentials';
       const pki = await generatePki(options.extraSans ? { extraSans: options.extraSans } : {});
-      await writeFileIfChanged(manifest, renderTlsSecretsManifest(pki), 0o600);
+      await root.writeFileIfChanged(manifest, renderTlsSecretsManifest(pki), 0o600);
       bundle = toBundle(pki);
       await writeMtlsBundle(options.configDir, options.name, bundle);
     }
@@ -109,38 +110,32 @@ function toBundle(pki: PkiBundle): MtlsBundle {
 
 const sameCert = (a: string, b: string) => a.trim() === b.trim();
 
-async function readPrebakedPki(rootfs: string): Promise<PkiBundle | undefined> {
-  const dir = await inRoot(rootfs, PREBAKED_PKI_DIR);
-  try {
-    await fs.access(path.join(dir, PREBAKED_FILES.caCert));
-  } catch {
-    return undefined;
-  }
+async function readPrebakedPki(root: GuestRoot): Promise<PkiBundle | undefined> {
+  if (!(await root.exists(`${PREBAKED_PKI_DIR}/${PREBAKED_FILES.caCert}`))) return undefined;
   const out: Partial<Record<keyof PkiBundle, string>> = {};
   for (const [key, file] of Object.entries(PREBAKED_FILES) as [keyof PkiBundle, string][]) {
-    try {
-      out[key] = await fs.readFile(path.join(dir, file), 'utf8');
-    } catch (err) {
-      throw new HostError(`the rootfs's pre-baked PKI is incomplete: cannot read ${path.join(dir, file)}`, {
-        hint: 'rebuild the rootfs (openshell-vm prepare-rootfs --force), or remove the pki directory to issue new credentials',
-        cause: err,
-      });
+    const rel = `${PREBAKED_PKI_DIR}/${file}`;
+    const text = await root.readText(rel);
+    if (text === undefined) {
+      throw new HostError(
+        `the rootfs's pre-baked PKI is incomplete: cannot read ${root.hostPath(rel)} (missing)`,
+        {
+          hint: 'rebuild the rootfs (openshell-vm prepare-rootfs --force), or remove the pki directory to issue new credentials',
+        },
+      );
     }
+    out[key] = text;
   }
   return out as PkiBundle;
 }
 
 /** The client certificate and CA in the rootfs's TLS Secrets manifest, if it is there and readable. */
 async function readSecretsClient(
+  root: GuestRoot,
   manifest: string,
 ): Promise<{ caCert: string; clientCert: string } | undefined> {
-  let text: string;
-  try {
-    text = await fs.readFile(manifest, 'utf8');
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return undefined;
-    throw err;
-  }
+  const text = await root.readText(manifest);
+  if (text === undefined) return undefined;
   try {
     for (const doc of YAML.parseAllDocuments(text)) {
       const obj = doc.toJS() as {

@@ -1,11 +1,10 @@
-import fs from 'node:fs/promises';
 import type { AccelChoice } from '../accel/probe.ts';
-import { inRoot } from '../archive/root-path.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { VmError } from '../errors.ts';
 import { ensureAgent } from '../guest/agent-build.ts';
 import { ensureGuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
+import { GuestRoot } from '../host/guest-root.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { takeInstanceLock } from '../instance/lock.ts';
 import { describeReap, reapStaleInstance } from '../instance/reap.ts';
@@ -241,7 +240,7 @@ export async function runGateway(
 
     // k3s writes its kubeconfig before anything in the cluster can run: wait for it briefly.
     const k3sYaml = await waitForKubeconfig(
-      await inRoot(plan.rootfs, K3S_KUBECONFIG),
+      new GuestRoot(plan.rootfs),
       Math.max(30_000, plan.readyTimeoutMs - (performance.now() - t0)),
       options.signal,
       () => vm.hasExited,
@@ -330,15 +329,19 @@ async function consoleTail(file: string): Promise<string> {
   return (await tailFile(file, 12)).trim();
 }
 
+/**
+ * Waits for k3s's kubeconfig in the guest's rootfs. Read through GuestRoot (a symlink the guest
+ * planted there is refused, a file over the size limit too); missing or partly written: wait.
+ */
 async function waitForKubeconfig(
-  file: string,
+  root: GuestRoot,
   timeoutMs: number,
   signal: AbortSignal | undefined,
   stop: () => boolean,
 ): Promise<string | undefined> {
   const t0 = performance.now();
   for (;;) {
-    const text = await fs.readFile(file, 'utf8').catch(() => undefined);
+    const text = await root.readText(K3S_KUBECONFIG);
     if (text?.includes('clusters:') && text.includes('users:')) return text;
     if (stop() || performance.now() - t0 > timeoutMs) return undefined;
     await abortableSleep(500, signal);

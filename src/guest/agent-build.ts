@@ -1,11 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { inRoot } from '../archive/root-path.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
 import { DEB_ARCH, type GuestArch, hostArch } from '../host/arch.ts';
-import { pathExists, writeFileIfChanged } from '../host/fs.ts';
+import { pathExists } from '../host/fs.ts';
+import { GuestRoot } from '../host/guest-root.ts';
 import { findOnPath } from '../host/toolchain.ts';
 import { runCommand } from '../supervisor/command.ts';
 
@@ -74,5 +74,5 @@ async function findCompiler(env: HostEnvironment, arch: GuestArch): Promise<stri
  * rootfs built by an older version gets the current agent). Returns whether it was (re)written.
  */
 export async function installAgent(root: string, agent: AgentBinary): Promise<boolean> {
-  return writeFileIfChanged(await inRoot(root, AGENT_GUEST_PATH), agent.bytes, 0o755);
+  return new GuestRoot(root).writeFileIfChanged(AGENT_GUEST_PATH, agent.bytes, 0o755);
 }

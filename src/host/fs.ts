@@ -37,26 +37,6 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   }
 }
 
-/**
- * Writes `text` to `file` (temporary sibling, then rename) unless the file already holds exactly
- * that, so an unchanged file keeps its bytes and mtime (k3s's manifest watcher sees no change).
- * Returns true when it wrote.
- */
-export async function writeFileIfChanged(
-  file: string,
-  data: string | Uint8Array,
-  mode = 0o644,
-): Promise<boolean> {
-  const bytes = typeof data === 'string' ? Buffer.from(data) : data;
-  const current = await fs.readFile(file).catch(() => undefined);
-  if (current?.equals(bytes)) return false;
-  await fs.mkdir(path.dirname(file), { recursive: true });
-  await fs.writeFile(`${file}.tmp`, bytes, { mode });
-  await fs.chmod(`${file}.tmp`, mode);
-  await fs.rename(`${file}.tmp`, file);
-  return true;
-}
-
 /** True when `file` exists as anything, a dangling symlink included (lstat, not stat). */
 export async function lexists(file: string): Promise<boolean> {
   try {

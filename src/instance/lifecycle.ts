@@ -7,6 +7,7 @@ import { HostError, isErrno } from '../errors.ts';
 import { gatewayDir } from '../gateway/client-config.ts';
 import { MERGE_RECORD, readMergeRecord, unmergeKubeconfig } from '../gateway/kubeconfig.ts';
 import { lexists, pathExists } from '../host/fs.ts';
+import { GuestRoot } from '../host/guest-root.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { isSameProcess } from '../supervisor/identity.ts';
 import { readLockHolder, takeInstanceLock } from './lock.ts';
@@ -191,6 +192,8 @@ const RESET_PATHS = [
   `${ROOTFS_PATHS.k3sManifests}/openshell-tls-secrets.yaml`,
 ] as const;
 
+const RESET_REFUSED_HINT = 'rebuild the rootfs instead: openshell-vm prepare-rootfs --force';
+
 /** The gateway's files outside the instance: the OpenShell CLI's metadata and mTLS, ~/.kube/NAME.yaml. */
 async function removeHostCredentials(env: HostEnvironment, name: string): Promise<string[]> {
   const removed: string[] = [];
@@ -248,16 +251,15 @@ export async function resetInstance(
   const removed: string[] = [];
   let unmerged: string[] = [];
   try {
+    // The rootfs is the guest's: a symlink planted on the way (var -> /) is refused, one at the
+    // end of a path is unlinked, never followed.
+    const root = new GuestRoot(rootfs, { hint: RESET_REFUSED_HINT });
     for (const rel of RESET_PATHS) {
-      const p = path.join(rootfs, rel);
-      if (await lexists(p)) {
-        await fs.rm(p, { recursive: true, force: true });
-        removed.push(p);
-      }
+      if (await root.remove(rel)) removed.push(root.hostPath(rel));
     }
     removed.push(...(await removeHostCredentials(env, name)));
     unmerged = await forgetMergedKubeconfig(dir, warn);
-    await fs.mkdir(path.join(rootfs, 'run'), { recursive: true });
+    await root.mkdirp('run');
   } finally {
     await release();
   }

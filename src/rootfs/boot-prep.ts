@@ -1,8 +1,6 @@
-import { inRoot } from '../archive/root-path.ts';
 import { type AgentBinary, installAgent } from '../guest/agent-build.ts';
 import { writeGatewayManifest } from './helmchart.ts';
-import { cleanKineDatastore, type KineReport } from './kine.ts';
-import { ROOTFS_PATHS } from './layout.ts';
+import { cleanRootfsKineDatastore, type KineReport } from './kine.ts';
 import { type RootfsRecord, verifyRootfsForBoot } from './record.ts';
 
 export interface BootPreparation {
@@ -17,7 +15,8 @@ export interface BootPreparation {
  * What the host does to a gateway rootfs before every boot, with k3s stopped: refuse a rootfs
  * that is not this tool's build, clean k3s's datastore of runtime records (and refuse a corrupt
  * one with the --reset hint), and render the HelmChart with the same function and values as the
- * build did (so its bytes do not change and the Helm controller does not re-install).
+ * build did (so its bytes do not change and the Helm controller does not re-install). The rootfs
+ * is the guest's: each step reaches it through GuestRoot and refuses a planted symlink.
  */
 export async function prepareRootfsForBoot(
   rootfs: string,
@@ -25,7 +24,7 @@ export async function prepareRootfsForBoot(
 ): Promise<BootPreparation> {
   const record = await verifyRootfsForBoot(rootfs, options);
   if (options.agent) await installAgent(rootfs, options.agent);
-  const kine = await cleanKineDatastore(await inRoot(rootfs, ROOTFS_PATHS.kineDb));
+  const kine = await cleanRootfsKineDatastore(rootfs);
   const manifestWritten = await writeGatewayManifest(rootfs);
   return { record, kine, manifestWritten };
 }

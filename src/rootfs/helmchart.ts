@@ -1,7 +1,5 @@
-import fs from 'node:fs/promises';
-import { inRoot } from '../archive/root-path.ts';
-import { HostError, isErrno } from '../errors.ts';
-import { writeFileIfChanged } from '../host/fs.ts';
+import { HostError } from '../errors.ts';
+import { GuestRoot } from '../host/guest-root.ts';
 import { ROOTFS_PATHS } from './layout.ts';
 
 /** Everything the HelmChart manifest depends on; stored in the rootfs so boots re-render the same. */
@@ -85,26 +83,30 @@ export function renderHelmChart(template: string, values: GatewayValues): string
 /**
  * Renders the staged HelmChart template with the staged values into k3s's auto-deploy
  * directory, both taken from `rootfs`. The build calls it, and so does every boot: the file is
- * only rewritten when its bytes would change. Returns true when it wrote.
+ * only rewritten when its bytes would change. Returns true when it wrote. Every access goes
+ * through GuestRoot: the guest owns this tree, and a symlink it planted (the template pointing at
+ * a host secret, the manifest at a host file) is refused.
  */
 export async function writeGatewayManifest(rootfs: string): Promise<boolean> {
-  const staged = await inRoot(rootfs, ROOTFS_PATHS.stagedHelmChart);
-  const valuesFile = await inRoot(rootfs, ROOTFS_PATHS.gatewayValues);
-  let template: string;
+  const root = new GuestRoot(rootfs);
+  const staged = async (rel: string) => {
+    const text = await root.readText(rel);
+    if (text !== undefined) return text;
+    throw new HostError(`${rootfs} has no staged HelmChart (${root.hostPath(rel)})`, {
+      hint: 'rebuild the rootfs: openshell-vm prepare-rootfs --force',
+    });
+  };
+  const template = await staged(ROOTFS_PATHS.stagedHelmChart);
+  const valuesText = await staged(ROOTFS_PATHS.gatewayValues);
   let values: GatewayValues;
   try {
-    template = await fs.readFile(staged, 'utf8');
-    values = JSON.parse(await fs.readFile(valuesFile, 'utf8')) as GatewayValues;
+    values = JSON.parse(valuesText) as GatewayValues;
   } catch (err) {
-    if (isErrno(err, 'ENOENT')) {
-      throw new HostError(`${rootfs} has no staged HelmChart (${(err as NodeJS.ErrnoException).path})`, {
-        hint: 'rebuild the rootfs: openshell-vm prepare-rootfs --force',
-        cause: err,
-      });
-    }
-    throw err;
+    throw new HostError(`${root.hostPath(ROOTFS_PATHS.gatewayValues)} is not JSON`, {
+      hint: 'rebuild the rootfs: openshell-vm prepare-rootfs --force',
+      cause: err,
+    });
   }
   const rendered = renderHelmChart(template, values);
-  const dest = await inRoot(rootfs, `${ROOTFS_PATHS.k3sManifests}/openshell-helmchart.yaml`);
-  return writeFileIfChanged(dest, rendered);
+  return root.writeFileIfChanged(`${ROOTFS_PATHS.k3sManifests}/openshell-helmchart.yaml`, rendered);
 }

@@ -1,6 +1,8 @@
 import fs from 'node:fs/promises';
 import { DatabaseSync } from 'node:sqlite';
 import { HostError, isErrno } from '../errors.ts';
+import { GuestRoot } from '../host/guest-root.ts';
+import { ROOTFS_PATHS } from './layout.ts';
 
 /** Where k3s keeps its kine (SQLite) datastore, relative to a rootfs. */
 export const KINE_DB = 'var/lib/rancher/k3s/server/db/state.db';
@@ -37,6 +39,32 @@ function corrupt(db: string, why: string, cause?: unknown): HostError {
     hint: 'start over with --reset (it wipes the cluster state; the rootfs layers are kept)',
     cause,
   });
+}
+
+/** The files SQLite opens beside a database (it follows symlinks when it opens them). */
+const SQLITE_SIDE_FILES = ['', '-wal', '-shm', '-journal'] as const;
+
+/**
+ * cleanKineDatastore on the datastore in a gateway rootfs, which the guest owns: first the
+ * directory is walked with GuestRoot (no symlink followed out) and the database and every file
+ * SQLite would open beside it must be a regular file or missing, because SQLite follows a symlink
+ * there to whatever host file it names. The guest is stopped while this runs (the instance lock),
+ * so nothing changes between the check and the cleaning.
+ */
+export async function cleanRootfsKineDatastore(rootfs: string): Promise<KineReport | undefined> {
+  const root = new GuestRoot(rootfs);
+  for (const suffix of SQLITE_SIDE_FILES) {
+    const rel = `${ROOTFS_PATHS.kineDb}${suffix}`;
+    const stat = await root.lstat(rel);
+    if (stat && !stat.isFile()) {
+      throw new HostError(
+        `${root.hostPath(rel)} is not a regular file${stat.isSymbolicLink() ? ' but a symlink' : ''}; the guest may have planted it`,
+        { hint: 'start over with --reset (it wipes the cluster state; the rootfs layers are kept)' },
+      );
+    }
+  }
+  if (!(await root.exists(ROOTFS_PATHS.kineDb))) return undefined;
+  return cleanKineDatastore(root.hostPath(ROOTFS_PATHS.kineDb));
 }
 
 /**
