@@ -1,3 +1,4 @@
+import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,7 +13,7 @@ import { pathExists } from '../host/fs.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { takeInstanceLock } from '../instance/lock.ts';
 import { describeReap, reapStaleInstance } from '../instance/reap.ts';
-import { addRunPath, createRun, finishRun, instanceDir, RUN_FILES, type RunPaths } from '../instance/runs.ts';
+import { createRun, finishRun, instanceDir, RUN_FILES, type RunPaths } from '../instance/runs.ts';
 import { InstanceSupervisor } from '../instance/supervisor.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
@@ -118,6 +119,8 @@ export async function runExec(
 
   const guest = await loadGuestInputs(env, plan.arch);
   const artifacts = await ensureGuestArtifacts(env, guest);
+  if (artifacts.rebuiltBecause)
+    emit({ type: 'warning', message: `${artifacts.rebuiltBecause}: rebuilt them` });
   emit({
     type: 'stage',
     stage: 'artifacts',
@@ -162,7 +165,12 @@ async function runLocked(
   }
 
   const run = await createRun(env, plan.instance);
-  const handoff = path.join(rootDir, '.ovm', 'run', run.id);
+  // The guest's only writable place on the host: <run>/share/handoff, seen in the guest as
+  // /.ovm/run (the rest of the root is read-only to virtiofsd). `share` stays 0700 and out of the
+  // guest's reach, whatever modes the guest sets on the handoff directory.
+  const share = path.join(run.dir, 'share');
+  const handoffDir = path.join(share, 'handoff');
+  const handoff = path.join(handoffDir, run.id);
   let session: VmSession | undefined;
   let supervisor: InstanceSupervisor | undefined;
   let sinks: OutputSink[] = [];
@@ -174,9 +182,13 @@ async function runLocked(
     let stdoutSink: OutputSink | undefined;
     let stderrSink: OutputSink | undefined;
     if (!vmmRuns) {
-      await addRunPath(run, handoff);
-      await fs.mkdir(handoff, { recursive: true });
-      await fs.writeFile(path.join(handoff, 'request.sh'), renderRequestScript(plan.request));
+      await fs.mkdir(share, { mode: 0o700 });
+      await fs.mkdir(handoffDir, { mode: 0o700 });
+      await fs.mkdir(handoff, { mode: 0o700 });
+      await fs.writeFile(path.join(handoff, 'request.sh'), renderRequestScript(plan.request), {
+        mode: 0o600,
+        flag: 'wx',
+      });
       stdoutSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stdoutSocket), io.stdout);
       stderrSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stderrSocket), io.stderr);
       sinks = [stdoutSink, stderrSink];
@@ -219,6 +231,7 @@ async function runLocked(
         kernelArgs: ['ovm.mode=exec', `ovm.run=${run.id}`],
         rootDir,
         rootMode: 'overlay',
+        handoffDir,
         ports:
           stdoutSink && stderrSink
             ? [
@@ -277,7 +290,7 @@ async function runLocked(
     await session?.close();
     await supervisor?.close();
     for (const sink of sinks) await sink.close();
-    await fs.rm(handoff, { recursive: true, force: true });
+    await fs.rm(share, { recursive: true, force: true });
     await finishRun(run, failed || plan.keepLogs);
   }
 }
@@ -339,13 +352,30 @@ async function waitVmmExit(
   return { status: { code, reason: 'exited' }, tStarted };
 }
 
+/**
+ * The status file the guest wrote: guest-controlled, so it is opened without following a symlink
+ * and without blocking on a FIFO, must be a regular file, and only its first bytes are read.
+ */
 async function readStatus(handoff: string): Promise<GuestStatus | undefined> {
+  const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fsConstants;
+  let file: fs.FileHandle;
   try {
-    return parseStatus(await fs.readFile(path.join(handoff, 'status'), 'utf8'));
+    file = await fs.open(path.join(handoff, 'status'), O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
   } catch {
-    return undefined;
+    return undefined; // missing, or a symlink (ELOOP): no status
+  }
+  try {
+    if (!(await file.stat()).isFile()) return undefined;
+    const buf = Buffer.alloc(STATUS_MAX_BYTES);
+    const { bytesRead } = await file.read(buf, 0, buf.length, 0);
+    return parseStatus(buf.toString('utf8', 0, bytesRead));
+  } finally {
+    await file.close();
   }
 }
+
+/** "CODE REASON\n" is a few bytes; anything longer is not a status. */
+const STATUS_MAX_BYTES = 64;
 
 async function consoleHint(run: RunPaths): Promise<string> {
   const tail = await tailFile(run.consoleLog, 8);

@@ -1,18 +1,20 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
-import { isErrno } from '../errors.ts';
+import { HostError, isErrno } from '../errors.ts';
 import { DEB_ARCH, type GuestArch } from '../host/arch.ts';
 import { pathExists } from '../host/fs.ts';
 import type { GuestInputs } from '../host/toolchain.ts';
 import { ensureAgent } from './agent-build.ts';
-import { writeDefaultRootfs } from './default-rootfs.ts';
+import { defaultRootfsEntries } from './default-rootfs.ts';
 import { buildInitramfs, INITRAMFS_MODULES, loadInitramfsInputs } from './initramfs.ts';
 import { readModuleIndex, resolveLoadOrder } from './modules.ts';
+import { type TreeEntry, treeDifferences, writeTree } from './tree.ts';
 
 /** Bump when the layout of built artifacts changes in a way their inputs do not show. */
-const ARTIFACT_FORMAT = 1;
+const ARTIFACT_FORMAT = 2;
 
 export interface GuestArtifacts {
   readonly arch: GuestArch;
@@ -23,6 +25,8 @@ export interface GuestArtifacts {
   /** The embedded default rootfs (shared read-only; runs write to an overlay over it). */
   readonly rootfs: string;
   readonly built: boolean;
+  /** Set when a cached build failed its integrity check and was built again: why. */
+  readonly rebuiltBecause?: string | undefined;
 }
 
 export interface GuestScripts {
@@ -52,9 +56,20 @@ export function artifactKey(guest: GuestInputs, scripts: GuestScripts, agentSha2
   return createHash('sha256').update(JSON.stringify(identity)).digest('hex').slice(0, 20);
 }
 
+/** What `complete` records about a finished build (besides the key that names its directory). */
+interface BuildRecord {
+  readonly key: string;
+  readonly modules: readonly string[];
+  readonly initramfsSha256: string;
+}
+
 /**
  * The initramfs and default rootfs for `guest`, from the cache when their inputs are unchanged,
  * else built into a temporary directory and renamed into place (safe against concurrent builds).
+ * A cached build is checked before it is used: the rootfs must be exactly the tree its inputs
+ * describe (no file changed, none added, no other mode or owner: a setuid file planted in it would
+ * run as its owner on the host too) and the initramfs must have the digest recorded at build time.
+ * One that fails is removed and built again; `rebuiltBecause` says why.
  */
 export async function ensureGuestArtifacts(
   env: HostEnvironment,
@@ -63,30 +78,48 @@ export async function ensureGuestArtifacts(
   const scripts = await readGuestScripts();
   const agent = await ensureAgent(env, guest.arch);
   const key = artifactKey(guest, scripts, agent.sha256);
-  const dir = path.join(env.cacheDir, 'artifacts', DEB_ARCH[guest.arch], key);
-  const result = (built: boolean): GuestArtifacts => ({
+  const parent = path.join(env.cacheDir, 'artifacts', DEB_ARCH[guest.arch]);
+  const dir = path.join(parent, key);
+  const result = (built: boolean, rebuiltBecause?: string): GuestArtifacts => ({
     arch: guest.arch,
     key,
     kernel: guest.kernel.vmlinuz,
     kernelRelease: guest.kernel.release,
-    initramfs: path.join(dir, 'initramfs.cpio.gz'),
-    rootfs: path.join(dir, 'rootfs'),
+    initramfs: path.join(dir, INITRAMFS_FILE),
+    rootfs: path.join(dir, ROOTFS_DIR),
     built,
+    rebuiltBecause,
   });
-  if (await isComplete(dir)) return result(false);
+  const busybox = await fs.readFile(guest.busybox.binary);
+  const rootfs = defaultRootfsEntries(busybox, scripts.ovmInit, agent.bytes);
+  await fs.mkdir(parent, { recursive: true, mode: 0o755 });
+  await requirePrivateDir(parent);
+
+  let rebuiltBecause: string | undefined;
+  if (await isComplete(dir)) {
+    const problems = await artifactProblems(dir, key, rootfs);
+    if (problems.length === 0) return result(false);
+    rebuiltBecause = `the cached guest artifacts in ${dir} failed their integrity check (${problems.join('; ')})`;
+    await discard(dir);
+  }
 
   const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  await fs.mkdir(tmp, { recursive: true });
+  await fs.mkdir(tmp, { mode: 0o755 });
   try {
+    await fs.chmod(tmp, 0o755);
     const index = await readModuleIndex(guest.kernel.modulesDir);
     const order = resolveLoadOrder(index, INITRAMFS_MODULES, guest.kernel.release);
     const inputs = await loadInitramfsInputs(guest, scripts.initramfsInit, order);
-    await fs.writeFile(path.join(tmp, 'initramfs.cpio.gz'), buildInitramfs(inputs));
-    await writeDefaultRootfs(path.join(tmp, 'rootfs'), inputs.busybox, scripts.ovmInit, agent.bytes);
-    await fs.writeFile(
-      path.join(tmp, 'complete'),
-      `${JSON.stringify({ key, modules: order.map((m) => m.name) })}\n`,
-    );
+    const initramfs = buildInitramfs(inputs);
+    await fs.writeFile(path.join(tmp, INITRAMFS_FILE), initramfs, { mode: 0o644, flag: 'wx' });
+    await fs.chmod(path.join(tmp, INITRAMFS_FILE), 0o644);
+    await writeTree(path.join(tmp, ROOTFS_DIR), rootfs);
+    const record: BuildRecord = {
+      key,
+      modules: order.map((m) => m.name),
+      initramfsSha256: sha256(initramfs),
+    };
+    await fs.writeFile(path.join(tmp, COMPLETE_FILE), `${JSON.stringify(record)}\n`, { mode: 0o644 });
     try {
       await fs.rename(tmp, dir);
     } catch (err) {
@@ -98,9 +131,93 @@ export async function ensureGuestArtifacts(
     await fs.rm(tmp, { recursive: true, force: true });
     throw err;
   }
-  return result(true);
+  return result(true, rebuiltBecause);
+}
+
+/** File names in one build's directory. */
+const INITRAMFS_FILE = 'initramfs.cpio.gz';
+const ROOTFS_DIR = 'rootfs';
+const COMPLETE_FILE = 'complete';
+
+/** Why the build in `dir` must not be used; empty when it is exactly what `key` built. */
+export async function artifactProblems(
+  dir: string,
+  key: string,
+  rootfs: readonly TreeEntry[],
+): Promise<string[]> {
+  const uid = process.getuid?.() ?? 0;
+  const problems: string[] = [];
+  const top = await fs.lstat(dir);
+  if (!top.isDirectory() || top.uid !== uid || (top.mode & 0o7777) !== 0o755) {
+    problems.push(`${dir} is not a 0755 directory owned by uid ${uid}`);
+  }
+  let record: Partial<BuildRecord> = {};
+  try {
+    const text = await readSmallFile(path.join(dir, COMPLETE_FILE), 64 * 1024);
+    record = JSON.parse(text.toString('utf8')) as Partial<BuildRecord>;
+  } catch {
+    problems.push(`${COMPLETE_FILE} is unreadable`);
+  }
+  if (record.key !== key) problems.push(`${COMPLETE_FILE} names another build`);
+  try {
+    const initramfs = path.join(dir, INITRAMFS_FILE);
+    const st = await fs.lstat(initramfs);
+    if (!st.isFile() || st.uid !== uid || (st.mode & 0o7777) !== 0o644 || st.nlink !== 1) {
+      problems.push(`${INITRAMFS_FILE} is not a 0644 file owned by uid ${uid}`);
+    } else if (sha256(await readSmallFile(initramfs, 512 * 1024 * 1024)) !== record.initramfsSha256) {
+      problems.push(`${INITRAMFS_FILE} has changed`);
+    }
+  } catch {
+    problems.push(`${INITRAMFS_FILE} is unreadable`);
+  }
+  for (const p of await treeDifferences(path.join(dir, ROOTFS_DIR), rootfs, uid))
+    problems.push(`rootfs: ${p}`);
+  return problems;
+}
+
+/** Moves a failed build aside (so no new run boots it) and removes it. */
+async function discard(dir: string): Promise<void> {
+  const aside = `${dir}.bad-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await fs.rename(dir, aside);
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return; // another process discarded it first
+    throw err;
+  }
+  await fs.rm(aside, { recursive: true, force: true });
+}
+
+/**
+ * The directory that holds the builds: another user who can write it could swap a build for one
+ * of their own between the check and the boot.
+ */
+async function requirePrivateDir(dir: string): Promise<void> {
+  const uid = process.getuid?.() ?? 0;
+  const st = await fs.lstat(dir);
+  if (!st.isDirectory() || st.uid !== uid) {
+    throw new HostError(`${dir} is not a directory owned by uid ${uid}`, {
+      hint: `remove it (openshell-vm rebuilds the guest artifacts there)`,
+    });
+  }
+  if (st.mode & 0o022) await fs.chmod(dir, st.mode & 0o755);
+}
+
+async function readSmallFile(file: string, maxBytes: number): Promise<Buffer> {
+  const handle = await fs.open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+  try {
+    const st = await handle.stat();
+    if (!st.isFile() || st.size > maxBytes)
+      throw new Error(`${file}: not a regular file of at most ${maxBytes} bytes`);
+    return await handle.readFile();
+  } finally {
+    await handle.close();
+  }
+}
+
+function sha256(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
 }
 
 function isComplete(dir: string): Promise<boolean> {
-  return pathExists(path.join(dir, 'complete'));
+  return pathExists(path.join(dir, COMPLETE_FILE));
 }

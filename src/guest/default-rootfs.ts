@@ -1,24 +1,27 @@
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { AGENT_GUEST_PATH } from './agent-build.ts';
 import { busyboxApplets } from './busybox.ts';
+import type { TreeEntry } from './tree.ts';
 
 /** Where the guest init lives inside every rootfs openshell-vm builds. */
 export const GUEST_INIT_PATH = '/sbin/ovm-init';
 
 /**
- * Writes the embedded default rootfs into `dir` (which must not exist yet): busybox with every
- * applet linked in /bin, the guest init and agent, and the few files a shell expects.
+ * The embedded default rootfs as data: busybox with every applet linked in /bin, the guest init
+ * and agent, and the few files a shell expects. Pure, so the same description both writes the
+ * tree and checks it before each boot. Nothing in it is writable by others or setuid: /tmp is a
+ * tmpfs in the guest (ovm-init mounts it), so on disk it is an ordinary 0755 directory, and
+ * /.ovm/run is only the mount point of each run's handoff directory.
  */
-export async function writeDefaultRootfs(
-  dir: string,
+export function defaultRootfsEntries(
   busybox: Uint8Array,
   initScript: string,
   agent: Uint8Array,
-): Promise<void> {
+): TreeEntry[] {
   const dirs = [
+    '.',
     'bin',
     'sbin',
+    'usr',
     'usr/bin',
     'dev',
     'proc',
@@ -28,20 +31,27 @@ export async function writeDefaultRootfs(
     'root',
     'etc',
     'mnt',
-    '.ovm-host',
-    '.ovm/run',
   ];
-  for (const d of dirs) await fs.mkdir(path.join(dir, d), { recursive: true });
-  await fs.chmod(path.join(dir, 'tmp'), 0o1777);
-  await fs.writeFile(path.join(dir, 'bin/busybox'), busybox, { mode: 0o755 });
+  const entries: TreeEntry[] = dirs.map((d) => ({ type: 'dir', path: d, mode: 0o755 }));
+  entries.push({ type: 'dir', path: '.ovm', mode: 0o755 }, { type: 'dir', path: '.ovm/run', mode: 0o755 });
+  entries.push({ type: 'file', path: 'bin/busybox', mode: 0o755, data: busybox });
   for (const applet of busyboxApplets(busybox)) {
     if (applet === 'busybox' || applet.includes('/')) continue;
-    await fs.symlink('busybox', path.join(dir, 'bin', applet));
+    entries.push({ type: 'symlink', path: `bin/${applet}`, target: 'busybox' });
   }
-  await fs.symlink('../../bin/busybox', path.join(dir, 'usr/bin/env'));
-  await fs.writeFile(path.join(dir, GUEST_INIT_PATH), initScript, { mode: 0o755 });
-  await fs.writeFile(path.join(dir, AGENT_GUEST_PATH), agent, { mode: 0o755 });
-  await fs.writeFile(path.join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-  await fs.writeFile(path.join(dir, 'etc/group'), 'root:x:0:\n');
-  await fs.writeFile(path.join(dir, 'etc/hostname'), 'openshell-vm\n');
+  const text = (p: string, content: string, mode = 0o644): TreeEntry => ({
+    type: 'file',
+    path: p,
+    mode,
+    data: Buffer.from(content, 'utf8'),
+  });
+  entries.push(
+    { type: 'symlink', path: 'usr/bin/env', target: '../../bin/busybox' },
+    text(GUEST_INIT_PATH.slice(1), initScript, 0o755),
+    { type: 'file', path: AGENT_GUEST_PATH, mode: 0o755, data: agent },
+    text('etc/passwd', 'root:x:0:0:root:/root:/bin/sh\n'),
+    text('etc/group', 'root:x:0:\n'),
+    text('etc/hostname', 'openshell-vm\n'),
+  );
+  return entries;
 }

@@ -41,7 +41,7 @@ export function initramfsEntries(inputs: InitramfsInputs): CpioEntry[] {
       }
     }
   };
-  for (const d of ['bin', 'dev', 'etc', 'proc', 'sys', 'newroot', 'mnt/host', 'mnt/rw']) dir(d);
+  for (const d of ['bin', 'dev', 'etc', 'proc', 'sys', 'newroot', 'mnt/host', 'mnt/lower', 'mnt/rw']) dir(d);
   entries.push({ type: 'chardev', path: 'dev/console', major: 5, minor: 1 });
   entries.push({ type: 'file', path: 'bin/busybox', data: inputs.busybox, mode: 0o755 });
   for (const applet of INITRAMFS_APPLETS)

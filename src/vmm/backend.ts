@@ -46,8 +46,16 @@ export interface VmSpec {
   readonly kernelArgs: readonly string[];
   /** Host directory shared over virtio-fs and mounted as the guest's root. */
   readonly rootDir: string;
-  /** 'overlay': the share is read-only lower layer under a tmpfs; 'rw': the share is the root. */
+  /**
+   * 'overlay': the share is the read-only lower layer under a tmpfs (read-only on the host side
+   * too: the guest cannot change rootDir); 'rw': the share is the root.
+   */
   readonly rootMode: 'overlay' | 'rw';
+  /**
+   * With an overlay root: the host directory the guest sees, writable, at /.ovm/run of the share
+   * (the run's request and status); the only place an overlay guest can write on the host.
+   */
+  readonly handoffDir?: string | undefined;
   readonly ports: readonly SerialPortSpec[];
   /**
    * The Unix socket the caller listens on for the guest agent. Each backend connects the agent to

@@ -2,9 +2,12 @@
 # openshell-vm initramfs /init (busybox sh). Loads the virtio modules listed in /etc/ovm-modules
 # (dependencies first), mounts the virtio-fs share tagged by ovm.tag as the root, and switch_roots
 # into ovm.init. With ovm.root=overlay the share is the read-only lower layer of an overlay whose
-# upper layer is a tmpfs (writes vanish when the VM ends); the share itself stays reachable at
-# /.ovm-host for the handoff files. On any failure it says why on the console and powers off: the
-# host then finds no status file and reports "the guest init failed" with the console's last lines.
+# upper layer is a tmpfs (writes vanish when the VM ends); of the share itself only /.ovm/run (the
+# run's handoff directory, the one place the host lets this guest write) stays reachable, bound at
+# /.ovm/run of the new root. The host serves the rest of the share read-only, so a guest that mounts
+# it again read-write still cannot change it. On any failure it says why on the console and powers
+# off: the host then finds no status file and reports "the guest init failed" with the console's
+# last lines.
 export PATH=/bin
 
 mount -t proc proc /proc
@@ -48,11 +51,17 @@ case $rootmode in
     ;;
   overlay)
     mount -t tmpfs -o mode=0755 tmpfs /mnt/rw || fail "cannot mount the overlay's tmpfs"
-    mkdir -p /mnt/rw/upper /mnt/rw/work
-    mount -t overlay overlay -o lowerdir=/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot ||
+    mkdir -p /mnt/rw/upper /mnt/rw/work /mnt/lower
+    # The lower layer through a read-only bind: nothing in this guest writes the share by mistake.
+    mount --bind /mnt/host /mnt/lower && mount -o remount,bind,ro /mnt/lower ||
+      fail "cannot mount the share read-only"
+    mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot ||
       fail "cannot mount the overlay root"
-    [ -d /newroot/.ovm-host ] || mkdir /newroot/.ovm-host || fail "cannot create /.ovm-host"
-    mount --move /mnt/host /newroot/.ovm-host || fail "cannot expose the share at /.ovm-host"
+    [ -d /mnt/host/.ovm/run ] || fail "the share has no /.ovm/run (the host's handoff directory)"
+    mkdir -p /newroot/.ovm/run || fail "cannot create /.ovm/run"
+    mount --bind /mnt/host/.ovm/run /newroot/.ovm/run || fail "cannot bind the handoff directory"
+    umount -l /mnt/lower
+    umount -l /mnt/host
     ;;
   *) fail "unknown ovm.root=$rootmode (expected rw or overlay)" ;;
 esac

@@ -4,7 +4,7 @@
 # Mode gateway (ovm.mode=gateway): after the mounts and the network below, exec
 #   /sbin/ovm-gateway-init, which starts k3s (a rootfs from openshell-vm prepare-rootfs).
 # Mode exec (ovm.mode=exec ovm.run=ID on the kernel command line):
-#   the host wrote /.ovm/run/ID/request.sh into the shared root (sh-quoted by the host, so every
+#   the host wrote /.ovm/run/ID/request.sh into the run's handoff directory (sh-quoted, so every
 #   argv string survives as is). This init resolves the executable, runs it with exactly the
 #   requested environment and working directory, its stdout and stderr on the virtio-serial ports
 #   named org.openshell.stdout / org.openshell.stderr (never the console), stdin from /dev/null,
@@ -106,10 +106,9 @@ net_up() {
 }
 net_up
 
-# The shared root as the host sees it: / for a writable root, /.ovm-host under an overlay.
-host_root=
-if [ -d /.ovm-host/.ovm ]; then host_root=/.ovm-host; fi
-handoff=$host_root/.ovm/run/$run
+# The run's handoff directory on the host: part of the root when it is writable (rw), bound at
+# /.ovm/run by the initramfs under an overlay (the rest of the share is read-only there).
+handoff=/.ovm/run/$run
 
 finish() { # CODE REASON
   ts "finished: $1 $2"

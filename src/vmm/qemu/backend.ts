@@ -2,10 +2,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError } from '../../errors.ts';
-import { findQemu, findVirtiofsd } from '../../host/toolchain.ts';
+import { findOnPath, findQemu, findVirtiofsd } from '../../host/toolchain.ts';
 import { type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
 import type { BackendFeatures, ProcessEvents, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
 import { qemuArgs, virtiofsdArgs } from './argv.ts';
+import { readOnlyShareCommand } from './read-only-share.ts';
 
 /** File names this backend creates in a run's directories. */
 export const QEMU_FILES = {
@@ -54,9 +55,39 @@ export class QemuBackend implements VmmBackend {
     return { qemu, virtiofsd };
   }
 
+  /**
+   * virtiofsd's command: on the shared directory itself for a writable root (the gateway's), or
+   * read-only with only the handoff directory writable for an overlay's lower layer.
+   */
+  async virtiofsdCommand(
+    virtiofsd: string,
+    spec: Pick<VmSpec, 'rootDir' | 'rootMode' | 'handoffDir'>,
+    sock: string,
+  ): Promise<{ command: string; args: string[] }> {
+    const flavour = await virtiofsdFlavour(virtiofsd);
+    const args = virtiofsdArgs(sock, spec.rootDir, flavour);
+    if (spec.rootMode === 'rw') return { command: virtiofsd, args };
+    if (!spec.handoffDir) throw new Error('an overlay root needs VmSpec.handoffDir');
+    const unshare = await findOnPath('unshare', this.#env.searchPath);
+    if (!unshare) {
+      throw new HostError('unshare not found on PATH (it keeps the shared root read-only for virtiofsd)', {
+        hint: 'apt-get install util-linux',
+      });
+    }
+    return readOnlyShareCommand({
+      unshare,
+      virtiofsd,
+      virtiofsdArgs: args,
+      flavour,
+      rootDir: spec.rootDir,
+      handoffDir: spec.handoffDir,
+    });
+  }
+
   async start(spec: VmSpec, options: { signal?: AbortSignal | undefined } = {}): Promise<RunningVm> {
     const { qemu, virtiofsd } = await this.preflight(spec);
     const sock = path.join(spec.socketDir, QEMU_FILES.virtiofsSocket);
+    const fsdCommand = await this.virtiofsdCommand(virtiofsd, spec, sock);
     const started: SupervisedProcess[] = [];
     const notify = (proc: SupervisedProcess) =>
       this.#events.onProcess?.({ action: 'started', record: proc.record() });
@@ -64,8 +95,8 @@ export class QemuBackend implements VmmBackend {
       const fsd = await SupervisedProcess.start(
         {
           name: 'virtiofsd',
-          command: virtiofsd,
-          args: virtiofsdArgs(sock, spec.rootDir, await virtiofsdFlavour(virtiofsd)),
+          command: fsdCommand.command,
+          args: fsdCommand.args,
           logFile: path.join(spec.runDir, QEMU_FILES.virtiofsdLog),
           pidFile: path.join(spec.runDir, QEMU_FILES.virtiofsdPid),
           ready: { kind: 'socket', path: sock },
