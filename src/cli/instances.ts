@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readEnvironment } from '../config/environment.ts';
 import { integer } from '../config/exec-options.ts';
-import { HostError, UsageError } from '../errors.ts';
+import { HostError, OvmError, UsageError } from '../errors.ts';
 import {
   deleteInstance,
   type InstanceStatus,
@@ -12,7 +12,7 @@ import {
   stopInstance,
 } from '../instance/lifecycle.ts';
 import { parseInstanceName } from '../instance/runs.ts';
-import { LOG_SOURCES, LOGS_DIR, type LogSource, readState } from '../instance/state.ts';
+import { LOG_SOURCES, LOGS_DIR, type LogSource, loadState, readState } from '../instance/state.ts';
 import { followFile } from '../supervisor/follow.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
 import { HELP } from './help.ts';
@@ -91,7 +91,16 @@ export async function listCommand(argv: readonly string[]): Promise<number> {
     });
   const env = readEnvironment();
   const all: InstanceStatus[] = [];
-  for (const name of await listInstanceNames(env)) all.push(await inspectInstance(env, name));
+  for (const name of await listInstanceNames(env)) {
+    // One instance that cannot be read does not hide the others: it is listed as broken.
+    const status = await inspectInstance(env, name).catch((err: unknown): InstanceStatus => {
+      if (!(err instanceof OvmError) && !isErrnoError(err)) throw err;
+      const hint = err instanceof OvmError && err.hint ? ` (${err.hint})` : '';
+      return { name, status: 'broken', problems: [`${(err as Error).message}${hint}`], hasRootfs: false };
+    });
+    if (status.reaped) process.stderr.write(`openshell-vm: ${name}: ${status.reaped}\n`);
+    all.push(status);
+  }
   if (args.flags.has('json')) {
     process.stdout.write(`${JSON.stringify(all.map(toJson), null, 2)}\n`);
     return 0;
@@ -102,7 +111,7 @@ export async function listCommand(argv: readonly string[]): Promise<number> {
   }
   const rows = all.map((s) => [
     s.name,
-    s.status,
+    s.status === 'broken' ? `broken: ${s.problems.join('; ')}` : s.status,
     s.state?.mode ?? (s.hasRootfs ? 'gateway' : '-'),
     s.state ? String(s.state.supervisor.pid) : '-',
     s.state?.endpoints?.gateway ?? s.state?.forwards.join(', ') ?? '-',
@@ -127,6 +136,7 @@ export async function stopCommand(argv: readonly string[]): Promise<number> {
   const reporter = new Reporter({ stderr: process.stderr, quiet: false, eventsFile: undefined });
   const result = await stopInstance(env, name, timeoutMs, (m) => reporter.progress(m));
   if (result.reaped) reporter.notice(result.reaped);
+  if (result.removedBroken) reporter.notice(`removed the broken state file ${result.removedBroken}`);
   if (!result.wasRunning) {
     process.stdout.write(`instance '${name}' is not running\n`);
   } else {
@@ -198,8 +208,8 @@ export async function logsCommand(argv: readonly string[]): Promise<number> {
       signal.addEventListener('abort', () => resolve(), { once: true });
       // Following ends with the instance: its supervisor gone, nothing more will be written.
       const timer = setInterval(async () => {
-        const now = await readState(dir);
-        if (state && !now) {
+        const now = await loadState(dir);
+        if (state && now.kind !== 'ok') {
           clearInterval(timer);
           resolve();
         }
@@ -272,4 +282,8 @@ function render(s: InstanceStatus): string {
     lines.push(`  rootfs     ${s.hasRootfs ? 'built' : 'not built'}`);
   }
   return `${lines.join('\n')}\n`;
+}
+
+function isErrnoError(err: unknown): err is NodeJS.ErrnoException {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string';
 }

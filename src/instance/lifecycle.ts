@@ -11,18 +11,19 @@ import { GuestRoot } from '../host/guest-root.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { isSameProcess } from '../supervisor/identity.ts';
 import { readLockHolder, takeInstanceLock } from './lock.ts';
-import { describeReap, reapStaleInstance } from './reap.ts';
+import { describeReap, reapInstance } from './reap.ts';
 import { INSTANCE_NAME, instanceDir, terminate } from './runs.ts';
-import { type InstanceState, readState } from './state.ts';
+import { type InstanceState, loadState, readState, removeState, STATE_FILE } from './state.ts';
 
 export interface InstanceStatus {
   readonly name: string;
   /**
    * running: every process alive and the agent answering; degraded: the supervisor runs but a
    * helper died or the agent does not answer; starting / stopping: on the way; busy: another
-   * openshell-vm holds it (a rootfs build); stopped: nothing runs.
+   * openshell-vm holds it (a rootfs build); stopped: nothing runs; broken: its state file (or its
+   * directory) is broken or not ours alone, `problems` says why and how to fix it.
    */
-  readonly status: 'running' | 'degraded' | 'starting' | 'stopping' | 'busy' | 'stopped';
+  readonly status: 'running' | 'degraded' | 'starting' | 'stopping' | 'busy' | 'stopped' | 'broken';
   readonly problems: readonly string[];
   readonly state?: InstanceState | undefined;
   /** Guest clock minus host clock (ms), when the agent answered. */
@@ -62,9 +63,30 @@ export async function listInstanceNames(env: HostEnvironment): Promise<string[]>
  */
 export async function inspectInstance(env: HostEnvironment, name: string): Promise<InstanceStatus> {
   const dir = instanceDir(env, name);
-  const reaped = describeReap(await reapStaleInstance(env, name));
+  const report = await reapInstance(env, name);
+  const reaped = describeReap(report);
   const hasRootfs = await pathExists(path.join(dir, 'rootfs', ROOTFS_PATHS.record));
-  const state = await readState(dir);
+  if (report.brokenState) {
+    const { path: file, reason } = report.brokenState;
+    return {
+      name,
+      status: 'broken',
+      problems: [`${file} ${reason} (${brokenFix(name, file)})`],
+      hasRootfs,
+      reaped,
+    };
+  }
+  const read = await loadState(dir);
+  if (read.kind === 'broken') {
+    return {
+      name,
+      status: 'broken',
+      problems: [`${read.path} ${read.reason} (${brokenFix(name, read.path)})`],
+      hasRootfs,
+      reaped,
+    };
+  }
+  const state = read.kind === 'ok' ? read.state : undefined;
   if (!state) {
     const holder = await readLockHolder(dir);
     if (holder && (await isSameProcess(holder.pid, holder.startTime))) {
@@ -105,8 +127,17 @@ export async function inspectInstance(env: HostEnvironment, name: string): Promi
   return { name, status, problems, state, clockDiffMs, hasRootfs, reaped };
 }
 
+/** The fix for a broken state file, or for an instance directory that is not ours alone. */
+function brokenFix(name: string, file: string): string {
+  return path.basename(file) === STATE_FILE
+    ? `clean it up: openshell-vm stop ${name}, or remove ${file}`
+    : `check who made it, then remove it: rm -r ${file}`;
+}
+
 export interface StopResult {
   readonly wasRunning: boolean;
+  /** A broken state file that stop removed (its path and what was wrong with it). */
+  readonly removedBroken?: string | undefined;
   /** The supervisor did not end in time and was killed (its processes reaped). */
   readonly forced: boolean;
   readonly reaped?: string | undefined;
@@ -124,7 +155,19 @@ export async function stopInstance(
   onProgress: (message: string) => void = () => undefined,
 ): Promise<StopResult> {
   const dir = instanceDir(env, name);
-  const reaped = describeReap(await reapStaleInstance(env, name));
+  const report = await reapInstance(env, name);
+  const reaped = describeReap(report);
+  const broken = report.brokenState;
+  if (broken) {
+    // Removed only when it is the state file in a directory of ours; what it says is not acted on.
+    if (path.basename(broken.path) !== STATE_FILE) {
+      throw new HostError(`refusing to touch instance '${name}': ${broken.path} ${broken.reason}`, {
+        hint: brokenFix(name, broken.path),
+      });
+    }
+    await removeState(dir);
+    return { wasRunning: false, forced: false, reaped, removedBroken: `${broken.path} (${broken.reason})` };
+  }
   const state = await readState(dir);
   let target: { pid: number; startTime: string | undefined };
   if (state) {
@@ -163,7 +206,7 @@ export async function stopInstance(
   }
   onProgress(`openshell-vm (pid ${target.pid}) did not stop in time: killing it`);
   await terminate(target);
-  const after = describeReap(await reapStaleInstance(env, name));
+  const after = describeReap(await reapInstance(env, name));
   return { wasRunning: true, forced: true, reaped: after ?? reaped };
 }
 

@@ -2,10 +2,20 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
-import { isErrno, UsageError } from '../errors.ts';
-import { pathExists } from '../host/fs.ts';
+import { HostError, isErrno, UsageError } from '../errors.ts';
+import { pathExists, writeFileAtomic } from '../host/fs.ts';
 import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
 import type { PidRecord } from '../supervisor/process.ts';
+import { type OwnerRecord, ownerRecordSchema, parseRecord, pidRecordSchema } from './schema.ts';
+import {
+  type DirRules,
+  distrust,
+  ensurePrivateDir,
+  readRecordFile,
+  type Untrusted,
+  untrustedDir,
+  warnOnStderr,
+} from './trust.ts';
 
 /**
  * Layout of an instance directory (<data>/instances/<name>/):
@@ -57,15 +67,63 @@ export interface RunPaths {
   readonly consoleLog: string;
 }
 
-interface OwnerRecord {
-  readonly pid: number;
-  readonly startTime: string | undefined;
-  /** Paths outside the run directory that the run created (socket dir, guest handoff dir). */
-  readonly extraPaths: readonly string[];
-}
-
 export function instanceDir(env: HostEnvironment, name: string): string {
   return path.join(env.dataDir, 'instances', name);
+}
+
+/** The directories from the data dir down to an instance's (<data>/instances/<name>): each must be ours alone. */
+function instanceChainAt(dir: string): string[] {
+  return [path.dirname(path.dirname(dir)), path.dirname(dir), dir];
+}
+
+export function instanceChainOf(env: HostEnvironment, name: string): string[] {
+  return instanceChainAt(instanceDir(env, name));
+}
+
+/**
+ * Creates (0700) or checks the data dir, `instances/` and the instance's directory: each a real
+ * directory of ours. One open to others is set to 0700 (with a warning); a symlink or one owned by
+ * another user is refused. Everything else of the instance (rootfs, runs, logs, state, lock) is
+ * inside, so no other local user reaches any of it.
+ */
+export async function ensureInstanceDir(
+  env: HostEnvironment,
+  name: string,
+  warn: (message: string) => void = warnOnStderr,
+): Promise<string> {
+  return ensureInstanceDirAt(instanceDir(env, name), warn);
+}
+
+/** ensureInstanceDir, given the instance's directory. */
+export async function ensureInstanceDirAt(
+  dir: string,
+  warn: (message: string) => void = warnOnStderr,
+): Promise<string> {
+  for (const [i, d] of instanceChainAt(dir).entries()) {
+    await ensurePrivateDir(d, {
+      policy: 'tighten',
+      // The data dir may be one the user chose (OPENSHELL_VM_DATA_DIR): it only must not be writable.
+      openBits: i === 0 ? 0o022 : 0o077,
+      followSymlink: i === 0,
+      warn,
+      fix: `remove ${d} (or set OPENSHELL_VM_DATA_DIR to a directory of yours)`,
+    });
+  }
+  return dir;
+}
+
+function privateRules(dir: string): DirRules {
+  return { policy: 'tighten', openBits: 0o077, warn: warnOnStderr, fix: `remove ${dir}` };
+}
+
+/** Where a run's sockets go when the run dir's paths are too long: refused unless it is ours alone. */
+async function ensureRuntimeDir(env: HostEnvironment): Promise<void> {
+  await ensurePrivateDir(env.runtimeDir, {
+    policy: 'refuse',
+    openBits: 0o022,
+    warn: warnOnStderr,
+    fix: `another user may have made it: remove it (rm -r ${env.runtimeDir}), or set XDG_RUNTIME_DIR to a directory of yours`,
+  });
 }
 
 export function socketDirFor(runDir: string, runtimeDir: string, id: string): string {
@@ -79,33 +137,55 @@ export async function createRun(
   instance: string,
   extraPaths: readonly string[] = [],
 ): Promise<RunPaths> {
-  const base = instanceDir(env, instance);
+  const base = await ensureInstanceDir(env, instance);
   const id = `${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
-  const dir = path.join(base, INSTANCE_DIRS.runs, id);
-  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  const runs = path.join(base, INSTANCE_DIRS.runs);
+  await ensurePrivateDir(runs, privateRules(runs));
+  const dir = path.join(runs, id);
+  await makeFreshDir(dir);
   const socketDir = socketDirFor(dir, env.runtimeDir, id);
-  if (socketDir !== dir) await fs.mkdir(socketDir, { recursive: true, mode: 0o700 });
+  if (socketDir !== dir) {
+    await ensureRuntimeDir(env);
+    await makeFreshDir(socketDir);
+  }
   const owner: OwnerRecord = {
     pid: process.pid,
     startTime: await processStartTime(process.pid),
     extraPaths: socketDir !== dir ? [socketDir, ...extraPaths] : [...extraPaths],
   };
-  await fs.writeFile(path.join(dir, RUN_FILES.owner), `${JSON.stringify(owner)}\n`);
+  await fs.writeFile(path.join(dir, RUN_FILES.owner), `${JSON.stringify(owner)}\n`, {
+    mode: 0o600,
+    flag: 'wx',
+  });
   return { id, instanceDir: base, dir, socketDir, consoleLog: path.join(dir, RUN_FILES.consoleLog) };
+}
+
+/** A directory that must not exist yet (a new run's): made 0700 whatever the umask, then checked. */
+async function makeFreshDir(dir: string): Promise<void> {
+  await fs.mkdir(dir, { mode: 0o700 });
+  await fs.chmod(dir, 0o700);
+  const reason = distrust(await fs.lstat(dir), 'directory');
+  if (reason) throw new HostError(`refusing to use ${dir}: it ${reason}`, { hint: `remove ${dir}` });
 }
 
 /** Records another path the run owns (removed with the run, also by a later sweep). */
 export async function addRunPath(run: RunPaths, extra: string): Promise<void> {
   const file = path.join(run.dir, RUN_FILES.owner);
-  const owner = JSON.parse(await fs.readFile(file, 'utf8')) as OwnerRecord;
-  await fs.writeFile(file, `${JSON.stringify({ ...owner, extraPaths: [...owner.extraPaths, extra] })}\n`);
+  const owner = await readOwner(run.dir);
+  if (owner.kind !== 'ok')
+    throw new HostError(`the run record ${file} ${owner.kind === 'missing' ? 'is missing' : owner.reason}`);
+  await writeFileAtomic(
+    file,
+    `${JSON.stringify({ ...owner.owner, extraPaths: [...owner.owner.extraPaths, extra] })}\n`,
+    0o600,
+  );
 }
 
 /** Ends a run: removes its directory and extra paths, or keeps its logs (failed runs). */
 export async function finishRun(run: RunPaths, keepLogs: boolean): Promise<void> {
   await saveRunLogs(run.dir, run.instanceDir);
   const owner = await readOwner(run.dir);
-  for (const extra of owner?.extraPaths ?? []) await fs.rm(extra, { recursive: true, force: true });
+  if (owner.kind === 'ok') await removeExtraPaths(run.id, run.dir, run.socketDir, owner.owner.extraPaths);
   if (keepLogs) {
     for (const entry of await fs.readdir(run.dir)) {
       if (entry.endsWith('.sock') || entry.endsWith('.pid') || entry === RUN_FILES.owner) {
@@ -119,60 +199,122 @@ export async function finishRun(run: RunPaths, keepLogs: boolean): Promise<void>
   }
 }
 
-async function readOwner(dir: string): Promise<OwnerRecord | undefined> {
+type OwnerRead =
+  | { readonly kind: 'missing' }
+  | { readonly kind: 'broken'; readonly reason: string }
+  | { readonly kind: 'ok'; readonly owner: OwnerRecord };
+
+async function readOwner(dir: string): Promise<OwnerRead> {
+  const read = await readRecordFile(path.join(dir, RUN_FILES.owner));
+  if (read.kind === 'missing') return read;
+  if (read.kind === 'untrusted') return { kind: 'broken', reason: read.reason };
+  const parsed = parseRecord(read.text, ownerRecordSchema);
+  return parsed.ok ? { kind: 'ok', owner: parsed.value } : { kind: 'broken', reason: parsed.reason };
+}
+
+/**
+ * Removes the paths a run record lists outside its run directory, only where our layout puts
+ * them: the run's socket directory (<runtime>/<id>) and a guest handoff directory
+ * (<root>/.ovm/run/<id>, reached through no symlink inside the root). Others are left alone.
+ */
+async function removeExtraPaths(
+  id: string,
+  runDir: string,
+  socketDir: string,
+  extraPaths: readonly string[],
+): Promise<void> {
+  for (const extra of extraPaths) {
+    if (await isOurExtraPath(id, runDir, socketDir, extra))
+      await fs.rm(extra, { recursive: true, force: true });
+  }
+}
+
+async function isOurExtraPath(
+  id: string,
+  runDir: string,
+  socketDir: string,
+  extra: string,
+): Promise<boolean> {
+  if (!path.isAbsolute(extra) || path.normalize(extra) !== extra || path.basename(extra) !== id) return false;
+  if (extra === socketDir && socketDir !== runDir) return true;
+  const handoffParent = path.dirname(extra);
+  if (path.basename(handoffParent) !== 'run' || path.basename(path.dirname(handoffParent)) !== '.ovm')
+    return false;
+  const root = path.dirname(path.dirname(handoffParent));
   try {
-    return JSON.parse(await fs.readFile(path.join(dir, RUN_FILES.owner), 'utf8')) as OwnerRecord;
+    return (await fs.realpath(handoffParent)) === path.join(await fs.realpath(root), '.ovm', 'run');
   } catch {
-    return undefined;
+    return false;
   }
 }
 
 export interface SweepReport {
   readonly removedRuns: readonly string[];
   readonly stoppedProcesses: readonly PidRecord[];
+  /** Run records not acted on: not ours alone, or broken. */
+  readonly untrusted: readonly Untrusted[];
 }
 
 /**
  * Cleans up after runs whose owning CLI died: stops their processes (only while pid and start
- * time still match what the run recorded) and removes their files. Live runs are left alone.
+ * time still match what the run recorded) and removes their files. Live runs are left alone. A
+ * run record is acted on only when it and every directory above it (to the data dir) are ours
+ * alone and it matches its schema; any other is reported in `untrusted` and left as it is.
  */
 export async function sweepStaleRuns(env: HostEnvironment, instance: string): Promise<SweepReport> {
-  const runsDir = path.join(instanceDir(env, instance), INSTANCE_DIRS.runs);
+  const base = instanceDir(env, instance);
+  const runsDir = path.join(base, INSTANCE_DIRS.runs);
+  const none: SweepReport = { removedRuns: [], stoppedProcesses: [], untrusted: [] };
   let entries: string[];
   try {
     entries = await fs.readdir(runsDir);
   } catch (err) {
-    if (isErrno(err, 'ENOENT')) return { removedRuns: [], stoppedProcesses: [] };
+    if (isErrno(err, 'ENOENT')) return none;
     throw err;
   }
+  const above = await untrustedDir([...instanceChainOf(env, instance), runsDir], { followFirst: true });
+  if (above) return { ...none, untrusted: [above] };
   const removedRuns: string[] = [];
   const stoppedProcesses: PidRecord[] = [];
+  const untrusted: Untrusted[] = [];
   for (const id of entries) {
     const dir = path.join(runsDir, id);
+    const bad = await untrustedDir([dir]);
+    if (bad) {
+      untrusted.push(bad);
+      continue;
+    }
     const owner = await readOwner(dir);
-    if (!owner) continue; // kept (finished) runs have no owner file
-    if (await isSameProcess(owner.pid, owner.startTime)) continue;
+    if (owner.kind === 'missing') continue; // kept (finished) runs have no owner file
+    if (owner.kind === 'broken') {
+      untrusted.push({ path: path.join(dir, RUN_FILES.owner), reason: owner.reason });
+      continue;
+    }
+    if (await isSameProcess(owner.owner.pid, owner.owner.startTime)) continue;
     const records: PidRecord[] = [];
+    const brokenPid: Untrusted[] = [];
     for (const file of await fs.readdir(dir)) {
       if (!file.endsWith('.pid')) continue;
-      const record = await readPidRecord(path.join(dir, file));
-      if (record) records.push(record);
+      const read = await readRecordFile(path.join(dir, file));
+      if (read.kind === 'missing') continue;
+      const parsed =
+        read.kind === 'ok'
+          ? parseRecord(read.text, pidRecordSchema)
+          : { ok: false as const, reason: read.reason };
+      if (parsed.ok) records.push(parsed.value);
+      else brokenPid.push({ path: path.join(dir, file), reason: parsed.reason });
+    }
+    if (brokenPid.length) {
+      untrusted.push(...brokenPid);
+      continue;
     }
     stoppedProcesses.push(...(await terminateAll(records)));
-    for (const extra of owner.extraPaths) await fs.rm(extra, { recursive: true, force: true });
-    await saveRunLogs(dir, instanceDir(env, instance));
+    await removeExtraPaths(id, dir, socketDirFor(dir, env.runtimeDir, id), owner.owner.extraPaths);
+    await saveRunLogs(dir, base);
     await fs.rm(dir, { recursive: true, force: true });
     removedRuns.push(id);
   }
-  return { removedRuns, stoppedProcesses };
-}
-
-async function readPidRecord(file: string): Promise<PidRecord | undefined> {
-  try {
-    return JSON.parse(await fs.readFile(file, 'utf8')) as PidRecord;
-  } catch {
-    return undefined;
-  }
+  return { removedRuns, stoppedProcesses, untrusted };
 }
 
 /**
@@ -184,7 +326,7 @@ export async function saveRunLogs(runDir: string, base: string): Promise<void> {
   const entries = await fs.readdir(runDir).catch(() => [] as string[]);
   const files = entries.filter((e) => e.endsWith('.log'));
   if (!files.length) return;
-  await fs.mkdir(logs, { recursive: true, mode: 0o700 });
+  await ensurePrivateDir(logs, privateRules(logs));
   for (const stale of await fs.readdir(logs)) {
     // The supervisor's own logs (detached runs) belong to the instance, not to a run.
     if (stale.endsWith('.log') && !RUN_INDEPENDENT_LOGS.has(stale))

@@ -1,6 +1,10 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { z } from 'zod';
+import { HostError, isErrno } from '../errors.ts';
 import { writeFileAtomic } from '../host/fs.ts';
+import { filePath, parseRecord, processIdentity } from './schema.ts';
+import { readRecordFile, untrustedDir } from './trust.ts';
 
 export const STATE_FILE = 'state.json';
 /** Where a stopped instance's logs are (the last run's, copied when it ends) and a detached supervisor's. */
@@ -61,15 +65,80 @@ export async function writeState(instanceDir: string, state: InstanceState): Pro
   await writeFileAtomic(path.join(instanceDir, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`, 0o600);
 }
 
+/** The state file's schema (unknown fields are errors). */
+export const instanceStateSchema: z.ZodType<InstanceState, unknown> = z.strictObject({
+  version: z.literal(1),
+  instance: z.string().max(64),
+  mode: z.enum(['gateway', 'run']),
+  phase: z.enum(['starting', 'running', 'stopping']),
+  supervisor: processIdentity,
+  detached: z.boolean(),
+  backend: z.string().max(64),
+  accel: z.string().max(64),
+  arch: z.string().max(64),
+  vcpus: z.number().int().min(1).max(1024),
+  memMib: z.number().int().min(1),
+  startedAt: z.string().max(64),
+  readyAt: z.string().max(64).optional(),
+  runDir: filePath,
+  control: filePath,
+  processes: z.array(processIdentity).max(16),
+  sockets: z.array(filePath).max(64),
+  forwards: z.array(z.string().max(256)).max(256),
+  logs: z.partialRecord(z.enum(LOG_SOURCES), filePath),
+  endpoints: z
+    .strictObject({
+      gateway: z.string().max(1024).optional(),
+      kubeApi: z.string().max(1024).optional(),
+      kubeconfig: filePath.optional(),
+      mtlsDir: filePath.optional(),
+    })
+    .optional(),
+  command: z.array(z.string()).optional(),
+});
+
+/** What is at an instance's state file: nothing, a valid state, or a broken/untrusted file (with why). */
+export type StateRead =
+  | { readonly kind: 'none' }
+  | { readonly kind: 'ok'; readonly state: InstanceState }
+  | { readonly kind: 'broken'; readonly path: string; readonly reason: string };
+
+/**
+ * Reads the state file: only a regular file of ours that nobody else can write (no symlink
+ * followed), at most RECORD_MAX_BYTES, matching the schema. Anything else is `broken`, with the
+ * reason; it is reported, never acted on (`stop` and `delete` remove it).
+ */
+export async function loadState(instanceDir: string): Promise<StateRead> {
+  const file = path.join(instanceDir, STATE_FILE);
+  const dir = await untrustedDir([instanceDir]).catch((err: unknown) => {
+    if (isErrno(err, 'ENOENT')) return undefined;
+    throw err;
+  });
+  if (dir) return { kind: 'broken', path: file, reason: `its directory ${dir.path} ${dir.reason}` };
+  const read = await readRecordFile(file);
+  if (read.kind === 'missing') return { kind: 'none' };
+  if (read.kind === 'untrusted') return { kind: 'broken', path: file, reason: read.reason };
+  const parsed = parseRecord(read.text, instanceStateSchema);
+  if (!parsed.ok) return { kind: 'broken', path: file, reason: parsed.reason };
+  return { kind: 'ok', state: parsed.value };
+}
+
+/** The fix for a broken state file, for a hint. */
+export function brokenStateHint(instance: string, file: string): string {
+  return `clean it up: openshell-vm stop ${instance} (or remove ${file})`;
+}
+
+/** The running instance's state, undefined when it has none; a broken state file is a HostError naming it. */
 export async function readState(instanceDir: string): Promise<InstanceState | undefined> {
-  try {
-    const parsed = JSON.parse(await fs.readFile(path.join(instanceDir, STATE_FILE), 'utf8')) as InstanceState;
-    return parsed.version === 1 && typeof parsed.supervisor?.pid === 'number' ? parsed : undefined;
-  } catch {
-    return undefined;
-  }
+  const read = await loadState(instanceDir);
+  if (read.kind === 'ok') return read.state;
+  if (read.kind === 'none') return undefined;
+  throw new HostError(`the state file ${read.path} ${read.reason}`, {
+    hint: brokenStateHint(path.basename(instanceDir), read.path),
+  });
 }
 
 export async function removeState(instanceDir: string): Promise<void> {
-  await fs.rm(path.join(instanceDir, STATE_FILE), { force: true });
+  // recursive: a directory in its place (a broken state) goes too; rm never follows a symlink.
+  await fs.rm(path.join(instanceDir, STATE_FILE), { recursive: true, force: true });
 }

@@ -11,7 +11,7 @@ import type { GuestArch } from '../host/arch.ts';
 import { lexists, pathExists, replaceDirectory } from '../host/fs.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { takeInstanceLock } from '../instance/lock.ts';
-import { instanceDir } from '../instance/runs.ts';
+import { ensureInstanceDir, instanceDir } from '../instance/runs.ts';
 import { loadImageArchive } from '../oci/archive.ts';
 import { BlobStore } from '../oci/blob-store.ts';
 import { readDockerCredentials } from '../oci/credentials.ts';
@@ -106,7 +106,8 @@ export async function prepareRootfs(
   const signal = hooks.signal;
   const dir = instanceDir(env, request.instance);
   const dest = rootfsDir(env, request.instance);
-  const createdDir = (await fs.mkdir(dir, { recursive: true })) !== undefined;
+  const createdDir = !(await lexists(dir));
+  await ensureInstanceDir(env, request.instance, warn);
   await sweepStaleBuilds(dir, progress);
 
   if (!request.force && (await pathExists(dest))) {

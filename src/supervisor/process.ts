@@ -131,7 +131,7 @@ export class SupervisedProcess {
 
   async #writePidFile(file: string): Promise<void> {
     const tmp = `${file}.tmp`;
-    await fs.writeFile(tmp, `${JSON.stringify(this.record())}\n`);
+    await fs.writeFile(tmp, `${JSON.stringify(this.record())}\n`, { mode: 0o600 });
     await fs.rename(tmp, file);
   }
 

@@ -1,0 +1,137 @@
+import type { Stats } from 'node:fs';
+import { constants } from 'node:fs';
+import fs from 'node:fs/promises';
+import { HostError, isErrno } from '../errors.ts';
+
+/**
+ * Directories and records that only we may write. Everything openshell-vm acts on (a run record
+ * that names processes to stop and paths to remove, a state file, a lock) is trusted only when the
+ * file and every directory of ours above it belong to this user and are not writable by group or
+ * others: another local user who could plant or change one could otherwise make us signal or
+ * delete what they choose.
+ */
+
+/** Largest record file (state.json, owner.json, a pid file, the lock) we read. */
+export const RECORD_MAX_BYTES = 256 * 1024;
+
+function myUid(): number {
+  return typeof process.getuid === 'function' ? process.getuid() : 0;
+}
+
+function mode(st: Stats): string {
+  return `0${(st.mode & 0o7777).toString(8)}`;
+}
+
+/** Why `st` (a directory or file we are about to trust) is not ours alone, or undefined when it is. */
+export function distrust(st: Stats, kind: 'directory' | 'file'): string | undefined {
+  if (st.isSymbolicLink()) return 'is a symlink';
+  if (kind === 'directory' && !st.isDirectory()) return 'is not a directory';
+  if (kind === 'file' && !st.isFile()) return st.isDirectory() ? 'is a directory' : 'is not a regular file';
+  if (st.uid !== myUid()) return `belongs to uid ${st.uid}, not to us (uid ${myUid()})`;
+  if (st.mode & 0o022) return `is writable by ${st.mode & 0o020 ? 'its group' : 'others'} (mode ${mode(st)})`;
+  return undefined;
+}
+
+/** A file or directory that failed a trust check: what, why, and how to fix it. */
+export interface Untrusted {
+  readonly path: string;
+  readonly reason: string;
+}
+
+/**
+ * Checks each directory (lstat, no symlink followed; with `followFirst`, the first may be a symlink
+ * to a directory of ours: a data dir the user placed elsewhere); the first that is not ours alone
+ * is returned.
+ */
+export async function untrustedDir(
+  dirs: readonly string[],
+  options: { readonly followFirst?: boolean } = {},
+): Promise<Untrusted | undefined> {
+  for (const [i, dir] of dirs.entries()) {
+    const st = i === 0 && options.followFirst ? await fs.stat(dir) : await fs.lstat(dir);
+    const reason = distrust(st, 'directory');
+    if (reason) return { path: dir, reason };
+  }
+  return undefined;
+}
+
+export type RecordRead =
+  | { readonly kind: 'missing' }
+  | { readonly kind: 'untrusted'; readonly path: string; readonly reason: string }
+  | { readonly kind: 'ok'; readonly text: string };
+
+/**
+ * Reads a record file we wrote: never through a symlink (O_NOFOLLOW), only a regular file of ours
+ * that others cannot write, at most RECORD_MAX_BYTES.
+ */
+export async function readRecordFile(file: string): Promise<RecordRead> {
+  let handle: fs.FileHandle;
+  try {
+    handle = await fs.open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return { kind: 'missing' };
+    if (isErrno(err, 'ELOOP')) return { kind: 'untrusted', path: file, reason: 'is a symlink' };
+    throw err;
+  }
+  try {
+    const st = await handle.stat();
+    const reason = distrust(st, 'file');
+    if (reason) return { kind: 'untrusted', path: file, reason };
+    if (st.size > RECORD_MAX_BYTES) {
+      return { kind: 'untrusted', path: file, reason: `is ${st.size} bytes (at most ${RECORD_MAX_BYTES})` };
+    }
+    const buf = Buffer.alloc(RECORD_MAX_BYTES + 1);
+    const { bytesRead } = await handle.read(buf, 0, buf.length, 0);
+    if (bytesRead > RECORD_MAX_BYTES) {
+      return { kind: 'untrusted', path: file, reason: `is over ${RECORD_MAX_BYTES} bytes` };
+    }
+    return { kind: 'ok', text: buf.subarray(0, bytesRead).toString('utf8') };
+  } finally {
+    await handle.close();
+  }
+}
+
+export interface DirRules {
+  /**
+   * tighten: ours but too open, set to 0700 with a warning (instance state we made 0755 before);
+   * refuse: ours but too open is refused like one that is not ours (a socket directory: someone
+   * may already be inside).
+   */
+  readonly policy: 'tighten' | 'refuse';
+  /** Mode bits that make it too open: 0o077 (private) or 0o022 (writable by others). */
+  readonly openBits: 0o077 | 0o022;
+  readonly warn: (message: string) => void;
+  /** The fix, for the error's hint. */
+  readonly fix: string;
+  /** Accept a symlink to a directory that passes (a data dir the user placed elsewhere). */
+  readonly followSymlink?: boolean;
+}
+
+/**
+ * Makes sure `dir` exists as a directory of ours that nobody else can write: created 0700 (and
+ * chmod-ed, so no umask interferes), or, when it exists, checked without following a symlink. A
+ * symlink, another user's directory or (policy 'refuse') a too open one is a HostError naming it,
+ * its owner and mode, and the fix.
+ */
+export async function ensurePrivateDir(dir: string, rules: DirRules): Promise<void> {
+  const created = await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  if (created !== undefined) await fs.chmod(dir, 0o700);
+  const st = rules.followSymlink ? await fs.stat(dir) : await fs.lstat(dir);
+  const reason = distrust(st, 'directory');
+  const tooOpen = !reason && (st.mode & rules.openBits) !== 0;
+  if (!reason && !tooOpen) return;
+  if ((tooOpen || reason?.startsWith('is writable')) && rules.policy === 'tighten') {
+    await fs.chmod(dir, 0o700);
+    rules.warn(`${dir} was mode ${mode(st)}, open to other users: set it to 0700`);
+    return;
+  }
+  throw new HostError(
+    `refusing to use ${dir}: it ${reason ?? `is open to other users (mode ${mode(st)})`} (owner uid ${st.uid}, mode ${mode(st)})`,
+    { hint: rules.fix },
+  );
+}
+
+/** The default for warnings about a directory we fixed: a process warning (printed on stderr). */
+export function warnOnStderr(message: string): void {
+  process.emitWarning(message, { code: 'OVM_DIR_MODE' });
+}
