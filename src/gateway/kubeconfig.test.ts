@@ -1,45 +1,36 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import YAML from 'yaml';
 import {
+  backupPath,
+  buildKubeconfig,
   mergedEntry,
+  mergeGatewayKubeconfig,
   mergeKubeconfig,
   readMergeRecord,
-  rewriteKubeconfig,
   unmergeKubeconfig,
   writeKubeconfig,
   writeMergeRecord,
 } from './kubeconfig.ts';
+import { generatePki } from './pki.ts';
 
-// What k3s writes to /etc/rancher/k3s/k3s.yaml (data shortened).
-const K3S_YAML = `apiVersion: v1
-clusters:
-- cluster:
-    certificate-authority-data: Q0EK
-    server: https://127.0.0.1:6443
-  name: default
-contexts:
-- context:
-    cluster: default
-    user: default
-  name: default
-current-context: default
-kind: Config
-preferences: {}
-users:
-- name: default
-  user:
-    client-certificate-data: Q0VSVAo=
-    client-key-data: S0VZCg==
-`;
+const b64 = (s: string) => Buffer.from(s).toString('base64');
+async function credentials() {
+  const pki = await generatePki();
+  return { caData: b64(pki.caCert), certData: b64(pki.clientCert), keyData: b64(pki.clientKey) };
+}
+const creds = await credentials();
+const entryFor = (name: string, port: number, c = creds) => buildKubeconfig({ name, port, credentials: c });
 
-const EXISTING = `apiVersion: v1
+const EXISTING = `# my clusters
+apiVersion: v1
 kind: Config
 clusters:
-- name: work
+- name: work # the office
   cluster: { server: https://work.example:6443 }
 users:
 - name: work
@@ -55,20 +46,8 @@ async function tmp(t: { after: (fn: () => Promise<void>) => void }): Promise<str
   t.after(() => fs.rm(dir, { recursive: true, force: true }));
   return dir;
 }
-
-test("k3s's kubeconfig is rewritten to the forwarded port and named for the instance", () => {
-  const doc = YAML.parse(rewriteKubeconfig(K3S_YAML, { name: 'openshell-vm-default', port: 41234 }));
-  assert.equal(doc.clusters[0].cluster.server, 'https://127.0.0.1:41234');
-  assert.equal(doc.clusters[0].cluster['certificate-authority-data'], 'Q0EK');
-  assert.deepEqual(doc.contexts, [
-    {
-      name: 'openshell-vm-default',
-      context: { cluster: 'openshell-vm-default', user: 'openshell-vm-default' },
-    },
-  ]);
-  assert.equal(doc.users[0].user['client-key-data'], 'S0VZCg==');
-  assert.equal(doc['current-context'], 'openshell-vm-default');
-});
+const names = (list: { name: string }[]) => list.map((x) => x.name);
+const read = async (file: string) => YAML.parse(await fs.readFile(file, 'utf8'));
 
 test('the kubeconfig file is 0600', async (t) => {
   const dir = await tmp(t);
@@ -76,75 +55,178 @@ test('the kubeconfig file is 0600', async (t) => {
   assert.equal((await fs.stat(file)).mode & 0o777, 0o600);
 });
 
-test('--merge-kubeconfig keeps other contexts and current-context, backs the file up, and replaces its own entry', async (t) => {
+test('merge adds openshell-NAME, keeps comments, other entries and current-context, and keeps one backup', async (t) => {
   const dir = await tmp(t);
   const target = path.join(dir, 'config');
-  await fs.writeFile(target, EXISTING);
-  const entry = rewriteKubeconfig(K3S_YAML, { name: 'gw', port: 40000 });
-  const backup = await mergeKubeconfig(target, entry, { now: new Date('2026-11-25T10:00:00Z') });
-  assert.equal(backup, `${target}.bak-2026-11-25T10-00-00-000Z`);
-  assert.equal(await fs.readFile(backup as string, 'utf8'), EXISTING);
-  let doc = YAML.parse(await fs.readFile(target, 'utf8'));
-  assert.deepEqual(
-    doc.contexts.map((c: { name: string }) => c.name),
-    ['work', 'gw'],
-  );
+  await fs.writeFile(target, EXISTING, { mode: 0o640 });
+  await fs.chmod(target, 0o640);
+  const first = await mergeKubeconfig(target, entryFor('gw', 40000));
+  assert.equal(first.backup, backupPath(target));
+  assert.equal(await fs.readFile(backupPath(target), 'utf8'), EXISTING);
+  assert.deepEqual(first.record, mergedEntry(target, entryFor('gw', 40000)));
+  const text = await fs.readFile(target, 'utf8');
+  assert.match(text, /^# my clusters\n/);
+  assert.match(text, /- name: work # the office/);
+  let doc = YAML.parse(text);
+  assert.deepEqual(names(doc.contexts), ['work', 'openshell-gw']);
+  assert.deepEqual(doc.contexts[1].context, { cluster: 'openshell-gw', user: 'openshell-gw' });
   assert.equal(doc['current-context'], 'work', 'not switched unless asked');
-  // Again, on another port and asked to switch: one gw entry, now current.
-  await mergeKubeconfig(target, rewriteKubeconfig(K3S_YAML, { name: 'gw', port: 40001 }), {
-    setCurrent: true,
-  });
-  doc = YAML.parse(await fs.readFile(target, 'utf8'));
-  assert.deepEqual(
-    doc.clusters.map((c: { name: string }) => c.name),
-    ['work', 'gw'],
-  );
+  assert.equal((await fs.stat(target)).mode & 0o777, 0o640, 'mode kept');
+  // Again, on another port and asked to switch: one entry of ours, in place, now current.
+  const before = await fs.readFile(target, 'utf8');
+  await mergeKubeconfig(target, entryFor('gw', 40001), { setCurrent: true, previous: first.record });
+  doc = await read(target);
+  assert.deepEqual(names(doc.clusters), ['work', 'openshell-gw']);
   assert.equal(doc.clusters[1].cluster.server, 'https://127.0.0.1:40001');
-  assert.equal(doc['current-context'], 'gw');
-  assert.equal((await fs.stat(target)).mode & 0o777, 0o600);
+  assert.equal(doc['current-context'], 'openshell-gw');
+  assert.equal(await fs.readFile(backupPath(target), 'utf8'), before, 'the one backup, replaced');
+  assert.deepEqual((await fs.readdir(dir)).sort(), ['config', 'config.openshell-vm.bak']);
 });
 
-test('a kubeconfig that does not parse is refused and left as it is', async (t) => {
+test('a user entry named like ours that openshell-vm did not write is refused, the file left alone', async (t) => {
   const dir = await tmp(t);
   const target = path.join(dir, 'config');
-  for (const bad of ['clusters: [unclosed\n', 'kind: Pod\n', '- a list\n']) {
+  const theirs = EXISTING.replaceAll('work', 'openshell-gw');
+  await fs.writeFile(target, theirs);
+  await assert.rejects(mergeKubeconfig(target, entryFor('gw', 1)), (err: Error & { hint?: string }) => {
+    assert.match(
+      err.message,
+      /already has cluster, user, context 'openshell-gw' that openshell-vm did not write/,
+    );
+    assert.match(err.hint ?? '', /kubectl config delete-context openshell-gw/);
+    return true;
+  });
+  assert.equal(await fs.readFile(target, 'utf8'), theirs);
+  assert.deepEqual(await fs.readdir(dir), ['config']);
+  // Our entries under an earlier record are replaced; ours from another instance's reset are not.
+  await fs.writeFile(target, EXISTING);
+  const { record } = await mergeKubeconfig(target, entryFor('gw', 1));
+  await mergeKubeconfig(target, entryFor('gw', 2), { previous: record });
+  await mergeKubeconfig(target, entryFor('gw', 3)); // the record lost: same credentials are ours too
+  const fresh = await credentials();
+  await assert.rejects(mergeKubeconfig(target, entryFor('gw', 4, fresh)), /did not write/);
+  await assert.rejects(
+    mergeKubeconfig(target, entryFor('gw', 4, fresh), { previous: { ...record, target: '/elsewhere' } }),
+    /did not write/,
+  );
+  await mergeKubeconfig(target, entryFor('gw', 4, fresh), { previous: record });
+  assert.equal((await read(target)).clusters[1].cluster.server, 'https://127.0.0.1:4');
+});
+
+test('a symlinked kubeconfig is written through to its target, keeping the link and the mode', async (t) => {
+  const dir = await tmp(t);
+  await fs.mkdir(path.join(dir, 'dotfiles'));
+  const real = path.join(dir, 'dotfiles', 'kubeconfig');
+  const link = path.join(dir, 'config');
+  await fs.writeFile(real, EXISTING);
+  await fs.chmod(real, 0o644);
+  await fs.symlink('dotfiles/kubeconfig', link);
+  await mergeKubeconfig(link, entryFor('gw', 1));
+  assert.ok((await fs.lstat(link)).isSymbolicLink(), 'still a link');
+  assert.equal((await fs.stat(real)).mode & 0o777, 0o644);
+  assert.deepEqual(names((await read(real)).contexts), ['work', 'openshell-gw']);
+  assert.deepEqual(await fs.readdir(path.join(dir, 'dotfiles')), ['kubeconfig'], 'no temporary left');
+  await fs.rm(real);
+  await assert.rejects(
+    mergeKubeconfig(link, entryFor('gw', 1)),
+    /is a symlink to a file that does not exist/,
+  );
+});
+
+test('odd shapes: empty lists in any spelling are empty, anything else is refused naming the file', async (t) => {
+  const dir = await tmp(t);
+  const target = path.join(dir, 'config');
+  for (const odd of ['clusters: {}\nusers: null\ncontexts:\n', '', '# only a comment\n']) {
+    await fs.writeFile(target, odd);
+    await mergeKubeconfig(target, entryFor('gw', 1));
+    const doc = await read(target);
+    assert.deepEqual(
+      [names(doc.clusters), names(doc.users), names(doc.contexts)],
+      [['openshell-gw'], ['openshell-gw'], ['openshell-gw']],
+    );
+    assert.equal(doc['current-context'], 'openshell-gw');
+  }
+  for (const bad of [
+    'contexts: "x"\n',
+    'users: {a: 1}\n',
+    'clusters: [unclosed\n',
+    'kind: Pod\n',
+    '- a list\n',
+    '5\n',
+  ]) {
+    await fs.rm(backupPath(target), { force: true });
     await fs.writeFile(target, bad);
     await assert.rejects(
-      mergeKubeconfig(target, rewriteKubeconfig(K3S_YAML, { name: 'gw', port: 1 })),
-      /not valid YAML|is not a kubeconfig/,
+      mergeKubeconfig(target, entryFor('gw', 1)),
+      new RegExp(`${target}(: '\\w+' is not a list| is not valid YAML| is not a kubeconfig)`),
+      bad,
     );
     assert.equal(await fs.readFile(target, 'utf8'), bad);
+    assert.deepEqual(await fs.readdir(dir), ['config'], 'no backup, no temporary file');
   }
-  assert.deepEqual((await fs.readdir(dir)).sort(), ['config'], 'no backup, no temporary file');
+  await fs.writeFile(target, 'users: null\ncontexts: 7\n');
+  await assert.rejects(unmergeKubeconfig(mergedEntry(target, entryFor('gw', 1))), /'contexts' is not a list/);
 });
 
-test('unmerge takes out what the merge added, keeps the rest, and clears current-context only if it was ours', async (t) => {
+test('merge on a full file system (ENOSPC) leaves the kubeconfig as it was and nothing new', async (t) => {
+  if (process.getuid?.() !== 0) return t.skip('needs root to mount a small tmpfs');
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-kube-full-'));
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir]);
+  t.after(async () => {
+    execFileSync('umount', [dir]);
+    await fs.rmdir(dir);
+  });
+  const target = path.join(dir, 'config');
+  await fs.writeFile(target, EXISTING);
+  await fs.writeFile(backupPath(target), 'an older backup\n');
+  // Fill what is left, so neither the new file nor the new backup fits.
+  await fs.writeFile(path.join(dir, 'filler'), Buffer.alloc(64 * 1024)).catch(() => undefined);
+  const before = (await fs.readdir(dir)).sort();
+  await assert.rejects(mergeKubeconfig(target, entryFor('gw', 1)), (err: Error & { hint?: string }) => {
+    assert.match(err.message, /cannot write .*config: ENOSPC/);
+    assert.match(err.hint ?? '', /free space .*left as it was/);
+    return true;
+  });
+  assert.equal(await fs.readFile(target, 'utf8'), EXISTING);
+  assert.equal(await fs.readFile(backupPath(target), 'utf8'), 'an older backup\n');
+  assert.deepEqual((await fs.readdir(dir)).sort(), before);
+});
+
+test('merge records what it merged in the instance directory, and the record decides next time', async (t) => {
+  const dir = await tmp(t);
+  const target = path.join(dir, 'config');
+  const inst = path.join(dir, 'instance');
+  await mergeGatewayKubeconfig(inst, target, entryFor('gw', 1));
+  assert.deepEqual(await readMergeRecord(inst), mergedEntry(target, entryFor('gw', 1)));
+  const fresh = await credentials();
+  await mergeGatewayKubeconfig(inst, target, entryFor('gw', 2, fresh), { setCurrent: true });
+  assert.deepEqual(await readMergeRecord(inst), mergedEntry(target, entryFor('gw', 2, fresh)));
+});
+
+test('unmerge takes out what the merge added, keeps the rest and the comments, and clears current-context only if it was ours', async (t) => {
   const dir = await tmp(t);
   const target = path.join(dir, 'config');
   await fs.writeFile(target, EXISTING);
-  const entry = rewriteKubeconfig(K3S_YAML, { name: 'gw', port: 40000 });
-  await mergeKubeconfig(target, entry, { setCurrent: true });
-  // A later boot merged on another port: same CA and client certificate, same record.
-  await mergeKubeconfig(target, rewriteKubeconfig(K3S_YAML, { name: 'gw', port: 40002 }), {
-    setCurrent: true,
-  });
-  await writeMergeRecord(dir, mergedEntry(target, entry));
+  await mergeKubeconfig(target, entryFor('gw', 40000), { setCurrent: true });
+  await mergeKubeconfig(target, entryFor('gw', 40002), { setCurrent: true });
+  await writeMergeRecord(dir, mergedEntry(target, entryFor('gw', 40000)));
   const record = await readMergeRecord(dir);
   assert.ok(record);
   const before = await fs.readFile(target, 'utf8');
-  const out = await unmergeKubeconfig(record, { now: new Date('2026-12-01T10:00:00Z') });
+  const out = await unmergeKubeconfig(record);
   assert.deepEqual(out.removed, ['cluster', 'user', 'context']);
   assert.deepEqual(out.kept, []);
-  assert.equal(out.backup, `${target}.bak-2026-12-01T10-00-00-000Z`);
-  assert.equal(await fs.readFile(out.backup as string, 'utf8'), before);
-  const doc = YAML.parse(await fs.readFile(target, 'utf8'));
+  assert.equal(out.backup, backupPath(target));
+  assert.equal(await fs.readFile(backupPath(target), 'utf8'), before);
+  const text = await fs.readFile(target, 'utf8');
+  assert.match(text, /# the office/);
+  const doc = YAML.parse(text);
   assert.deepEqual(
-    [doc.clusters, doc.users, doc.contexts].map((l: { name: string }[]) => l.map((x) => x.name)),
+    [names(doc.clusters), names(doc.users), names(doc.contexts)],
     [['work'], ['work'], ['work']],
   );
   assert.equal(doc['current-context'], '', 'it named the removed context');
   assert.equal(doc.users[0].user.token, 'abc', 'other entries untouched');
-  // Nothing of ours is left: a second unmerge changes nothing and makes no backup.
   const again = await unmergeKubeconfig(record);
   assert.deepEqual([again.removed, again.kept, again.backup], [[], [], undefined]);
 });
@@ -152,32 +234,24 @@ test('unmerge takes out what the merge added, keeps the rest, and clears current
 test('unmerge keeps an entry of the same name that is not the merged one, and a missing file is fine', async (t) => {
   const dir = await tmp(t);
   const target = path.join(dir, 'config');
-  const entry = rewriteKubeconfig(K3S_YAML, { name: 'work', port: 40000 });
-  // The user's own "work" entries, never merged by openshell-vm, with current-context work.
-  await fs.writeFile(target, EXISTING);
-  const out = await unmergeKubeconfig(mergedEntry(target, entry));
-  assert.deepEqual(out.removed, []);
-  assert.deepEqual(out.kept, ['cluster', 'user', 'context']);
-  assert.equal(await fs.readFile(target, 'utf8'), EXISTING);
-  assert.deepEqual(await fs.readdir(dir), ['config'], 'no backup');
-  // Merged, then the user pointed the context at their own user: the user 'gw' goes; the cluster
+  const theirs = EXISTING.replaceAll('work', 'openshell-work');
+  await fs.writeFile(target, theirs);
+  const out = await unmergeKubeconfig(mergedEntry(target, entryFor('work', 40000)));
+  assert.deepEqual([out.removed, out.kept], [[], ['cluster', 'user', 'context']]);
+  assert.equal(await fs.readFile(target, 'utf8'), theirs);
+  // Merged, then the user pointed the context at their own user: the user goes; the cluster
   // stays, since the context that stays still names it.
-  await mergeKubeconfig(target, rewriteKubeconfig(K3S_YAML, { name: 'gw', port: 1 }), { setCurrent: true });
-  const doc = YAML.parse(await fs.readFile(target, 'utf8'));
+  await fs.writeFile(target, EXISTING);
+  await mergeKubeconfig(target, entryFor('gw', 1), { setCurrent: true });
+  const doc = await read(target);
   doc.contexts[1].context.user = 'work';
   await fs.writeFile(target, YAML.stringify(doc));
-  const partly = await unmergeKubeconfig(
-    mergedEntry(target, rewriteKubeconfig(K3S_YAML, { name: 'gw', port: 2 })),
-  );
-  assert.deepEqual(partly.removed, ['user']);
-  assert.deepEqual(partly.kept, ['cluster', 'context']);
-  const after = YAML.parse(await fs.readFile(target, 'utf8'));
-  assert.deepEqual(
-    after.clusters.map((c: { name: string }) => c.name),
-    ['work', 'gw'],
-  );
-  assert.equal(after['current-context'], 'gw');
+  const partly = await unmergeKubeconfig(mergedEntry(target, entryFor('gw', 2)));
+  assert.deepEqual([partly.removed, partly.kept], [['user'], ['cluster', 'context']]);
+  const after = await read(target);
+  assert.deepEqual(names(after.clusters), ['work', 'openshell-gw']);
+  assert.equal(after['current-context'], 'openshell-gw');
   await fs.rm(target);
-  assert.deepEqual((await unmergeKubeconfig(mergedEntry(target, entry))).removed, []);
+  assert.deepEqual((await unmergeKubeconfig(mergedEntry(target, entryFor('gw', 1)))).removed, []);
   assert.equal(await readMergeRecord(path.join(dir, 'none')), undefined);
 });

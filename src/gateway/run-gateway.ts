@@ -18,13 +18,7 @@ import { abortableSleep, tailFile } from '../supervisor/wait.ts';
 import type { VmmBackend } from '../vmm/backend.ts';
 import { type SessionEvent, VmSession } from '../vmm/session.ts';
 import { type BootstrapResult, bootstrapGateway } from './bootstrap.ts';
-import {
-  mergedEntry,
-  mergeKubeconfig,
-  rewriteKubeconfig,
-  writeKubeconfig,
-  writeMergeRecord,
-} from './kubeconfig.ts';
+import { mergeGatewayKubeconfig, rewriteKubeconfig, writeKubeconfig } from './kubeconfig.ts';
 import { waitForGateway } from './readiness.ts';
 
 /** The guest port of the gateway's NodePort service, and of the Kubernetes API. */
@@ -255,8 +249,9 @@ export async function runGateway(
     const kubeconfig = await writeKubeconfig(options.kubeDir, plan.instance, kubeText);
     let backup: string | undefined;
     if (plan.mergeKubeconfig) {
-      backup = await mergeKubeconfig(plan.mergeKubeconfig, kubeText, { setCurrent: plan.useContext });
-      await writeMergeRecord(dir, mergedEntry(plan.mergeKubeconfig, kubeText));
+      backup = await mergeGatewayKubeconfig(dir, plan.mergeKubeconfig, kubeText, {
+        setCurrent: plan.useContext,
+      });
     }
     failed = false;
     const ready: GatewayReady = {

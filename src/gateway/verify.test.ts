@@ -1,14 +1,26 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { buildKubeconfig } from './kubeconfig-entry.ts';
+import { generatePki } from './pki.ts';
 import { verifyGateway } from './verify.ts';
 
-// A fake Kubernetes API server (plain HTTP, which client-node allows only with insecure-skip-tls-verify; canned JSON): verify's checks are exercised against
-// healthy and broken clusters here; the real one runs in the OPENSHELL_VM_K3S-gated e2e test.
+// A fake Kubernetes API server (HTTPS with the gateway's PKI, asking for the client certificate;
+// canned JSON): verify's checks are exercised against healthy and broken clusters here; the real
+// one runs in the OPENSHELL_VM_K3S-gated e2e test. verify takes only kubeconfigs shaped like ours.
+const pki = await generatePki();
+const b64 = (s: string) => Buffer.from(s).toString('base64');
+const kubeconfigFor = (port: number) =>
+  buildKubeconfig({
+    name: 'gw',
+    port,
+    credentials: { caData: b64(pki.caCert), certData: b64(pki.clientCert), keyData: b64(pki.clientKey) },
+  });
 type Routes = Record<string, unknown>;
 
 function healthy(): Routes {
@@ -39,17 +51,20 @@ function healthy(): Routes {
 }
 
 async function fakeApi(t: { after: (fn: () => void) => void }, routes: Routes) {
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://x');
-    const body = routes[url.pathname];
-    if (body === undefined) {
-      res.writeHead(404, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ kind: 'Status', message: `${url.pathname} not found`, code: 404 }));
-      return;
-    }
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(body));
-  });
+  const server = https.createServer(
+    { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert, requestCert: true, rejectUnauthorized: true },
+    (req, res) => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      const body = routes[url.pathname];
+      if (body === undefined) {
+        res.writeHead(404, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ kind: 'Status', message: `${url.pathname} not found`, code: 404 }));
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    },
+  );
   // exec upgrades (websocket) are refused, as an API server does for a user without pods/exec.
   server.on('upgrade', (_req, socket) => socket.end('HTTP/1.1 403 Forbidden\r\n\r\n'));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -58,16 +73,7 @@ async function fakeApi(t: { after: (fn: () => void) => void }, routes: Routes) {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-verify-'));
   t.after(() => void fs.rm(dir, { recursive: true, force: true }));
   const kubeconfig = path.join(dir, 'kubeconfig');
-  await fs.writeFile(
-    kubeconfig,
-    `apiVersion: v1
-kind: Config
-clusters: [{name: gw, cluster: {server: "http://127.0.0.1:${port}", insecure-skip-tls-verify: true}}]
-users: [{name: gw, user: {token: t}}]
-contexts: [{name: gw, context: {cluster: gw, user: gw}}]
-current-context: gw
-`,
-  );
+  await fs.writeFile(kubeconfig, kubeconfigFor(port));
   return kubeconfig;
 }
 
@@ -169,10 +175,7 @@ test('verify: an API server that does not answer is a prerequisite failure', asy
   await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
   const port = (closed.address() as AddressInfo).port;
   await new Promise((r) => closed.close(r));
-  await fs.writeFile(
-    kubeconfig,
-    `apiVersion: v1\nkind: Config\nclusters: [{name: a, cluster: {server: "http://127.0.0.1:${port}", insecure-skip-tls-verify: true}}]\nusers: [{name: a, user: {token: t}}]\ncontexts: [{name: a, context: {cluster: a, user: a}}]\ncurrent-context: a\n`,
-  );
+  await fs.writeFile(kubeconfig, kubeconfigFor(port));
   const report = await verifyGateway({ kubeconfig, timeoutMs: 500 });
   await fs.rm(dir, { recursive: true, force: true });
   assert.equal(report.reachable, false);

@@ -1,7 +1,9 @@
+import fs from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import * as k8s from '@kubernetes/client-node';
 import { abortableSleep } from '../supervisor/wait.ts';
 import type { MtlsBundle } from './client-config.ts';
+import { readGatewayKubeconfig } from './kubeconfig-entry.ts';
 import { mtlsHandshake, probeTcp } from './readiness.ts';
 
 export type CheckStatus = 'pass' | 'fail';
@@ -45,8 +47,7 @@ const POD_CIDR = /^10\.42\.0\.\d+$/;
  * client credentials. (The seed looked for cni0 inside the pod, which a pod-network pod cannot see.)
  */
 export async function verifyGateway(options: VerifyOptions): Promise<VerifyReport> {
-  const kc = new k8s.KubeConfig();
-  kc.loadFromFile(options.kubeconfig);
+  const kc = await loadVerifiedKubeconfig(options.kubeconfig);
   const server = kc.getCurrentCluster()?.server ?? '';
   const core = kc.makeApiClient(k8s.CoreV1Api);
   const ns = options.namespace ?? 'openshell';
@@ -229,6 +230,21 @@ export async function verifyGateway(options: VerifyOptions): Promise<VerifyRepor
     add('gateway-port-mtls', ok, detail);
   }
   return report(true);
+}
+
+/**
+ * The client configuration from the validated entry of `file` only (readGatewayKubeconfig): the
+ * loopback server, the CA and the client certificate and key as data. The file is never handed to
+ * the client library, so no exec plugin, auth provider, token file or proxy in it is ever used.
+ */
+async function loadVerifiedKubeconfig(file: string): Promise<k8s.KubeConfig> {
+  const entry = readGatewayKubeconfig(await fs.readFile(file, 'utf8'), file);
+  const kc = new k8s.KubeConfig();
+  kc.loadFromClusterAndUser(
+    { name: entry.name, server: entry.server, caData: entry.credentials.caData, skipTLSVerify: false },
+    { name: entry.name, certData: entry.credentials.certData, keyData: entry.credentials.keyData },
+  );
+  return kc;
 }
 
 async function execInPod(
