@@ -2,6 +2,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { readEnvironment } from '../config/environment.ts';
 import { type RawGatewayOptions, resolveGatewayOptions } from '../config/gateway-options.ts';
+import { stableApiPort } from '../gateway/api-port.ts';
 import {
   GATEWAY_GUEST_PORT,
   type GatewayReady,
@@ -9,7 +10,8 @@ import {
   runGateway,
 } from '../gateway/run-gateway.ts';
 import { resetInstance } from '../instance/lifecycle.ts';
-import { checkHostPortsFree, freeLoopbackPort } from '../net/ports.ts';
+import { instanceDir } from '../instance/runs.ts';
+import { checkHostPortsFree } from '../net/ports.ts';
 import { rootfsDir } from '../rootfs/build.ts';
 import { readRootfsRecord } from '../rootfs/record.ts';
 import { type ParsedArgs, single } from './args.ts';
@@ -61,7 +63,9 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
   await readRootfsRecord(rootfs); // a missing rootfs: "build it: openshell-vm prepare-rootfs --name N"
   const api = {
     hostAddress: '127.0.0.1',
-    hostPort: options.apiPort ?? (await freeLoopbackPort()),
+    hostPort:
+      options.apiPort ??
+      (await stableApiPort(instanceDir(env, options.instance), { warn: (m) => reporter.warn(m) })),
     guestPort: KUBE_API_GUEST_PORT,
   };
   const forwards = [options.gateway, api, ...options.extraForwards];

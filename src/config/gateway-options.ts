@@ -32,7 +32,7 @@ export interface GatewayOptions {
   /** undefined: the instance's own rootfs. */
   readonly rootfs: string | undefined;
   readonly gateway: PortForward;
-  /** undefined: a free loopback port, chosen just before the boot. */
+  /** undefined: the port this instance used last time while it is free, else a new free loopback port (stableApiPort). */
   readonly apiPort: number | undefined;
   readonly extraForwards: readonly PortForward[];
   readonly vcpus: number;
