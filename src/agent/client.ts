@@ -50,7 +50,16 @@ export async function controlRequest(
         timeoutMs,
       );
       socket.on('data', (chunk: Buffer) => {
-        for (const frame of decoder.push(chunk)) {
+        let frames: Frame[];
+        try {
+          frames = decoder.push(chunk);
+        } catch (err) {
+          clearTimeout(timer);
+          reject(new HostError(`instance '${instance}' sent a malformed answer`, { cause: err }));
+          socket.destroy();
+          return;
+        }
+        for (const frame of frames) {
           clearTimeout(timer);
           if (frame.type === FRAME.error) reject(new VmError(frame.payload.toString()));
           else resolve(frame);
@@ -94,7 +103,15 @@ export class ExecSession {
         fn();
       };
       socket.on('data', (chunk: Buffer) => {
-        for (const frame of decoder.push(chunk)) {
+        let frames: Frame[];
+        try {
+          frames = decoder.push(chunk);
+        } catch (err) {
+          settle(() => reject(new VmError('the instance sent a malformed frame', { cause: err })));
+          socket.destroy();
+          return;
+        }
+        for (const frame of frames) {
           if (frame.type === FRAME.stdout) io.stdout.write(frame.payload);
           else if (frame.type === FRAME.stderr) io.stderr.write(frame.payload);
           else if (frame.type === FRAME.exit) {

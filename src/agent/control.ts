@@ -89,11 +89,19 @@ export class ControlServer {
         }
         first = false;
         if (frame.type === FRAME.open) {
-          session = this.#openSession(frame, link, reply, fail, () => {
-            done = true;
-          });
+          try {
+            session = this.#openSession(frame, link, reply, fail, () => {
+              done = true;
+            });
+          } catch (err) {
+            fail((err as Error).message); // the link went down between hello and open
+          }
         } else {
-          void this.#request(frame, link, handlers, reply, fail);
+          // Nothing in a request may throw past here (an unhandled rejection would end the
+          // supervisor with the VM still running): a failure is the client's ERROR.
+          this.#request(frame, link, handlers, reply, fail).catch((err: unknown) =>
+            fail(`the supervisor failed to answer: ${err instanceof Error ? err.message : String(err)}`),
+          );
         }
       }
     });

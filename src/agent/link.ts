@@ -1,7 +1,16 @@
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { encodeFrame, FRAME, type Frame, FrameDecoder, formatAgentTime, parseAgentTime } from './protocol.ts';
+import {
+  AGENT_SESSION_FRAMES,
+  agentTimeMs,
+  checkAgentFrame,
+  encodeFrame,
+  FRAME,
+  type Frame,
+  FrameDecoder,
+  formatAgentTime,
+} from './protocol.ts';
 
 export interface AgentHello {
   readonly version: string;
@@ -12,26 +21,55 @@ export interface AgentHello {
 export interface ChannelHandler {
   onFrame(frame: Frame): void;
   onLost(reason: string): void;
+  /** A frame for this channel that broke the protocol was dropped (reported already). */
+  onDropped?(reason: string): void;
+}
+
+export interface AgentLinkOptions {
+  /**
+   * Told about every frame from the guest that broke the protocol (dropped; the link stays up).
+   * The first MAX_REPORTS are reported, then that further ones are not.
+   */
+  readonly report?: (message: string) => void;
+}
+
+/** How many protocol violations a link reports (a hostile guest must not flood the logs). */
+export const MAX_REPORTS = 20;
+
+interface OpenChannel {
+  readonly handler: ChannelHandler;
+  /** The frame types the agent may send on it. */
+  readonly accepts: ReadonlySet<number>;
 }
 
 /**
  * The host's end of the guest agent's byte stream (the VMM's side of the virtio-serial port):
  * frames multiplexed on channels. Channel 0 is used by the link itself (ping, clock, shutdown);
  * open() hands out the others, one per exec session or clock query.
+ *
+ * Everything the agent sends is untrusted (it runs in the guest): a frame out of the size range
+ * is skipped, a frame that is malformed (checkAgentFrame), of a kind not expected on its channel
+ * or for a channel never opened is dropped and reported, and nothing the guest sends can throw.
  */
 export class AgentLink {
   #stream: Duplex | undefined;
   #hello: AgentHello | undefined;
   #helloWaiters: ((hello: AgentHello) => void)[] = [];
-  readonly #channels = new Map<number, ChannelHandler>();
+  readonly #channels = new Map<number, OpenChannel>();
   #next = 1;
   #closed = false;
   #server: net.Server | undefined;
   #socketPath: string | undefined;
+  readonly #report: (message: string) => void;
+  #reports = 0;
+
+  constructor(options: AgentLinkOptions = {}) {
+    this.#report = options.report ?? (() => undefined);
+  }
 
   /** Listens on `socketPath` for the VMM's connection (QEMU connects at start, as a client). */
-  static async listen(socketPath: string): Promise<AgentLink> {
-    const link = new AgentLink();
+  static async listen(socketPath: string, options: AgentLinkOptions = {}): Promise<AgentLink> {
+    const link = new AgentLink(options);
     await fs.rm(socketPath, { force: true });
     const server = net.createServer((socket) => {
       if (link.#stream) {
@@ -56,21 +94,16 @@ export class AgentLink {
   /** Uses `stream` as the agent's channel (tests: the agent's stdio). */
   attach(stream: Duplex): void {
     this.#stream = stream;
-    const decoder = new FrameDecoder();
+    const decoder = new FrameDecoder({ onDiscard: (reason) => this.#violation(reason) });
     stream.on('data', (chunk: Buffer) => {
-      let frames: Frame[];
-      try {
-        frames = decoder.push(chunk);
-      } catch (err) {
-        this.#lose(`the agent's stream is corrupt (${(err as Error).message})`);
-        stream.destroy();
-        return;
-      }
-      for (const frame of frames) this.#dispatch(frame);
+      for (const frame of decoder.push(chunk)) this.#dispatch(frame);
     });
     stream.on('error', () => undefined);
     stream.on('close', () => {
-      this.#stream = undefined;
+      if (decoder.pendingBytes && !this.#closed) {
+        this.#violation(`the stream ended inside a frame (${decoder.pendingBytes} bytes)`);
+      }
+      if (this.#stream === stream) this.#stream = undefined;
       this.#hello = undefined;
       this.#lose('the guest agent is gone (the VM stopped)');
     });
@@ -97,14 +130,20 @@ export class AgentLink {
     });
   }
 
-  /** A new channel; frames for it go to `handler`. Returns its number and a sender. */
-  open(handler: ChannelHandler): {
+  /**
+   * A new channel; frames for it go to `handler`, if they are of a type in `accepts` (default:
+   * an exec session's STDOUT, STDERR, EXIT). Returns its number and a sender.
+   */
+  open(
+    handler: ChannelHandler,
+    accepts: ReadonlySet<number> = AGENT_SESSION_FRAMES,
+  ): {
     channel: number;
     send: (type: number, payload?: Buffer | string) => boolean;
   } {
     if (!this.#hello || !this.#stream) throw new Error('the guest agent is not connected');
     const channel = this.#next++;
-    this.#channels.set(channel, handler);
+    this.#channels.set(channel, { handler, accepts });
     return { channel, send: (type, payload) => this.#send(type, channel, payload) };
   }
 
@@ -112,7 +151,10 @@ export class AgentLink {
     this.#channels.delete(channel);
   }
 
-  /** One request answered on its own channel (clock, ping), or undefined after `timeoutMs`. */
+  /**
+   * One request answered on its own channel (clock, ping): the answer (checked), or undefined
+   * after `timeoutMs`, when the link goes down, or when the agent answers with a bad frame.
+   */
   request(
     type: number,
     payload: Buffer | string,
@@ -129,12 +171,14 @@ export class AgentLink {
       };
       const timer = setTimeout(() => finish(undefined), timeoutMs);
       timer.unref();
-      const opened = this.open({
-        onFrame: (frame) => {
-          if (frame.type === answer) finish(frame);
+      const opened = this.open(
+        {
+          onFrame: (frame) => finish(frame),
+          onLost: () => finish(undefined),
+          onDropped: () => finish(undefined),
         },
-        onLost: () => finish(undefined),
-      });
+        new Set([answer]),
+      );
       channel = opened.channel;
       opened.send(type, payload);
     });
@@ -144,14 +188,15 @@ export class AgentLink {
   async guestTime(timeoutMs = 2_000): Promise<{ guestMs: number; hostMs: number } | undefined> {
     const t0 = Date.now();
     const frame = await this.request(FRAME.timeGet, '', FRAME.time, timeoutMs);
-    if (!frame) return undefined;
-    return { guestMs: parseAgentTime(frame.payload.toString()), hostMs: (t0 + Date.now()) / 2 };
+    const guestMs = frame && agentTimeMs(frame.payload);
+    if (guestMs === undefined) return undefined;
+    return { guestMs, hostMs: (t0 + Date.now()) / 2 };
   }
 
   /** Sets the guest's clock to the host's; returns the guest's clock afterwards. */
   async syncClock(timeoutMs = 2_000): Promise<number | undefined> {
     const frame = await this.request(FRAME.timeSet, formatAgentTime(Date.now()), FRAME.time, timeoutMs);
-    return frame ? parseAgentTime(frame.payload.toString()) : undefined;
+    return frame && agentTimeMs(frame.payload);
   }
 
   async ping(timeoutMs = 2_000): Promise<boolean> {
@@ -180,20 +225,47 @@ export class AgentLink {
   }
 
   #dispatch(frame: Frame): void {
+    const bad = checkAgentFrame(frame);
+    if (bad) {
+      this.#drop(frame, bad);
+      return;
+    }
     if (frame.type === FRAME.hello) {
-      const [version = '', arch = ''] = frame.payload.toString().split(' ');
+      const [version = '', arch = ''] = frame.payload.toString('latin1').split(' ');
       // An agent that says hello again has restarted: its sessions are gone.
       if (this.#hello) this.#lose('the guest agent restarted');
       this.#hello = { version, arch };
       for (const w of this.#helloWaiters.splice(0)) w(this.#hello);
       return;
     }
-    this.#channels.get(frame.channel)?.onFrame(frame);
+    const open = this.#channels.get(frame.channel);
+    if (!open) {
+      // A channel released a moment ago may still get output the agent sent before it heard
+      // CLOSE; one never opened is a lie.
+      if (frame.channel === 0 || frame.channel >= this.#next) {
+        this.#violation(`a frame of type ${frame.type} for channel ${frame.channel}, which was never opened`);
+      }
+      return;
+    }
+    if (open.accepts.has(frame.type)) open.handler.onFrame(frame);
+    else this.#drop(frame, `a frame of type ${frame.type}, not expected there`);
+  }
+
+  #drop(frame: Frame, reason: string): void {
+    this.#violation(`${reason} (channel ${frame.channel}): dropped`);
+    this.#channels.get(frame.channel)?.handler.onDropped?.(reason);
+  }
+
+  #violation(reason: string): void {
+    this.#reports++;
+    if (this.#reports <= MAX_REPORTS) this.#report(`the guest agent broke the protocol: ${reason}`);
+    if (this.#reports === MAX_REPORTS)
+      this.#report('further protocol errors from the guest agent are not reported');
   }
 
   #lose(reason: string): void {
     const handlers = [...this.#channels.values()];
     this.#channels.clear();
-    for (const h of handlers) h.onLost(reason);
+    for (const h of handlers) h.handler.onLost(reason);
   }
 }

@@ -33,7 +33,10 @@ export interface Frame {
   readonly payload: Buffer;
 }
 
-const MAX_FRAME = 1 << 20;
+/** The largest frame either side sends or accepts (length field: type, channel and payload). */
+export const MAX_FRAME_BYTES = 1 << 20;
+const HEADER_BYTES = 4;
+const MIN_FRAME = 5;
 
 export function encodeFrame(
   type: number,
@@ -48,28 +51,105 @@ export function encodeFrame(
   return Buffer.concat([head, body]);
 }
 
-/** Splits a byte stream into frames; throws on a frame that cannot be one (length out of range). */
+export interface FrameDecoderOptions {
+  /**
+   * Untrusted peers (the guest agent): a frame whose length is out of range is skipped as its
+   * bytes arrive (never buffered) and reported here; the stream stays in step. Without it, such a
+   * frame throws (the peer is ours; its stream is corrupt).
+   */
+  readonly onDiscard?: (reason: string) => void;
+}
+
+/** Splits a byte stream into frames of at most MAX_FRAME_BYTES. */
 export class FrameDecoder {
   #buf: Buffer = Buffer.alloc(0);
+  /** Bytes of an out-of-range frame still to skip. */
+  #skip = 0;
+  readonly #onDiscard: ((reason: string) => void) | undefined;
+
+  constructor(options: FrameDecoderOptions = {}) {
+    this.#onDiscard = options.onDiscard;
+  }
+
+  /** Bytes held of a frame that has not arrived whole (a stream that ends here was cut short). */
+  get pendingBytes(): number {
+    return this.#buf.length + this.#skip;
+  }
 
   push(chunk: Buffer): Frame[] {
+    if (this.#skip) {
+      const n = Math.min(this.#skip, chunk.length);
+      this.#skip -= n;
+      chunk = chunk.subarray(n);
+    }
     this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
     const frames: Frame[] = [];
     let off = 0;
-    while (this.#buf.length - off >= 4) {
+    while (this.#buf.length - off >= HEADER_BYTES) {
       const len = this.#buf.readUInt32BE(off);
-      if (len < 5 || len > MAX_FRAME) throw new Error(`bad frame length ${len}`);
-      if (this.#buf.length - off < 4 + len) break;
+      if (len < MIN_FRAME || len > MAX_FRAME_BYTES) {
+        const reason = `a frame of ${len} bytes (allowed: ${MIN_FRAME} to ${MAX_FRAME_BYTES})`;
+        if (!this.#onDiscard) throw new Error(`bad frame length ${len}`);
+        this.#onDiscard(`${reason}: skipped`);
+        const here = Math.min(len, this.#buf.length - off - HEADER_BYTES);
+        off += HEADER_BYTES + here;
+        this.#skip = len - here;
+        if (this.#skip) break;
+        continue;
+      }
+      if (this.#buf.length - off < HEADER_BYTES + len) break;
       frames.push({
         type: this.#buf.readUInt8(off + 4),
         channel: this.#buf.readUInt32BE(off + 5),
-        payload: Buffer.from(this.#buf.subarray(off + 9, off + 4 + len)),
+        payload: Buffer.from(this.#buf.subarray(off + 9, off + HEADER_BYTES + len)),
       });
-      off += 4 + len;
+      off += HEADER_BYTES + len;
     }
     this.#buf = this.#buf.subarray(off);
     return frames;
   }
+}
+
+/** What the agent may send the host, and on which channels (the rest is a protocol violation). */
+export const AGENT_SESSION_FRAMES: ReadonlySet<number> = new Set([FRAME.stdout, FRAME.stderr, FRAME.exit]);
+
+const HELLO = /^ovm-agent\/\d{1,6} [A-Za-z0-9_]{1,32}$/;
+const AGENT_TIME = /^-?\d{1,15}\.\d{1,9}$/;
+/** The largest clock value a Date holds (ms). */
+const MAX_DATE_MS = 8.64e15;
+
+/**
+ * Why a frame from the guest agent cannot be taken as it is (undefined: it can): every field the
+ * host reads is checked here, before anything uses it. The agent runs in the guest: its frames are
+ * untrusted input.
+ */
+export function checkAgentFrame(frame: Frame): string | undefined {
+  const p = frame.payload;
+  switch (frame.type) {
+    case FRAME.hello:
+      if (frame.channel !== 0) return `HELLO on channel ${frame.channel} (it belongs on 0)`;
+      return HELLO.test(p.toString('latin1')) ? undefined : `a malformed HELLO (${p.length} bytes)`;
+    case FRAME.stdout:
+    case FRAME.stderr:
+      return frame.channel === 0 ? 'output on channel 0' : undefined;
+    case FRAME.exit:
+      return p.length === 4 ? undefined : `an EXIT of ${p.length} bytes (4 expected)`;
+    case FRAME.pong:
+      return p.length <= 64 ? undefined : `a PONG of ${p.length} bytes`;
+    case FRAME.time:
+      return agentTimeMs(p) === undefined ? `a malformed TIME (${p.length} bytes)` : undefined;
+    default:
+      return `a frame of type ${frame.type}, which the agent does not send`;
+  }
+}
+
+/** The agent's TIME payload ("SEC.NSEC") in ms since the epoch, or undefined when it is not one. */
+export function agentTimeMs(payload: Buffer): number | undefined {
+  if (payload.length > 32) return undefined;
+  const text = payload.toString('latin1');
+  if (!AGENT_TIME.test(text)) return undefined;
+  const ms = parseAgentTime(text);
+  return Number.isFinite(ms) && Math.abs(ms) <= MAX_DATE_MS ? ms : undefined;
 }
 
 /** A command to start in the guest. */
@@ -99,22 +179,6 @@ export function encodeOpen(req: ExecRequest): Buffer {
     ...req.env,
   ];
   return Buffer.from(fields.map((f) => `${f}\0`).join(''));
-}
-
-export function decodeOpen(payload: Buffer): ExecRequest {
-  const f = payload.toString().split('\0');
-  f.pop();
-  const argc = Number(f[4]);
-  const argv = f.slice(5, 5 + argc);
-  const envc = Number(f[5 + argc]);
-  return {
-    tty: f[0] === 't',
-    rows: Number(f[1]),
-    cols: Number(f[2]),
-    workdir: f[3] ?? '',
-    argv,
-    env: f.slice(6 + argc, 6 + argc + envc),
-  };
 }
 
 export function encodeResize(rows: number, cols: number): Buffer {

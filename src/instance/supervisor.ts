@@ -23,7 +23,14 @@ export type SupervisorInfo = Pick<
 
 export type SupervisorEvent =
   | { readonly type: 'agent'; readonly message: string }
-  | { readonly type: 'clock'; readonly message: string };
+  | { readonly type: 'clock'; readonly message: string }
+  /** Something to act on: the guest agent broke the protocol (its frame was dropped). */
+  | { readonly type: 'warning'; readonly message: string };
+
+/** How long the safety net gives the VM and its helpers to stop before this process exits anyway. */
+const FATAL_STOP_MS = 20_000;
+/** The exit code after the safety net stopped the instance (openshell-vm's own failure). */
+const FATAL_EXIT_CODE = 125;
 
 /**
  * What the openshell-vm process that runs an instance's VM adds to it: the state file (written at
@@ -45,6 +52,8 @@ export class InstanceSupervisor {
   #clockTimer: NodeJS.Timeout | undefined;
   #clockCheckMs = 10_000;
   #closed = false;
+  #session: VmSession | undefined;
+  #removeSafetyNet: () => void = () => undefined;
 
   private constructor(
     dir: string,
@@ -74,7 +83,9 @@ export class InstanceSupervisor {
     emit: (event: SupervisorEvent) => void = () => undefined,
   ): Promise<InstanceSupervisor> {
     const dir = instanceDir(env, instance);
-    const link = await AgentLink.listen(path.join(run.socketDir, SUPERVISOR_SOCKETS.agent));
+    const link = await AgentLink.listen(path.join(run.socketDir, SUPERVISOR_SOCKETS.agent), {
+      report: (message) => emit({ type: 'warning', message }),
+    });
     let requestStop: (ms: number) => void = () => undefined;
     const stopRequested = new Promise<number>((resolve) => {
       requestStop = resolve;
@@ -111,6 +122,7 @@ export class InstanceSupervisor {
     };
     const supervisor = new InstanceSupervisor(dir, run, link, control, state, stopRequested, emit);
     supervisor.#clockCheckMs = env.clockCheckMs;
+    supervisor.#removeSafetyNet = supervisor.#installSafetyNet();
     try {
       await writeState(dir, state);
     } catch (err) {
@@ -131,6 +143,7 @@ export class InstanceSupervisor {
 
   /** Records the VM's processes and sockets once they run. */
   async attach(session: VmSession): Promise<void> {
+    this.#session = session;
     const processes = [...session.vm.processes, ...(session.gvproxy ? [session.gvproxy.record()] : [])].map(
       (p) => ({ name: p.name, pid: p.pid, startTime: p.startTime }),
     );
@@ -178,10 +191,51 @@ export class InstanceSupervisor {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#removeSafetyNet();
     clearInterval(this.#clockTimer);
     await this.control.close().catch(() => undefined);
     await this.link.close();
     await removeState(this.#dir);
+  }
+
+  /**
+   * The last line of defence while this process runs a VM: an exception or rejection nobody
+   * handled (a bug; no guest input may lead here, see AgentLink) would end the process with QEMU,
+   * virtiofsd and gvproxy left running. Instead: log the cause, stop the VM and its helpers in
+   * order (session.close: the VM, then virtiofsd, then gvproxy), remove the state, and exit 125.
+   * Returns the function that takes the handlers off again (close()).
+   */
+  #installSafetyNet(): () => void {
+    let stopping = false;
+    const onFatal = (err: unknown, origin: string) => {
+      const cause = err instanceof Error ? (err.stack ?? err.message) : String(err);
+      process.stderr.write(
+        `openshell-vm: internal error in the supervisor of instance '${this.#state.instance}' (${origin}): ${cause}\n`,
+      );
+      if (stopping) return;
+      stopping = true;
+      process.stderr.write('openshell-vm: stopping the VM and its helpers\n');
+      process.exitCode = FATAL_EXIT_CODE;
+      setTimeout(() => process.exit(FATAL_EXIT_CODE), FATAL_STOP_MS).unref();
+      void (async () => {
+        try {
+          await this.#session?.close();
+        } catch (stopErr) {
+          process.stderr.write(`openshell-vm: stopping the VM failed: ${(stopErr as Error).message}\n`);
+        }
+        await this.close().catch(() => undefined);
+        process.exit(FATAL_EXIT_CODE);
+      })();
+    };
+    const onException = (err: unknown) => onFatal(err, 'uncaught exception');
+    const onRejection = (reason: unknown) => onFatal(reason, 'unhandled rejection');
+    process.on('uncaughtException', onException);
+    process.on('unhandledRejection', onRejection);
+    return () => {
+      if (stopping) return; // keep them: the stop under way may still meet another failure
+      process.off('uncaughtException', onException);
+      process.off('unhandledRejection', onRejection);
+    };
   }
 
   async #update(changes: Partial<InstanceState>): Promise<void> {

@@ -144,6 +144,8 @@ static uint32_t get32(const unsigned char *p) {
   return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+static void host_gone(const char *why);
+
 static void send_frame(int type, uint32_t ch, const void *data, size_t len) {
   unsigned char head[9];
   put32(head, (uint32_t)(len + 5));
@@ -151,7 +153,10 @@ static void send_frame(int type, uint32_t ch, const void *data, size_t len) {
   put32(head + 5, ch);
   if (port_out < 0) return;
   if (write_all(port_out, head, sizeof head) < 0 || (len && write_all(port_out, data, len) < 0)) {
-    logmsg("write to the host failed: %s", strerror(errno));
+    int e = errno;
+    logmsg("write to the host failed: %s", strerror(e));
+    /* --stdio: nobody reads any more (EPIPE): the agent ends, as when its input closes. */
+    if (channel == CH_STDIO && e == EPIPE) host_gone(NULL);
   }
 }
 
@@ -242,19 +247,37 @@ static char **merged_env(char **extra, int n) {
   return env;
 }
 
+/* A count or size from the host: decimal digits only, at most `max`; -1 otherwise (no overflow:
+ * the value is bounded before it is used in any arithmetic). */
+static long parse_bounded(const char *text, long max) {
+  long v = 0;
+  if (!text[0]) return -1;
+  for (const char *c = text; *c; c++) {
+    if (*c < '0' || *c > '9') return -1;
+    v = v * 10 + (*c - '0');
+    if (v > max) return -1;
+  }
+  return v;
+}
+
+#define MAX_FIELDS 4096
+
 static void open_session(uint32_t ch, char *payload, size_t len) {
-  char *f[4097];
-  int n = split_fields(payload, len, f, 4096);
+  char *f[MAX_FIELDS + 1];
+  int n = split_fields(payload, len, f, MAX_FIELDS);
   if (find_session(ch)) return;
   if (n < 6) return refuse(ch, 125, "bad request", "malformed OPEN");
+  if ((f[0][0] != 't' && f[0][0] != '-') || f[0][1]) return refuse(ch, 125, "bad request", "bad terminal flag");
   int tty = f[0][0] == 't';
-  int rows = atoi(f[1]), cols = atoi(f[2]);
+  long rows = parse_bounded(f[1], 0xffff), cols = parse_bounded(f[2], 0xffff);
+  if (rows < 0 || cols < 0) return refuse(ch, 125, "bad request", "bad terminal size");
   const char *workdir = f[3];
-  int argc = atoi(f[4]);
-  if (argc < 1 || 5 + argc >= n) return refuse(ch, 125, "bad request", "no command");
+  /* Fields: flag, rows, cols, workdir, argc, argv[argc], envc, env[envc]: so argc <= n - 6. */
+  long argc = parse_bounded(f[4], n - 6);
+  if (argc < 1) return refuse(ch, 125, "bad request", "no command (or a bad argument count)");
   char **argv = &f[5];
-  int envc = atoi(f[5 + argc]);
-  if (envc < 0 || 6 + argc + envc != n) return refuse(ch, 125, "bad request", "bad environment");
+  long envc = parse_bounded(f[5 + argc], n - 6 - argc);
+  if (envc < 0 || 6 + argc + envc != n) return refuse(ch, 125, "bad request", "bad environment count");
   char **extra = &f[6 + argc];
   f[5 + argc] = NULL; /* argv ends here (the slot held envc) */
 
@@ -278,7 +301,7 @@ static void open_session(uint32_t ch, char *payload, size_t len) {
     return refuse(ch, 125, "cannot make pipes", strerror(errno));
   }
   if (pipe2(status, O_CLOEXEC) < 0) return refuse(ch, 125, "cannot make a pipe", strerror(errno));
-  char **env = merged_env(extra, envc);
+  char **env = merged_env(extra, (int)envc);
 
   pid_t pid = fork();
   if (pid == 0) {
@@ -463,6 +486,13 @@ static void drop_sessions(void) {
   rlen = 0;
 }
 
+/* --stdio: the host is gone, so is the agent (its sessions' commands with it). */
+static void host_gone(const char *why) {
+  if (why) logmsg("%s", why);
+  drop_sessions();
+  exit(0);
+}
+
 static int dial(void) {
   int fd = -1;
   if (channel == CH_VSOCK) {
@@ -502,10 +532,7 @@ static void read_port(void) {
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
     /* --stdio: the host is gone, so is the agent. A connection: dial again. A port: the host side
      * is not connected (yet, or any more): wait for it. */
-    if (channel == CH_STDIO) {
-      drop_sessions();
-      exit(0);
-    }
+    if (channel == CH_STDIO) host_gone(NULL);
     if (channel == CH_VSOCK || channel == CH_UNIX) {
       redial();
       return;
@@ -522,7 +549,17 @@ static void read_port(void) {
   while (rlen - off >= 4) {
     uint32_t flen = get32(rbuf + off);
     if (flen < 5 || flen > MAX_FRAME) {
-      logmsg("%s", "bad frame from the host: resetting the stream");
+      /* No way to find the next frame: a stream is dropped (--stdio: the agent ends; a connection
+       * is dialled again), a port's buffer is reset. */
+      logmsg("%s", "bad frame length from the host");
+      if (channel == CH_STDIO) {
+        drop_sessions();
+        exit(1);
+      }
+      if (channel == CH_VSOCK || channel == CH_UNIX) {
+        redial();
+        return;
+      }
       off = rlen;
       break;
     }
@@ -747,6 +784,7 @@ int main(int argc, char **argv) {
     }
     if (fds[0].revents & POLLIN) read_port();
     else if (fds[0].revents && (channel == CH_VSOCK || channel == CH_UNIX)) redial();
-    else if (fds[0].revents & (POLLHUP | POLLERR)) usleep(200000);
+    else if (fds[0].revents && channel == CH_STDIO) host_gone("the host closed the channel");
+    else if (fds[0].revents & (POLLHUP | POLLERR | POLLNVAL)) usleep(200000); /* a port: wait for the host */
   }
 }
