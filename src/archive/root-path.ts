@@ -19,6 +19,9 @@ export function splitArchivePath(name: string, label: string): string[] {
   return parts;
 }
 
+/** What resolving does with a directory that is missing (or is not a directory) on the way. */
+type Absent = 'create' | 'throw' | 'undefined';
+
 /**
  * The host path of the directory `parts` inside `root`, resolving symlinks met on the way as a
  * chroot would (absolute targets restart at `root`, `..` stops at `root`), so the result is always
@@ -29,6 +32,22 @@ export async function resolveInRoot(
   parts: readonly string[],
   options: { readonly create: boolean },
 ): Promise<string> {
+  return (await walkInRoot(root, parts, options.create ? 'create' : 'throw')) as string;
+}
+
+/**
+ * As resolveInRoot, without creating anything: undefined when a component is missing or is not a
+ * directory (a whiteout or an opaque marker there has nothing to remove).
+ */
+export function findDirInRoot(root: string, parts: readonly string[]): Promise<string | undefined> {
+  return walkInRoot(root, parts, 'undefined');
+}
+
+async function walkInRoot(
+  root: string,
+  parts: readonly string[],
+  absent: Absent,
+): Promise<string | undefined> {
   const pending = [...parts];
   const resolved: string[] = [];
   let links = 0;
@@ -57,15 +76,17 @@ export async function resolveInRoot(
       pending.unshift(...target.split('/'));
       continue;
     }
-    if (!stat) {
-      if (!options.create) {
-        throw new HostError(`${path.join(...resolved, part)} does not exist under ${root}`);
+    if (!stat?.isDirectory()) {
+      if (absent === 'undefined') return undefined;
+      if (absent === 'throw') {
+        throw new HostError(
+          stat
+            ? `${here} is not a directory`
+            : `${path.join(...resolved, part)} does not exist under ${root}`,
+        );
       }
-      await fs.mkdir(here, { mode: 0o755 });
-    } else if (!stat.isDirectory()) {
-      if (!options.create) throw new HostError(`${here} is not a directory`);
       // A file where the archive needs a directory: the later entry wins, as in tar.
-      await fs.rm(here, { force: true });
+      if (stat) await fs.rm(here, { force: true });
       await fs.mkdir(here, { mode: 0o755 });
     }
     resolved.push(part);

@@ -133,3 +133,34 @@ test('a truncated archive is an error, not a silent partial tree', async (t) => 
     /cut: cannot extract: .*\n?/,
   );
 });
+
+test('the last member for a directory gives its metadata; a replaced directory gets none', async (t) => {
+  const root = await tmpRoot(t);
+  const report = await extract(root, [
+    { name: 'd/', type: 'directory', mode: 0o700 },
+    { name: 'd/', type: 'directory', mode: 0o750 },
+    { name: 'gone/', type: 'directory', mode: 0o4777 },
+    { name: 'gone', type: 'file', mode: 0o644, data: 'a file now' },
+  ]);
+  assert.equal((await fs.stat(path.join(root, 'd'))).mode & 0o7777, 0o750);
+  assert.equal((await fs.stat(path.join(root, 'gone'))).mode & 0o7777, 0o644);
+  assert.equal(report.replacedDirs, 1);
+});
+
+test('a whiteout creates nothing; AUFS metadata in a layer is skipped', async (t) => {
+  const root = await tmpRoot(t);
+  await extract(root, [{ name: 'f', type: 'file', data: 'a file, not a directory' }], true);
+  const report = await extract(
+    root,
+    [
+      { name: 'missing/dir/.wh.x', type: 'file', data: '' },
+      { name: 'f/.wh.x', type: 'file', data: '' },
+      { name: '.wh..wh.plnk/', type: 'directory' },
+      { name: '.wh..wh.plnk/123.456', type: 'file', data: '' },
+    ],
+    true,
+  );
+  assert.deepEqual((await fs.readdir(root)).sort(), ['f']);
+  assert.equal(await fs.readFile(path.join(root, 'f'), 'utf8'), 'a file, not a directory');
+  assert.deepEqual([report.whiteouts, report.skippedAufsMeta], [2, 2]);
+});

@@ -1,15 +1,21 @@
-import { createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import { HostError, isErrno } from '../errors.ts';
-import { resolveInRoot, splitArchivePath } from './root-path.ts';
+import { HostError } from '../errors.ts';
+import { findDirInRoot, resolveInRoot, splitArchivePath } from './root-path.ts';
+import {
+  applyDirMeta,
+  type DirIdentity,
+  dirIdentity,
+  lstatOrUndefined,
+  type MemberMeta,
+  writeNewFile,
+} from './safe-write.ts';
+import { applyWhiteout, classifyLayerMember, emptyOpaqueDir } from './whiteout.ts';
 
-/** OCI layer whiteout markers (image-spec layer.md). */
-export const WHITEOUT_PREFIX = '.wh.';
-export const OPAQUE_MARKER = '.wh..wh..opq';
+export { OPAQUE_MARKER, WHITEOUT_PREFIX } from './whiteout.ts';
 
 export interface ExtractOptions {
   /** An existing directory; nothing is ever written outside it. */
@@ -34,14 +40,15 @@ export interface ExtractReport {
   skippedSpecial: number;
   /** Extended attributes not reproduced (Node cannot set them), e.g. security.capability. */
   skippedXattrs: number;
+  /** AUFS bookkeeping members (`.wh..wh.plnk/...`) in a layer: not part of the filesystem. */
+  skippedAufsMeta: number;
+  /** Directory members whose metadata was dropped: a later member replaced them (or a parent). */
+  replacedDirs: number;
 }
 
 interface PendingDir {
-  readonly dest: string;
-  readonly mode: number;
-  readonly uid: number;
-  readonly gid: number;
-  readonly mtime: Date | undefined;
+  readonly id: DirIdentity;
+  readonly meta: MemberMeta;
 }
 
 /**
@@ -49,7 +56,13 @@ interface PendingDir {
  * when asked, symlinks and hard links as links, mtimes. Paths are confined to the root: `..` is an
  * error, and symlinks met on the way to an entry resolve inside the root (as in a chroot), so an
  * archive cannot write outside it. With `layer`, `.wh.NAME` deletes NAME and `.wh..wh..opq`
- * empties its directory of what earlier layers put there.
+ * empties its directory of what earlier layers put there; a whiteout that names no plain file
+ * (`.wh..`, `.wh...`) refuses the layer.
+ *
+ * No step follows a link at the member's own name: what is there is removed first, files are
+ * created with O_EXCL|O_NOFOLLOW and get owner, mode and times through their descriptor, and the
+ * deferred directory metadata goes only to a directory that is still the one this member made,
+ * reached through real directories (see applyDirMeta).
  */
 export async function extractTar(input: Readable, options: ExtractOptions): Promise<ExtractReport> {
   const report: ExtractReport = {
@@ -61,9 +74,12 @@ export async function extractTar(input: Readable, options: ExtractOptions): Prom
     bytes: 0,
     skippedSpecial: 0,
     skippedXattrs: 0,
+    skippedAufsMeta: 0,
+    replacedDirs: 0,
   };
   const root = path.resolve(options.root);
-  const dirs: PendingDir[] = [];
+  // By host path; a later member for the same directory replaces the earlier one's metadata.
+  const dirs = new Map<string, PendingDir>();
   // Paths this layer created: an opaque marker must not remove them.
   const written = new Set<string>();
   const extract = tar.extract();
@@ -80,37 +96,51 @@ export async function extractTar(input: Readable, options: ExtractOptions): Prom
       }
       const base = parts[parts.length - 1] as string;
       const parentParts = parts.slice(0, -1);
-      const parent = await resolveInRoot(root, parentParts, { create: true });
 
-      if (options.layer && base.startsWith(WHITEOUT_PREFIX)) {
-        entry.resume();
-        report.whiteouts++;
-        if (base === OPAQUE_MARKER) await emptyOpaqueDir(parent, written);
-        else
-          await fs.rm(path.join(parent, base.slice(WHITEOUT_PREFIX.length)), {
-            recursive: true,
-            force: true,
-          });
-        continue;
+      if (options.layer) {
+        const kind = classifyLayerMember(parts, header.name, options.label);
+        if (kind.kind !== 'entry') {
+          entry.resume();
+          if (kind.kind === 'aufs-meta') {
+            report.skippedAufsMeta++;
+            continue;
+          }
+          report.whiteouts++;
+          // Nothing is created for a whiteout: a missing directory has nothing to remove.
+          const dir = await findDirInRoot(root, parentParts);
+          if (!dir) continue;
+          // (An opaque marker keeps what this layer wrote, so no pending directory goes with it.)
+          if (kind.kind === 'opaque') await emptyOpaqueDir(dir, written);
+          else {
+            await applyWhiteout(dir, kind.target);
+            report.replacedDirs += forgetDirsUnder(dirs, path.join(dir, kind.target));
+          }
+          continue;
+        }
       }
 
+      const parent = await resolveInRoot(root, parentParts, { create: true });
       const dest = path.join(parent, base);
       for (let d = dest; d.length > root.length && !written.has(d); d = path.dirname(d)) written.add(d);
       const xattrs = Object.keys((header as { pax?: Record<string, string> }).pax ?? {}).filter((k) =>
         k.startsWith('SCHILY.xattr.'),
       );
       report.skippedXattrs += xattrs.length;
-      const mode = (header.mode ?? 0o644) & 0o7777;
-      const uid = header.uid ?? 0;
-      const gid = header.gid ?? 0;
+      const meta: MemberMeta = {
+        mode: (header.mode ?? 0o644) & 0o7777,
+        uid: header.uid ?? 0,
+        gid: header.gid ?? 0,
+        mtime: header.mtime,
+      };
 
       switch (header.type) {
         case 'directory': {
           entry.resume();
           const existing = await lstatOrUndefined(dest);
-          if (existing && !existing.isDirectory()) await fs.rm(dest, { recursive: true, force: true });
+          if (existing && !existing.isDirectory()) await fs.rm(dest, { force: true });
           if (!existing?.isDirectory()) await fs.mkdir(dest, { mode: 0o700 });
-          dirs.push({ dest, mode, uid, gid, mtime: header.mtime });
+          dirs.delete(dest);
+          dirs.set(dest, { id: await dirIdentity(dest), meta });
           report.dirs++;
           break;
         }
@@ -118,18 +148,21 @@ export async function extractTar(input: Readable, options: ExtractOptions): Prom
         case 'contiguous-file':
         case null:
         case undefined: {
-          await replace(dest);
-          await pipeline(entry, createWriteStream(dest, { mode: 0o600 }), { signal: options.signal });
-          await applyMeta(dest, mode, uid, gid, header.mtime, options.owners);
+          await replace(dest, dirs, report);
+          // tar-stream's entries are streams of Buffers.
+          await writeNewFile(dest, entry as AsyncIterable<Uint8Array>, meta, {
+            owners: options.owners,
+            signal: options.signal,
+          });
           report.files++;
           report.bytes += header.size ?? 0;
           break;
         }
         case 'symlink': {
           entry.resume();
-          await replace(dest);
+          await replace(dest, dirs, report);
           await fs.symlink(header.linkname ?? '', dest);
-          if (options.owners) await fs.lchown(dest, uid, gid);
+          if (options.owners) await fs.lchown(dest, meta.uid, meta.gid);
           if (header.mtime) await fs.lutimes(dest, header.mtime, header.mtime).catch(() => undefined);
           report.symlinks++;
           break;
@@ -146,8 +179,10 @@ export async function extractTar(input: Readable, options: ExtractOptions): Prom
               { hint: 'the archive is damaged or not a tar of a filesystem; rebuild or re-download it' },
             );
           }
-          await replace(dest);
-          await fs.link(target, dest);
+          await replace(dest, dirs, report);
+          // A hard link to a symlink is that symlink again (link(2) would follow it on macOS).
+          if (stat.isSymbolicLink()) await fs.symlink(await fs.readlink(target), dest);
+          else await fs.link(target, dest);
           report.hardlinks++;
           break;
         }
@@ -174,49 +209,34 @@ export async function extractTar(input: Readable, options: ExtractOptions): Prom
   }
   // Directory metadata last, deepest first: writing into a directory changes its mtime, and a
   // read-only directory would refuse the files that go in it.
-  for (const dir of dirs.reverse())
-    await applyMeta(dir.dest, dir.mode, dir.uid, dir.gid, dir.mtime, options.owners);
+  const pending = [...dirs].sort(([a], [b]) => depth(b) - depth(a));
+  for (const [dest, dir] of pending) {
+    if (!(await applyDirMeta(root, dest, dir.id, dir.meta, options.owners))) report.replacedDirs++;
+  }
   return report;
 }
 
-async function applyMeta(
-  dest: string,
-  mode: number,
-  uid: number,
-  gid: number,
-  mtime: Date | undefined,
-  owners: boolean,
-): Promise<void> {
-  // chown before chmod: chown clears setuid/setgid bits.
-  if (owners) await fs.lchown(dest, uid, gid);
-  await fs.chmod(dest, mode);
-  if (mtime) await fs.utimes(dest, mtime, mtime);
+function depth(p: string): number {
+  return p.split(path.sep).length;
 }
 
-async function replace(dest: string): Promise<void> {
+/** Removes whatever is at `dest` (a link itself, never its target) to make room for a member. */
+async function replace(dest: string, dirs: Map<string, PendingDir>, report: ExtractReport): Promise<void> {
   const existing = await lstatOrUndefined(dest);
-  if (existing) await fs.rm(dest, { recursive: true, force: true });
+  if (!existing) return;
+  await fs.rm(dest, { recursive: true, force: true });
+  if (existing.isDirectory()) report.replacedDirs += forgetDirsUnder(dirs, dest);
 }
 
-async function emptyOpaqueDir(dir: string, written: ReadonlySet<string>): Promise<void> {
-  let names: string[];
-  try {
-    names = await fs.readdir(dir);
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return;
-    throw err;
+/**
+ * Drops the pending metadata of removed directories (`removed` and below): a directory made later
+ * at the same name is another one, even when the filesystem reuses the inode number.
+ */
+function forgetDirsUnder(dirs: Map<string, PendingDir>, removed: string): number {
+  const prefix = removed + path.sep;
+  let forgotten = 0;
+  for (const dest of dirs.keys()) {
+    if (dest === removed || dest.startsWith(prefix)) forgotten += Number(dirs.delete(dest));
   }
-  for (const name of names) {
-    const child = path.join(dir, name);
-    if (!written.has(child)) await fs.rm(child, { recursive: true, force: true });
-  }
-}
-
-async function lstatOrUndefined(file: string) {
-  try {
-    return await fs.lstat(file);
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return undefined;
-    throw err;
-  }
+  return forgotten;
 }

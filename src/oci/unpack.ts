@@ -42,7 +42,11 @@ export async function unpackImage(
         done();
       },
     });
-    const input = (await openDecompressed(store.path(layer.digest))).pipe(tee);
+    // pipe() does not forward errors: a layer whose compressed data breaks off must fail the
+    // extraction (through tee), not go unhandled and take the process down.
+    const decompressed = await openDecompressed(store.path(layer.digest));
+    decompressed.on('error', (err) => tee.destroy(err));
+    const input = decompressed.pipe(tee);
     const report = await extractTar(input, {
       root,
       layer: true,
