@@ -170,10 +170,11 @@ export async function extractTar(input: Readable, options: ExtractOptions): Prom
         case 'link': {
           entry.resume();
           const targetParts = splitArchivePath(header.linkname ?? '', options.label);
-          const targetParent = await resolveInRoot(root, targetParts.slice(0, -1), { create: false });
-          const target = path.join(targetParent, targetParts[targetParts.length - 1] ?? '');
-          const stat = await lstatOrUndefined(target);
-          if (!stat || stat.isDirectory()) {
+          // Its directories resolve inside the root; its last component is not followed.
+          const targetParent = await findDirInRoot(root, targetParts.slice(0, -1));
+          const target = targetParent && path.join(targetParent, targetParts[targetParts.length - 1] ?? '');
+          const stat = target === undefined ? undefined : await lstatOrUndefined(target);
+          if (target === undefined || !stat || stat.isDirectory()) {
             throw new HostError(
               `${options.label}: hard link ${header.name} points at ${header.linkname}, which is not a file in the archive`,
               { hint: 'the archive is damaged or not a tar of a filesystem; rebuild or re-download it' },
