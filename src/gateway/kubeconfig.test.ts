@@ -164,6 +164,9 @@ test('odd shapes: empty lists in any spelling are empty, anything else is refuse
     assert.equal(await fs.readFile(target, 'utf8'), bad);
     assert.deepEqual(await fs.readdir(dir), ['config'], 'no backup, no temporary file');
   }
+  const laughs = `clusters:\n- name: openshell-gw\n  cluster:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n${Array.from({ length: 6 }, (_, i) => `    a${i + 1}: &a${i + 1} [${Array(10).fill(`*a${i}`).join(', ')}]`).join('\n')}\n`;
+  await fs.writeFile(target, laughs);
+  await assert.rejects(mergeKubeconfig(target, entryFor('gw', 1)), /alias/i);
   await fs.writeFile(target, 'users: null\ncontexts: 7\n');
   await assert.rejects(unmergeKubeconfig(mergedEntry(target, entryFor('gw', 1))), /'contexts' is not a list/);
 });

@@ -125,7 +125,15 @@ function nameOf(item: unknown): unknown {
 }
 
 function plain(t: Target, node: unknown): Plain {
-  const value = YAML.isNode(node) ? node.toJS(t.doc, { maxAliasCount: 100 }) : undefined;
+  let value: unknown;
+  try {
+    value = YAML.isNode(node) ? node.toJS(t.doc, { maxAliasCount: 100 }) : undefined;
+  } catch (err) {
+    throw new HostError(`${t.target}: ${(err as Error).message}`, {
+      hint: 'fix or move the file; openshell-vm never overwrites a kubeconfig it cannot read',
+      cause: err,
+    });
+  }
   return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Plain) : {};
 }
 
