@@ -192,7 +192,7 @@ export async function finishRun(run: RunPaths, keepLogs: boolean): Promise<void>
         await fs.rm(path.join(run.dir, entry), { force: true });
       }
     }
-    await fs.writeFile(path.join(run.dir, RUN_FILES.kept), '');
+    await fs.writeFile(path.join(run.dir, RUN_FILES.kept), '', { mode: 0o600 });
     await pruneKeptRuns(run.instanceDir);
   } else {
     await fs.rm(run.dir, { recursive: true, force: true });
@@ -333,7 +333,11 @@ export async function saveRunLogs(runDir: string, base: string): Promise<void> {
       await fs.rm(path.join(logs, stale), { force: true });
   }
   for (const file of files) {
-    await fs.copyFile(path.join(runDir, file), path.join(logs, file)).catch(() => undefined);
+    // A copy keeps the source's mode (a helper's log under umask 000 is 0666): ours are 0600.
+    await fs
+      .copyFile(path.join(runDir, file), path.join(logs, file))
+      .then(() => fs.chmod(path.join(logs, file), 0o600))
+      .catch(() => undefined);
   }
 }
 
