@@ -12,7 +12,15 @@ import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
 import { controlRequest, ExecSession } from './client.ts';
 import { ControlServer } from './control.ts';
 import { AgentLink } from './link.ts';
-import { FRAME, parseAgentTime } from './protocol.ts';
+import {
+  agentTimeMs,
+  checkAgentFrame,
+  encodeFrame,
+  FRAME,
+  FrameDecoder,
+  MAX_FRAME_BYTES,
+  parseAgentTime,
+} from './protocol.ts';
 
 /**
  * The real agent (compiled for this host) on its --stdio channel, behind the real link and
@@ -329,5 +337,99 @@ describe('the agent beside a command (--then) on a channel it dials (--unix, as 
     });
     assert.equal(await new Promise((r) => usage.on('exit', r)), 2);
     assert.match(err, /--vsock: PORT must be a number/);
+  });
+});
+
+describe('frames from the agent are checked before use', () => {
+  const frame = (type: number, channel: number, payload: Buffer | string = '') => ({
+    type,
+    channel,
+    payload: Buffer.from(payload),
+  });
+
+  it('skips a frame over the maximum as it streams by, reports it, and stays in step', () => {
+    const reasons: string[] = [];
+    const decoder = new FrameDecoder({ onDiscard: (r) => reasons.push(r) });
+    const huge = encodeFrame(FRAME.stdout, 1, Buffer.alloc(MAX_FRAME_BYTES, 1));
+    const next = encodeFrame(FRAME.pong, 2, 'ok');
+    const got = [];
+    for (let off = 0; off < huge.length; off += 65_536)
+      got.push(...decoder.push(huge.subarray(off, off + 65_536)));
+    assert.ok(decoder.pendingBytes < 2 * 65_536, 'the oversized frame is not buffered');
+    got.push(...decoder.push(Buffer.concat([encodeFrame(FRAME.stdout, 1).subarray(0, 4).fill(0), next])));
+    assert.deepEqual(
+      got.map((f) => [f.type, f.channel, f.payload.toString()]),
+      [[FRAME.pong, 2, 'ok']],
+    );
+    assert.equal(reasons.length, 2, reasons.join('; '));
+    assert.match(reasons[0] ?? '', /a frame of 1048581 bytes/);
+    assert.match(reasons[1] ?? '', /a frame of 0 bytes/);
+  });
+
+  it('without a discard handler (our own peers), a bad length throws', () => {
+    assert.throws(
+      () => new FrameDecoder().push(Buffer.from([0xff, 0xff, 0xff, 0xff, 0])),
+      /bad frame length/,
+    );
+  });
+
+  it('checks every kind the agent sends, and refuses the rest', () => {
+    assert.equal(checkAgentFrame(frame(FRAME.hello, 0, 'ovm-agent/1 aarch64')), undefined);
+    assert.match(checkAgentFrame(frame(FRAME.hello, 0, 'ovm-agent/1 \u001b[2J')) ?? '', /malformed HELLO/);
+    assert.match(checkAgentFrame(frame(FRAME.hello, 3, 'ovm-agent/1 x86_64')) ?? '', /HELLO on channel 3/);
+    assert.equal(checkAgentFrame(frame(FRAME.stdout, 1, 'x')), undefined);
+    assert.match(checkAgentFrame(frame(FRAME.stderr, 0, 'x')) ?? '', /output on channel 0/);
+    assert.equal(checkAgentFrame(frame(FRAME.exit, 1, Buffer.alloc(4))), undefined);
+    assert.match(checkAgentFrame(frame(FRAME.exit, 1, Buffer.alloc(5))) ?? '', /EXIT of 5 bytes/);
+    assert.match(checkAgentFrame(frame(FRAME.pong, 1, 'x'.repeat(65))) ?? '', /PONG of 65 bytes/);
+    for (const type of [FRAME.error, FRAME.stop, FRAME.open, FRAME.shutdown, 200]) {
+      assert.match(checkAgentFrame(frame(type, 1)) ?? '', /does not send/, `type ${type}`);
+    }
+  });
+
+  it('takes only clock values a Date can hold', () => {
+    assert.equal(agentTimeMs(Buffer.from('1700000000.500000000')), 1_700_000_000_500);
+    assert.ok(
+      Number.isFinite(agentTimeMs(Buffer.from('-5.000000001'))),
+      'before the epoch is a clock value too',
+    );
+    for (const bad of [
+      '',
+      'garbage',
+      '1e9.0',
+      '1.',
+      '.5',
+      '99999999999999.0',
+      '1.0000000000',
+      ' 1.0',
+      '1.0\n',
+    ]) {
+      assert.equal(agentTimeMs(Buffer.from(bad)), undefined, JSON.stringify(bad));
+    }
+  });
+});
+
+describe('the agent against hostile host frames (--stdio)', () => {
+  it('a frame length out of range ends the agent cleanly (exit 1), with its sessions', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-agent-len-'));
+    try {
+      const binary = await ensureAgent(
+        testEnvironment(dir, { searchPath: process.env.PATH ?? '' }),
+        defaultGuestArch(),
+      );
+      for (const len of [0, 4, MAX_FRAME_BYTES + 1, 0xffffffff]) {
+        const agent = spawn(binary.path, ['--stdio'], { stdio: ['pipe', 'ignore', 'ignore'] });
+        const head = Buffer.alloc(9);
+        head.writeUInt32BE(len, 0);
+        agent.stdin?.on('error', () => undefined);
+        agent.stdin?.write(head);
+        const [code, signal] = await new Promise<[number | null, string | null]>((resolve) =>
+          agent.once('exit', (c, s) => resolve([c, s])),
+        );
+        assert.deepEqual([code, signal], [1, null], `length ${len}`);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
