@@ -113,3 +113,15 @@ export function dirInRoot(root: string, rel: string): Promise<string> {
     { create: true },
   );
 }
+
+/**
+ * The host path for a new file `rel` inside `root` (see inRoot), with whatever an archive left at
+ * that name removed first: a symlink is unlinked, never followed, so an exclusive create there
+ * (`flag: 'wx'`, COPYFILE_EXCL) makes a new file inside the root. Sound for a tree nothing else
+ * writes meanwhile (a rootfs being built from layers), not for one a running guest owns (GuestRoot).
+ */
+export async function freshPathInRoot(root: string, rel: string): Promise<string> {
+  const dest = await inRoot(root, rel);
+  await fs.rm(dest, { recursive: true, force: true });
+  return dest;
+}

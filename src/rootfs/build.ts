@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { dirInRoot, inRoot, resolveInRoot } from '../archive/root-path.ts';
+import { dirInRoot, freshPathInRoot, inRoot, resolveInRoot } from '../archive/root-path.ts';
 import { extractTar } from '../archive/tar-extract.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, UsageError } from '../errors.ts';
@@ -33,7 +33,7 @@ import {
 } from './helmchart.ts';
 import { describeK3s, ensureK3s } from './k3s.ts';
 import { installKernelModules } from './kernel-modules.ts';
-import { cleanKineDatastore } from './kine.ts';
+import { cleanRootfsKineDatastore } from './kine.ts';
 import { ROOTFS_PATHS } from './layout.ts';
 import { RECORD_FORMAT, type RootfsInput, type RootfsRecord, readRootfsRecord } from './record.ts';
 
@@ -220,14 +220,11 @@ export async function prepareRootfs(
 
     // 2. k3s and its multi-call links.
     progress(`installing k3s (${describeK3s(k3s)})`);
-    const k3sDest = await inRoot(tmp, ROOTFS_PATHS.k3sBinary);
-    await fs.rm(k3sDest, { recursive: true, force: true });
-    await fs.copyFile(k3s.path, k3sDest);
+    const k3sDest = await freshPathInRoot(tmp, ROOTFS_PATHS.k3sBinary);
+    await fs.copyFile(k3s.path, k3sDest, fsConstants.COPYFILE_EXCL);
     await fs.chmod(k3sDest, 0o755);
     for (const link of ['kubectl', 'crictl', 'ctr']) {
-      const file = await inRoot(tmp, `usr/local/bin/${link}`);
-      await fs.rm(file, { force: true });
-      await fs.symlink('k3s', file);
+      await fs.symlink('k3s', await freshPathInRoot(tmp, `usr/local/bin/${link}`));
     }
     inputs.push({
       kind: 'k3s',
@@ -286,7 +283,9 @@ export async function prepareRootfs(
     }
 
     // 5. Chart, HelmChart and manifests.
-    await fs.writeFile(await inRoot(tmp, `${ROOTFS_PATHS.k3sCharts}/${chart.fileName}`), chart.tgz);
+    await fs.writeFile(await freshPathInRoot(tmp, `${ROOTFS_PATHS.k3sCharts}/${chart.fileName}`), chart.tgz, {
+      flag: 'wx',
+    });
     inputs.push({
       kind: 'chart',
       source: chart.source,
@@ -295,17 +294,22 @@ export async function prepareRootfs(
       path: `${ROOTFS_PATHS.k3sCharts}/${chart.fileName}`,
     });
     const template = await fs.readFile(HELMCHART_TEMPLATE, 'utf8');
-    await fs.writeFile(await inRoot(tmp, ROOTFS_PATHS.stagedHelmChart), template);
+    await fs.writeFile(await freshPathInRoot(tmp, ROOTFS_PATHS.stagedHelmChart), template, { flag: 'wx' });
     const values: GatewayValues = {
       ...defaultGatewayValues(chart.fileName, chart.sha256),
       ...request.gateway,
     };
-    await fs.writeFile(await inRoot(tmp, ROOTFS_PATHS.gatewayValues), `${JSON.stringify(values, null, 2)}\n`);
+    await fs.writeFile(
+      await freshPathInRoot(tmp, ROOTFS_PATHS.gatewayValues),
+      `${JSON.stringify(values, null, 2)}\n`,
+      { flag: 'wx' },
+    );
     await writeGatewayManifest(tmp);
     for (const m of request.manifests) {
       const name = path.basename(m);
-      await fs.copyFile(m, await inRoot(tmp, `${ROOTFS_PATHS.stagedManifests}/${name}`));
-      await fs.copyFile(m, await inRoot(tmp, `${ROOTFS_PATHS.k3sManifests}/${name}`));
+      const excl = fsConstants.COPYFILE_EXCL;
+      await fs.copyFile(m, await freshPathInRoot(tmp, `${ROOTFS_PATHS.stagedManifests}/${name}`), excl);
+      await fs.copyFile(m, await freshPathInRoot(tmp, `${ROOTFS_PATHS.k3sManifests}/${name}`), excl);
       inputs.push({
         kind: 'manifest',
         source: path.resolve(m),
@@ -321,7 +325,11 @@ export async function prepareRootfs(
       if (image.kind === 'archive') {
         const loaded = await loadImageArchive(image.path, store, platformFor(request.arch), progress);
         const name = path.basename(image.path);
-        await fs.copyFile(image.path, await inRoot(tmp, `${ROOTFS_PATHS.k3sImages}/${name}`));
+        await fs.copyFile(
+          image.path,
+          await freshPathInRoot(tmp, `${ROOTFS_PATHS.k3sImages}/${name}`),
+          fsConstants.COPYFILE_EXCL,
+        );
         inputs.push({
           kind: 'image',
           source: path.resolve(image.path),
@@ -339,7 +347,7 @@ export async function prepareRootfs(
           progress,
         );
         const name = `${formatReference(ref).replace(/[^\w.-]+/g, '_')}.tar`;
-        const file = await inRoot(tmp, `${ROOTFS_PATHS.k3sImages}/${name}`);
+        const file = await freshPathInRoot(tmp, `${ROOTFS_PATHS.k3sImages}/${name}`);
         await writeOciArchive(pulled, store, formatReference({ ...ref, digest: undefined }), file);
         inputs.push({
           kind: 'image',
@@ -352,7 +360,7 @@ export async function prepareRootfs(
     }
 
     // 7. Datastore hygiene (a no-op on a rootfs that never ran k3s) and the record.
-    await cleanKineDatastore(await inRoot(tmp, ROOTFS_PATHS.kineDb));
+    await cleanRootfsKineDatastore(tmp);
     const record: RootfsRecord = {
       format: RECORD_FORMAT,
       tool: { name: 'openshell-vm', version: packageVersion() },
@@ -367,7 +375,13 @@ export async function prepareRootfs(
       packages,
       warnings,
     };
-    await fs.writeFile(await inRoot(tmp, ROOTFS_PATHS.record), `${JSON.stringify(record, null, 2)}\n`);
+    await fs.writeFile(
+      await freshPathInRoot(tmp, ROOTFS_PATHS.record),
+      `${JSON.stringify(record, null, 2)}\n`,
+      {
+        flag: 'wx',
+      },
+    );
     signal?.throwIfAborted();
 
     // 8. Swap in: the old rootfs goes aside first, so there is always a complete one to find.
