@@ -16,11 +16,6 @@ test('gvproxy: API on -services when available, else -listen; no default SSH for
   assert.equal(gvproxyArgs('/r', false)[0], '-listen');
 });
 
-test('gvproxy: the vfkit transport (libkrun on macOS) is a unixgram socket', () => {
-  const args = gvproxyArgs('/r', true, 'vfkit');
-  assert.deepEqual(args.slice(2, 4), ['-listen-vfkit', 'unixgram:///r/gv-qemu.sock']);
-});
-
 test('the sun_path check measures the longest socket name in a run', () => {
   const names = [
     ...Object.values(GVPROXY_FILES).filter((n) => n.endsWith('.sock')),

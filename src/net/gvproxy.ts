@@ -13,7 +13,10 @@ const execFileAsync = promisify(execFile);
 /** gvproxy's fixed virtual network (gvisor-tap-vsock defaults). */
 export const GVPROXY_NET = {
   subnet: '192.168.127.0/24',
-  /** gvproxy itself: DHCP, DNS, gateway, and its HTTP API on port 80 (reachable from the guest!). */
+  /**
+   * gvproxy itself: DHCP, DNS, gateway, and (every version) its forwarder API on port 80, which the
+   * frame filter between the VMM and gvproxy keeps from the guest (frame-filter.ts).
+   */
   gateway: '192.168.127.1',
   /** The address gvproxy's static DHCP lease gives the MAC below. */
   guest: '192.168.127.2',
@@ -25,6 +28,8 @@ export const GVPROXY_NET = {
 export const GVPROXY_FILES = {
   apiSocket: 'gv-api.sock',
   qemuSocket: 'gv-qemu.sock',
+  /** Where the VMM connects: the frame filter (frame-relay.ts), which connects on to qemuSocket. */
+  vmSocket: 'gv-vm.sock',
   log: 'gvproxy.log',
   pid: 'gvproxy.pid',
 } as const;
@@ -65,30 +70,20 @@ export async function findGvproxy(env: HostEnvironment): Promise<string> {
 }
 
 /**
- * How the VMM talks to gvproxy: a unix stream socket (QEMU's -netdev stream, libkrun's
- * krun_add_net_unixstream on Linux) or a unixgram socket with the vfkit handshake (libkrun's
- * krun_add_net_unixgram with NET_FLAG_VFKIT on macOS).
- */
-export type GvproxyTransport = 'stream' | 'vfkit';
-
-/**
  * gvproxy's argv. The API listens with -services when this gvproxy has it (the HTTP API without
  * the raw /connect endpoint that -listen adds); older ones (0.8.1 in Debian 13) only have -listen,
- * whose socket then lives in a 0700 directory. -ssh-port -1 disables gvproxy's default host:2222
- * forward, which otherwise clashes between instances.
+ * whose socket then lives in a 0700 directory. Either way gvproxy also serves the forwarder API
+ * inside the virtual network (no flag turns that off): the VMM therefore never talks to gvproxy
+ * directly, but to the frame filter, over QEMU's stream framing (-listen-qemu), which QEMU and
+ * libkrun (unixstream, Linux and macOS) both speak. -ssh-port -1 disables gvproxy's default
+ * host:2222 forward, which otherwise clashes between instances.
  */
-export function gvproxyArgs(
-  socketDir: string,
-  hasServicesFlag: boolean,
-  transport: GvproxyTransport = 'stream',
-): string[] {
-  const data = path.join(socketDir, GVPROXY_FILES.qemuSocket);
+export function gvproxyArgs(socketDir: string, hasServicesFlag: boolean): string[] {
   return [
     hasServicesFlag ? '-services' : '-listen',
     `unix://${path.join(socketDir, GVPROXY_FILES.apiSocket)}`,
-    ...(transport === 'stream'
-      ? ['-listen-qemu', `unix://${data}`]
-      : ['-listen-vfkit', `unixgram://${data}`]),
+    '-listen-qemu',
+    `unix://${path.join(socketDir, GVPROXY_FILES.qemuSocket)}`,
     '-ssh-port',
     '-1',
   ];
@@ -102,16 +97,11 @@ export async function hasServicesFlag(binary: string): Promise<boolean> {
   return /^\s+-services\b/m.test(`${stdout}\n${stderr}`);
 }
 
-export async function gvproxySpec(
-  binary: string,
-  runDir: string,
-  socketDir: string,
-  transport: GvproxyTransport = 'stream',
-): Promise<ProcessSpec> {
+export async function gvproxySpec(binary: string, runDir: string, socketDir: string): Promise<ProcessSpec> {
   return {
     name: 'gvproxy',
     command: binary,
-    args: gvproxyArgs(socketDir, await hasServicesFlag(binary), transport),
+    args: gvproxyArgs(socketDir, await hasServicesFlag(binary)),
     logFile: path.join(runDir, GVPROXY_FILES.log),
     pidFile: path.join(runDir, GVPROXY_FILES.pid),
     ready: { kind: 'socket', path: path.join(socketDir, GVPROXY_FILES.qemuSocket) },

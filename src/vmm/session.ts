@@ -5,6 +5,7 @@ import type { GuestArch } from '../host/arch.ts';
 import { hostTscKhz } from '../host/tsc.ts';
 import type { RunPaths } from '../instance/runs.ts';
 import { exposeAll, ForwarderClient } from '../net/forwarder.ts';
+import { GvproxyRelay } from '../net/frame-relay.ts';
 import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
 import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
@@ -41,15 +42,18 @@ export interface SessionSpec {
 }
 
 /**
- * One running microVM with its network: gvproxy (when asked) started first, the VMM through the
- * backend, the forwards exposed through gvproxy's API, and a watch that says once if gvproxy dies
- * or stops answering (degraded). close() stops everything in order and is safe to call at any
- * point, also after a failed start (start() cleans up itself before it throws).
+ * One running microVM with its network: gvproxy (when asked) started first with the frame filter
+ * in front of it (the VMM connects to the filter, never to gvproxy: frame-relay.ts), the VMM
+ * through the backend, the forwards exposed through gvproxy's API, and a watch that says once if
+ * gvproxy or the filter dies or gvproxy stops answering (degraded). close() stops everything in
+ * order and is safe to call at any point, also after a failed start (start() cleans up itself
+ * before it throws).
  */
 export class VmSession {
   readonly vm: RunningVm;
   readonly gvproxy: SupervisedProcess | undefined;
   readonly forwarder: ForwarderClient | undefined;
+  readonly relay: GvproxyRelay | undefined;
   readonly #forwards: readonly PortForward[];
   readonly #emit: (event: SessionEvent) => void;
   #stopWatch: (() => void) | undefined;
@@ -59,12 +63,14 @@ export class VmSession {
     vm: RunningVm,
     gvproxy: SupervisedProcess | undefined,
     forwarder: ForwarderClient | undefined,
+    relay: GvproxyRelay | undefined,
     forwards: readonly PortForward[],
     emit: (event: SessionEvent) => void,
   ) {
     this.vm = vm;
     this.gvproxy = gvproxy;
     this.forwarder = forwarder;
+    this.relay = relay;
     this.#forwards = forwards;
     this.#emit = emit;
   }
@@ -81,6 +87,7 @@ export class VmSession {
   ): Promise<VmSession> {
     const { emit } = options;
     let gvproxy: SupervisedProcess | undefined;
+    let relay: GvproxyRelay | undefined;
     let network: NetworkSpec = { mode: 'none' };
     if (spec.network === 'gvproxy') {
       gvproxy = await SupervisedProcess.start(
@@ -90,11 +97,18 @@ export class VmSession {
         },
       );
       emit({ type: 'process', action: 'started', process: gvproxy.record() });
-      network = {
-        mode: 'gvproxy',
-        socketPath: path.join(run.socketDir, GVPROXY_FILES.qemuSocket),
-        mac: GVPROXY_NET.mac,
-      };
+      try {
+        relay = await GvproxyRelay.start({
+          listenPath: path.join(run.socketDir, GVPROXY_FILES.vmSocket),
+          gvproxyPath: path.join(run.socketDir, GVPROXY_FILES.qemuSocket),
+          onDrop: onceForGateway((message) => emit({ type: 'warning', message })),
+        });
+      } catch (err) {
+        const exit = await gvproxy.stop();
+        emit({ type: 'process', action: 'stopped', process: gvproxy.record(), exit });
+        throw err;
+      }
+      network = { mode: 'gvproxy', socketPath: relay.listenPath, mac: GVPROXY_NET.mac };
     } else if (spec.network === 'user') {
       network = { mode: 'user', mac: GVPROXY_NET.mac, forwards: spec.forwards };
     } else if (spec.network === 'tsi') {
@@ -133,18 +147,19 @@ export class VmSession {
       const client = gvproxy
         ? new ForwarderClient(path.join(run.socketDir, GVPROXY_FILES.apiSocket))
         : undefined;
-      const session = new VmSession(vm, gvproxy, client, gvproxy ? spec.forwards : [], emit);
-      if (gvproxy && client) {
+      const session = new VmSession(vm, gvproxy, client, relay, gvproxy ? spec.forwards : [], emit);
+      if (gvproxy && client && relay) {
         if (spec.forwards.length) {
           await exposeAll(client, spec.forwards, { deadlineMs: 10_000, signal: options.signal });
         }
-        session.#stopWatch = watchGvproxy(gvproxy, client, vm, (message) =>
+        session.#stopWatch = watchGvproxy(gvproxy, relay, client, vm, (message) =>
           emit({ type: 'warning', message }),
         );
       }
       return session;
     } catch (err) {
       if (vm && !vm.hasExited) await vm.stop();
+      await relay?.close();
       if (gvproxy) {
         const exit = await gvproxy.stop();
         emit({ type: 'process', action: 'stopped', process: gvproxy.record(), exit });
@@ -153,7 +168,7 @@ export class VmSession {
     }
   }
 
-  /** Stops the VM, removes the forwards, stops gvproxy. Idempotent. */
+  /** Stops the VM, removes the forwards, closes the frame filter, stops gvproxy. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -163,6 +178,7 @@ export class VmSession {
       if (this.forwarder && !this.gvproxy.hasExited) {
         for (const f of this.#forwards) await this.forwarder.unexpose(f).catch(() => undefined);
       }
+      await this.relay?.close();
       const exit = await this.gvproxy.stop();
       this.#emit({ type: 'process', action: 'stopped', process: this.gvproxy.record(), exit });
     }
@@ -175,6 +191,7 @@ export class VmSession {
  */
 function watchGvproxy(
   gvproxy: SupervisedProcess,
+  relay: GvproxyRelay,
   client: ForwarderClient,
   vm: RunningVm,
   warn: (message: string) => void,
@@ -197,6 +214,11 @@ function watchGvproxy(
       `(pid ${gvproxy.pid}) exited ${exit.signal ? `by ${exit.signal}` : `with code ${exit.exitCode}`}`,
     );
   });
+  void relay.ended.then(async (end) => {
+    // The VM closing its end is the VM ending; gvproxy's end closing is reported by its exit.
+    if (end.by !== 'vm' || !end.error) return;
+    degrade(`link to the VM broke in the frame filter (${end.error.message})`);
+  });
   const timer = setInterval(() => {
     client.list().catch(async (err: Error) => {
       // A gvproxy that died also stops answering: let the exit watcher say so, with its status.
@@ -208,5 +230,22 @@ function watchGvproxy(
   return () => {
     stopped = true;
     clearInterval(timer);
+  };
+}
+
+/**
+ * A warning, once per session, when the guest sends gvproxy something its filter keeps from it
+ * (its API on the gateway address, or fragments for it); other drops (IPv6, multicast) are routine.
+ */
+function onceForGateway(
+  warn: (message: string) => void,
+): (verdict: { reason: string; detail: string }) => void {
+  let warned = false;
+  return (verdict) => {
+    if (warned || (verdict.reason !== 'to-gateway' && verdict.reason !== 'fragment')) return;
+    warned = true;
+    warn(
+      `the guest sent ${verdict.detail}; dropped: gvproxy's API and services other than DHCP/DNS are reachable only from the host`,
+    );
   };
 }

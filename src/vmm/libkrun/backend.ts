@@ -21,14 +21,15 @@ export const LIBKRUN_FILES = {
 const RUNNER = new URL('./runner.ts', import.meta.url).pathname;
 
 /** The libkrun config for a VM spec (pure). */
-export function libkrunConfig(spec: VmSpec, platform: NodeJS.Platform, logLevel = 1): LibkrunConfig {
+export function libkrunConfig(spec: VmSpec, logLevel = 1): LibkrunConfig {
   if (!spec.workload) throw new HostError('the libkrun backend needs the command to run (VmSpec.workload)');
   let net: LibkrunNet = { mode: 'none' };
   if (spec.network.mode === 'gvproxy') {
     net = {
       mode: 'gvproxy',
       socketPath: spec.network.socketPath,
-      transport: platform === 'darwin' ? 'unixgram' : 'unixstream',
+      // Both platforms: the frame filter in front of gvproxy speaks the stream framing only.
+      transport: 'unixstream',
       mac: spec.network.mac,
     };
   } else if (spec.network.mode === 'tsi') {
@@ -96,7 +97,7 @@ export class LibkrunBackend implements VmmBackend {
       JSON.stringify({
         libkrun: this.runtime.libkrun,
         libkrunfw: this.runtime.libkrunfw,
-        config: libkrunConfig(spec, process.platform),
+        config: libkrunConfig(spec),
         errorFile,
       }),
     );

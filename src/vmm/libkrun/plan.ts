@@ -14,7 +14,12 @@ export const KRUN_LOG_STYLE_AUTO = 0;
 export const KRUN_LOG_OPTION_NO_ENV = 1;
 
 export type LibkrunNet =
-  /** gvproxy: unixgram + vfkit handshake on macOS, unix stream (-listen-qemu) on Linux. */
+  /**
+   * gvproxy, through the frame filter (src/net/frame-relay.ts): a unix stream socket with QEMU's
+   * framing, on Linux and macOS (libkrun's unixstream backend is built on both). The unixgram +
+   * vfkit handshake variant is kept for the call mapping only: nothing on the host can filter it,
+   * so libkrunConfig never chooses it.
+   */
   | {
       readonly mode: 'gvproxy';
       readonly socketPath: string;
