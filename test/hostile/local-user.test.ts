@@ -15,7 +15,7 @@ import { readEnvironment } from '../../src/config/environment.ts';
 import { HostError } from '../../src/errors.ts';
 import { takeInstanceLock } from '../../src/instance/lock.ts';
 import { createRun, finishRun } from '../../src/instance/runs.ts';
-import { isAlive, processStartTime } from '../../src/supervisor/identity.ts';
+import { processStartTime } from '../../src/supervisor/identity.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const CLI = path.join(ROOT, 'bin', 'openshell-vm');
@@ -46,6 +46,11 @@ function cli(dataDir: string, home: string, ...argv: string[]): { status: number
     timeout: 60_000,
   });
   return { status: r.status, out: `${r.stdout}${r.stderr}` };
+}
+
+/** Still the same live process (a killed child not yet reaped is a zombie: no start time). */
+async function isRunning(d: { pid: number; startTime: string }): Promise<boolean> {
+  return (await processStartTime(d.pid)) === d.startTime;
 }
 
 /** A root process the attacker would like killed, and its identity as a pid record gives it. */
@@ -172,7 +177,7 @@ test('nobody plants run records and a state file in a 0777 instance dir (umask 0
   plantRecords(dir, d, files);
   for (const argv of [['list'], ['status', 'gw'], ['stop', 'gw', '--timeout', '1']]) {
     const r = cli(data, root, ...argv);
-    assert.equal(isAlive(d.pid), true, `${argv.join(' ')} killed root's decoy:\n${r.out}`);
+    assert.ok(await isRunning(d), `${argv.join(' ')} killed root's decoy:\n${r.out}`);
     for (const f of files) assert.ok(fs.existsSync(f), `${argv.join(' ')} deleted ${f}:\n${r.out}`);
   }
   const status = cli(data, root, 'status', 'gw');
@@ -201,7 +206,7 @@ test('nobody-owned run records inside our own 0700 runs dir: the sweep kills not
   for (const f of ['owner.json', 'qemu.pid']) fs.chownSync(path.join(run, f), NOBODY, NOBODY);
   for (const argv of [['list'], ['status', 'gw'], ['stop', 'gw', '--timeout', '1']]) {
     const r = cli(data, root, ...argv);
-    assert.equal(isAlive(d.pid), true, `${argv.join(' ')} killed root's decoy:\n${r.out}`);
+    assert.ok(await isRunning(d), `${argv.join(' ')} killed root's decoy:\n${r.out}`);
     assert.ok(fs.existsSync(files[0] as string), `${argv.join(' ')} deleted ${files[0]}:\n${r.out}`);
     assert.match(r.out, /left alone: .*owner\.json belongs to uid 65534/, argv.join(' '));
   }
@@ -220,6 +225,6 @@ test('nobody plants an instance lock naming a root process as a starting gateway
   asNobody(`printf '%s' '${lock}' > '${dir}/instance.lock'`);
   const r = cli(data, root, 'stop', 'gw', '--timeout', '1');
   await new Promise((resolve) => setTimeout(resolve, 200));
-  assert.equal(isAlive(d.pid), true, `stop signalled root's decoy:\n${r.out}`);
+  assert.ok(await isRunning(d), `stop signalled root's decoy:\n${r.out}`);
   assert.equal(d.child.signalCode, null);
 });
