@@ -89,9 +89,12 @@ clean_network() {
   return 0
 }
 
-# Drops traffic from the guest (output) and from its pods (forward, after any DNAT) to gvproxy's
-# HTTP API, which would let any pod add or remove the host's port forwards. DNS (53) and the
-# outbound NAT through the same address are untouched.
+# Defence in depth only: drops traffic from the guest (output) and from its pods (forward, after any
+# DNAT) to gvproxy's HTTP API, which would let any pod add or remove the host's port forwards. Guest
+# root can delete this table; the boundary is the host's frame filter between the VMM and gvproxy
+# (src/net/frame-filter.ts), which drops the same frames whatever the guest does. DNS (53), the
+# outbound NAT through the same address and replies to gvproxy's forwarded connections (from
+# 192.168.127.1:<ephemeral>) are untouched.
 guard() {
   nft delete table inet ovm_guard 2>/dev/null
   nft -f - <<EOF
