@@ -95,7 +95,10 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
   ];
 }
 
-/** The guest NIC: virtio-net on gvproxy's stream socket, on QEMU's slirp, or none at all. */
+/**
+ * The guest NIC: virtio-net on the stream socket of the frame filter in front of gvproxy (never
+ * gvproxy's own: src/net/frame-relay.ts), on QEMU's slirp, or none at all.
+ */
 function networkArgs(spec: VmSpec): string[] {
   const net = spec.network;
   if (net.mode === 'none') return [];
