@@ -337,7 +337,10 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
         assert.deepEqual(after, before);
         assert.equal(await mtlsHandshake(30951, after as NonNullable<typeof after>), true);
         const merged = YAML.parse(fs.readFileSync(path.join(kubeDir, 'config'), 'utf8'));
-        assert.deepEqual(merged.contexts.map((c: { name: string }) => c.name).sort(), ['gw', 'work']);
+        assert.deepEqual(merged.contexts.map((c: { name: string }) => c.name).sort(), [
+          'openshell-gw',
+          'work',
+        ]);
         assert.equal(merged['current-context'], 'work', 'current-context is kept unless --use-context');
         assert.equal(typeof ready.kubeconfigBackup, 'string');
         assert.equal(fs.readFileSync(String(ready.kubeconfigBackup), 'utf8'), existing);
@@ -367,13 +370,15 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
     const cfg = path.join(box.configDir, 'openshell');
     const kubeDir = path.join(box.homeDir, '.kube');
     const config = path.join(kubeDir, 'config');
-    const caOf = (doc: { clusters: { name: string; cluster: Record<string, string> }[] }) =>
-      doc.clusters.find((c) => c.name === 'gw')?.cluster['certificate-authority-data'];
+    const caOf = (
+      doc: { clusters: { name: string; cluster: Record<string, string> }[] },
+      name = 'openshell-gw',
+    ) => doc.clusters.find((c) => c.name === name)?.cluster['certificate-authority-data'];
     const before = await readMtlsBundle(cfg, 'gw');
     const mergedBefore = YAML.parse(fs.readFileSync(config, 'utf8'));
     const oldCa = caOf(mergedBefore);
     assert.ok(before && oldCa, 'the previous test left credentials and a merged context');
-    const notGw = (list: { name: string }[]) => list.filter((x) => x.name !== 'gw');
+    const notGw = (list: { name: string }[]) => list.filter((x) => x.name !== 'openshell-gw');
     const theirs = {
       ...mergedBefore,
       clusters: notGw(mergedBefore.clusters),
@@ -401,13 +406,13 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
       // The merged context went with the old credentials; the user's own entries stayed.
       assert.deepEqual(YAML.parse(fs.readFileSync(config, 'utf8')), theirs);
       assert.notEqual(
-        caOf(YAML.parse(fs.readFileSync(path.join(kubeDir, 'gw.yaml'), 'utf8'))),
+        caOf(YAML.parse(fs.readFileSync(path.join(kubeDir, 'gw.yaml'), 'utf8')), 'gw'),
         oldCa,
         'the new kubeconfig carries the new CA',
       );
     });
     assert.match(run.stderr, /reset: cluster state and credentials of 'gw' removed/);
-    assert.match(run.stderr, /reset: taken out of .*config: cluster, user, context 'gw' \(backup /);
+    assert.match(run.stderr, /reset: taken out of .*config: cluster, user, context 'openshell-gw' \(backup /);
     assert.equal(fs.existsSync(at(`${K3S}/server/tls/planted-by-test`)), false);
     assert.equal(fs.existsSync(at(`${K3S}/server/token`)), false);
     assert.equal(fs.readFileSync(kept, 'utf8'), 'layer', 'the content store is kept');
@@ -418,12 +423,12 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
         YAML.parse(fs.readFileSync(config, 'utf8'))
           .contexts.map((c: { name: string }) => c.name)
           .sort(),
-        ['gw', 'work'],
+        ['openshell-gw', 'work'],
       );
     });
     const del = await box.run(['delete', 'gw']);
     assert.equal(del.code, 0, del.stderr);
-    assert.match(del.stdout.toString(), /config: cluster, user, context 'gw' \(backup /);
+    assert.match(del.stdout.toString(), /config: cluster, user, context 'openshell-gw' \(backup /);
     assert.deepEqual(YAML.parse(fs.readFileSync(config, 'utf8')), theirs);
     assert.equal(fs.existsSync(path.join(kubeDir, 'gw.yaml')), false);
     assert.equal(fs.existsSync(path.join(cfg, 'gateways', 'gw')), false);
