@@ -20,12 +20,12 @@ answers mTLS, prints Ready (stdout), and runs until Ctrl-C or SIGTERM (exit 0).
 
 Gateway:
   -p HOST:30051          the gateway's host port (default 127.0.0.1:30051); other -p add forwards
-  --api-port PORT        host loopback port of the Kubernetes API (default: a free one)
+  --api-port PORT        host loopback port of the Kubernetes API (default: this instance's last, else a free one)
   --ready-timeout S      seconds to wait for the gateway to answer mTLS (default 600)
   --tls-san NAME,...     extra names or addresses in the gateway's server certificate
   -d, --detach           run in the background; return at Ready (openshell-vm stop NAME stops it)
   --reset                first forget the cluster state and credentials (the built layers stay)
-  --merge-kubeconfig     also add context NAME to ~/.kube/config (backed up first)
+  --merge-kubeconfig     also add context openshell-NAME to ~/.kube/config (one backup kept)
   --use-context          with --merge-kubeconfig: make it the current context
   --json                 print Ready as one JSON object
   --rootfs DIR           boot this rootfs instead of the instance's own
