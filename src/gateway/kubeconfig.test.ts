@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -204,6 +205,23 @@ test('merge records what it merged in the instance directory, and the record dec
   const fresh = await credentials();
   await mergeGatewayKubeconfig(inst, target, entryFor('gw', 2, fresh), { setCurrent: true });
   assert.deepEqual(await readMergeRecord(inst), mergedEntry(target, entryFor('gw', 2, fresh)));
+});
+
+test('a merge recorded under the old name (NAME, before openshell-NAME) is taken out by the next merge', async (t) => {
+  const dir = await tmp(t);
+  const target = path.join(dir, 'config');
+  const inst = path.join(dir, 'instance');
+  // What 5ac75d2 left: cluster, user and context named 'gw', and a record naming them.
+  await fs.writeFile(target, entryFor('gw', 1));
+  const oldFingerprint = createHash('sha256').update(`${creds.caData}\n${creds.certData}`).digest('hex');
+  await writeMergeRecord(inst, { target, name: 'gw', fingerprint: oldFingerprint });
+  await mergeGatewayKubeconfig(inst, target, entryFor('gw', 2));
+  const doc = YAML.parse(await fs.readFile(target, 'utf8'));
+  assert.deepEqual(
+    [names(doc.clusters), names(doc.users), names(doc.contexts)],
+    [['openshell-gw'], ['openshell-gw'], ['openshell-gw']],
+  );
+  assert.equal((await readMergeRecord(inst))?.name, 'openshell-gw');
 });
 
 test('unmerge takes out what the merge added, keeps the rest and the comments, and clears current-context only if it was ours', async (t) => {

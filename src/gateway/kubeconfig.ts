@@ -276,6 +276,11 @@ export async function mergeGatewayKubeconfig(
 ): Promise<string | undefined> {
   const previous = await readMergeRecord(instanceDir);
   const { backup, record } = await mergeKubeconfig(target, entryText, { ...options, previous });
+  // A merge under another name or into another file (before 0.2 the entries were named NAME, not
+  // openshell-NAME) is taken out, as delete would, so it is not left behind unrecorded.
+  if (previous && (previous.name !== record.name || previous.target !== record.target)) {
+    await unmergeKubeconfig(previous);
+  }
   await writeMergeRecord(instanceDir, record);
   return backup;
 }
