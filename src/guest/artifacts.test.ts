@@ -80,3 +80,46 @@ test('concurrent builds of the same artifacts agree and leave no temporary direc
     [],
   );
 });
+
+test('a cached build changed on disk is found before use, removed and built again, saying why', async (t) => {
+  const { env, guest } = fakeGuest(t);
+  const first = await ensureGuestArtifacts(env, guest);
+  const passwd = path.join(first.rootfs, 'etc/passwd');
+  const original = fs.readFileSync(passwd);
+  fs.appendFileSync(passwd, 'pwned::0:0::/:/bin/sh\n');
+  fs.writeFileSync(path.join(first.rootfs, 'bin/suid'), 'x');
+  fs.chmodSync(path.join(first.rootfs, 'bin/suid'), 0o4755);
+
+  const again = await ensureGuestArtifacts(env, guest);
+  assert.equal(again.built, true);
+  assert.match(again.rebuiltBecause ?? '', /failed their integrity check/);
+  assert.match(again.rebuiltBecause ?? '', /rootfs: etc\/passwd has other content/);
+  assert.match(again.rebuiltBecause ?? '', /rootfs: unexpected file bin\/suid \(mode 4755\)/);
+  assert.ok(fs.readFileSync(passwd).equals(original));
+  assert.ok(!fs.existsSync(path.join(first.rootfs, 'bin/suid')));
+  const siblings = fs.readdirSync(path.dirname(path.dirname(first.rootfs)));
+  assert.deepEqual(siblings, [first.key], 'nothing set aside is left');
+
+  fs.appendFileSync(first.initramfs, 'x');
+  const third = await ensureGuestArtifacts(env, guest);
+  assert.match(third.rebuiltBecause ?? '', /initramfs\.cpio\.gz has changed/);
+  assert.equal((await ensureGuestArtifacts(env, guest)).built, false);
+});
+
+test('the default rootfs has nothing setuid or writable by others, whatever the umask', async (t) => {
+  const { env, guest } = fakeGuest(t);
+  const old = process.umask(0o000);
+  let rootfs: string;
+  try {
+    rootfs = (await ensureGuestArtifacts(env, guest)).rootfs;
+  } finally {
+    process.umask(old);
+  }
+  for (const entry of fs.readdirSync(rootfs, { withFileTypes: true, recursive: true })) {
+    const st = fs.lstatSync(path.join(entry.parentPath, entry.name));
+    if (st.isSymbolicLink()) continue;
+    assert.equal(st.mode & 0o6022, 0, `${entry.name}: mode ${(st.mode & 0o7777).toString(8)}`);
+  }
+  assert.ok(!fs.existsSync(path.join(rootfs, '.ovm-host')));
+  assert.ok(fs.statSync(path.join(rootfs, '.ovm/run')).isDirectory());
+});
