@@ -151,7 +151,7 @@ async function runLocked(
   tArtifacts: number,
 ): Promise<ExecResult> {
   // A prepared rootfs must be this tool's build: guest scripts and (QEMU) kernel modules.
-  const rootDir = plan.rootfs ?? artifacts.rootfs;
+  let rootDir = plan.rootfs ?? artifacts.rootfs;
   if (plan.rootfs) {
     const record = await verifyRootfsForBoot(plan.rootfs, {
       kernelRelease: options.backend.features.workload === 'guest-init' ? artifacts.kernelRelease : undefined,
@@ -179,10 +179,16 @@ async function runLocked(
   // root, output through virtio-serial ports). libkrun: the VMM runs it and exits with its status.
   const vmmRuns = options.backend.features.workload === 'vmm';
   try {
+    // The default rootfs is shared by every run of every instance: a backend whose guest would
+    // write into the directory itself (no read-only lower layer) boots a private copy of it.
+    if (!plan.rootfs && options.backend.features.overlayRoot === 'writable') {
+      await fs.mkdir(share, { mode: 0o700 });
+      rootDir = await privateRootCopy(artifacts.rootfs, path.join(share, 'rootfs'));
+    }
     let stdoutSink: OutputSink | undefined;
     let stderrSink: OutputSink | undefined;
     if (!vmmRuns) {
-      await fs.mkdir(share, { mode: 0o700 });
+      await fs.mkdir(share, { recursive: true, mode: 0o700 });
       await fs.mkdir(handoffDir, { mode: 0o700 });
       await fs.mkdir(handoff, { mode: 0o700 });
       await fs.writeFile(path.join(handoff, 'request.sh'), renderRequestScript(plan.request), {
@@ -212,7 +218,7 @@ async function runLocked(
       // A clock correction says the host slept or the guest drifted: worth a line even with -q.
       (e) =>
         emit(
-          e.type === 'clock'
+          e.type === 'clock' || e.type === 'warning'
             ? { type: 'warning', message: e.message }
             : { type: 'stage', stage: 'boot', message: e.message },
         ),
@@ -293,6 +299,15 @@ async function runLocked(
     await fs.rm(share, { recursive: true, force: true });
     await finishRun(run, failed || plan.keepLogs);
   }
+}
+
+/**
+ * A copy of the directory tree `source` at `dest` (modes, times and symlinks as they are, nothing
+ * shared with the source: no hard links), for a guest that may write to its root.
+ */
+async function privateRootCopy(source: string, dest: string): Promise<string> {
+  await fs.cp(source, dest, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+  return dest;
 }
 
 /** QEMU: waits for the guest init to start the command (boot deadline), then for its status. */

@@ -85,6 +85,13 @@ export interface BackendFeatures {
    * with its exit status, 128+N for signal N; libkrun).
    */
   readonly workload: 'guest-init' | 'vmm';
+  /**
+   * What an overlay root (rootMode 'overlay') does to the host directory: 'read-only-lower' (the
+   * guest's writes go to a tmpfs overlay and the directory is read-only end to end; QEMU), or
+   * 'writable' (the guest writes into the directory itself; libkrun), so a run on the shared
+   * default rootfs boots a private copy.
+   */
+  readonly overlayRoot: 'read-only-lower' | 'writable';
 }
 
 /** The command for backends whose VMM runs it (features.workload === 'vmm'). */

@@ -176,3 +176,14 @@ test("--net tsi (libkrun only): -p becomes libkrun's port map and no NIC is adde
   assert.equal(qemu.code, 2);
   assert.match(qemu.stderr, /--net tsi is libkrun's network/);
 });
+
+test('libkrun (no read-only lower layer) boots a private copy of the shared default rootfs, removed after the run', async () => {
+  const { log, env } = krunEnv({ KRUN_DOUBLE_EXIT: '0' });
+  const r = await box.run(['--backend', 'libkrun', '--net', 'none', 'run', '--', '/bin/true'], { env });
+  assert.equal(r.code, 0, r.stderr);
+  const root = String(calls(log).find((c) => c.fn === 'krun_set_root')?.args[1]);
+  const runs = path.join(box.dataDir, 'instances', 'default', 'runs');
+  assert.ok(root.startsWith(`${runs}/`) && root.endsWith('/share/rootfs'), `krun_set_root got ${root}`);
+  assert.equal(fs.existsSync(root), false, 'the private copy is removed after the run');
+  await box.assertClean(r);
+});

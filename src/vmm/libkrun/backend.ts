@@ -86,6 +86,7 @@ export class LibkrunBackend implements VmmBackend {
       serialPorts: false,
       networks: ['gvproxy', 'tsi', 'none'],
       workload: 'vmm',
+      overlayRoot: 'writable',
     };
   }
 

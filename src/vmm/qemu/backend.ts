@@ -32,6 +32,7 @@ export class QemuBackend implements VmmBackend {
     serialPorts: true,
     networks: ['gvproxy', 'user', 'none'],
     workload: 'guest-init',
+    overlayRoot: 'read-only-lower',
   };
   readonly #env: HostEnvironment;
   readonly #events: ProcessEvents;
