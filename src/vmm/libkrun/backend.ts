@@ -29,7 +29,6 @@ export function libkrunConfig(spec: VmSpec, logLevel = 1): LibkrunConfig {
       mode: 'gvproxy',
       socketPath: spec.network.socketPath,
       // Both platforms: the frame filter in front of gvproxy speaks the stream framing only.
-      transport: 'unixstream',
       mac: spec.network.mac,
     };
   } else if (spec.network.mode === 'tsi') {

@@ -19,8 +19,6 @@ const SIGNATURES = {
     'int32_t krun_add_vsock_port2(uint32_t ctx_id, uint32_t port, const char *c_filepath, bool listen)',
   krun_disable_implicit_vsock: 'int32_t krun_disable_implicit_vsock(uint32_t ctx_id)',
   krun_add_vsock: 'int32_t krun_add_vsock(uint32_t ctx_id, uint32_t tsi_features)',
-  krun_add_net_unixgram:
-    'int32_t krun_add_net_unixgram(uint32_t ctx_id, const char *c_path, int fd, const uint8_t *c_mac, uint32_t features, uint32_t flags)',
   krun_add_net_unixstream:
     'int32_t krun_add_net_unixstream(uint32_t ctx_id, const char *c_path, int fd, const uint8_t *c_mac, uint32_t features, uint32_t flags)',
   krun_start_enter: 'int32_t krun_start_enter(uint32_t ctx_id)',
@@ -153,7 +151,6 @@ function replayCalls(lib: LibkrunLibrary, calls: readonly KrunCall[], onCtx: (id
       case 'krun_set_port_map':
         lib.call(call.fn, ctx, [...call.args[1], null]);
         break;
-      case 'krun_add_net_unixgram':
       case 'krun_add_net_unixstream':
         lib.call(
           call.fn,

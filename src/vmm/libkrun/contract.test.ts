@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { buildLibkrunDouble } from '../../../test/fixtures/libkrun-double.ts';
-import { COMPAT_NET_FEATURES, type KrunCall, krunCalls, type LibkrunConfig, NET_FLAG_VFKIT } from './plan.ts';
+import { COMPAT_NET_FEATURES, type KrunCall, krunCalls, type LibkrunConfig } from './plan.ts';
 
 const ROOT = new URL('../../../', import.meta.url).pathname;
 const RUNNER = path.join(ROOT, 'src/vmm/libkrun/runner.ts');
@@ -38,7 +38,6 @@ const GATEWAY: LibkrunConfig = {
   net: {
     mode: 'gvproxy',
     socketPath: '/run/ovm/gv-qemu.sock',
-    transport: 'unixstream',
     mac: '5a:94:ef:e4:0c:ee',
   },
   vsockPorts: [],
@@ -119,7 +118,7 @@ test('gateway mode (Linux): the call sequence and every argument reach libkrun a
   assert.equal(COMPAT_NET_FEATURES, 19587);
 });
 
-test('exec mode (macOS wiring): unixgram with the vfkit flag, awkward argv/env, vsock ports, TSI port map', async () => {
+test('exec mode: awkward argv/env, vsock ports, TSI port map', async () => {
   const config: LibkrunConfig = {
     ...GATEWAY,
     vcpus: 2,
@@ -129,15 +128,12 @@ test('exec mode (macOS wiring): unixgram with the vfkit flag, awkward argv/env, 
       args: ['-c', 'echo "$1"', '', "it's", 'ünï ✓', 'a\nb'],
       env: ['A=b=c', 'EMPTY='],
     },
-    net: { mode: 'gvproxy', socketPath: '/tmp/gv.sock', transport: 'unixgram', mac: '5a:94:ef:e4:0c:ee' },
+    net: { mode: 'gvproxy', socketPath: '/tmp/gv.sock', mac: '5a:94:ef:e4:0c:ee' },
     vsockPorts: [{ port: 10777, socketPath: '/tmp/exec.sock', listen: true }],
   };
   const r = await runRunner(config, { KRUN_DOUBLE_EXIT: '3' });
   assert.equal(r.code, 3);
-  assert.deepEqual(r.calls.find((c) => c.fn === 'krun_add_net_unixgram')?.args.slice(4), [
-    19587,
-    NET_FLAG_VFKIT,
-  ]);
+  assert.deepEqual(r.calls.find((c) => c.fn === 'krun_add_net_unixstream')?.args.slice(4), [19587, 0]);
   assert.deepEqual(r.calls.find((c) => c.fn === 'krun_set_exec')?.args, [
     7,
     '/bin/sh',

@@ -6,8 +6,6 @@
 
 /** libkrun.h: COMPAT_NET_FEATURES = CSUM | GUEST_CSUM | GUEST_TSO4 | GUEST_UFO | HOST_TSO4 | HOST_UFO. */
 export const COMPAT_NET_FEATURES = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 10) | (1 << 11) | (1 << 14);
-/** libkrun.h: NET_FLAG_VFKIT, send the "VFKT" handshake gvproxy's -listen-vfkit expects. */
-export const NET_FLAG_VFKIT = 1 << 0;
 export const KRUN_LOG_TARGET_DEFAULT = -1;
 export const KRUN_LOG_STYLE_AUTO = 0;
 /** Ignore libkrun's own environment variables for logging. */
@@ -16,14 +14,12 @@ export const KRUN_LOG_OPTION_NO_ENV = 1;
 export type LibkrunNet =
   /**
    * gvproxy, through the frame filter (src/net/frame-relay.ts): a unix stream socket with QEMU's
-   * framing, on Linux and macOS (libkrun's unixstream backend is built on both). The unixgram +
-   * vfkit handshake variant is kept for the call mapping only: nothing on the host can filter it,
-   * so libkrunConfig never chooses it.
+   * framing, on Linux and macOS (libkrun's unixstream backend is built on both). Never libkrun's
+   * unixgram (vfkit) transport: Node cannot relay datagrams, so nothing on the host could filter it.
    */
   | {
       readonly mode: 'gvproxy';
       readonly socketPath: string;
-      readonly transport: 'unixgram' | 'unixstream';
       readonly mac: string;
     }
   /**
@@ -66,7 +62,7 @@ export type KrunCall =
   | { readonly fn: 'krun_disable_implicit_vsock' | 'krun_start_enter'; readonly args: readonly ['ctx'] }
   | { readonly fn: 'krun_add_vsock'; readonly args: readonly ['ctx', number] }
   | {
-      readonly fn: 'krun_add_net_unixgram' | 'krun_add_net_unixstream';
+      readonly fn: 'krun_add_net_unixstream';
       readonly args: readonly ['ctx', string, number, string, number, number];
     }
   | { readonly fn: 'krun_set_port_map'; readonly args: readonly ['ctx', readonly string[]] }
@@ -101,17 +97,10 @@ export function krunCalls(config: LibkrunConfig): KrunCall[] {
     );
   }
   if (net.mode === 'gvproxy') {
-    calls.push(
-      net.transport === 'unixgram'
-        ? {
-            fn: 'krun_add_net_unixgram',
-            args: ['ctx', net.socketPath, -1, net.mac, COMPAT_NET_FEATURES, NET_FLAG_VFKIT],
-          }
-        : {
-            fn: 'krun_add_net_unixstream',
-            args: ['ctx', net.socketPath, -1, net.mac, COMPAT_NET_FEATURES, 0],
-          },
-    );
+    calls.push({
+      fn: 'krun_add_net_unixstream',
+      args: ['ctx', net.socketPath, -1, net.mac, COMPAT_NET_FEATURES, 0],
+    });
   }
   if (net.mode === 'tsi' && net.portMap.length)
     calls.push({ fn: 'krun_set_port_map', args: ['ctx', net.portMap] });
