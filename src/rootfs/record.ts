@@ -1,7 +1,11 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { HostError, isErrno } from '../errors.ts';
-import type { GuestArch } from '../host/arch.ts';
+import { z } from 'zod';
+import { HostError } from '../errors.ts';
+import { GUEST_ARCHES, type GuestArch } from '../host/arch.ts';
+import { GuestRoot } from '../host/guest-root.ts';
+import { isTerminalSafe, terminalSafeLine } from '../host/terminal-text.ts';
+import { INSTANCE_NAME } from '../instance/runs.ts';
 import { readGatewayGuestScripts } from './guest-scripts.ts';
 import { ROOTFS_PATHS } from './layout.ts';
 
@@ -40,37 +44,100 @@ export interface RootfsRecord {
 
 export const rebuildCommand = (instance: string) => `openshell-vm prepare-rootfs --name ${instance} --force`;
 
+/** The record is written by this tool and a few KiB long; anything larger is not one. */
+export const RECORD_MAX_BYTES = 1024 * 1024;
+
+/** A string the record may hold: bounded, and nothing a terminal would act on when printed. */
+const text = (maxChars: number) =>
+  z.string().max(maxChars).refine(isTerminalSafe, { message: 'has control characters' });
+
+const rootfsInputSchema: z.ZodType<RootfsInput, unknown> = z.strictObject({
+  kind: z.enum(['base', 'k3s', 'chart', 'image', 'manifest', 'guest-script', 'kernel-modules']),
+  source: text(4096),
+  version: text(256),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  path: text(4096).optional(),
+  verification: text(1024).optional(),
+});
+
+/** The build record's schema: unknown fields are errors, every string bounded and printable. */
+export const rootfsRecordSchema: z.ZodType<RootfsRecord, unknown> = z
+  .strictObject({
+    format: z.literal(RECORD_FORMAT),
+    tool: z.strictObject({ name: z.literal('openshell-vm'), version: text(64) }),
+    builtAt: z.iso.datetime(),
+    buildMs: z.number().int().min(0),
+    arch: z.enum(GUEST_ARCHES),
+    instance: z.string().regex(INSTANCE_NAME),
+    base: z.strictObject({ kind: z.enum(['debian', 'oci', 'archive']), source: text(4096) }),
+    owners: z.enum(['preserved', 'current-user']),
+    kernelRelease: text(256).optional(),
+    inputs: z.array(rootfsInputSchema).max(10_000),
+    packages: z
+      .record(text(256), text(256))
+      .refine((p) => Object.keys(p).length <= 100_000, { message: 'too many packages' }),
+    warnings: z.array(text(4096)).max(1000),
+  })
+  // JSON drops an undefined kernelRelease: the parsed record has the key again.
+  .transform((r) => ({ ...r, kernelRelease: r.kernelRelease }));
+
+/**
+ * The build record of `rootfs`, read through GuestRoot (the guest owns the rootfs: a symlink, a
+ * FIFO, a device or a file over RECORD_MAX_BYTES is refused, never followed or waited on) and
+ * checked against rootfsRecordSchema. Errors name the file and the rebuild command and never
+ * quote the file's content.
+ */
 export async function readRootfsRecord(rootfs: string): Promise<RootfsRecord> {
   const file = path.join(rootfs, ROOTFS_PATHS.record);
-  let text: string;
+  const rebuild = `rebuild it: ${rebuildCommand(path.basename(path.dirname(rootfs)))}`;
+  const root = new GuestRoot(rootfs, { hint: rebuild });
+  let bytes: Buffer | undefined;
   try {
-    text = await fs.readFile(file, 'utf8');
+    bytes = await root.readFile(ROOTFS_PATHS.record, { maxBytes: RECORD_MAX_BYTES });
   } catch (err) {
-    if (isErrno(err, 'ENOENT')) {
-      const exists = await fs.stat(rootfs).then(
-        () => true,
-        () => false,
-      );
-      throw new HostError(
-        exists
-          ? `${rootfs} has no build record (${ROOTFS_PATHS.record}): it was not made by openshell-vm prepare-rootfs, or its build did not finish`
-          : `there is no rootfs at ${rootfs}`,
-        { hint: `build it: ${rebuildCommand(path.basename(path.dirname(rootfs)))}`, cause: err },
-      );
-    }
-    throw err;
+    if (!(err instanceof HostError)) throw err;
+    throw new HostError(`the build record cannot be read: ${err.message}`, { hint: rebuild, cause: err });
   }
+  if (!bytes) {
+    const exists = await fs.stat(rootfs).then(
+      () => true,
+      () => false,
+    );
+    throw new HostError(
+      exists
+        ? `${rootfs} has no build record (${ROOTFS_PATHS.record}): it was not made by openshell-vm prepare-rootfs, or its build did not finish`
+        : `there is no rootfs at ${rootfs}`,
+      { hint: `build it: ${rebuildCommand(path.basename(path.dirname(rootfs)))}` },
+    );
+  }
+  const why = checkRecord(bytes);
+  if (typeof why === 'string')
+    throw new HostError(`${file} is not a valid build record: ${why}`, { hint: rebuild });
+  return why.record;
+}
+
+/**
+ * Why `bytes` is not a build record (one short line, sanitized, no excerpt of the content), or
+ * the record. No cause is kept: JSON.parse's and zod's messages quote the input.
+ */
+function checkRecord(bytes: Buffer): string | { record: RootfsRecord } {
+  let json: unknown;
   try {
-    const record = JSON.parse(text) as RootfsRecord;
-    if (record.format !== RECORD_FORMAT)
-      throw new Error(`format ${record.format}, expected ${RECORD_FORMAT}`);
-    return record;
-  } catch (err) {
-    throw new HostError(`${file} is not a valid build record: ${(err as Error).message}`, {
-      hint: `rebuild it: ${rebuildCommand(path.basename(path.dirname(rootfs)))}`,
-      cause: err,
-    });
+    json = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    return `it is not JSON (${bytes.length} bytes)`;
   }
+  const format = (json as { format?: unknown } | null)?.format;
+  if (typeof format === 'number' && format !== RECORD_FORMAT) {
+    return `format ${format}, expected ${RECORD_FORMAT}`;
+  }
+  const result = rootfsRecordSchema.safeParse(json);
+  if (result.success) return { record: result.data };
+  const issue = result.error.issues[0];
+  const where = issue?.path.length ? issue.path.map(String).join('.') : 'the record';
+  return terminalSafeLine(`does not match its schema (${where}: ${issue?.message ?? 'invalid'})`, {
+    maxChars: 200,
+  });
 }
 
 /**
@@ -84,6 +151,7 @@ export async function verifyRootfsForBoot(
 ): Promise<RootfsRecord> {
   const record = await readRootfsRecord(rootfs);
   const rebuild = rebuildCommand(record.instance);
+  const root = new GuestRoot(rootfs, { hint: `rebuild it: ${rebuild}` });
   const recorded = new Map(
     record.inputs.filter((i) => i.kind === 'guest-script').map((i) => [i.path, i.sha256]),
   );
@@ -98,8 +166,20 @@ export async function verifyRootfsForBoot(
         { hint: `rebuild it for this version: ${rebuild}` },
       );
     }
-    const actual = await fs.readFile(path.join(rootfs, script.dest), 'utf8').catch(() => undefined);
-    if (actual !== script.text) {
+    // Guest-owned: read confined, and no more than the script's own size (a FIFO or a symlink to
+    // /dev/zero is refused, not waited on or read without end).
+    const expected = Buffer.from(script.text);
+    let actual: Buffer | undefined;
+    try {
+      actual = await root.readFile(script.dest, { maxBytes: expected.length });
+    } catch (err) {
+      if (!(err instanceof HostError)) throw err;
+      throw new HostError(`/${script.dest} in ${rootfs} cannot be checked: ${err.message}`, {
+        hint: `rebuild it: ${rebuild}`,
+        cause: err,
+      });
+    }
+    if (!actual?.equals(expected)) {
       throw new HostError(`/${script.dest} in ${rootfs} was changed or removed after the build`, {
         hint: `rebuild it: ${rebuild}`,
       });
