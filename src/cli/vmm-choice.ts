@@ -3,6 +3,7 @@ import type { HostEnvironment } from '../config/environment.ts';
 import type { NetworkMode } from '../config/exec-options.ts';
 import { HostError, UsageError } from '../errors.ts';
 import { type GuestArch, hostArch } from '../host/arch.ts';
+import { refuseWritableRunRoot } from '../instance/root-location.ts';
 import { findGvproxy } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
 import type { ProcessEvents, VmmBackend } from '../vmm/backend.ts';
@@ -26,6 +27,8 @@ export async function chooseVmm(
     readonly forwards: readonly PortForward[];
     /** What the VM is for: a command (`run`), or the gateway (QEMU only). */
     readonly purpose?: 'command' | 'gateway' | undefined;
+    /** A command's prepared rootfs (`run --rootfs`): only on a backend with a read-only lower layer. */
+    readonly rootfs?: string | undefined;
   },
   reporter: Reporter,
 ): Promise<{ backend: VmmBackend; accel: AccelChoice }> {
@@ -85,6 +88,7 @@ export async function chooseVmm(
     backend = qemu;
     accel = chooseAccelerator(options.arch, facts, options.accel);
   }
+  if (options.purpose !== 'gateway') refuseWritableRunRoot(backend, options.rootfs);
   if (options.network === 'gvproxy') await findGvproxy(env);
   reporter.progress(`backend: ${choice.backend} (${choice.reason})`);
   if (choice.warning) reporter.warn(choice.warning);

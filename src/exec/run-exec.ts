@@ -13,6 +13,7 @@ import { pathExists } from '../host/fs.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { takeInstanceLock } from '../instance/lock.ts';
 import { describeReap, reapStaleInstance } from '../instance/reap.ts';
+import { ensureRootLocation, refuseWritableRunRoot } from '../instance/root-location.ts';
 import { createRun, finishRun, instanceDir, RUN_FILES, type RunPaths } from '../instance/runs.ts';
 import { InstanceSupervisor } from '../instance/supervisor.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
@@ -116,6 +117,10 @@ export async function runExec(
   const emit = (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) =>
     options.onEvent?.({ ...event, elapsedMs: Math.round(now()) } as ExecEvent);
   const t0 = now();
+  // A prepared rootfs: only on a backend with a read-only lower layer, and only where no other
+  // local user can reach it (booted from its real path).
+  refuseWritableRunRoot(options.backend, plan.rootfs);
+  if (plan.rootfs) plan = { ...plan, rootfs: await ensureRootLocation(plan.rootfs) };
 
   const guest = await loadGuestInputs(env, plan.arch);
   const artifacts = await ensureGuestArtifacts(env, guest);
