@@ -1,5 +1,10 @@
-import fs from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, constants as fsConstants, type Stats } from 'node:fs';
+import fs, { type FileHandle } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
+import { pipeline } from 'node:stream/promises';
 import { HostError, isErrno } from '../errors.ts';
 import { GuestRoot } from '../host/guest-root.ts';
 import { ROOTFS_PATHS } from './layout.ts';
@@ -34,37 +39,130 @@ export interface KineReport {
   readonly bytesAfter: number;
 }
 
+const RESET_HINT = 'start over with --reset (it wipes the cluster state; the rootfs layers are kept)';
+
 function corrupt(db: string, why: string, cause?: unknown): HostError {
-  return new HostError(`the k3s datastore ${db} is corrupt (${why})`, {
-    hint: 'start over with --reset (it wipes the cluster state; the rootfs layers are kept)',
-    cause,
-  });
+  return new HostError(`the k3s datastore ${db} is corrupt (${why})`, { hint: RESET_HINT, cause });
 }
 
 /** The files SQLite opens beside a database (it follows symlinks when it opens them). */
 const SQLITE_SIDE_FILES = ['', '-wal', '-shm', '-journal'] as const;
+/** What holds the database's content: the file, and a WAL or hot journal not yet folded in. */
+const SQLITE_CONTENT_FILES = ['', '-wal', '-journal'] as const;
 
 /**
- * cleanKineDatastore on the datastore in a gateway rootfs, which the guest owns: first the
- * directory is walked with GuestRoot (no symlink followed out) and the database and every file
- * SQLite would open beside it must be a regular file or missing, because SQLite follows a symlink
- * there to whatever host file it names. The guest is stopped while this runs (the instance lock),
- * so nothing changes between the check and the cleaning.
+ * cleanKineDatastore on the datastore in a gateway rootfs, which the guest owns. SQLite never
+ * opens anything in the guest's tree: it resolves every path it is given by name again (a
+ * /proc/self/fd path too: it reads the link and walks the host path it names) and creates its
+ * side files by name. So the database's directory is opened once through GuestRoot (no symlink
+ * followed out) and everything happens through that open directory: the database and every
+ * side file must be a regular file or missing; the database (with its WAL or journal) is copied
+ * into a private directory, cleaned there, and written back under a random O_EXCL name renamed
+ * over the old one, the old side files unlinked first (never followed).
  */
 export async function cleanRootfsKineDatastore(rootfs: string): Promise<KineReport | undefined> {
-  const root = new GuestRoot(rootfs);
+  const root = new GuestRoot(rootfs, { hint: RESET_HINT });
+  const dbDir = path.posix.dirname(ROOTFS_PATHS.kineDb);
+  const name = path.posix.basename(ROOTFS_PATHS.kineDb);
+  return root.withDirectory(dbDir, undefined, (dirPath, hostDir) => cleanPinned(dirPath, hostDir, name));
+}
+
+/** See cleanRootfsKineDatastore: `dirPath` names the open database directory (/proc/self/fd/N). */
+async function cleanPinned(dirPath: string, hostDir: string, name: string): Promise<KineReport | undefined> {
+  const at = (suffix: string) => `${dirPath}/${name}${suffix}`;
+  const shown = (suffix: string) => path.join(hostDir, `${name}${suffix}`);
   for (const suffix of SQLITE_SIDE_FILES) {
-    const rel = `${ROOTFS_PATHS.kineDb}${suffix}`;
-    const stat = await root.lstat(rel);
-    if (stat && !stat.isFile()) {
-      throw new HostError(
-        `${root.hostPath(rel)} is not a regular file${stat.isSymbolicLink() ? ' but a symlink' : ''}; the guest may have planted it`,
-        { hint: 'start over with --reset (it wipes the cluster state; the rootfs layers are kept)' },
-      );
-    }
+    const stat = await lstatOrUndefined(at(suffix));
+    if (stat && !stat.isFile()) throw planted(shown(suffix), stat.isSymbolicLink());
   }
-  if (!(await root.exists(ROOTFS_PATHS.kineDb))) return undefined;
-  return cleanKineDatastore(root.hostPath(ROOTFS_PATHS.kineDb));
+  const work = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-kine-'));
+  try {
+    let mode: number | undefined;
+    for (const suffix of SQLITE_CONTENT_FILES) {
+      const copied = await copyOut(at(suffix), path.join(work, `${name}${suffix}`), shown(suffix));
+      if (suffix === '') {
+        if (copied === undefined) return undefined;
+        mode = copied;
+      }
+    }
+    const report = await cleanKineDatastore(path.join(work, name), shown(''));
+    if (!report) return undefined;
+    // Side files first: the old WAL must never be replayed onto the new database.
+    for (const suffix of SQLITE_SIDE_FILES.slice(1)) await unlinkIfThere(at(suffix));
+    const tmpName = `.${name}.ovm-${randomBytes(6).toString('hex')}`;
+    // COPYFILE_EXCL: created O_CREAT|O_EXCL, so a name planted there (a symlink too) fails it.
+    await fs.copyFile(path.join(work, name), `${dirPath}/${tmpName}`, fsConstants.COPYFILE_EXCL);
+    try {
+      const handle = await fs.open(`${dirPath}/${tmpName}`, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+      try {
+        await handle.chmod((mode ?? 0o600) & 0o777);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await fs.rename(`${dirPath}/${tmpName}`, at(''));
+    } catch (err) {
+      await unlinkIfThere(`${dirPath}/${tmpName}`).catch(() => undefined);
+      throw err;
+    }
+    return { ...report, database: shown('') };
+  } finally {
+    await fs.rm(work, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Copies guest file `from` (not followed, not waited on: O_NOFOLLOW|O_NONBLOCK; a regular file
+ * or nothing) to private file `to`. Returns its mode, or undefined when it is missing.
+ */
+async function copyOut(from: string, to: string, shownAs: string): Promise<number | undefined> {
+  let handle: FileHandle;
+  try {
+    handle = await fs.open(
+      from,
+      fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK | fsConstants.O_NOCTTY,
+    );
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return undefined;
+    if (isErrno(err, 'ELOOP')) throw planted(shownAs, true);
+    if (isErrno(err, 'ENXIO')) throw planted(shownAs, false);
+    throw err;
+  }
+  try {
+    const stat = await handle.stat();
+    if (!stat.isFile()) throw planted(shownAs, false);
+    await pipeline(
+      handle.createReadStream({ autoClose: false }),
+      createWriteStream(to, { flags: 'wx', mode: 0o600 }),
+    );
+    return stat.mode;
+  } finally {
+    await handle.close();
+  }
+}
+
+function planted(file: string, isSymlink: boolean): HostError {
+  return new HostError(
+    `${file} is not a regular file${isSymlink ? ' but a symlink' : ''}; the guest may have planted it`,
+    { hint: RESET_HINT },
+  );
+}
+
+async function lstatOrUndefined(file: string): Promise<Stats | undefined> {
+  try {
+    return await fs.lstat(file);
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return undefined;
+    throw err;
+  }
+}
+
+async function unlinkIfThere(file: string): Promise<void> {
+  try {
+    await fs.unlink(file);
+  } catch (err) {
+    if (!isErrno(err, 'ENOENT')) throw err;
+  }
 }
 
 /**
@@ -73,7 +171,7 @@ export async function cleanRootfsKineDatastore(rootfs: string): Promise<KineRepo
  * integrity check) with the --reset hint. Returns undefined when there is no database yet (a
  * rootfs that never booted).
  */
-export async function cleanKineDatastore(db: string): Promise<KineReport | undefined> {
+export async function cleanKineDatastore(db: string, shownAs = db): Promise<KineReport | undefined> {
   let header: Buffer;
   let bytesBefore: number;
   try {
@@ -89,13 +187,13 @@ export async function cleanKineDatastore(db: string): Promise<KineReport | undef
     if (isErrno(err, 'ENOENT')) return undefined;
     throw err;
   }
-  if (!header.equals(SQLITE_MAGIC)) throw corrupt(db, 'not an SQLite database: bad header');
+  if (!header.equals(SQLITE_MAGIC)) throw corrupt(shownAs, 'not an SQLite database: bad header');
 
   let database: DatabaseSync;
   try {
     database = new DatabaseSync(db);
   } catch (err) {
-    throw corrupt(db, 'SQLite cannot open it', err);
+    throw corrupt(shownAs, 'SQLite cannot open it', err);
   }
   try {
     let check: string;
@@ -103,13 +201,13 @@ export async function cleanKineDatastore(db: string): Promise<KineReport | undef
       const rows = database.prepare('PRAGMA integrity_check').all() as { integrity_check: string }[];
       check = rows.map((r) => r.integrity_check).join('; ');
     } catch (err) {
-      throw corrupt(db, (err as Error).message, err);
+      throw corrupt(shownAs, (err as Error).message, err);
     }
-    if (check !== 'ok') throw corrupt(db, `integrity check: ${check.slice(0, 200)}`);
+    if (check !== 'ok') throw corrupt(shownAs, `integrity check: ${check.slice(0, 200)}`);
     const hasTable = database
       .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kine'")
       .get();
-    if (!hasTable) throw corrupt(db, 'no kine table');
+    if (!hasTable) throw corrupt(shownAs, 'no kine table');
 
     const count = () => Number((database.prepare('SELECT count(*) AS n FROM kine').get() as { n: number }).n);
     const rowsBefore = count();
