@@ -9,8 +9,10 @@ import {
   KUBE_API_GUEST_PORT,
   runGateway,
 } from '../gateway/run-gateway.ts';
+import { lexists } from '../host/fs.ts';
 import { resetInstance } from '../instance/lifecycle.ts';
-import { instanceDir } from '../instance/runs.ts';
+import { ensureRootLocation } from '../instance/root-location.ts';
+import { ensureInstanceDir, instanceDir } from '../instance/runs.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
 import { rootfsDir } from '../rootfs/build.ts';
 import { readRootfsRecord } from '../rootfs/record.ts';
@@ -59,7 +61,15 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
 
   // Everything that can fail without starting a process fails here.
   const env = readEnvironment();
-  const rootfs = options.rootfs ?? rootfsDir(env, options.instance);
+  // A rootfs of the user's choice only where no other local user can reach it (the guest's root
+  // owns it); the instance's own is inside the instance directory, checked (and tightened) before
+  // anything in it is read, since another user may have planted files there while it was open.
+  const rootfs =
+    options.rootfs === undefined
+      ? rootfsDir(env, options.instance)
+      : await ensureRootLocation(options.rootfs);
+  if (options.rootfs !== undefined || (await lexists(instanceDir(env, options.instance))))
+    await ensureInstanceDir(env, options.instance, (m) => reporter.warn(m));
   await readRootfsRecord(rootfs); // a missing rootfs: "build it: openshell-vm prepare-rootfs --name N"
   const api = {
     hostAddress: '127.0.0.1',

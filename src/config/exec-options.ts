@@ -132,9 +132,24 @@ export function resolveExecOptions(
     network,
     forwards,
     backend: raw.backend === undefined ? undefined : parseBackend(raw.backend),
-    rootfs: raw.rootfs === undefined ? undefined : path.resolve(raw.rootfs),
+    rootfs: parseRootfsOption(raw.rootfs),
   };
   return { options: Object.freeze(options), warnings };
+}
+
+/**
+ * --rootfs DIR as an absolute host path (an empty value would be the working directory). Where it
+ * may be is checked on the host before boot (ensureRootLocation in src/instance/root-location.ts).
+ */
+export function parseRootfsOption(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (value === '') {
+    throw new UsageError('--rootfs: empty path', {
+      hint: 'give the directory prepare-rootfs built, or drop --rootfs',
+    });
+  }
+  noNul('--rootfs', value);
+  return path.resolve(value);
 }
 
 /** --vcpus and --mem: validated, defaulted, and clamped to what the host has (with a warning). */

@@ -1,5 +1,4 @@
 import { isIP } from 'node:net';
-import path from 'node:path';
 import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
 import { UsageError } from '../errors.ts';
 import { GATEWAY_GUEST_PORT, KUBE_API_GUEST_PORT } from '../gateway/run-gateway.ts';
@@ -7,7 +6,7 @@ import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.t
 import { parseInstanceName } from '../instance/runs.ts';
 import { checkDuplicates, type PortForward, parsePortSpec } from '../net/ports.ts';
 import { type BackendName, parseBackend } from '../vmm/select.ts';
-import { type HostCapacity, integer, resolveMachine } from './exec-options.ts';
+import { type HostCapacity, integer, parseRootfsOption, resolveMachine } from './exec-options.ts';
 
 /** Gateway options as typed (strings), before validation. */
 export interface RawGatewayOptions {
@@ -120,7 +119,7 @@ export function resolveGatewayOptions(
   }
   const options: GatewayOptions = {
     instance,
-    rootfs: raw.rootfs === undefined ? undefined : path.resolve(raw.rootfs),
+    rootfs: parseRootfsOption(raw.rootfs),
     gateway,
     apiPort,
     extraForwards,

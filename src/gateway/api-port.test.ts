@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { HostError } from '../errors.ts';
 import { API_PORT_FILE, isLoopbackPortFree, stableApiPort } from './api-port.ts';
 
 async function tmp(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
@@ -42,7 +44,7 @@ test('a remembered port that is taken is replaced by a new one, with a warning',
   assert.equal(await fs.readFile(path.join(dir, API_PORT_FILE), 'utf8'), `${port}\n`);
 });
 
-test('a remembered port file that is not a port is ignored and rewritten', async (t) => {
+test('a remembered port file that is not a port is ignored with a warning and rewritten', async (t) => {
   const dir = await tmp(t);
   await fs.mkdir(dir, { recursive: true });
   for (const junk of ['0\n', '70000\n', '-1', 'abc', '80 81', '']) {
@@ -50,6 +52,60 @@ test('a remembered port file that is not a port is ignored and rewritten', async
     const warnings: string[] = [];
     const port = await stableApiPort(dir, { warn: (m) => warnings.push(m), pick: async () => 45678 });
     assert.equal(port, 45678, junk);
-    assert.deepEqual(warnings, []);
+    assert.equal(warnings.length, 1, junk);
+    assert.match(warnings[0] ?? '', /api-port: it holds no port number; a new port is picked/);
+    assert.equal(await fs.readFile(path.join(dir, API_PORT_FILE), 'utf8'), '45678\n');
   }
+});
+
+test('a FIFO, a symlink or a file others can write in its place is not read (no hang), only replaced', async (t) => {
+  const dir = await tmp(t);
+  await fs.mkdir(dir, { recursive: true });
+  const file = path.join(dir, API_PORT_FILE);
+  const target = path.join(path.dirname(dir), 'elsewhere');
+  await fs.writeFile(target, '45000\n');
+  const plant: Record<string, () => Promise<void>> = {
+    fifo: async () => {
+      const r = spawnSync('mkfifo', [file]);
+      assert.equal(r.status, 0, String(r.stderr));
+    },
+    symlink: () => fs.symlink(target, file),
+    'group-writable': async () => {
+      await fs.writeFile(file, '45000\n');
+      await fs.chmod(file, 0o664);
+    },
+  };
+  for (const [kind, make] of Object.entries(plant)) {
+    await make();
+    const warnings: string[] = [];
+    const port = await stableApiPort(dir, { warn: (m) => warnings.push(m), pick: async () => 45678 });
+    assert.equal(port, 45678, kind);
+    assert.match(
+      warnings[0] ?? '',
+      /ignoring .*api-port: it (is not a regular file|is a symlink|is writable by its group)/,
+      kind,
+    );
+    const st = await fs.lstat(file);
+    assert.ok(st.isFile(), kind);
+    assert.equal(st.mode & 0o777, 0o600, kind);
+    assert.equal(await fs.readFile(file, 'utf8'), '45678\n', kind);
+    await fs.rm(file);
+  }
+  assert.equal(await fs.readFile(target, 'utf8'), '45000\n', 'the symlink was not written through');
+});
+
+test('a directory in its place is an error naming it and the fix', async (t) => {
+  const dir = await tmp(t);
+  await fs.mkdir(path.join(dir, API_PORT_FILE, 'x'), { recursive: true });
+  const warnings: string[] = [];
+  await assert.rejects(
+    stableApiPort(dir, { warn: (m) => warnings.push(m), pick: async () => 45678 }),
+    (err: unknown) => {
+      assert.ok(err instanceof HostError, String(err));
+      assert.match(err.message, /api-port: a directory is in its place/);
+      assert.match(err.hint ?? '', /rm -r .*api-port/);
+      return true;
+    },
+  );
+  assert.match(warnings[0] ?? '', /it is a directory/);
 });

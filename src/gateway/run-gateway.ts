@@ -8,6 +8,7 @@ import { GuestRoot } from '../host/guest-root.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { takeInstanceLock } from '../instance/lock.ts';
 import { describeReap, reapStaleInstance } from '../instance/reap.ts';
+import { ensureRootLocation } from '../instance/root-location.ts';
 import { createRun, finishRun, instanceDir, type RunPaths } from '../instance/runs.ts';
 import { InstanceSupervisor, type SupervisorEvent } from '../instance/supervisor.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
@@ -115,6 +116,8 @@ export async function runGateway(
   let stopFollow: (() => Promise<void>) | undefined;
   let failed = true;
   try {
+    // Only where no other local user can reach it (the guest's root owns it); booted from its real path.
+    plan = { ...plan, rootfs: await ensureRootLocation(plan.rootfs) };
     const guest = await loadGuestInputs(env, plan.arch);
     const artifacts = await ensureGuestArtifacts(env, guest);
     const reaped = describeReap(await reapStaleInstance(env, plan.instance));

@@ -99,7 +99,8 @@ export async function ensureInstanceDirAt(
   dir: string,
   warn: (message: string) => void = warnOnStderr,
 ): Promise<string> {
-  for (const [i, d] of instanceChainAt(dir).entries()) {
+  const chain = instanceChainAt(dir);
+  for (const [i, d] of chain.entries()) {
     await ensurePrivateDir(d, {
       policy: 'tighten',
       // The data dir may be one the user chose (OPENSHELL_VM_DATA_DIR): it only must not be writable.
@@ -107,10 +108,18 @@ export async function ensureInstanceDirAt(
       followSymlink: i === 0,
       warn,
       fix: `remove ${d} (or set OPENSHELL_VM_DATA_DIR to a directory of yours)`,
+      // A directory that was open may hold another user's entries (in the instance's, its rootfs:
+      // rootfsDir in src/rootfs/build.ts): refused, since we would boot, read or delete them.
+      checkInside: i === chain.length - 1 ? [INSTANCE_ROOTFS] : [],
+      foreignFix: (entry) =>
+        `another user may have planted it: remove it (rm -rf ${entry}) and check the rest of ${d}, or remove ${d} whole`,
     });
   }
   return dir;
 }
+
+/** The instance's own rootfs, in its directory (rootfsDir in src/rootfs/build.ts). */
+const INSTANCE_ROOTFS = 'rootfs';
 
 function privateRules(dir: string): DirRules {
   return { policy: 'tighten', openBits: 0o077, warn: warnOnStderr, fix: `remove ${dir}` };

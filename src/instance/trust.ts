@@ -1,6 +1,7 @@
 import type { Stats } from 'node:fs';
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { HostError, isErrno } from '../errors.ts';
 
 /**
@@ -71,6 +72,7 @@ export async function readRecordFile(file: string): Promise<RecordRead> {
   } catch (err) {
     if (isErrno(err, 'ENOENT')) return { kind: 'missing' };
     if (isErrno(err, 'ELOOP')) return { kind: 'untrusted', path: file, reason: 'is a symlink' };
+    if (isErrno(err, 'ENXIO')) return { kind: 'untrusted', path: file, reason: 'is a socket' };
     throw err;
   }
   try {
@@ -105,6 +107,61 @@ export interface DirRules {
   readonly fix: string;
   /** Accept a symlink to a directory that passes (a data dir the user placed elsewhere). */
   readonly followSymlink?: boolean;
+  /**
+   * Entries (by name) whose own entries are checked too when a directory open to others' writes is
+   * tightened (the instance's rootfs: another user may have put it there whole).
+   */
+  readonly checkInside?: readonly string[];
+  /** The fix, for the hint, when another user's entry is found in a directory that was open. */
+  readonly foreignFix?: (entry: string) => string;
+}
+
+/** The first entry of `dir` (and, for `inside` names, of that entry) that is not ours. */
+async function foreignEntry(
+  dir: string,
+  inside: readonly string[],
+): Promise<{ readonly path: string; readonly uid: number } | undefined> {
+  for (const name of await fs.readdir(dir)) {
+    const entry = path.join(dir, name);
+    let st: Stats;
+    try {
+      st = await fs.lstat(entry);
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) continue;
+      throw err;
+    }
+    if (st.uid !== myUid()) return { path: entry, uid: st.uid };
+    if (inside.includes(name) && st.isDirectory()) {
+      const deeper = await foreignEntry(entry, []);
+      if (deeper) return deeper;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * A directory that was open to others' writes may hold what another user planted (a rootfs, a
+ * record, a FIFO): any entry not ours is refused, naming it and the fix. Checked before the chmod
+ * (the directory stays as it was, so the next start refuses too) and after it (nothing can be
+ * added any more; an entry that came in between puts the old mode back and is refused).
+ */
+async function refuseForeignEntries(
+  dir: string,
+  st: Stats,
+  rules: DirRules,
+  when: 'before-chmod' | 'after-chmod',
+): Promise<void> {
+  const found = await foreignEntry(dir, rules.checkInside ?? []);
+  if (!found) return;
+  if (when === 'after-chmod') await fs.chmod(dir, st.mode & 0o7777);
+  throw new HostError(
+    `refusing to use ${dir}: it was open to other users (mode ${mode(st)}), and ${found.path} in it belongs to uid ${found.uid}, not to us (uid ${myUid()}): another user may have planted it`,
+    {
+      hint:
+        rules.foreignFix?.(found.path) ??
+        `remove it (rm -rf ${found.path}) and check what else is in ${dir}, or remove ${dir}`,
+    },
+  );
 }
 
 /**
@@ -121,7 +178,10 @@ export async function ensurePrivateDir(dir: string, rules: DirRules): Promise<vo
   const tooOpen = !reason && (st.mode & rules.openBits) !== 0;
   if (!reason && !tooOpen) return;
   if ((tooOpen || reason?.startsWith('is writable')) && rules.policy === 'tighten') {
+    const wasWritable = (st.mode & 0o022) !== 0;
+    if (wasWritable) await refuseForeignEntries(dir, st, rules, 'before-chmod');
     await fs.chmod(dir, 0o700);
+    if (wasWritable) await refuseForeignEntries(dir, st, rules, 'after-chmod');
     rules.warn(`${dir} was mode ${mode(st)}, open to other users: set it to 0700`);
     return;
   }
