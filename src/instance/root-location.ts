@@ -33,6 +33,8 @@ export interface ChainProblem {
 }
 
 const octal = (mode: number) => `0${(mode & 0o7777).toString(8)}`;
+const writers = (mode: number) =>
+  (mode & 0o022) === 0o022 ? 'its group and others' : mode & 0o020 ? 'its group' : 'others';
 const isTrustedOwner = (uid: number, me: number) => uid === me || uid === 0;
 
 /**
@@ -61,7 +63,7 @@ export function judgeRootChain(
       if (!sticky || !next || !isTrustedOwner(next.uid, me)) {
         return {
           dir,
-          why: `is writable by ${dir.mode & 0o020 ? 'its group' : 'others'}${sticky ? ' (sticky, but what is below it is not ours)' : ''}, who can replace what is below it`,
+          why: `is writable by ${writers(dir.mode)}${sticky ? ' (sticky, but what is below it is not ours)' : ''}, who can replace what is below it`,
           fix: `chmod go-w ${dir.path}, or drop --rootfs to use the instance's own rootfs`,
         };
       }
