@@ -1,15 +1,15 @@
-import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import type { AccelChoice } from '../accel/probe.ts';
 import type { HostEnvironment } from '../config/environment.ts';
-import { VmError } from '../errors.ts';
+import { HostError, VmError } from '../errors.ts';
 import { ensureAgent, installAgent } from '../guest/agent-build.ts';
 import { ensureGuestArtifacts, type GuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
-import { pathExists } from '../host/fs.ts';
+import { GuestRoot } from '../host/guest-root.ts';
+import { terminalSafeLines } from '../host/terminal-text.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { takeInstanceLock } from '../instance/lock.ts';
 import { describeReap, reapStaleInstance } from '../instance/reap.ts';
@@ -277,8 +277,15 @@ async function runLocked(
     if (vmmRuns) await owner.ready({}); // libkrun runs the command itself, as soon as it boots
     const { status, tStarted } = vmmRuns
       ? await waitVmmExit(running, options.signal, now)
-      : await waitGuestInit(running, handoff, run, plan.bootTimeoutMs, options.signal, now, emit, () =>
-          owner.ready({}),
+      : await waitGuestInit(
+          running,
+          { dir: handoffDir, id: run.id },
+          run,
+          plan.bootTimeoutMs,
+          options.signal,
+          now,
+          emit,
+          () => owner.ready({}),
         );
     await Promise.all(sinks.map((s) => s.drained(2_000)));
     const tDone = now();
@@ -318,7 +325,7 @@ async function privateRootCopy(source: string, dest: string): Promise<string> {
 /** QEMU: waits for the guest init to start the command (boot deadline), then for its status. */
 async function waitGuestInit(
   vm: RunningVm,
-  handoff: string,
+  handoff: { readonly dir: string; readonly id: string },
   run: RunPaths,
   bootTimeoutMs: number,
   signal: AbortSignal | undefined,
@@ -326,12 +333,17 @@ async function waitGuestInit(
   emit: (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) => void,
   onStarted: () => Promise<void>,
 ): Promise<{ status: GuestStatus; tStarted: number }> {
-  const started = await poll<'started' | 'exited'>(
-    async () => {
-      if (vm.hasExited) return 'exited';
-      return (await pathExists(path.join(handoff, 'started'))) ? 'started' : undefined;
-    },
-    { timeoutMs: bootTimeoutMs, signal, initialIntervalMs: 10, maxIntervalMs: 25 },
+  // The per-run directory `id` is the guest's: it may be swapped for a symlink to a host
+  // directory, so it is only looked at confined to the handoff directory (GuestRoot).
+  const root = new GuestRoot(handoff.dir, { hint: HANDOFF_HINT });
+  const started = await refusedAsVmError(run, () =>
+    poll<'started' | 'exited'>(
+      async () => {
+        if (vm.hasExited) return 'exited';
+        return (await root.exists(`${handoff.id}/started`)) ? 'started' : undefined;
+      },
+      { timeoutMs: bootTimeoutMs, signal, initialIntervalMs: 10, maxIntervalMs: 25 },
+    ),
   );
   if (isWaitFailure(started)) {
     if (started.kind === 'aborted') throw started.reason;
@@ -345,10 +357,10 @@ async function waitGuestInit(
     emit({ type: 'stage', stage: 'running', message: COMMAND_STARTED });
   }
   await raceAbort(vm.exited, signal);
-  const status = await readStatus(handoff);
+  const status = await refusedAsVmError(run, () => readStatus(root, handoff.id));
   if (!status) {
     const exit = (await vm.exited).vmm;
-    const vmmTail = (await vm.vmmLogTail()).trim();
+    const vmmTail = terminalSafeLines((await vm.vmmLogTail()).trim(), { maxChars: CONSOLE_LINE_MAX_CHARS });
     const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.exitCode}`;
     throw new VmError(
       `the microVM ended without reporting the command's result (QEMU ${how})${vmmTail ? `:\n    ${vmmTail.replaceAll('\n', '\n    ')}` : ''}`,
@@ -373,32 +385,38 @@ async function waitVmmExit(
 }
 
 /**
- * The status file the guest wrote: guest-controlled, so it is opened without following a symlink
- * and without blocking on a FIFO, must be a regular file, and only its first bytes are read.
+ * The status file the guest wrote: guest-controlled, so it is read through GuestRoot (no symlink
+ * followed, the per-run directory included; a FIFO does not block; a regular file only), and no
+ * more than STATUS_MAX_BYTES (a longer one is refused).
  */
-async function readStatus(handoff: string): Promise<GuestStatus | undefined> {
-  const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fsConstants;
-  let file: fs.FileHandle;
+async function readStatus(root: GuestRoot, id: string): Promise<GuestStatus | undefined> {
+  const bytes = await root.readFile(`${id}/status`, { maxBytes: STATUS_MAX_BYTES });
+  return bytes && parseStatus(bytes.toString('utf8'));
+}
+
+const HANDOFF_HINT = "the command's result is unknown: the guest changed its handoff directory";
+
+/** A guest that tampered with its handoff (GuestRoot refused it): the VM's failure, with its console. */
+async function refusedAsVmError<T>(run: RunPaths, fn: () => Promise<T>): Promise<T> {
   try {
-    file = await fs.open(path.join(handoff, 'status'), O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
-  } catch {
-    return undefined; // missing, or a symlink (ELOOP): no status
-  }
-  try {
-    if (!(await file.stat()).isFile()) return undefined;
-    const buf = Buffer.alloc(STATUS_MAX_BYTES);
-    const { bytesRead } = await file.read(buf, 0, buf.length, 0);
-    return parseStatus(buf.toString('utf8', 0, bytesRead));
-  } finally {
-    await file.close();
+    return await fn();
+  } catch (err) {
+    if (!(err instanceof HostError)) throw err;
+    throw new VmError(`the guest's handoff was refused: ${err.message}`, {
+      hint: await consoleHint(run),
+      cause: err,
+    });
   }
 }
 
 /** "CODE REASON\n" is a few bytes; anything longer is not a status. */
 const STATUS_MAX_BYTES = 64;
 
+/** A console line in an error is cut here (the guest may write one line of any length). */
+const CONSOLE_LINE_MAX_CHARS = 400;
+
 async function consoleHint(run: RunPaths): Promise<string> {
-  const tail = await tailFile(run.consoleLog, 8);
+  const tail = terminalSafeLines(await tailFile(run.consoleLog, 8), { maxChars: CONSOLE_LINE_MAX_CHARS });
   const lines = tail ? `last console lines:\n    ${tail.replaceAll('\n', '\n    ')}\n  ` : '';
   return `${lines}see ${run.consoleLog}`;
 }

@@ -5,6 +5,7 @@ import { ensureAgent } from '../guest/agent-build.ts';
 import { ensureGuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
 import { GuestRoot } from '../host/guest-root.ts';
+import { terminalSafeLine, terminalSafeLines } from '../host/terminal-text.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { takeInstanceLock } from '../instance/lock.ts';
 import { describeReap, reapStaleInstance } from '../instance/reap.ts';
@@ -138,8 +139,10 @@ export async function runGateway(
     stopFollow = followFile(consoleLog, (line) => {
       const m = /ovm-gateway: (.*)$/.exec(line);
       if (!m?.[1]) return;
-      if (m[1].startsWith('FATAL: ')) fatal = m[1].slice(7);
-      emit({ type: 'guest', message: m[1] });
+      // The guest writes these lines: no control character reaches the terminal or an error.
+      const message = terminalSafeLine(m[1], { maxChars: CONSOLE_LINE_MAX_CHARS });
+      if (message.startsWith('FATAL: ')) fatal = message.slice(7);
+      emit({ type: 'guest', message });
     });
 
     const forwards = [plan.gateway, plan.api, ...plan.extraForwards];
@@ -323,8 +326,12 @@ export async function runGateway(
   }
 }
 
+/** A console line shown in progress or an error is cut here (a guest line may be of any length). */
+const CONSOLE_LINE_MAX_CHARS = 400;
+
+/** The console's last lines for an error or hint: guest text, so made terminal-safe. */
 async function consoleTail(file: string): Promise<string> {
-  return (await tailFile(file, 12)).trim();
+  return terminalSafeLines((await tailFile(file, 12)).trim(), { maxChars: CONSOLE_LINE_MAX_CHARS });
 }
 
 /**
