@@ -31,9 +31,9 @@ export interface GuestRootOptions {
  * possibly while the guest runs). Every operation walks its path one component at a time from an
  * open directory (O_DIRECTORY|O_NOFOLLOW, children named through /proc/self/fd/N, so a guest
  * that swaps a directory for a symlink mid-walk cannot redirect it), and:
- *  - follows a symlink met on the way only when it is relative and stays inside the root
- *    (merged-/usr links such as sbin -> usr/sbin); an absolute one, or one that climbs above the
- *    root, is refused;
+ *  - follows a symlink met on the way as the guest would, inside the root as in a chroot: an
+ *    absolute target starts again at the root (an image's sbin -> /usr/sbin), `..` of the root is
+ *    the root, so no link leads out of it;
  *  - never follows the last component: reads and writes refuse a symlink there, removal unlinks
  *    the link itself;
  *  - reads only regular files (a FIFO does not block: O_NONBLOCK), up to a size limit;
@@ -258,8 +258,8 @@ export class GuestRoot {
         const top = stack[stack.length - 1] as Dir;
         if (part === '' || part === '.') continue;
         if (part === '..') {
-          if (stack.length === 1) throw this.#escape(top.hostPath);
-          await (stack.pop() as Dir).handle.close();
+          // As in the guest (a chroot): `..` of the root is the root.
+          if (stack.length > 1) await (stack.pop() as Dir).handle.close();
           continue;
         }
         const child = this.#at(top, part);
@@ -269,12 +269,11 @@ export class GuestRoot {
         if (opened === 'symlink') {
           if (++links > MAX_LINKS) throw this.#refuse(`${shown}: too many levels of symbolic links`);
           const target = await fs.readlink(child);
+          // As the guest resolves it: an absolute target starts again at the rootfs's root (never
+          // the host's), and every component is again opened through its parent's descriptor.
           if (target.startsWith('/')) {
-            throw this.#refuse(
-              `${shown} is a symlink to ${target} (absolute: outside the rootfs on the host); the guest may have planted it`,
-            );
+            while (stack.length > 1) await (stack.pop() as Dir).handle.close();
           }
-          // Its `..` components are checked against the root as they are walked.
           pending.unshift(...target.split('/'));
           continue;
         }
@@ -343,10 +342,6 @@ export class GuestRoot {
     return this.#refuse(
       `${shown} is larger than ${formatBytes(maxBytes)} (${size} bytes or more): refusing to read it`,
     );
-  }
-
-  #escape(at: string): HostError {
-    return this.#refuse(`a symlink under ${at} climbs above the rootfs; the guest may have planted it`);
   }
 
   #refuse(message: string, cause?: unknown): HostError {

