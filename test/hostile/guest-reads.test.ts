@@ -100,7 +100,10 @@ test('build record as a symlink to a host JSON file: refused, the host file cont
   const hostJson = path.join(w.host, 'config.json');
   await fs.writeFile(hostJson, JSON.stringify({ format: 1, token: SECRET }));
   await plantRecord(w, (file) => fs.symlink(hostJson, file));
-  for (const read of [() => readRootfsRecord(w.rootfs), () => prepareRootfsForBoot(w.rootfs)]) {
+  for (const read of [
+    (): Promise<unknown> => readRootfsRecord(w.rootfs),
+    () => prepareRootfsForBoot(w.rootfs),
+  ]) {
     const result = await promptly(read());
     assert.equal(result.ok, false, 'a symlinked record was accepted');
     if (result.ok) continue;
@@ -112,7 +115,10 @@ test('build record as a symlink to a host JSON file: refused, the host file cont
 test('build record as a FIFO: refused promptly (the boot does not hang holding the instance lock)', async (t) => {
   const w = await world(t);
   await plantRecord(w, mkfifo);
-  for (const read of [() => readRootfsRecord(w.rootfs), () => prepareRootfsForBoot(w.rootfs)]) {
+  for (const read of [
+    (): Promise<unknown> => readRootfsRecord(w.rootfs),
+    () => prepareRootfsForBoot(w.rootfs),
+  ]) {
     const result = await promptly(read());
     assert.equal(result.ok, false);
     if (!result.ok) assert.match(texts(result.error), /FIFO|not a regular file/);
