@@ -94,9 +94,28 @@ const plant = (root: string) =>
     .map((step) => `{ ${step}; } 2>/dev/null || true`)
     .join('\n');
 
-test('guest root writing and planting a setuid file through /.ovm-host leaves the cached rootfs as built', async () => {
-  const r = await run(`${plant('/.ovm-host')}\n${plant('/.ovm-host/.ovm/run/..')}\nexit 0`);
+test('the guest has no mount of the host share: /.ovm-host is gone and only the handoff dir is from the host; planting through both leaves the cached rootfs as built', async () => {
+  const r = await run(
+    [
+      // What 5ac75d2 left mounted read-write in every run: the share itself, at /.ovm-host.
+      'if [ -e /.ovm-host ]; then echo "host-mount: present"; else echo "host-mount: absent"; fi',
+      // Every virtiofs mount the guest has (the handoff dir is the only one that may remain).
+      'awk \'$3 == "virtiofs" { print "virtiofs-mount: " $2 }\' /proc/mounts',
+      plant('/.ovm-host'),
+      plant('/.ovm/run/..'),
+      'exit 0',
+    ].join('\n'),
+  );
   assert.equal(r.code, 0, r.stderr);
+  const out = r.stdout.toString();
+  assert.match(out, /^host-mount: absent$/m, out);
+  for (const line of out.split('\n').filter((l) => l.startsWith('virtiofs-mount: '))) {
+    assert.equal(
+      line,
+      'virtiofs-mount: /.ovm/run',
+      `the guest has more of the share than the handoff dir:\n${out}`,
+    );
+  }
   assertUntouched();
 });
 
