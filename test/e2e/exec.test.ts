@@ -25,8 +25,10 @@ test('/bin/true exits 0 with the seed defaults (2 vCPUs, 2048 MiB), printing the
 });
 
 test("sh -c 'exit 7' exits 7 and exit 42 exits 42", async () => {
-  assert.equal((await exec([...LIGHT, '--exec', '/bin/sh', '--args', '-c', 'exit 7'])).code, 7);
-  assert.equal((await exec([...LIGHT, 'run', '--', '/bin/sh', '-c', 'exit 42'])).code, 42);
+  const seven = await exec([...LIGHT, '--exec', '/bin/sh', '--args', '-c', 'exit 7']);
+  assert.equal(seven.code, 7, seven.stderr);
+  const fortyTwo = await exec([...LIGHT, 'run', '--', '/bin/sh', '-c', 'exit 42']);
+  assert.equal(fortyTwo.code, 42, fortyTwo.stderr);
 });
 
 test('a command killed by SIGKILL gives 137', async () => {
