@@ -1,19 +1,22 @@
 // Hostile guest → host through the files the host reads from a guest-owned tree (issue 13, item 2,
 // review follow-up): the gateway rootfs's build record and guest scripts (read before every boot,
 // by run --rootfs, rootfs info and prepare-rootfs), and the kine datastore SQLite cleans. Planting
-// from the host here is what a guest writes through virtio-fs. No VM needed.
+// from the host here is what a guest writes through virtio-fs. The last test (the exec handoff and
+// console escapes) boots a real microVM under QEMU (TCG here): run with flock /tmp/ovm-vm.lock.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { prepareRootfsForBoot } from '../../src/rootfs/boot-prep.ts';
 import { installGuestScripts, readGatewayGuestScripts } from '../../src/rootfs/guest-scripts.ts';
 import { ROOTFS_PATHS } from '../../src/rootfs/layout.ts';
 import { RECORD_FORMAT, type RootfsRecord, readRootfsRecord } from '../../src/rootfs/record.ts';
+import { sandbox } from '../e2e/harness.ts';
 import { KINE_SCHEMA } from '../fixtures/kine.ts';
 
 const SECRET = 'host-secret-4f1c9a: the content of a host file';
@@ -233,4 +236,52 @@ test('kine db dir swapped for a symlink to a host dir between the check and the 
   assert.ok(swapped, 'the host never opened the database');
   assert.equal(await sha(path.join(hostDir, 'state.db')), before, 'the host database was changed');
   assert.deepEqual(await fs.readdir(hostDir), ['state.db'], 'SQLite made side files in the host directory');
+});
+
+const box = sandbox();
+const hostDir = mkdtempSync(path.join(os.tmpdir(), 'ovm-hostile-handoff-'));
+after(() => {
+  box.cleanup();
+  rmSync(hostDir, { recursive: true, force: true });
+});
+
+test('handoff dir swapped for a symlink to a host dir saying "0 exited": not believed; console escapes not printed', async () => {
+  writeFileSync(path.join(hostDir, 'started'), '');
+  writeFileSync(path.join(hostDir, 'status'), '0 exited\n');
+  const script = [
+    "id=$(sed -n 's/.*ovm\\.run=\\([^ ]*\\).*/\\1/p' /proc/cmdline)",
+    'cd /.ovm/run || exit 90',
+    'mv "$id" moved || exit 91',
+    `ln -s ${hostDir} "$id" || exit 92`,
+    "printf '\\033]52;c;b3duZWQ=\\007\\033]0;owned\\007\\033[2J\\n' >/dev/console",
+    'exit 3',
+  ].join('\n');
+  const result = await box.run([
+    '-q',
+    '--vcpus',
+    '1',
+    '--mem',
+    '256',
+    '--net',
+    'none',
+    'run',
+    '--',
+    '/bin/sh',
+    '-c',
+    script,
+  ]);
+  assert.notEqual(result.code, 0, `the host believed the planted status: ${result.stderr}`);
+  assert.ok(
+    !result.stderr.includes('\x1b'),
+    `an escape sequence reached the terminal: ${JSON.stringify(result.stderr)}`,
+  );
+  assert.ok(!result.stderr.includes('\x07'), 'BEL reached the terminal');
+  // GuestRoot either refuses the link or resolves it inside the handoff dir (as in a chroot: nothing).
+  assert.match(
+    result.stderr,
+    /handoff was refused|ended without reporting the command's result/,
+    result.stderr,
+  );
+  assert.match(result.stderr, /\\x1b\]52;c;/, 'the console tail is shown, its escapes made visible');
+  await box.assertClean(result);
 });
