@@ -2,6 +2,7 @@ import { constants } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { isErrno } from '../errors.ts';
+import { lstatOrUndefined } from '../host/fs.ts';
 
 /** Mode (setuid/setgid/sticky included), owner and mtime of one member, as its tar header says. */
 export interface MemberMeta {
@@ -89,13 +90,4 @@ async function setMeta(handle: FileHandle, meta: MemberMeta, owners: boolean): P
   if (owners) await handle.chown(meta.uid, meta.gid);
   await handle.chmod(meta.mode);
   if (meta.mtime) await handle.utimes(meta.mtime, meta.mtime);
-}
-
-export async function lstatOrUndefined(file: string) {
-  try {
-    return await fs.lstat(file);
-  } catch (err) {
-    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return undefined;
-    throw err;
-  }
 }

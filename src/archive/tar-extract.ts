@@ -4,15 +4,9 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { HostError } from '../errors.ts';
+import { lstatOrUndefined } from '../host/fs.ts';
 import { findDirInRoot, resolveInRoot, splitArchivePath } from './root-path.ts';
-import {
-  applyDirMeta,
-  type DirIdentity,
-  dirIdentity,
-  lstatOrUndefined,
-  type MemberMeta,
-  writeNewFile,
-} from './safe-write.ts';
+import { applyDirMeta, type DirIdentity, dirIdentity, type MemberMeta, writeNewFile } from './safe-write.ts';
 import { applyWhiteout, classifyLayerMember, emptyOpaqueDir } from './whiteout.ts';
 
 export { OPAQUE_MARKER, WHITEOUT_PREFIX } from './whiteout.ts';

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
+import { constants, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { isErrno } from '../errors.ts';
 
 /** True when `file` exists (any type, following symlinks). */
 export async function pathExists(file: string): Promise<boolean> {
@@ -62,4 +63,23 @@ export async function replaceDirectory(next: string, live: string, aside: string
     throw err;
   }
   if (hadLive) await fs.rm(aside, { recursive: true, force: true });
+}
+
+/** lstat, or undefined when nothing is there (ENOENT, or ENOTDIR: a file where a directory was). */
+export async function lstatOrUndefined(file: string): Promise<Stats | undefined> {
+  try {
+    return await fs.lstat(file);
+  } catch (err) {
+    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return undefined;
+    throw err;
+  }
+}
+
+/** Unlinks `file` (a link itself, never its target); nothing there is fine. */
+export async function unlinkIfThere(file: string): Promise<void> {
+  try {
+    await fs.unlink(file);
+  } catch (err) {
+    if (!isErrno(err, 'ENOENT')) throw err;
+  }
 }

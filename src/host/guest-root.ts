@@ -3,6 +3,7 @@ import { constants, existsSync, type Stats } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { HostError, isErrno } from '../errors.ts';
+import { lstatOrUndefined, unlinkIfThere } from './fs.ts';
 
 /** The most bytes read from one guest-written file unless the caller says otherwise. */
 export const GUEST_READ_LIMIT_BYTES = 1024 * 1024;
@@ -360,23 +361,6 @@ function split(rel: string): { dirs: string[]; name: string } {
   const name = parts.pop();
   if (!name) throw new Error(`GuestRoot: '${rel}' names the root itself (a bug in openshell-vm)`);
   return { dirs: parts, name };
-}
-
-async function lstatOrUndefined(file: string): Promise<Stats | undefined> {
-  try {
-    return await fs.lstat(file);
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return undefined;
-    throw err;
-  }
-}
-
-async function unlinkIfThere(file: string): Promise<void> {
-  try {
-    await fs.unlink(file);
-  } catch (err) {
-    if (!isErrno(err, 'ENOENT')) throw err;
-  }
 }
 
 function kindOf(stat: Stats): string {

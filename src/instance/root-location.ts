@@ -2,6 +2,7 @@ import type { Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { HostError, isErrno, UsageError } from '../errors.ts';
+import { lstatOrUndefined } from '../host/fs.ts';
 import type { BackendFeatures } from '../vmm/backend.ts';
 
 /**
@@ -93,15 +94,6 @@ async function realPathOf(dir: string): Promise<string> {
     const up = path.dirname(dir);
     if (up === dir) throw err;
     return path.join(await realPathOf(up), path.basename(dir));
-  }
-}
-
-async function lstatOrUndefined(p: string): Promise<Stats | undefined> {
-  try {
-    return await fs.lstat(p);
-  } catch (err) {
-    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return undefined;
-    throw err;
   }
 }
 

@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, constants as fsConstants, type Stats } from 'node:fs';
+import { createWriteStream, constants as fsConstants } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { pipeline } from 'node:stream/promises';
 import { HostError, isErrno } from '../errors.ts';
+import { lstatOrUndefined, unlinkIfThere } from '../host/fs.ts';
 import { GuestRoot } from '../host/guest-root.ts';
 import { ROOTFS_PATHS } from './layout.ts';
 
@@ -146,23 +147,6 @@ function planted(file: string, isSymlink: boolean): HostError {
     `${file} is not a regular file${isSymlink ? ' but a symlink' : ''}; the guest may have planted it`,
     { hint: RESET_HINT },
   );
-}
-
-async function lstatOrUndefined(file: string): Promise<Stats | undefined> {
-  try {
-    return await fs.lstat(file);
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return undefined;
-    throw err;
-  }
-}
-
-async function unlinkIfThere(file: string): Promise<void> {
-  try {
-    await fs.unlink(file);
-  } catch (err) {
-    if (!isErrno(err, 'ENOENT')) throw err;
-  }
 }
 
 /**
