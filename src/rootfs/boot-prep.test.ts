@@ -4,45 +4,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { test } from 'node:test';
+import { writeGatewayRootfs } from '../../test/fixtures/gateway-rootfs.ts';
 import { KINE_SCHEMA } from '../../test/fixtures/kine.ts';
 import { prepareRootfsForBoot } from './boot-prep.ts';
-import { installGuestScripts, readGatewayGuestScripts } from './guest-scripts.ts';
-import { defaultGatewayValues, HELMCHART_TEMPLATE } from './helmchart.ts';
 import { ROOTFS_PATHS } from './layout.ts';
-import { RECORD_FORMAT, type RootfsRecord } from './record.ts';
+import type { RootfsRecord } from './record.ts';
 
 async function fakeRootfs(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-boot-'));
   t.after(() => fs.rm(root, { recursive: true, force: true }));
-  const scripts = await readGatewayGuestScripts();
-  await installGuestScripts(root, scripts);
-  await fs.mkdir(path.join(root, ROOTFS_PATHS.stagedManifests), { recursive: true });
-  await fs.copyFile(HELMCHART_TEMPLATE, path.join(root, ROOTFS_PATHS.stagedHelmChart));
-  await fs.writeFile(
-    path.join(root, ROOTFS_PATHS.gatewayValues),
-    JSON.stringify(defaultGatewayValues('openshell-0.1.0.tgz', 'ef'.repeat(32))),
-  );
-  const record: RootfsRecord = {
-    format: RECORD_FORMAT,
-    tool: { name: 'openshell-vm', version: '0.1.0' },
-    builtAt: '2026-11-25T00:00:00.000Z',
-    buildMs: 1,
-    arch: 'x86_64',
-    instance: 'boot',
-    base: { kind: 'debian', source: 'debian:bookworm' },
-    owners: 'preserved',
-    kernelRelease: '6.1.0-test',
-    inputs: scripts.map((s) => ({
-      kind: 'guest-script',
-      source: 'openshell-vm',
-      version: '0.1.0',
-      sha256: s.sha256,
-      path: s.dest,
-    })),
-    packages: {},
-    warnings: [],
-  };
-  await fs.writeFile(path.join(root, ROOTFS_PATHS.record), JSON.stringify(record));
+  await writeGatewayRootfs(root, { instance: 'boot', kernelRelease: '6.1.0-test' });
   return root;
 }
 

@@ -13,10 +13,10 @@ import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { after, test } from 'node:test';
 import { prepareRootfsForBoot } from '../../src/rootfs/boot-prep.ts';
-import { installGuestScripts, readGatewayGuestScripts } from '../../src/rootfs/guest-scripts.ts';
 import { ROOTFS_PATHS } from '../../src/rootfs/layout.ts';
-import { RECORD_FORMAT, type RootfsRecord, readRootfsRecord } from '../../src/rootfs/record.ts';
+import { readRootfsRecord } from '../../src/rootfs/record.ts';
 import { sandbox } from '../e2e/harness.ts';
+import { writeGatewayRootfs } from '../fixtures/gateway-rootfs.ts';
 import { KINE_SCHEMA } from '../fixtures/kine.ts';
 
 const SECRET = 'host-secret-4f1c9a: the content of a host file';
@@ -35,30 +35,7 @@ async function world(t: { after: (fn: () => Promise<void>) => void }): Promise<W
   const host = path.join(base, 'host');
   await fs.mkdir(host, { recursive: true });
   await fs.mkdir(rootfs, { recursive: true });
-  const scripts = await readGatewayGuestScripts();
-  await installGuestScripts(rootfs, scripts);
-  const record: RootfsRecord = {
-    format: RECORD_FORMAT,
-    tool: { name: 'openshell-vm', version: '0.1.0' },
-    builtAt: '2026-11-25T00:00:00.000Z',
-    buildMs: 1,
-    arch: 'x86_64',
-    instance: 'gw',
-    base: { kind: 'debian', source: 'debian:bookworm' },
-    owners: 'preserved',
-    kernelRelease: undefined,
-    inputs: scripts.map((s) => ({
-      kind: 'guest-script',
-      source: 'openshell-vm',
-      version: '0.1.0',
-      sha256: s.sha256,
-      path: s.dest,
-    })),
-    packages: {},
-    warnings: [],
-  };
-  await fs.mkdir(path.join(rootfs, path.dirname(ROOTFS_PATHS.record)), { recursive: true });
-  await fs.writeFile(path.join(rootfs, ROOTFS_PATHS.record), JSON.stringify(record));
+  await writeGatewayRootfs(rootfs, { instance: 'gw', staged: false });
   return { rootfs, host };
 }
 

@@ -13,11 +13,9 @@ import { bootstrapGateway } from '../../src/gateway/bootstrap.ts';
 import { generatePki } from '../../src/gateway/pki.ts';
 import { resetInstance } from '../../src/instance/lifecycle.ts';
 import { prepareRootfsForBoot } from '../../src/rootfs/boot-prep.ts';
-import { installGuestScripts, readGatewayGuestScripts } from '../../src/rootfs/guest-scripts.ts';
-import { defaultGatewayValues, HELMCHART_TEMPLATE } from '../../src/rootfs/helmchart.ts';
 import { ROOTFS_PATHS } from '../../src/rootfs/layout.ts';
-import { RECORD_FORMAT, type RootfsRecord } from '../../src/rootfs/record.ts';
 import { testEnvironment } from '../fixtures/env.ts';
+import { writeGatewayRootfs } from '../fixtures/gateway-rootfs.ts';
 import { KINE_SCHEMA } from '../fixtures/kine.ts';
 
 const DECOY = "ssh-ed25519 AAAA the host user's own key\n";
@@ -58,36 +56,7 @@ async function world(t: { after: (fn: () => Promise<void>) => void }): Promise<W
 
 /** A gateway rootfs as the build leaves it (record, guest scripts, staged HelmChart and values). */
 async function gatewayRootfs(root: string): Promise<void> {
-  await fs.mkdir(root, { recursive: true });
-  const scripts = await readGatewayGuestScripts();
-  await installGuestScripts(root, scripts);
-  await fs.mkdir(path.join(root, ROOTFS_PATHS.stagedManifests), { recursive: true });
-  await fs.copyFile(HELMCHART_TEMPLATE, path.join(root, ROOTFS_PATHS.stagedHelmChart));
-  await fs.writeFile(
-    path.join(root, ROOTFS_PATHS.gatewayValues),
-    JSON.stringify(defaultGatewayValues('openshell-0.1.0.tgz', 'ef'.repeat(32))),
-  );
-  const record: RootfsRecord = {
-    format: RECORD_FORMAT,
-    tool: { name: 'openshell-vm', version: '0.1.0' },
-    builtAt: '2026-11-25T00:00:00.000Z',
-    buildMs: 1,
-    arch: 'x86_64',
-    instance: 'gw',
-    base: { kind: 'debian', source: 'debian:bookworm' },
-    owners: 'preserved',
-    kernelRelease: '6.1.0-test',
-    inputs: scripts.map((s) => ({
-      kind: 'guest-script',
-      source: 'openshell-vm',
-      version: '0.1.0',
-      sha256: s.sha256,
-      path: s.dest,
-    })),
-    packages: {},
-    warnings: [],
-  };
-  await fs.writeFile(path.join(root, ROOTFS_PATHS.record), JSON.stringify(record));
+  await writeGatewayRootfs(root, { instance: 'gw', kernelRelease: '6.1.0-test' });
   await fs.mkdir(path.join(root, MANIFESTS), { recursive: true });
 }
 

@@ -13,10 +13,8 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import { readEnvironment } from '../../src/config/environment.ts';
 import { findGvproxy } from '../../src/net/gvproxy.ts';
-import { installGuestScripts, readGatewayGuestScripts } from '../../src/rootfs/guest-scripts.ts';
-import { ROOTFS_PATHS } from '../../src/rootfs/layout.ts';
-import { RECORD_FORMAT, type RootfsRecord } from '../../src/rootfs/record.ts';
 import { type CliRun, sandbox } from '../e2e/harness.ts';
+import { writeGatewayRootfs } from '../fixtures/gateway-rootfs.ts';
 import { buildLibkrunDouble } from '../fixtures/libkrun-double.ts';
 
 const NOBODY = 65534;
@@ -43,32 +41,8 @@ function krun(): { log: string; env: NodeJS.ProcessEnv } {
 
 /** A rootfs as prepare-rootfs leaves it, as far as a boot checks it (build record, guest scripts). */
 async function preparedRootfs(root: string, instance: string): Promise<void> {
-  fs.mkdirSync(root, { recursive: true });
-  const scripts = await readGatewayGuestScripts();
-  await installGuestScripts(root, scripts);
-  const record: RootfsRecord = {
-    format: RECORD_FORMAT,
-    tool: { name: 'openshell-vm', version: '0.1.0' },
-    builtAt: '2026-12-01T00:00:00.000Z',
-    buildMs: 1,
-    arch: os.arch() === 'arm64' ? 'aarch64' : 'x86_64',
-    instance,
-    base: { kind: 'debian', source: 'debian:bookworm' },
-    owners: 'preserved',
-    kernelRelease: undefined,
-    inputs: scripts.map((s) => ({
-      kind: 'guest-script',
-      source: 'openshell-vm',
-      version: '0.1.0',
-      sha256: s.sha256,
-      path: s.dest,
-    })),
-    packages: {},
-    warnings: [],
-  };
-  const file = path.join(root, ROOTFS_PATHS.record);
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, JSON.stringify(record));
+  const arch = os.arch() === 'arm64' ? 'aarch64' : 'x86_64';
+  await writeGatewayRootfs(root, { instance, arch, staged: false });
 }
 
 /** Every path under `dir` with its type, size and mode: what a run may have changed. */
