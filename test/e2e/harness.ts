@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { processStartTime } from '../../src/supervisor/identity.ts';
@@ -158,4 +159,13 @@ async function runCli(args: readonly string[], options: RunOptions, eventsFile: 
     .filter((e) => e.type === 'process' && e.action === 'started')
     .map((e) => e.process as { name: string; pid: number; startTime?: string });
   return { code, signal, stdout: Buffer.concat(stdout), stderr, events, processes };
+}
+
+/** A loopback port free at the time of asking. */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }

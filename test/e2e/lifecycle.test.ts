@@ -4,26 +4,16 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import type { InstanceState } from '../../src/instance/state.ts';
 import { isSameProcess, processStartTime } from '../../src/supervisor/identity.ts';
-import { CLI, ROOT, sandbox } from './harness.ts';
+import { CLI, freePort, ROOT, sandbox } from './harness.ts';
 
 const box = sandbox();
 after(() => box.cleanup());
 const LIGHT = ['-q', '--vcpus', '1', '--mem', '256'];
 const PTY_DRIVE = path.join(ROOT, 'test', 'fixtures', 'pty-drive.py');
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function stateOf(name: string): InstanceState | undefined {
   const file = path.join(box.dataDir, 'instances', name, 'state.json');

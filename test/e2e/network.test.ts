@@ -10,20 +10,11 @@ import { after, test } from 'node:test';
 import { readEnvironment } from '../../src/config/environment.ts';
 import { findGvproxy } from '../../src/net/gvproxy.ts';
 import { isAlive } from '../../src/supervisor/identity.ts';
-import { type CliRun, sandbox } from './harness.ts';
+import { type CliRun, freePort, sandbox } from './harness.ts';
 
 const box = sandbox();
 after(() => box.cleanup());
 const LIGHT = ['-q', '--vcpus', '1', '--mem', '256'];
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function get(port: number, urlPath = '/'): Promise<string> {
   return new Promise((resolve, reject) => {

@@ -9,21 +9,12 @@ import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ForwarderClient } from '../../src/net/forwarder.ts';
-import { type CliRun, sandbox } from '../e2e/harness.ts';
+import { type CliRun, freePort, sandbox } from '../e2e/harness.ts';
 import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_SHA } from '../fixtures/stand-in.ts';
 
 const box = sandbox();
 after(() => box.cleanup());
 const LIGHT = ['-q', '--vcpus', '1', '--mem', '256'];
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function get(port: number, host = '127.0.0.1'): Promise<string> {
   return new Promise((resolve, reject) => {
