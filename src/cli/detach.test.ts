@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { test } from 'node:test';
 import { type OptionSpec, parseArgs } from './args.ts';
-import { supervisorArgv } from './detach.ts';
+import { supervisorArgv, supervisorExitCode } from './detach.ts';
 
 // The shapes of main.ts's options that matter here.
 const SPECS: OptionSpec[] = [
@@ -54,4 +56,25 @@ test('--detach: without a guest command (the gateway, --exec/--args) every --det
     'a',
   ]);
   assert.deepEqual(supervisorArgv(['--detach'], 5), ['--detach'], 'a count past the start keeps every word');
+});
+
+test('--detach: a supervisor that dies of signal N gives 128+N, not 143 for every signal', async () => {
+  for (const [signal, code] of [
+    ['SIGKILL', 137],
+    ['SIGINT', 130],
+    ['SIGHUP', 129],
+    ['SIGTERM', 143],
+  ] as const) {
+    // A real child that dies of the signal, as the 'exit' event reports it.
+    const child = spawn(process.execPath, [
+      '-e',
+      `process.kill(process.pid, '${signal}'); setTimeout(() => {}, 5000)`,
+    ]);
+    const [exitCode, exitSignal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
+    assert.equal(exitSignal, signal);
+    assert.equal(supervisorExitCode(exitCode, exitSignal), code, signal);
+  }
+  assert.equal(supervisorExitCode(3, null), 3, "the supervisor's own code is kept");
+  assert.equal(supervisorExitCode(0, null), 0);
+  assert.equal(supervisorExitCode(null, null), 125, 'neither a code nor a signal is our failure');
 });

@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
@@ -27,6 +28,17 @@ const DETACH_WORDS: ReadonlySet<string> = new Set(['--detach', '-d']);
 export function supervisorArgv(argv: readonly string[], guestWords: number): string[] {
   const split = argv.length - Math.max(0, Math.min(guestWords, argv.length));
   return [...argv.slice(0, split).filter((word) => !DETACH_WORDS.has(word)), ...argv.slice(split)];
+}
+
+/**
+ * The exit code for a supervisor that ended with `code` or by `signal` (as a child's 'exit'
+ * event gives them): its own code, or 128+N for signal N, as a shell reports it. 125 (our own
+ * failure) when it gives neither, or a signal this platform does not number.
+ */
+export function supervisorExitCode(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  const number = signal ? os.constants.signals[signal] : undefined;
+  return number ? 128 + number : 125;
 }
 
 /** What a detached supervisor tells the command that started it. */
@@ -83,7 +95,7 @@ export async function runDetached(
     if (!quiet || /error|hint|warning/.test(line)) process.stderr.write(`${line}\n`);
   });
   const exited = new Promise<number>((resolve) => {
-    child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 + 15 : 125)));
+    child.once('exit', (code, signal) => resolve(supervisorExitCode(code, signal)));
   });
   try {
     return await withSignals(reporter, 'stopping the detached instance', async (signal) => {

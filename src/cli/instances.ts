@@ -13,8 +13,8 @@ import {
 } from '../instance/lifecycle.ts';
 import { parseInstanceName } from '../instance/runs.ts';
 import { LOG_SOURCES, LOGS_DIR, type LogSource, loadState, readState } from '../instance/state.ts';
-import { followFile } from '../supervisor/follow.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
+import { followLog } from './follow-log.ts';
 import { HELP } from './help.ts';
 import { Reporter } from './reporter.ts';
 import { withSignals } from './signals.ts';
@@ -202,23 +202,17 @@ export async function logsCommand(argv: readonly string[]): Promise<number> {
     return 0;
   }
   const reporter = new Reporter({ stderr: process.stderr, quiet: true, eventsFile: undefined });
-  return withSignals(reporter, 'stopped following', async (signal) => {
-    const stop = followFile(file, (line) => process.stdout.write(`${line}\n`), { intervalMs: 200 });
-    await new Promise<void>((resolve) => {
-      signal.addEventListener('abort', () => resolve(), { once: true });
+  // Ctrl-C, the instance ending and the reader going away end it; any other error is reported.
+  await withSignals(reporter, 'stopped following', (signal) =>
+    followLog({
+      file,
+      out: process.stdout,
+      signal,
       // Following ends with the instance: its supervisor gone, nothing more will be written.
-      const timer = setInterval(async () => {
-        const now = await loadState(dir);
-        if (state && now.kind !== 'ok') {
-          clearInterval(timer);
-          resolve();
-        }
-      }, 1_000);
-      signal.addEventListener('abort', () => clearInterval(timer), { once: true });
-    });
-    await stop();
-    return 0;
-  }).catch(() => 0);
+      isRunning: async () => !state || (await loadState(dir)).kind === 'ok',
+    }),
+  );
+  return 0;
 }
 
 function toJson(s: InstanceStatus): Record<string, unknown> {
