@@ -6,7 +6,13 @@ import { test } from 'node:test';
 import { HostError } from '../errors.ts';
 import { isTerminalSafe } from '../host/terminal-text.ts';
 import { ROOTFS_PATHS } from './layout.ts';
-import { RECORD_FORMAT, RECORD_MAX_BYTES, type RootfsRecord, readRootfsRecord } from './record.ts';
+import {
+  instanceOfRootfs,
+  RECORD_FORMAT,
+  RECORD_MAX_BYTES,
+  type RootfsRecord,
+  readRootfsRecord,
+} from './record.ts';
 
 const RECORD: RootfsRecord = {
   format: RECORD_FORMAT,
@@ -38,7 +44,7 @@ async function rootfsWith(
 ): Promise<string> {
   const base = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-record-'));
   t.after(() => fs.rm(base, { recursive: true, force: true }));
-  const rootfs = path.join(base, 'gw', 'rootfs');
+  const rootfs = path.join(base, 'instances', 'gw', 'rootfs');
   const file = path.join(rootfs, ROOTFS_PATHS.record);
   await fs.mkdir(path.dirname(file), { recursive: true });
   await fs.writeFile(file, typeof content === 'string' ? content : JSON.stringify(content));
@@ -135,4 +141,36 @@ test('no record, no rootfs: said so with the build command', async (t) => {
     readRootfsRecord(path.join(rootfs, 'nope')),
     (e: unknown) => e instanceof HostError && /there is no rootfs/.test(e.message),
   );
+});
+
+test('run --rootfs /missing: the hint never names an empty or made-up instance', async (t) => {
+  const hintOf = async (rootfs: string) => {
+    const err = await readRootfsRecord(rootfs).then(
+      () => assert.fail('refused'),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof HostError);
+    return err.hint ?? '';
+  };
+  for (const rootfs of ['/missing', '/', path.join(os.tmpdir(), 'ovm-no-such', 'r')]) {
+    const hint = await hintOf(rootfs);
+    assert.doesNotMatch(hint, /--name\s+(--|\S*-force|$)/, `no empty --name: ${hint}`);
+    assert.doesNotMatch(
+      hint,
+      /--name ovm-no-such|--name tmp/,
+      'no name taken from a directory that is not an instance',
+    );
+    assert.match(hint, /openshell-vm prepare-rootfs \(/);
+    assert.match(hint, /leave --rootfs out/);
+  }
+  // Where prepare-rootfs builds (<data>/instances/NAME/rootfs), the instance's own command.
+  const base = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-record-'));
+  t.after(() => fs.rm(base, { recursive: true, force: true }));
+  assert.equal(
+    await hintOf(path.join(base, 'instances', 'gw', 'rootfs')),
+    'build it: openshell-vm prepare-rootfs --name gw --force',
+  );
+  assert.equal(instanceOfRootfs(path.join(base, 'instances', 'gw', 'rootfs')), 'gw');
+  assert.equal(instanceOfRootfs(path.join(base, 'gw', 'rootfs')), undefined);
+  assert.equal(instanceOfRootfs(path.join(base, 'instances', 'Bad Name', 'rootfs')), undefined);
 });

@@ -44,6 +44,31 @@ export interface RootfsRecord {
 
 export const rebuildCommand = (instance: string) => `openshell-vm prepare-rootfs --name ${instance} --force`;
 
+/**
+ * The instance whose rootfs `rootfs` is, when it sits where prepare-rootfs builds one
+ * (<data>/instances/NAME/rootfs); undefined for any other directory (a `--rootfs` elsewhere).
+ */
+export function instanceOfRootfs(rootfs: string): string | undefined {
+  const resolved = path.resolve(rootfs);
+  const instance = path.basename(path.dirname(resolved));
+  const isInstanceRootfs =
+    path.basename(resolved) === 'rootfs' &&
+    path.basename(path.dirname(path.dirname(resolved))) === 'instances' &&
+    INSTANCE_NAME.test(instance);
+  return isInstanceRootfs ? instance : undefined;
+}
+
+/**
+ * How to (re)build `rootfs`: prepare-rootfs for its instance when it is an instance's; for a
+ * directory prepare-rootfs does not build into, where it builds one instead (never a command
+ * with a made-up or empty instance name).
+ */
+export function rebuildHint(rootfs: string, verb: 'build' | 'rebuild'): string {
+  const instance = instanceOfRootfs(rootfs);
+  if (instance) return `${verb} it: ${rebuildCommand(instance)}`;
+  return `it is not an instance's rootfs; build one with openshell-vm prepare-rootfs (into <data dir>/instances/default/rootfs; --name picks another instance) and give that directory to --rootfs, or leave --rootfs out`;
+}
+
 /** The record is written by this tool and a few KiB long; anything larger is not one. */
 export const RECORD_MAX_BYTES = 1024 * 1024;
 
@@ -89,7 +114,7 @@ export const rootfsRecordSchema: z.ZodType<RootfsRecord, unknown> = z
  */
 export async function readRootfsRecord(rootfs: string): Promise<RootfsRecord> {
   const file = path.join(rootfs, ROOTFS_PATHS.record);
-  const rebuild = `rebuild it: ${rebuildCommand(path.basename(path.dirname(rootfs)))}`;
+  const rebuild = rebuildHint(rootfs, 'rebuild');
   const root = new GuestRoot(rootfs, { hint: rebuild });
   let bytes: Buffer | undefined;
   try {
@@ -107,7 +132,7 @@ export async function readRootfsRecord(rootfs: string): Promise<RootfsRecord> {
       exists
         ? `${rootfs} has no build record (${ROOTFS_PATHS.record}): it was not made by openshell-vm prepare-rootfs, or its build did not finish`
         : `there is no rootfs at ${rootfs}`,
-      { hint: `build it: ${rebuildCommand(path.basename(path.dirname(rootfs)))}` },
+      { hint: rebuildHint(rootfs, 'build') },
     );
   }
   const why = checkRecord(bytes);
