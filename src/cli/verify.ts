@@ -47,7 +47,9 @@ export async function verifyCommand(argv: readonly string[]): Promise<number> {
   }
   const gateway = await gatewayTarget(env.openshellConfigDir, name);
   const report = await verifyGateway({ kubeconfig, timeoutMs: timeoutS * 1000, gateway });
-  process.stdout.write(args.flags.has('json') ? `${JSON.stringify(report, null, 2)}\n` : render(report));
+  process.stdout.write(
+    args.flags.has('json') ? `${JSON.stringify(report, null, 2)}\n` : renderVerifyReport(report, name),
+  );
   if (!report.reachable) return 2;
   return report.fail ? 1 : 0;
 }
@@ -64,14 +66,15 @@ async function gatewayTarget(configDir: string, name: string) {
   return bundle && typeof meta.gateway_port === 'number' ? { port: meta.gateway_port, bundle } : undefined;
 }
 
-function render(r: VerifyReport): string {
+/** The report as PASS/FAIL lines; an API that did not answer ends with how to start instance `name`. */
+export function renderVerifyReport(r: VerifyReport, name: string): string {
   const lines = [`verify: ${r.server} (kubeconfig ${r.kubeconfig})`];
   for (const c of r.results)
     lines.push(`  ${c.status === 'pass' ? 'PASS' : 'FAIL'}  ${c.name.padEnd(28)} ${c.detail}`);
   lines.push(
     r.reachable
       ? `${r.pass} passed, ${r.fail} failed`
-      : 'the Kubernetes API did not answer: is the gateway running? (openshell-vm --name NAME)',
+      : `the Kubernetes API did not answer: is the gateway running? (see: openshell-vm status ${name}; start it: openshell-vm --name ${name} --detach)`,
   );
   return `${lines.join('\n')}\n`;
 }
