@@ -1,12 +1,24 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { bufferStream } from '../archive/tar-pack.ts';
-import { helmIgnoreMatcher, packageChartDir, parseChartSpec, readChartTgz } from './chart.ts';
+import { HostError } from '../errors.ts';
+import { BlobStore } from '../oci/blob-store.ts';
+import { RegistryClient } from '../oci/registry.ts';
+import {
+  CHART_UNREACHABLE_HINT,
+  helmIgnoreMatcher,
+  packageChartDir,
+  parseChartSpec,
+  pullChart,
+  readChartTgz,
+} from './chart.ts';
 
 const FIXTURE = new URL('../../test/fixtures/chart/openshell/', import.meta.url).pathname;
 
@@ -60,4 +72,43 @@ test('bad charts are refused with what is wrong', async (t) => {
     kind: 'oci',
     ref: 'ghcr.io/nvidia/openshell/helm-chart:1.0.0',
   });
+});
+
+/** A port on 127.0.0.1 that nothing listens on (bound, then closed). */
+async function closedPort(): Promise<number> {
+  const server = http.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+test("a chart whose registry cannot be reached gets the chart's hint (--chart DIR/.tgz), not the base image's", async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-chart-pull-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  const registry = `127.0.0.1:${await closedPort()}`;
+  await assert.rejects(
+    pullChart(new RegistryClient(registry), `${registry}/openshell/helm-chart:1.0.0`, new BlobStore(dir)),
+    (e: unknown) => {
+      assert.ok(e instanceof HostError, String(e));
+      assert.match(e.message, /^chart .*helm-chart:1\.0\.0: cannot reach/);
+      assert.equal(e.hint, CHART_UNREACHABLE_HINT);
+      assert.doesNotMatch(e.hint ?? '', /--base/);
+      return true;
+    },
+  );
+});
+
+test("a chart the registry does not have keeps the registry's own hint (the reference, credentials)", async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-chart-pull-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  const server = http.createServer((_req, res) => res.writeHead(404).end());
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const registry = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  await assert.rejects(
+    pullChart(new RegistryClient(registry), `${registry}/openshell/helm-chart:9.9.9`, new BlobStore(dir)),
+    (e: unknown) =>
+      e instanceof HostError && /not found/.test(e.message) && /check the name/.test(e.hint ?? ''),
+  );
 });

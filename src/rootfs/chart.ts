@@ -5,7 +5,7 @@ import { gunzipSync, gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import YAML from 'yaml';
 import { bufferStream, type PackEntry, packTarBuffer } from '../archive/tar-pack.ts';
-import { HostError, isErrno, UsageError } from '../errors.ts';
+import { HostError, isErrno, systemErrorIn, UsageError } from '../errors.ts';
 import type { BlobStore } from '../oci/blob-store.ts';
 import { type ProgressFn, parseJson } from '../oci/image.ts';
 import { type ImageManifest, MEDIA } from '../oci/media-types.ts';
@@ -172,6 +172,31 @@ function finish(meta: ChartMeta, tgz: Buffer, kind: PackagedChart['kind'], sourc
   };
 }
 
+/** Failures to reach a registry at all (not an answer from it): what an offline build meets. */
+const UNREACHABLE_CODES: ReadonlySet<string> = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_SOCKET',
+]);
+
+/** What to do when the chart's registry cannot be reached (the registry client's own hint is about --base). */
+export const CHART_UNREACHABLE_HINT =
+  'check the network and proxy settings; offline, give the chart as a directory or a .tgz (--chart DIR, --chart FILE.tgz: helm pull or helm package makes one)';
+
+function isUnreachable(err: unknown): boolean {
+  if (systemErrorIn(err, UNREACHABLE_CODES)) return true;
+  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e.name === 'TimeoutError') return true;
+  }
+  return false;
+}
+
 /** Pulls a chart published as an OCI artifact (helm push): its chart-content layer is the .tgz. */
 export async function pullChart(
   client: RegistryClient,
@@ -182,16 +207,24 @@ export async function pullChart(
   const ref = parseImageReference(refText);
   const name = formatReference(ref);
   progress(`chart ${name}: resolving`);
-  const fetched = await client.getManifest(ref);
-  const manifest = parseJson<ImageManifest>(fetched.bytes, `manifest of ${name}`);
-  const layer = manifest.layers?.find((l) => l.mediaType === MEDIA.helmChart);
-  if (!layer) {
-    throw new HostError(`${name} is not a Helm chart (no ${MEDIA.helmChart} layer)`, {
-      hint: 'give the reference of a chart pushed with helm push',
-    });
+  try {
+    const fetched = await client.getManifest(ref);
+    const manifest = parseJson<ImageManifest>(fetched.bytes, `manifest of ${name}`);
+    const layer = manifest.layers?.find((l) => l.mediaType === MEDIA.helmChart);
+    if (!layer) {
+      throw new HostError(`${name} is not a Helm chart (no ${MEDIA.helmChart} layer)`, {
+        hint: 'give the reference of a chart pushed with helm push',
+      });
+    }
+    await client.fetchBlob(ref.repository, layer.digest, store, { size: layer.size });
+    return await readChartTgz(await store.read(layer.digest), name, 'oci');
+  } catch (err) {
+    // A registry out of reach: the chart's own way round it, not the base image's.
+    if (err instanceof HostError && isUnreachable(err)) {
+      throw new HostError(`chart ${name}: ${err.message}`, { hint: CHART_UNREACHABLE_HINT, cause: err });
+    }
+    throw err;
   }
-  await client.fetchBlob(ref.repository, layer.digest, store, { size: layer.size });
-  return readChartTgz(await store.read(layer.digest), name, 'oci');
 }
 
 /** --chart: a directory, a .tgz file, or oci:REF. */
