@@ -1,10 +1,14 @@
 import { spawnSync } from 'node:child_process';
 import { fstatSync } from 'node:fs';
+import path from 'node:path';
 import { ExecSession } from '../agent/client.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { HostError, UsageError } from '../errors.ts';
+import { pathExists } from '../host/fs.ts';
+import { terminalSafeLine } from '../host/terminal-text.ts';
 import { instanceDir, parseInstanceName } from '../instance/runs.ts';
-import { readState } from '../instance/state.ts';
+import { type InstanceState, readState } from '../instance/state.ts';
+import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { isSameProcess } from '../supervisor/identity.ts';
 import { type OptionSpec, parseArgs, single } from './args.ts';
 
@@ -83,10 +87,12 @@ export async function execIntoCommand(argv: readonly string[]): Promise<number> 
       hint: 'give a path that starts with /',
     });
 
-  const state = await readState(instanceDir(readEnvironment(), name));
+  const dir = instanceDir(readEnvironment(), name);
+  const state = await readState(dir);
   if (!state || !(await isSameProcess(state.supervisor.pid, state.supervisor.startTime))) {
+    const hasRootfs = await pathExists(path.join(dir, 'rootfs', ROOTFS_PATHS.record));
     throw new HostError(`instance '${name}' is not running`, {
-      hint: `start it (openshell-vm --name ${name} --detach), or see: openshell-vm list`,
+      hint: startHint(name, state, hasRootfs),
     });
   }
   if (state.phase === 'starting') {
@@ -136,6 +142,31 @@ export async function execIntoCommand(argv: readonly string[]): Promise<number> 
     process.stdin.pause();
     process.stdin.destroy();
   }
+}
+
+/** A guest command word as a POSIX shell reads it back (quoted only when it must be). */
+function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * How to start a stopped instance again so that exec reaches it, in the mode it last ran in: a
+ * `run` again with its command (from a state file its supervisor left), the gateway again; with
+ * no state left, what its directory allows (the gateway needs a built rootfs; a command does not).
+ */
+export function startHint(
+  name: string,
+  last: Pick<InstanceState, 'mode' | 'command'> | undefined,
+  hasRootfs: boolean,
+): string {
+  const gateway = `openshell-vm --name ${name} --detach`;
+  const run = (command: readonly string[] | undefined) =>
+    `openshell-vm run --name ${name} --detach -- ${command?.length ? terminalSafeLine(command.map(shellWord).join(' '), { maxChars: 200 }) : 'CMD [ARG...]'}`;
+  const list = 'or see: openshell-vm list';
+  if (last?.mode === 'run') return `start its command again (${run(last.command)}), ${list}`;
+  if (last?.mode === 'gateway') return `start the gateway again (${gateway}), ${list}`;
+  if (hasRootfs) return `start the gateway (${gateway}) or a command (${run(undefined)}) in it, ${list}`;
+  return `start a command in it (${run(undefined)}; the gateway needs a rootfs first: openshell-vm prepare-rootfs --name ${name}), ${list}`;
 }
 
 /**
