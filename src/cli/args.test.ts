@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { test } from 'node:test';
 import { UsageError } from '../errors.ts';
-import { type OptionSpec, parseArgs, single } from './args.ts';
+import { leadingGlobalFlags, type OptionSpec, parseArgs, single, subcommandArgv } from './args.ts';
+
+const MAIN = new URL('./main.ts', import.meta.url).pathname;
 
 const SPECS: OptionSpec[] = [
   { name: 'exec', kind: 'value' },
@@ -53,4 +59,43 @@ test('bad usage is a UsageError naming the option', () => {
   fails(['--quiet=yes'], /--quiet takes no value/);
   fails(['stray'], /unexpected argument 'stray'/);
   fails(['--env'], /--env needs a value/);
+});
+
+test('global flags: --debug and -q are taken by every parser, and before a subcommand go where its options begin', () => {
+  const own: OptionSpec[] = [{ name: 'json', kind: 'flag' }];
+  const a = parseArgs(['-q', '--debug', '--json'], own, false);
+  assert.deepEqual([...a.flags].sort(), ['debug', 'json', 'quiet']);
+  assert.deepEqual(leadingGlobalFlags(['--debug', '-q', 'list', '-q']), {
+    flags: ['--debug', '-q'],
+    rest: ['list', '-q'],
+  });
+  assert.deepEqual(leadingGlobalFlags(['--name', 'gw', 'list']).flags, []);
+  assert.deepEqual(subcommandArgv(['--debug'], ['web', '--', 'ls'], false), ['--debug', 'web', '--', 'ls']);
+  assert.deepEqual(subcommandArgv(['-q'], ['check', '--json'], true), ['check', '-q', '--json']);
+  assert.deepEqual(subcommandArgv(['-q'], [], true), [], 'no verb: only the usage is printed');
+});
+
+test('global flags before a subcommand (no VM): --debug list and -q doctor are accepted', async (t) => {
+  const data = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-globals-'));
+  t.after(() => fs.rm(data, { recursive: true, force: true }));
+  const cli = (...argv: string[]) =>
+    spawnSync(process.execPath, [MAIN, ...argv], {
+      env: { ...process.env, OPENSHELL_VM_DATA_DIR: data },
+      encoding: 'utf8',
+    });
+  for (const argv of [
+    ['--debug', 'list'],
+    ['-q', 'list', '--json'],
+    ['-q', '--debug', 'doctor', '--json'],
+  ]) {
+    const r = cli(...argv);
+    assert.doesNotMatch(r.stderr, /unexpected argument|unknown option/, `${argv.join(' ')}: ${r.stderr}`);
+    assert.ok(
+      r.status === 0 || (argv.includes('doctor') && r.status === 1),
+      `${argv.join(' ')}: ${r.status} ${r.stderr}`,
+    );
+  }
+  const missing = cli('--debug', 'status', 'nosuch');
+  assert.equal(missing.status, 125);
+  assert.match(missing.stderr, /there is no instance 'nosuch'/);
 });

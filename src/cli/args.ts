@@ -26,13 +26,55 @@ export interface ParsedArgs {
   readonly rest: readonly string[];
 }
 
+/**
+ * Flags every command takes, before its name too (`openshell-vm --debug list`, `-q doctor`):
+ * --debug (the error's cause chain; read by the error boundary), -q/--quiet (no progress lines;
+ * nothing to leave out for commands that print none).
+ */
+export const GLOBAL_FLAGS: readonly OptionSpec[] = [
+  { name: 'debug', kind: 'flag' },
+  { name: 'quiet', short: 'q', kind: 'flag' },
+];
+
+/** The words that are global flags (--debug, --quiet, -q). */
+export function isGlobalFlag(word: string): boolean {
+  return GLOBAL_FLAGS.some(
+    (f) => word === `--${f.name}` || (f.short !== undefined && word === `-${f.short}`),
+  );
+}
+
+/** The global flags at the start of argv, and the words from the first other one on. */
+export function leadingGlobalFlags(argv: readonly string[]): { flags: string[]; rest: string[] } {
+  let i = 0;
+  while (i < argv.length && isGlobalFlag(argv[i] as string)) i++;
+  return { flags: argv.slice(0, i), rest: argv.slice(i) };
+}
+
+/**
+ * A subcommand's argv with the global flags given before its name (`--debug list`, `-q doctor`)
+ * put where its options begin, after its verb if it has one (with no verb, they are dropped: the
+ * command only prints its usage, and --debug is read from the whole argv anyway).
+ */
+export function subcommandArgv(
+  globals: readonly string[],
+  argv: readonly string[],
+  verb: boolean,
+): readonly string[] {
+  if (!globals.length) return argv;
+  if (!verb) return [...globals, ...argv];
+  const first = argv[0];
+  if (first === undefined || first.startsWith('-')) return argv;
+  return [first, ...globals, ...argv.slice(1)];
+}
+
 export function parseArgs(
   argv: readonly string[],
   specs: readonly OptionSpec[],
   allowRest: boolean,
 ): ParsedArgs {
   const byName = new Map<string, OptionSpec>();
-  for (const spec of specs) {
+  const globals = GLOBAL_FLAGS.filter((g) => !specs.some((s) => s.name === g.name));
+  for (const spec of [...globals, ...specs]) {
     byName.set(`--${spec.name}`, spec);
     if (spec.short) byName.set(`-${spec.short}`, spec);
   }

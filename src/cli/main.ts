@@ -5,7 +5,14 @@ import { explainHostCondition, OvmError, UsageError } from '../errors.ts';
 import { COMMAND_STARTED, runExec } from '../exec/run-exec.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
 import { packageVersion } from '../version.ts';
-import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
+import {
+  leadingGlobalFlags,
+  type OptionSpec,
+  type ParsedArgs,
+  parseArgs,
+  single,
+  subcommandArgv,
+} from './args.ts';
 import { reportDetachedReady, runDetached } from './detach.ts';
 import { doctorCommand } from './doctor.ts';
 import { execIntoCommand } from './exec-into.ts';
@@ -77,20 +84,35 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
+/**
+ * The commands with their own parser. `verb`: the command's first word is its subcommand
+ * (`kernel check`), and its options follow that word.
+ */
+const SUBCOMMANDS: Readonly<
+  Record<string, { readonly run: (argv: readonly string[]) => Promise<number>; readonly verb?: true }>
+> = {
+  help: { run: async () => printHelp() },
+  kernel: { run: kernelCommand, verb: true },
+  runtime: { run: runtimeCommand },
+  doctor: { run: doctorCommand },
+  'prepare-rootfs': { run: prepareRootfsCommand },
+  rootfs: { run: rootfsCommand, verb: true },
+  verify: { run: verifyCommand },
+  status: { run: statusCommand },
+  list: { run: listCommand },
+  ls: { run: listCommand },
+  stop: { run: stopCommand },
+  logs: { run: logsCommand },
+  delete: { run: deleteCommand },
+  rm: { run: deleteCommand },
+  exec: { run: execIntoCommand },
+};
+
 async function dispatch(argv: readonly string[]): Promise<number> {
-  if (argv[0] === 'help') return printHelp();
-  if (argv[0] === 'kernel') return kernelCommand(argv.slice(1));
-  if (argv[0] === 'runtime') return runtimeCommand(argv.slice(1));
-  if (argv[0] === 'doctor') return doctorCommand(argv.slice(1));
-  if (argv[0] === 'prepare-rootfs') return prepareRootfsCommand(argv.slice(1));
-  if (argv[0] === 'rootfs') return rootfsCommand(argv.slice(1));
-  if (argv[0] === 'verify') return verifyCommand(argv.slice(1));
-  if (argv[0] === 'status') return statusCommand(argv.slice(1));
-  if (argv[0] === 'list' || argv[0] === 'ls') return listCommand(argv.slice(1));
-  if (argv[0] === 'stop') return stopCommand(argv.slice(1));
-  if (argv[0] === 'logs') return logsCommand(argv.slice(1));
-  if (argv[0] === 'delete' || argv[0] === 'rm') return deleteCommand(argv.slice(1));
-  if (argv[0] === 'exec') return execIntoCommand(argv.slice(1));
+  const leading = leadingGlobalFlags(argv);
+  const name = leading.rest[0];
+  const sub = name !== undefined && Object.hasOwn(SUBCOMMANDS, name) ? SUBCOMMANDS[name] : undefined;
+  if (sub) return sub.run(subcommandArgv(leading.flags, leading.rest.slice(1), sub.verb ?? false));
   // `run` may come first or after options: `openshell-vm -q run -- PATH`.
   let args = parseArgs(argv, OPTIONS, true);
   const isRun = args.rest[0] === 'run';
@@ -194,7 +216,7 @@ async function execCommand(
     const result = await runExec(
       env,
       { ...options, accel, keepLogs: args.flags.has('keep-logs'), detached: supervise },
-      { stdout: process.stdout, stderr: process.stderr },
+      { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
       {
         backend,
         signal,
