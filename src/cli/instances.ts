@@ -13,6 +13,7 @@ import {
 } from '../instance/lifecycle.ts';
 import { parseInstanceName } from '../instance/runs.ts';
 import { LOG_SOURCES, LOGS_DIR, type LogSource, loadState, readState } from '../instance/state.ts';
+import { backendFeatures } from '../vmm/registry.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
 import { followLog } from './follow-log.ts';
 import { HELP } from './help.ts';
@@ -177,16 +178,7 @@ export async function logsCommand(argv: readonly string[]): Promise<number> {
   const dir = await requireInstance(env, name);
   const state = await readState(dir);
   const stopped = path.join(dir, LOGS_DIR);
-  const file =
-    state?.logs[source] ??
-    path.join(
-      stopped,
-      source === 'vmm'
-        ? fs.existsSync(path.join(stopped, 'libkrun.log'))
-          ? 'libkrun.log'
-          : 'qemu.log'
-        : `${source}.log`,
-    );
+  const file = state?.logs[source] ?? path.join(stopped, stoppedLogName(stopped, source));
   if (!fs.existsSync(file)) {
     throw new HostError(`instance '${name}' has no ${source} log yet (${file})`, {
       hint:
@@ -213,6 +205,16 @@ export async function logsCommand(argv: readonly string[]): Promise<number> {
     }),
   );
   return 0;
+}
+
+/**
+ * A stopped instance's log file name for `source`: `<source>.log`, and for the VMM's own log the
+ * one of whichever backend last ran it (each backend's features name its file).
+ */
+function stoppedLogName(stopped: string, source: LogSource): string {
+  if (source !== 'vmm') return `${source}.log`;
+  const names = Object.values(backendFeatures()).map((features) => features.vmmLog);
+  return names.find((name) => fs.existsSync(path.join(stopped, name))) ?? (names[0] as string);
 }
 
 function toJson(s: InstanceStatus): Record<string, unknown> {

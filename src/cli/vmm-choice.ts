@@ -1,4 +1,10 @@
-import { type AccelChoice, type Accelerator, chooseAccelerator, readHostAccelFacts } from '../accel/probe.ts';
+import {
+  type AccelChoice,
+  type Accelerator,
+  chooseAccelerator,
+  type HostAccelFacts,
+  readHostAccelFacts,
+} from '../accel/probe.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import type { NetworkMode } from '../config/exec-options.ts';
 import { HostError, UsageError } from '../errors.ts';
@@ -6,10 +12,9 @@ import { type GuestArch, hostArch } from '../host/arch.ts';
 import { refuseWritableRunRoot } from '../instance/root-location.ts';
 import { findGvproxy } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
-import type { ProcessEvents, VmmBackend } from '../vmm/backend.ts';
-import { LibkrunBackend } from '../vmm/libkrun/backend.ts';
-import { describeRuntime, discoverRuntime, type RuntimeBundle } from '../vmm/libkrun/runtime.ts';
-import { QemuBackend } from '../vmm/qemu/backend.ts';
+import type { BackendFeatures, ProcessEvents, VmmBackend } from '../vmm/backend.ts';
+import { discoverRuntime, type RuntimeBundle } from '../vmm/libkrun/runtime.ts';
+import { backendFeatures, backendsWith, createBackend } from '../vmm/registry.ts';
 import { type BackendName, chooseBackend } from '../vmm/select.ts';
 import type { Reporter } from './reporter.ts';
 
@@ -58,44 +63,99 @@ export async function chooseVmm(
     options.backend,
     options.purpose,
   );
-  let backend: VmmBackend;
-  let accel: AccelChoice;
-  if (choice.backend === 'libkrun' && runtime) {
-    if (options.arch !== hostArch()) {
-      throw new UsageError(`--arch ${options.arch}: libkrun runs guests of the host's architecture only`, {
-        hint: 'use --backend qemu',
-      });
-    }
-    if (options.accel === 'tcg')
-      throw new UsageError('--accel tcg: libkrun has no software emulation', { hint: 'use --backend qemu' });
-    if (options.network === 'user')
-      throw new UsageError("--net user is QEMU's own network", { hint: 'use --net gvproxy with libkrun' });
-    if (options.network === 'tsi' && options.forwards.some((f) => f.hostAddress !== '127.0.0.1')) {
-      throw new UsageError('-p ADDR:...: TSI port maps have no host address', {
-        hint: 'use -p HOST:GUEST with --net tsi',
-      });
-    }
-    backend = new LibkrunBackend(env, runtime, events);
-    accel = { accel: process.platform === 'darwin' ? 'hvf' : 'kvm', reason: 'libkrun', forced: false };
-  } else {
-    if (options.network === 'tsi') {
-      throw new UsageError("--net tsi is libkrun's network", {
-        hint: 'use --backend libkrun, or --net gvproxy/user',
-      });
-    }
-    const qemu = new QemuBackend(env, events);
-    await qemu.preflight(options);
-    backend = qemu;
-    accel = chooseAccelerator(options.arch, facts, options.accel);
-  }
+  checkOptionsFit(choice.backend, options);
+  const backend = createBackend(choice.backend, env, runtime, events);
+  await backend.preflight?.(options);
+  const accel = chooseBackendAccelerator(backend, options.arch, facts, options.accel);
   if (options.purpose !== 'gateway') refuseWritableRunRoot(backend, options.rootfs);
   if (options.network === 'gvproxy') await findGvproxy(env);
   reporter.progress(`backend: ${choice.backend} (${choice.reason})`);
   if (choice.warning) reporter.warn(choice.warning);
-  if (runtime && choice.backend === 'libkrun')
-    for (const line of describeRuntime(runtime)) reporter.progress(line);
+  for (const line of backend.describe?.() ?? []) reporter.progress(line);
   reporter.progress(`accelerator: ${accel.accel} (${accel.reason})`);
   if (accel.warning) reporter.warn(accel.warning);
 
   return { backend, accel };
+}
+
+/** What each network is, for a refusal that names it. */
+const NETWORK_TITLES: Readonly<Record<NetworkMode, string>> = {
+  gvproxy: 'the gvproxy user-mode network',
+  user: "QEMU's own network",
+  tsi: "libkrun's network (transparent socket impersonation)",
+  none: 'no network',
+};
+
+/** "use --backend qemu" for the backends that have it, if any. */
+function otherBackends(name: BackendName, has: (f: BackendFeatures) => boolean): string {
+  const others = backendsWith(has).filter((b) => b !== name);
+  return others.length ? `use --backend ${others.join(' or ')}` : '';
+}
+
+/**
+ * Refuses options the chosen backend cannot honour, from its features: the guest architecture,
+ * a forced accelerator, the network (and TSI's port maps, which have no host address).
+ */
+export function checkOptionsFit(
+  name: BackendName,
+  options: {
+    readonly arch: GuestArch;
+    readonly accel: Accelerator | undefined;
+    readonly network: NetworkMode;
+    readonly forwards: readonly PortForward[];
+  },
+  features: BackendFeatures = backendFeatures()[name],
+): void {
+  if (!features.guestArches.includes(options.arch)) {
+    const which =
+      features.guestArches.length === 1 && features.guestArches[0] === hostArch()
+        ? `the host's architecture only (${features.guestArches[0]})`
+        : `${features.guestArches.join(', ') || 'no architecture'} only`;
+    throw new UsageError(`--arch ${options.arch}: ${name} runs guests of ${which}`, {
+      hint: otherBackends(name, (f) => f.guestArches.includes(options.arch)) || undefined,
+    });
+  }
+  if (options.accel && !features.accelerators.includes(options.accel)) {
+    const missing = options.accel === 'tcg' ? 'software emulation' : options.accel;
+    throw new UsageError(
+      `--accel ${options.accel}: ${name} has no ${missing} (it uses ${features.accelerators.join(', ')})`,
+      {
+        hint: otherBackends(name, (f) => f.accelerators.includes(options.accel as Accelerator)) || undefined,
+      },
+    );
+  }
+  if (!features.networks.includes(options.network)) {
+    const alternatives = [
+      `use --net ${features.networks.join('/')}`,
+      otherBackends(name, (f) => f.networks.includes(options.network)),
+    ].filter(Boolean);
+    throw new UsageError(
+      `--net ${options.network} is ${NETWORK_TITLES[options.network]}; the ${name} backend has ${features.networks.join(', ')}`,
+      { hint: alternatives.join(', or ') },
+    );
+  }
+  if (options.network === 'tsi' && options.forwards.some((f) => f.hostAddress !== '127.0.0.1')) {
+    throw new UsageError('-p ADDR:...: TSI port maps have no host address', {
+      hint: 'use -p HOST:GUEST with --net tsi',
+    });
+  }
+}
+
+/**
+ * The accelerator on `backend`: one that can fall back to software emulation (tcg among its
+ * accelerators) probes the host for what works; one that cannot runs on its hypervisor (its
+ * first), which chooseBackend already warned about if it looks unusable here.
+ */
+function chooseBackendAccelerator(
+  backend: VmmBackend,
+  arch: GuestArch,
+  facts: HostAccelFacts,
+  requested: Accelerator | undefined,
+): AccelChoice {
+  const { accelerators } = backend.features;
+  if (accelerators.includes('tcg')) return chooseAccelerator(arch, facts, requested);
+  const accel = requested ?? (accelerators[0] as Accelerator);
+  return requested
+    ? { accel, reason: `requested with --accel ${requested}`, forced: true }
+    : { accel, reason: `${backend.name} runs on ${accel} only`, forced: false };
 }

@@ -159,7 +159,8 @@ async function runLocked(
   let rootDir = plan.rootfs ?? artifacts.rootfs;
   if (plan.rootfs) {
     const record = await verifyRootfsForBoot(plan.rootfs, {
-      kernelRelease: options.backend.features.workload === 'guest-init' ? artifacts.kernelRelease : undefined,
+      kernelRelease:
+        options.backend.features.guestKernel === 'openshell' ? artifacts.kernelRelease : undefined,
     });
     await installAgent(plan.rootfs, await ensureAgent(env, plan.arch));
     emit({

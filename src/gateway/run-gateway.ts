@@ -124,7 +124,8 @@ export async function runGateway(
     const reaped = describeReap(await reapStaleInstance(env, plan.instance));
     if (reaped) emit({ type: 'warning', message: reaped });
     const prep = await prepareRootfsForBoot(plan.rootfs, {
-      kernelRelease: options.backend.features.workload === 'guest-init' ? artifacts.kernelRelease : undefined,
+      kernelRelease:
+        options.backend.features.guestKernel === 'openshell' ? artifacts.kernelRelease : undefined,
       agent: await ensureAgent(env, plan.arch),
     });
     emit({

@@ -4,6 +4,7 @@ import { ControlServer } from '../agent/control.ts';
 import { AgentLink } from '../agent/link.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { processStartTime } from '../supervisor/identity.ts';
+import { featuresOf } from '../vmm/registry.ts';
 import type { VmSession } from '../vmm/session.ts';
 import { instanceDir, type RunPaths } from './runs.ts';
 import { type InstanceState, LOGS_DIR, type LogSource, removeState, writeState } from './state.ts';
@@ -281,7 +282,7 @@ function logFiles(run: RunPaths, backend: string, dir: string): InstanceState['l
     console: run.consoleLog,
     gvproxy: path.join(run.dir, 'gvproxy.log'),
     virtiofsd: path.join(run.dir, 'virtiofsd.log'),
-    vmm: path.join(run.dir, backend === 'libkrun' ? 'libkrun.log' : 'qemu.log'),
+    vmm: path.join(run.dir, featuresOf(backend).vmmLog),
     supervisor: path.join(dir, LOGS_DIR, 'supervisor.log'),
     output: path.join(dir, LOGS_DIR, 'output.log'),
   } satisfies Partial<Record<LogSource, string>>;

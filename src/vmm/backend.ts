@@ -72,12 +72,21 @@ export interface VmSpec {
   readonly workload?: WorkloadSpec | undefined;
 }
 
-/** What a backend can do, declared as data so the orchestrator never branches on its name. */
+/**
+ * What a backend can do and how it differs, declared as data: callers read these fields and never
+ * compare a backend's name (registry.ts has every backend's, for any host; a test checks that each
+ * field is read). gvproxy needs no field: on every backend the VMM reaches it over a Unix stream
+ * socket through the host's frame filter (net/frame-relay.ts), never datagrams.
+ */
 export interface BackendFeatures {
+  /**
+   * The accelerators it can use here. With 'tcg' among them it picks by probing the host (hardware
+   * where it works, else software); without, it always runs on its hypervisor (the first).
+   */
   readonly accelerators: readonly Accelerator[];
+  /** The guest architectures it boots on this host. */
   readonly guestArches: readonly GuestArch[];
-  readonly virtioFsRoot: boolean;
-  readonly serialPorts: boolean;
+  /** The guest networks it offers (--net). */
   readonly networks: readonly NetworkSpec['mode'][];
   /**
    * Who runs the command: 'guest-init' (openshell-vm's init reads the request from the shared root
@@ -86,12 +95,19 @@ export interface BackendFeatures {
    */
   readonly workload: 'guest-init' | 'vmm';
   /**
+   * Which kernel the guest runs: 'openshell' (openshell-vm's guest kernel, whose modules a rootfs
+   * must carry for its exact release), or 'libkrunfw' (the one bundled in libkrunfw, no modules).
+   */
+  readonly guestKernel: 'openshell' | 'libkrunfw';
+  /**
    * What an overlay root (rootMode 'overlay') does to the host directory: 'read-only-lower' (the
    * guest's writes go to a tmpfs overlay and the directory is read-only end to end; QEMU), or
    * 'writable' (the guest writes into the directory itself; libkrun), so a run on the shared
    * default rootfs boots a private copy.
    */
   readonly overlayRoot: 'read-only-lower' | 'writable';
+  /** The file in the run directory that the VMM process itself writes (`logs --source vmm`). */
+  readonly vmmLog: string;
 }
 
 /** The command for backends whose VMM runs it (features.workload === 'vmm'). */
@@ -132,6 +148,10 @@ export interface ProcessEvents {
 export interface VmmBackend {
   readonly name: string;
   readonly features: BackendFeatures;
+  /** Finds what it needs on the host now (binaries), so a missing tool is reported before anything starts. */
+  preflight?(spec: Pick<VmSpec, 'arch'>): Promise<unknown>;
+  /** Lines that say what it runs on (libkrun: the runtime's libraries and provenance), for progress output. */
+  describe?(): readonly string[];
   start(spec: VmSpec, options: { signal?: AbortSignal | undefined }): Promise<RunningVm>;
 }
 

@@ -3,12 +3,12 @@ import path from 'node:path';
 import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError } from '../../errors.ts';
 import { AGENT_GUEST_PATH, AGENT_VSOCK_PORT } from '../../guest/agent-build.ts';
-import { hostArch } from '../../host/arch.ts';
+import { type GuestArch, hostArch } from '../../host/arch.ts';
 import { type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
 import type { BackendFeatures, ProcessEvents, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
 import { runnerNode } from './macos.ts';
 import type { LibkrunConfig, LibkrunNet } from './plan.ts';
-import type { RuntimeBundle } from './runtime.ts';
+import { describeRuntime, type RuntimeBundle } from './runtime.ts';
 
 /** Files the libkrun backend writes in a run directory. */
 export const LIBKRUN_FILES = {
@@ -63,6 +63,25 @@ export function libkrunConfig(spec: VmSpec, logLevel = 1): LibkrunConfig {
 }
 
 /**
+ * The libkrun backend's features on a host: its hypervisor (HVF on macOS, KVM elsewhere) and
+ * guests of the host's own architecture only.
+ */
+export function libkrunFeatures(host: {
+  readonly platform: NodeJS.Platform;
+  readonly arch: GuestArch | undefined;
+}): BackendFeatures {
+  return {
+    accelerators: [host.platform === 'darwin' ? 'hvf' : 'kvm'],
+    guestArches: host.arch ? [host.arch] : [],
+    networks: ['gvproxy', 'tsi', 'none'],
+    workload: 'vmm',
+    guestKernel: 'libkrunfw',
+    overlayRoot: 'writable',
+    vmmLog: LIBKRUN_FILES.log,
+  };
+}
+
+/**
  * libkrun in a runner process (src/vmm/libkrun/runner.ts), supervised like every helper: SIGTERM
  * on stop, SIGKILL after the grace period. libkrun ends the runner with the command's status.
  */
@@ -77,16 +96,11 @@ export class LibkrunBackend implements VmmBackend {
     this.#env = env;
     this.runtime = runtime;
     this.#events = events;
-    const arch = hostArch();
-    this.features = {
-      accelerators: [process.platform === 'darwin' ? 'hvf' : 'kvm'],
-      guestArches: arch ? [arch] : [],
-      virtioFsRoot: true,
-      serialPorts: false,
-      networks: ['gvproxy', 'tsi', 'none'],
-      workload: 'vmm',
-      overlayRoot: 'writable',
-    };
+    this.features = libkrunFeatures({ platform: process.platform, arch: hostArch() });
+  }
+
+  describe(): readonly string[] {
+    return describeRuntime(this.runtime);
   }
 
   async start(spec: VmSpec, options: { signal?: AbortSignal | undefined } = {}): Promise<RunningVm> {

@@ -23,17 +23,22 @@ export async function virtiofsdFlavour(binary: string): Promise<'c' | 'rust'> {
   return bytes.includes('shared-dir') ? 'rust' : 'c';
 }
 
-export class QemuBackend implements VmmBackend {
-  readonly name = 'qemu';
-  readonly features: BackendFeatures = {
+/** The QEMU backend's features (for any host: QEMU emulates every guest architecture). */
+export function qemuFeatures(): BackendFeatures {
+  return {
     accelerators: ['kvm', 'hvf', 'tcg'],
     guestArches: ['x86_64', 'aarch64'],
-    virtioFsRoot: process.platform === 'linux',
-    serialPorts: true,
     networks: ['gvproxy', 'user', 'none'],
     workload: 'guest-init',
+    guestKernel: 'openshell',
     overlayRoot: 'read-only-lower',
+    vmmLog: QEMU_FILES.qemuLog,
   };
+}
+
+export class QemuBackend implements VmmBackend {
+  readonly name = 'qemu';
+  readonly features: BackendFeatures = qemuFeatures();
   readonly #env: HostEnvironment;
   readonly #events: ProcessEvents;
 
@@ -44,7 +49,8 @@ export class QemuBackend implements VmmBackend {
 
   /** Resolves the binaries now, so a missing tool is reported before anything starts. */
   async preflight(spec: Pick<VmSpec, 'arch'>): Promise<{ qemu: string; virtiofsd: string }> {
-    if (!this.features.virtioFsRoot) {
+    // virtio-fs with a vhost-user backend (virtiofsd) exists in QEMU on Linux hosts only.
+    if (process.platform !== 'linux') {
       throw new HostError(
         'the QEMU backend needs virtio-fs (vhost-user), which QEMU supports only on Linux hosts',
         {
