@@ -76,6 +76,7 @@ Network:
 
 Output:
   -q, --quiet            no progress lines (warnings and errors are still shown)
+                         -q and --debug work with every command, before its name too
   --events FILE          write progress as JSON lines to FILE (processes with their pids too)
   --keep-logs            keep the run's logs (console, qemu, virtiofsd) even when it succeeds
   --debug                show the cause chain of errors
