@@ -3,6 +3,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { writeGatewayRootfs } from '../../test/fixtures/gateway-rootfs.ts';
 import { HostError } from '../errors.ts';
 import { isTerminalSafe } from '../host/terminal-text.ts';
 import { ROOTFS_PATHS } from './layout.ts';
@@ -12,6 +13,7 @@ import {
   RECORD_MAX_BYTES,
   type RootfsRecord,
   readRootfsRecord,
+  verifyRootfsForBoot,
 } from './record.ts';
 
 const RECORD: RootfsRecord = {
@@ -173,4 +175,21 @@ test('run --rootfs /missing: the hint never names an empty or made-up instance',
   assert.equal(instanceOfRootfs(path.join(base, 'instances', 'gw', 'rootfs')), 'gw');
   assert.equal(instanceOfRootfs(path.join(base, 'gw', 'rootfs')), undefined);
   assert.equal(instanceOfRootfs(path.join(base, 'instances', 'Bad Name', 'rootfs')), undefined);
+});
+
+test('a guest script made longer or shorter after the build is reported as changed (not read, not a size refusal)', async (t) => {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-record-'));
+  t.after(() => fs.rm(root, { recursive: true, force: true }));
+  await writeGatewayRootfs(root, { instance: 'gw' });
+  const init = path.join(root, 'sbin/ovm-init');
+  const original = await fs.readFile(init);
+  for (const edited of [Buffer.concat([original, Buffer.from('# edited\n')]), original.subarray(1)]) {
+    await fs.writeFile(init, edited);
+    await assert.rejects(verifyRootfsForBoot(root, {}), (err: unknown) => {
+      assert.ok(err instanceof HostError);
+      assert.match(err.message, /\/sbin\/ovm-init in .* was changed or removed after the build/);
+      assert.match(err.hint ?? '', /prepare-rootfs --name gw --force/);
+      return true;
+    });
+  }
 });

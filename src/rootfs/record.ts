@@ -196,7 +196,11 @@ export async function verifyRootfsForBoot(
     const expected = Buffer.from(script.text);
     let actual: Buffer | undefined;
     try {
-      actual = await root.readFile(script.dest, { maxBytes: expected.length });
+      // A regular file of another size is not the script (an edit made it longer): not read.
+      const stat = await root.lstat(script.dest);
+      if (!stat?.isFile() || stat.size === expected.length) {
+        actual = await root.readFile(script.dest, { maxBytes: expected.length });
+      }
     } catch (err) {
       if (!(err instanceof HostError)) throw err;
       throw new HostError(`/${script.dest} in ${rootfs} cannot be checked: ${err.message}`, {

@@ -241,7 +241,9 @@ describe('instances', () => {
       assert.ok(boot.processes.length >= 2, 'helpers had started');
       const status = await box.run(['status', 'crash', '--json']);
       assert.equal(JSON.parse(status.stdout.toString()).status, 'stopped');
-      assert.match(status.stderr, /cleaned up \d+ run\(s\) left by a CLI that died; stopped/);
+      // The helpers may already be gone by then: the frame filter died with the CLI, so a QEMU that
+      // had not connected yet fails and virtiofsd and gvproxy follow it (or the sweep stops them).
+      assert.match(status.stderr, /cleaned up \d+ run\(s\) left by a CLI that died/);
       for (const p of boot.processes) {
         assert.equal(await processStartTime(p.pid), undefined, `${p.name} (pid ${p.pid}) leaked`);
       }
