@@ -1,6 +1,8 @@
 // Exec round-trip benchmark: `openshell-vm --exec /bin/true` from process start to exit, against
 // the same guest artifacts launched by a plain shell script (virtiofsd + QEMU, no TypeScript at
-// run time). Runs alternate between the two so that drift in host load affects both alike.
+// run time; the guest agent's port served by a few lines of Python that run /bin/true as an agent
+// session, then ask for the shutdown, as the tool does). Runs alternate between the two so that
+// drift in host load affects both alike.
 // Prints a JSON document and a table. usage: node scripts/bench.ts [--runs N] [--arch A] [--no-net]
 // Both sides use the default network (gvproxy). Then, per network (gvproxy, user): time from launch
 // until a forwarded port answers HTTP, TCP connect and small-request latency, and download rate.
@@ -9,10 +11,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chooseAccelerator, readHostAccelFacts } from '../src/accel/probe.ts';
+import { encodeOpen } from '../src/agent/protocol.ts';
 import { readEnvironment } from '../src/config/environment.ts';
 import { EXEC_DEFAULTS } from '../src/config/exec-options.ts';
-import { mergeEnv, renderRequestScript } from '../src/exec/request.ts';
-import { OUTPUT_PORTS } from '../src/exec/run-exec.ts';
+import { agentRequest, mergeEnv } from '../src/exec/request.ts';
 import { ensureGuestArtifacts } from '../src/guest/artifacts.ts';
 import { defaultGuestArch, parseGuestArch } from '../src/host/arch.ts';
 import { findQemu, findVirtiofsd, loadGuestInputs } from '../src/host/toolchain.ts';
@@ -42,11 +44,11 @@ const [qemu, virtiofsd, gvproxy] = await Promise.all([
 ]);
 const tsc = arch === 'x86_64' && accel.accel === 'tcg' ? await hostTscKhz() : undefined;
 
-// The plain launch: a shell script with the argv the tool would use, output ports on null chardevs.
+// The plain launch: a shell script with the argv the tool would use; the agent's port on a socket
+// the Python client below listens on.
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-bench-'));
-const runId = 'bench-plain';
-const handoff = path.join(artifacts.rootfs, '.ovm', 'run', runId);
 const sock = path.join(work, 'vfs.sock');
+const agentSock = path.join(work, 'agent.sock');
 const args = qemuArgs(
   {
     arch,
@@ -55,30 +57,51 @@ const args = qemuArgs(
     memMib: EXEC_DEFAULTS.memMib,
     kernel: artifacts.kernel,
     initramfs: artifacts.initramfs,
-    kernelArgs: ['ovm.mode=exec', `ovm.run=${runId}`, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
+    kernelArgs: ['ovm.mode=exec', ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
     rootDir: artifacts.rootfs,
     rootMode: 'overlay',
     network: { mode: 'gvproxy', socketPath: path.join(work, 'gv-qemu.sock'), mac: GVPROXY_NET.mac },
-    ports: [
-      { name: OUTPUT_PORTS.stdout, socketPath: '/dev/null' },
-      { name: OUTPUT_PORTS.stderr, socketPath: '/dev/null' },
-    ],
+    ports: [],
+    agentSocket: agentSock,
     runDir: work,
     socketDir: work,
     consoleLog: path.join(work, 'console.log'),
   },
   { virtiofsSocket: sock },
-).map((a) => a.replace(/^socket,id=(port\d+),path=\/dev\/null$/, 'null,id=$1'));
+);
 const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
-const request = renderRequestScript({ exec: '/bin/true', args: [], env: mergeEnv([]), workdir: '/' });
+const open = encodeOpen(
+  agentRequest(
+    { exec: '/bin/true', args: [], env: mergeEnv([]), workdir: '/' },
+    { tty: false, rows: 24, cols: 80 },
+  ),
+).toString('hex');
+// The agent's host side, minimal: wait for HELLO (13), OPEN (1) and an empty STDIN (2) on channel
+// 1, wait for its EXIT (7), send SHUTDOWN (12); the exit code is the command's.
+const agentClient = `import socket, struct, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); open(sys.argv[2], 'w').close()
+c, _ = s.accept(); buf = b''
+def frame(t, ch, p=b''): c.sendall(struct.pack('>IBI', 5 + len(p), t, ch) + p)
+while True:
+    while len(buf) < 4 or len(buf) < 4 + struct.unpack('>I', buf[:4])[0]:
+        d = c.recv(65536)
+        if not d: sys.exit(125)
+        buf += d
+    n = struct.unpack('>I', buf[:4])[0]; t, ch = struct.unpack('>BI', buf[4:9]); p = buf[9:4 + n]; buf = buf[4 + n:]
+    if t == 13: frame(1, 1, bytes.fromhex('${open}')); frame(2, 1)
+    elif t == 7 and ch == 1: frame(12, 0); code = struct.unpack('>i', p)[0]; break
+c.recv(1)
+sys.exit(code)
+`;
+fs.writeFileSync(path.join(work, 'agent-client.py'), agentClient);
 const plainScript = path.join(work, 'plain.sh');
 fs.writeFileSync(
   plainScript,
   `#!/bin/sh
 set -e
-rm -rf ${q(handoff)} ${q(sock)}; mkdir -p ${q(handoff)}
-cat > ${q(path.join(handoff, 'request.sh'))} <<'REQ'
-${request}REQ
+rm -f ${q(sock)} ${q(agentSock)} ${q(path.join(work, 'agent.ready'))}
+python3 ${q(path.join(work, 'agent-client.py'))} ${q(agentSock)} ${q(path.join(work, 'agent.ready'))} &
+agent=$!
 ${q(gvproxy)} ${gvproxyArgs(work, await hasServicesFlag(gvproxy))
     .map(q)
     .join(' ')} 2>/dev/null &
@@ -86,12 +109,12 @@ while [ ! -S ${q(path.join(work, 'gv-qemu.sock'))} ]; do sleep 0.005; done
 ${q(virtiofsd)} ${virtiofsdArgs(sock, artifacts.rootfs, await virtiofsdFlavour(virtiofsd))
     .map(q)
     .join(' ')} 2>/dev/null &
-while [ ! -S ${q(sock)} ]; do sleep 0.005; done
+while [ ! -S ${q(sock)} ] || [ ! -e ${q(path.join(work, 'agent.ready'))} ]; do sleep 0.005; done
 ${q(qemu)} ${args.map(q).join(' ')}
+code=0
+wait $agent || code=$?
 wait
-rm -f ${q(path.join(work, 'gv-api.sock'))} ${q(path.join(work, 'gv-qemu.sock'))}
-read code reason < ${q(path.join(handoff, 'status'))}
-rm -rf ${q(handoff)}
+rm -f ${q(path.join(work, 'gv-api.sock'))} ${q(path.join(work, 'gv-qemu.sock'))} ${q(agentSock)}
 exit $code
 `,
 );

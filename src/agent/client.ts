@@ -11,6 +11,7 @@ import {
   type Frame,
   FrameDecoder,
 } from './protocol.ts';
+import { STDIN_FRAME_BYTES } from './session.ts';
 
 function connect(socketPath: string, instance: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
@@ -130,7 +131,12 @@ export class ExecSession {
     });
     this.done.catch(() => undefined);
     if (io.stdin) {
-      io.stdin.on('data', (chunk: Buffer) => this.#send(FRAME.stdin, chunk));
+      io.stdin.on('data', (chunk: Buffer) => {
+        // A frame holds at most MAX_FRAME_BYTES (a longer one ends the connection).
+        for (let at = 0; at < chunk.length; at += STDIN_FRAME_BYTES) {
+          this.#send(FRAME.stdin, chunk.subarray(at, at + STDIN_FRAME_BYTES));
+        }
+      });
       io.stdin.on('end', () => this.#send(FRAME.stdin));
       io.stdin.on('error', () => this.#send(FRAME.stdin));
     } else {

@@ -216,7 +216,7 @@ async function execCommand(
     const result = await runExec(
       env,
       { ...options, accel, keepLogs: args.flags.has('keep-logs'), detached: supervise },
-      { stdout: process.stdout, stderr: process.stderr },
+      { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
       {
         backend,
         signal,

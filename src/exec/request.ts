@@ -1,9 +1,9 @@
 /**
- * The workload handed to the guest init: rendered as a POSIX sh fragment that the init sources
- * (src/guest/scripts/ovm-init.sh). Every string is single-quoted, so argv, environment values and
- * the working directory reach the guest byte for byte: spaces, quotes, empty strings, newlines,
- * non-ASCII.
+ * The command `openshell-vm run` asks the guest agent to run (an agent session's OPEN: argv,
+ * environment, working directory). The agent alone looks a bare name up in PATH and gives the
+ * 127/126/125 codes (src/guest/agent/ovm-agent.c).
  */
+import type { ExecRequest } from '../agent/protocol.ts';
 
 export interface WorkloadRequest {
   /** Absolute path in the guest, or a name looked up in the workload's PATH. */
@@ -28,51 +28,19 @@ export function mergeEnv(user: readonly (readonly [string, string])[]): [string,
   return [...merged];
 }
 
-export function shQuote(value: string): string {
-  return `'${value.replaceAll("'", `'\\''`)}'`;
-}
-
-export function renderRequestScript(request: WorkloadRequest): string {
-  const pathVar = request.env.find(([key]) => key === 'PATH')?.[1] ?? '';
-  const lines = [
-    '# Written by openshell-vm on the host; sourced by the guest init.',
-    `ovm_exec=${shQuote(request.exec)}`,
-    `ovm_workdir=${shQuote(request.workdir)}`,
-    `ovm_path=${shQuote(pathVar)}`,
-    'ovm_setenv() {',
-    ...request.env.map(([key, value]) => `  export ${shQuote(`${key}=${value}`)}`),
-    '  :',
-    '}',
-    `set -- ${request.args.map(shQuote).join(' ')}`.trimEnd(),
-    '',
-  ];
-  return lines.join('\n');
-}
-
-/** What the guest init reported in the status file. */
-export interface GuestStatus {
-  readonly code: number;
-  readonly reason: string;
-}
-
-export function parseStatus(text: string): GuestStatus | undefined {
-  const match = /^(\d{1,3}) ([a-z-]+)\s*$/.exec(text);
-  if (!match) return undefined;
-  return { code: Number(match[1]), reason: match[2] as string };
-}
-
-/** A human sentence for a status the guest init reported instead of running the command. */
-export function describeStatus(status: GuestStatus, request: WorkloadRequest): string | undefined {
-  switch (status.reason) {
-    case 'exited':
-      return undefined;
-    case 'not-found':
-      return `${request.exec}: not found in the guest`;
-    case 'not-executable':
-      return `${request.exec}: not executable in the guest (is it a directory, or missing its execute bit?)`;
-    case 'workdir-missing':
-      return `--workdir ${request.workdir}: no such directory in the guest`;
-    default:
-      return `the guest init failed before running the command (${status.reason})`;
-  }
+/**
+ * The agent session for a run's command. The agent starts from exactly DEFAULT_GUEST_ENV (the
+ * guest init starts it so), and every variable of `request.env` is set on top: the command gets
+ * exactly the request's environment.
+ */
+export function agentRequest(
+  request: WorkloadRequest,
+  terminal: { readonly tty: boolean; readonly rows: number; readonly cols: number },
+): ExecRequest {
+  return {
+    argv: [request.exec, ...request.args],
+    env: request.env.map(([key, value]) => `${key}=${value}`),
+    workdir: request.workdir,
+    ...terminal,
+  };
 }

@@ -1,39 +1,30 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import type { AccelChoice } from '../accel/probe.ts';
+import { AgentSession } from '../agent/session.ts';
 import type { HostEnvironment } from '../config/environment.ts';
-import { HostError, VmError } from '../errors.ts';
+import { VmError } from '../errors.ts';
 import { ensureAgent, installAgent } from '../guest/agent-build.ts';
 import { ensureGuestArtifacts, type GuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
-import { GuestRoot } from '../host/guest-root.ts';
 import { terminalSafeLines } from '../host/terminal-text.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { takeInstanceLock } from '../instance/lock.ts';
 import { describeReap, reapStaleInstance } from '../instance/reap.ts';
 import { ensureRootLocation, refuseWritableRunRoot } from '../instance/root-location.ts';
-import { createRun, finishRun, instanceDir, RUN_FILES, type RunPaths } from '../instance/runs.ts';
+import { createRun, finishRun, instanceDir, type RunPaths } from '../instance/runs.ts';
 import { InstanceSupervisor } from '../instance/supervisor.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { verifyRootfsForBoot } from '../rootfs/record.ts';
 import type { ExitResult, PidRecord } from '../supervisor/process.ts';
-import { isWaitFailure, poll, tailFile } from '../supervisor/wait.ts';
+import { tailFile } from '../supervisor/wait.ts';
 import type { NetworkSpec, RunningVm, VmmBackend } from '../vmm/backend.ts';
 import { VmSession } from '../vmm/session.ts';
-import { OutputSink } from './output.ts';
-import {
-  describeStatus,
-  type GuestStatus,
-  parseStatus,
-  renderRequestScript,
-  type WorkloadRequest,
-} from './request.ts';
-
-/** Names of the virtio-serial ports the guest init writes the command's output to. */
-export const OUTPUT_PORTS = { stdout: 'org.openshell.stdout', stderr: 'org.openshell.stderr' } as const;
+import { agentRequest, type WorkloadRequest } from './request.ts';
+import { attachTerminal, stdinIsTerminal, terminalSize } from './terminal.ts';
 
 /** The progress message when the guest has started the command (a detached run is then up). */
 export const COMMAND_STARTED = 'command started in the guest';
@@ -46,7 +37,7 @@ export interface ExecPlan {
   readonly memMib: number;
   readonly instance: string;
   readonly request: WorkloadRequest;
-  /** Deadline for the guest to start the command (boot + init). */
+  /** Deadline for the guest agent to connect (boot + init). */
   readonly bootTimeoutMs: number;
   /** Keep the run directory (logs) even when the run succeeds. */
   readonly keepLogs: boolean;
@@ -83,7 +74,7 @@ export interface ExecResult {
   /** The command's exit code (128+N for signal N; 125/126/127 as in libkrun). */
   readonly exitCode: number;
   readonly reason: string;
-  /** Set when the guest did not run the command as asked (not found, not executable, init failure). */
+  /** Always undefined: the guest agent says on the command's stderr why it could not run it. */
   readonly message: string | undefined;
   readonly timings: {
     readonly artifactsMs: number;
@@ -91,7 +82,13 @@ export interface ExecResult {
     readonly commandMs: number;
     readonly totalMs: number;
   };
-  readonly outputBytes: { readonly stdout: number; readonly stderr: number };
+}
+
+/** The command's streams: stdin passed through (a terminal gets a pseudo-terminal in the guest). */
+export interface ExecIo {
+  readonly stdin?: Readable | undefined;
+  readonly stdout: Writable;
+  readonly stderr: Writable;
 }
 
 export interface ExecOptions {
@@ -104,13 +101,15 @@ export interface ExecOptions {
 
 /**
  * Boots a microVM on the embedded default rootfs, runs one command in it and returns its exit
- * code. The command's stdout and stderr stream to `io` as it runs. Everything started here is
- * stopped and every socket removed before this returns or throws, including on abort.
+ * code. QEMU: the guest init only prepares the guest and keeps the agent running; the command is
+ * an agent session (stdout and stderr to `io` as it runs, stdin passed through, a pseudo-terminal
+ * when stdin is one), then the guest is shut down in order. Everything started here is stopped
+ * and every socket removed before this returns or throws, including on abort.
  */
 export async function runExec(
   env: HostEnvironment,
   plan: ExecPlan,
-  io: { readonly stdout: Writable; readonly stderr: Writable },
+  io: ExecIo,
   options: ExecOptions,
 ): Promise<ExecResult> {
   const now = options.now ?? (() => performance.now());
@@ -147,7 +146,7 @@ export async function runExec(
 async function runLocked(
   env: HostEnvironment,
   plan: ExecPlan,
-  io: { readonly stdout: Writable; readonly stderr: Writable },
+  io: ExecIo,
   options: ExecOptions,
   artifacts: GuestArtifacts,
   emit: (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) => void,
@@ -171,18 +170,13 @@ async function runLocked(
   }
 
   const run = await createRun(env, plan.instance);
-  // The guest's only writable place on the host: <run>/share/handoff, seen in the guest as
-  // /.ovm/run (the rest of the root is read-only to virtiofsd). `share` stays 0700 and out of the
-  // guest's reach, whatever modes the guest sets on the handoff directory.
+  // A writable overlay backend's private root copy lives here (0700, removed at the end).
   const share = path.join(run.dir, 'share');
-  const handoffDir = path.join(share, 'handoff');
-  const handoff = path.join(handoffDir, run.id);
   let session: VmSession | undefined;
   let supervisor: InstanceSupervisor | undefined;
-  let sinks: OutputSink[] = [];
   let failed = true;
-  // QEMU: openshell-vm's guest init runs the command (request and status through the shared
-  // root, output through virtio-serial ports). libkrun: the VMM runs it and exits with its status.
+  // QEMU: the guest agent runs the command (an agent session). libkrun: still the VMM's own
+  // workload, ending with its exit status (issue 14: the agent there too is not done yet).
   const vmmRuns = options.backend.features.workload === 'vmm';
   try {
     // The default rootfs is shared by every run of every instance: a backend whose guest would
@@ -190,20 +184,6 @@ async function runLocked(
     if (!plan.rootfs && options.backend.features.overlayRoot === 'writable') {
       await fs.mkdir(share, { mode: 0o700 });
       rootDir = await privateRootCopy(artifacts.rootfs, path.join(share, 'rootfs'));
-    }
-    let stdoutSink: OutputSink | undefined;
-    let stderrSink: OutputSink | undefined;
-    if (!vmmRuns) {
-      await fs.mkdir(share, { recursive: true, mode: 0o700 });
-      await fs.mkdir(handoffDir, { mode: 0o700 });
-      await fs.mkdir(handoff, { mode: 0o700 });
-      await fs.writeFile(path.join(handoff, 'request.sh'), renderRequestScript(plan.request), {
-        mode: 0o600,
-        flag: 'wx',
-      });
-      stdoutSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stdoutSocket), io.stdout);
-      stderrSink = await OutputSink.listen(path.join(run.socketDir, RUN_FILES.stderrSocket), io.stderr);
-      sinks = [stdoutSink, stderrSink];
     }
 
     supervisor = await InstanceSupervisor.open(
@@ -240,17 +220,9 @@ async function runLocked(
         memMib: plan.memMib,
         kernel: artifacts.kernel,
         initramfs: artifacts.initramfs,
-        kernelArgs: ['ovm.mode=exec', `ovm.run=${run.id}`],
+        kernelArgs: ['ovm.mode=exec'],
         rootDir,
         rootMode: 'overlay',
-        handoffDir,
-        ports:
-          stdoutSink && stderrSink
-            ? [
-                { name: OUTPUT_PORTS.stdout, socketPath: stdoutSink.socketPath },
-                { name: OUTPUT_PORTS.stderr, socketPath: stderrSink.socketPath },
-              ]
-            : [],
         agentSocket: supervisor.agentSocket,
         workload: vmmRuns
           ? {
@@ -267,51 +239,122 @@ async function runLocked(
     );
     const running = session.vm;
     await supervisor.attach(session);
-    // openshell-vm stop: the guest init stops the command (SIGTERM) and reports its status.
     const stopping = session;
     const owner = supervisor;
-    void supervisor.stopRequested.then((ms) => owner.shutdownGuest(stopping, ms, options.signal));
     if (plan.forwards.length) {
       emit({ type: 'stage', stage: 'network', message: plan.forwards.map(describeForward).join(', ') });
     }
 
-    if (vmmRuns) await owner.ready({}); // libkrun runs the command itself, as soon as it boots
-    const { status, tStarted } = vmmRuns
-      ? await waitVmmExit(running, options.signal, now)
-      : await waitGuestInit(
-          running,
-          { dir: handoffDir, id: run.id },
-          run,
-          plan.bootTimeoutMs,
-          options.signal,
-          now,
-          emit,
-          () => owner.ready({}),
-        );
-    await Promise.all(sinks.map((s) => s.drained(2_000)));
+    let status: { code: number; tStarted: number };
+    if (vmmRuns) {
+      // openshell-vm stop: the agent stops the command (SIGTERM), libkrun ends with its status.
+      void owner.stopRequested.then((ms) => owner.shutdownGuest(stopping, ms, options.signal));
+      await owner.ready({}); // libkrun runs the command itself, as soon as it boots
+      status = await waitVmmExit(running, options.signal, now);
+    } else {
+      await waitAgent(owner, running, run, plan.bootTimeoutMs, options.signal);
+      const tStarted = now();
+      await owner.ready({});
+      emit({ type: 'stage', stage: 'running', message: COMMAND_STARTED });
+      const code = await runAgentCommand(owner, running, run, plan.request, io, options.signal);
+      // The command has ended: the agent asks PID 1 to end the guest in order.
+      await owner.shutdownGuest(stopping, GUEST_SHUTDOWN_MS, options.signal);
+      status = { code, tStarted };
+    }
     const tDone = now();
-    const message = describeStatus(status, plan.request);
-    emit({ type: 'stage', stage: 'done', message: `command ${status.reason}: exit code ${status.code}` });
-    failed = status.code === 125 && status.reason !== 'exited';
+    emit({ type: 'stage', stage: 'done', message: `command exited: exit code ${status.code}` });
+    failed = status.code === 125;
     return {
       exitCode: status.code,
-      reason: status.reason,
-      message,
+      reason: 'exited',
+      message: undefined,
       timings: {
         artifactsMs: Math.round(tArtifacts - t0),
-        bootMs: Math.round(tStarted - tBoot),
-        commandMs: Math.round(tDone - tStarted),
+        bootMs: Math.round(status.tStarted - tBoot),
+        commandMs: Math.round(tDone - status.tStarted),
         totalMs: Math.round(tDone - t0),
       },
-      outputBytes: { stdout: stdoutSink?.bytes.count ?? 0, stderr: stderrSink?.bytes.count ?? 0 },
     };
   } finally {
     await session?.close();
     await supervisor?.close();
-    for (const sink of sinks) await sink.close();
     await fs.rm(share, { recursive: true, force: true });
     await finishRun(run, failed || plan.keepLogs);
   }
+}
+
+/** How long the guest gets to power off by itself once the command has ended. */
+const GUEST_SHUTDOWN_MS = 10_000;
+
+/**
+ * Waits for the guest agent's hello (the boot deadline), the VM's end or the abort, whichever
+ * comes first; the VM ending or the deadline passing is the VM's failure, with its console.
+ */
+async function waitAgent(
+  owner: InstanceSupervisor,
+  vm: RunningVm,
+  run: RunPaths,
+  bootTimeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const outcome = await raceAbort(
+    Promise.race([
+      owner.link.waitHello(bootTimeoutMs).then((hello) => (hello ? 'connected' : 'timeout')),
+      vm.exited.then(() => 'exited' as const),
+    ]),
+    signal,
+  );
+  if (outcome === 'connected') return;
+  if (outcome === 'timeout') {
+    throw new VmError(`the guest agent did not connect within ${bootTimeoutMs / 1000} s`, {
+      hint: await consoleHint(run),
+    });
+  }
+  throw new VmError(`the microVM ended before the guest agent connected${await vmmEnd(vm)}`, {
+    hint: await consoleHint(run),
+  });
+}
+
+/**
+ * The run's command as one agent session: its exit code as the agent reports it. `openshell-vm
+ * stop` (detached runs) sends it SIGTERM, and SIGKILL when it is still running `ms` later.
+ */
+async function runAgentCommand(
+  owner: InstanceSupervisor,
+  vm: RunningVm,
+  run: RunPaths,
+  request: WorkloadRequest,
+  io: ExecIo,
+  signal: AbortSignal | undefined,
+): Promise<number> {
+  const tty = stdinIsTerminal(io);
+  const command = AgentSession.start(owner.link, agentRequest(request, { tty, ...terminalSize(io) }), io);
+  const restore = tty ? attachTerminal(io, (rows, cols) => command.resize(rows, cols)) : () => undefined;
+  let killTimer: NodeJS.Timeout | undefined;
+  void owner.stopRequested.then((ms) => {
+    command.signal('TERM');
+    killTimer = setTimeout(() => command.signal('KILL'), ms);
+    killTimer.unref();
+  });
+  try {
+    return await raceAbort(command.done, signal);
+  } catch (err) {
+    if (!(err instanceof VmError) || signal?.aborted) throw err;
+    throw new VmError(`${err.message}${await vmmEnd(vm)}`, { hint: await consoleHint(run), cause: err });
+  } finally {
+    clearTimeout(killTimer);
+    restore();
+    command.close();
+  }
+}
+
+/** How the VMM ended, with its own last lines, for an error; empty while it runs. */
+async function vmmEnd(vm: RunningVm): Promise<string> {
+  if (!vm.hasExited) return '';
+  const exit = (await vm.exited).vmm;
+  const vmmTail = terminalSafeLines((await vm.vmmLogTail()).trim(), { maxChars: CONSOLE_LINE_MAX_CHARS });
+  const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.exitCode}`;
+  return ` (the VMM ${how})${vmmTail ? `:\n    ${vmmTail.replaceAll('\n', '\n    ')}` : ''}`;
 }
 
 /**
@@ -323,95 +366,19 @@ async function privateRootCopy(source: string, dest: string): Promise<string> {
   return dest;
 }
 
-/** QEMU: waits for the guest init to start the command (boot deadline), then for its status. */
-async function waitGuestInit(
-  vm: RunningVm,
-  handoff: { readonly dir: string; readonly id: string },
-  run: RunPaths,
-  bootTimeoutMs: number,
-  signal: AbortSignal | undefined,
-  now: () => number,
-  emit: (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) => void,
-  onStarted: () => Promise<void>,
-): Promise<{ status: GuestStatus; tStarted: number }> {
-  // The per-run directory `id` is the guest's: it may be swapped for a symlink to a host
-  // directory, so it is only looked at confined to the handoff directory (GuestRoot).
-  const root = new GuestRoot(handoff.dir, { hint: HANDOFF_HINT });
-  const started = await refusedAsVmError(run, () =>
-    poll<'started' | 'exited'>(
-      async () => {
-        if (vm.hasExited) return 'exited';
-        return (await root.exists(`${handoff.id}/started`)) ? 'started' : undefined;
-      },
-      { timeoutMs: bootTimeoutMs, signal, initialIntervalMs: 10, maxIntervalMs: 25 },
-    ),
-  );
-  if (isWaitFailure(started)) {
-    if (started.kind === 'aborted') throw started.reason;
-    throw new VmError(`the guest did not start the command within ${bootTimeoutMs / 1000} s`, {
-      hint: await consoleHint(run),
-    });
-  }
-  const tStarted = now();
-  if (started === 'started') {
-    await onStarted();
-    emit({ type: 'stage', stage: 'running', message: COMMAND_STARTED });
-  }
-  await raceAbort(vm.exited, signal);
-  const status = await refusedAsVmError(run, () => readStatus(root, handoff.id));
-  if (!status) {
-    const exit = (await vm.exited).vmm;
-    const vmmTail = terminalSafeLines((await vm.vmmLogTail()).trim(), { maxChars: CONSOLE_LINE_MAX_CHARS });
-    const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.exitCode}`;
-    throw new VmError(
-      `the microVM ended without reporting the command's result (QEMU ${how})${vmmTail ? `:\n    ${vmmTail.replaceAll('\n', '\n    ')}` : ''}`,
-      { hint: await consoleHint(run) },
-    );
-  }
-  return { status, tStarted };
-}
-
 /** libkrun: the VMM's own exit status is the command's (128+N when it dies of signal N). */
 async function waitVmmExit(
   vm: RunningVm,
   signal: AbortSignal | undefined,
   now: () => number,
-): Promise<{ status: GuestStatus; tStarted: number }> {
+): Promise<{ code: number; tStarted: number }> {
   const tStarted = now();
   const { vmm } = await raceAbort(vm.exited, signal);
   const refused = await vm.setupError?.();
   if (refused) throw new VmError(`libkrun did not start the VM: ${refused}`);
   const code = vmm.signal ? 128 + (os.constants.signals[vmm.signal] ?? 0) : (vmm.exitCode ?? 125);
-  return { status: { code, reason: 'exited' }, tStarted };
+  return { code, tStarted };
 }
-
-/**
- * The status file the guest wrote: guest-controlled, so it is read through GuestRoot (no symlink
- * followed, the per-run directory included; a FIFO does not block; a regular file only), and no
- * more than STATUS_MAX_BYTES (a longer one is refused).
- */
-async function readStatus(root: GuestRoot, id: string): Promise<GuestStatus | undefined> {
-  const bytes = await root.readFile(`${id}/status`, { maxBytes: STATUS_MAX_BYTES });
-  return bytes && parseStatus(bytes.toString('utf8'));
-}
-
-const HANDOFF_HINT = "the command's result is unknown: the guest changed its handoff directory";
-
-/** A guest that tampered with its handoff (GuestRoot refused it): the VM's failure, with its console. */
-async function refusedAsVmError<T>(run: RunPaths, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    if (!(err instanceof HostError)) throw err;
-    throw new VmError(`the guest's handoff was refused: ${err.message}`, {
-      hint: await consoleHint(run),
-      cause: err,
-    });
-  }
-}
-
-/** "CODE REASON\n" is a few bytes; anything longer is not a status. */
-const STATUS_MAX_BYTES = 64;
 
 /** A console line in an error is cut here (the guest may write one line of any length). */
 const CONSOLE_LINE_MAX_CHARS = 400;

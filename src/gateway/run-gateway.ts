@@ -189,7 +189,6 @@ export async function runGateway(
         kernelArgs: ['ovm.mode=gateway'],
         rootDir: plan.rootfs,
         rootMode: 'rw',
-        ports: [],
         agentSocket: supervisor.agentSocket,
         network: 'gvproxy',
         forwards,

@@ -24,7 +24,7 @@ import {
  *     console.log         the guest's serial console (kernel and init output)
  *     qemu.log, qemu.pid  the VMM's own output and identity
  *     virtiofsd.log, virtiofsd.pid
- *     stdout.sock, stderr.sock, vfs.sock   sockets, unless the path is too long (see socketDir)
+ *     agent.sock, ctl.sock, vfs.sock   sockets, unless the path is too long (see socketDir)
  *     kept                present when the run failed and its logs are kept for inspection
  * A run that ends normally removes its directory. A run whose owner died (kill -9, crash) is
  * swept by the next run: its processes are stopped if they are still the same processes (pid
@@ -34,8 +34,6 @@ export const INSTANCE_DIRS = { runs: 'runs' } as const;
 export const RUN_FILES = {
   owner: 'owner.json',
   consoleLog: 'console.log',
-  stdoutSocket: 'stdout.sock',
-  stderrSocket: 'stderr.sock',
   kept: 'kept',
 } as const;
 

@@ -51,11 +51,6 @@ export interface VmSpec {
    * too: the guest cannot change rootDir); 'rw': the share is the root.
    */
   readonly rootMode: 'overlay' | 'rw';
-  /**
-   * With an overlay root: the host directory the guest sees, writable, at /.ovm/run of the share
-   * (the run's request and status); the only place an overlay guest can write on the host.
-   */
-  readonly handoffDir?: string | undefined;
   readonly ports: readonly SerialPortSpec[];
   /**
    * The Unix socket the caller listens on for the guest agent. Each backend connects the agent to
@@ -89,8 +84,8 @@ export interface BackendFeatures {
   /** The guest networks it offers (--net). */
   readonly networks: readonly NetworkSpec['mode'][];
   /**
-   * Who runs the command: 'guest-init' (openshell-vm's init reads the request from the shared root
-   * and reports the status there; QEMU), or 'vmm' (the VMM runs VmSpec.workload itself and ends
+   * Who runs the command: 'guest-init' (openshell-vm's init keeps the guest agent running and the
+   * command is an agent session; QEMU), or 'vmm' (the VMM runs VmSpec.workload itself and ends
    * with its exit status, 128+N for signal N; libkrun).
    */
   readonly workload: 'guest-init' | 'vmm';

@@ -9,7 +9,7 @@ import { GvproxyRelay } from '../net/frame-relay.ts';
 import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
 import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
-import type { NetworkSpec, RunningVm, SerialPortSpec, VmmBackend, WorkloadSpec } from './backend.ts';
+import type { NetworkSpec, RunningVm, VmmBackend, WorkloadSpec } from './backend.ts';
 
 /** What a session reports while it starts and runs (the CLI shows them, --events records them). */
 export type SessionEvent =
@@ -32,9 +32,6 @@ export interface SessionSpec {
   readonly kernelArgs: readonly string[];
   readonly rootDir: string;
   readonly rootMode: 'overlay' | 'rw';
-  /** With an overlay root: the host directory writable in the guest at /.ovm/run. */
-  readonly handoffDir?: string | undefined;
-  readonly ports: readonly SerialPortSpec[];
   readonly agentSocket?: string | undefined;
   readonly workload?: WorkloadSpec | undefined;
   readonly network: NetworkSpec['mode'];
@@ -133,8 +130,7 @@ export class VmSession {
           kernelArgs: [...spec.kernelArgs, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
           rootDir: spec.rootDir,
           rootMode: spec.rootMode,
-          handoffDir: spec.handoffDir,
-          ports: spec.ports,
+          ports: [],
           agentSocket: spec.agentSocket,
           workload: spec.workload,
           network,

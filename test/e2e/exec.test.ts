@@ -1,9 +1,13 @@
 // End-to-end: real microVMs under QEMU (TCG on these machines), through the installed CLI.
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import path from 'node:path';
 import { after, test } from 'node:test';
 import { AWKWARD_ARGS } from '../fixtures/awkward.ts';
-import { type CliRun, sandbox } from './harness.ts';
+import { CLI, type CliRun, ROOT, sandbox } from './harness.ts';
+
+const PTY_DRIVE = path.join(ROOT, 'test', 'fixtures', 'pty-drive.py');
 
 const box = sandbox();
 after(() => box.cleanup());
@@ -36,16 +40,17 @@ test('a command killed by SIGKILL gives 137', async () => {
   assert.equal(r.code, 137, r.stderr);
 });
 
+// The guest agent alone looks the command up and says why it cannot run it (on the command's stderr).
 test('a missing executable gives 127 and says so', async () => {
   const r = await exec([...LIGHT, '--exec', '/no/such/program']);
   assert.equal(r.code, 127);
-  assert.match(r.stderr, /\/no\/such\/program: not found in the guest/);
+  assert.match(r.stderr, /cannot run '\/no\/such\/program': No such file or directory/);
 });
 
 test('a non-executable file gives 126 and says so; a name is looked up in PATH', async () => {
   const r = await exec([...LIGHT, '--exec', '/etc/passwd']);
   assert.equal(r.code, 126);
-  assert.match(r.stderr, /\/etc\/passwd: not executable in the guest/);
+  assert.match(r.stderr, /cannot run '\/etc\/passwd': Permission denied/);
   const byName = await exec([...LIGHT, 'run', '--', 'no-such-name']);
   assert.equal(byName.code, 127);
 });
@@ -84,10 +89,63 @@ test('--args values may begin with - and --args/--env/--workdir apply', async ()
   assert.deepEqual(names, ['GREETING', 'HOME', 'PATH', 'PWD', 'SHLVL', 'TERM']);
 });
 
-test('a missing --workdir is reported as an init failure (125)', async () => {
+test('a missing --workdir is reported as a failure to start the command (125)', async () => {
   const r = await exec([...LIGHT, '--workdir', '/nope', '--exec', '/bin/true']);
   assert.equal(r.code, 125);
-  assert.match(r.stderr, /--workdir \/nope: no such directory in the guest/);
+  assert.match(r.stderr, /cannot change to directory '\/nope': No such file or directory/);
+});
+
+test('stdin is passed through: echo hi | run -- cat prints hi; 3 MB round trip through cat arrives whole', async () => {
+  const hi = spawnSync(CLI, [...LIGHT, 'run', '--', 'cat'], { env: box.env, input: 'hi\n' });
+  assert.equal(hi.status, 0, hi.stderr.toString());
+  assert.equal(hi.stdout.toString(), 'hi\n');
+  const big = randomBytes(3 * 1024 * 1024);
+  const r = await new Promise<{ code: number | null; out: Buffer; err: string }>((resolve) => {
+    const child = spawn(CLI, [...LIGHT, '--net', 'none', 'run', '--', 'cat'], { env: box.env });
+    const out: Buffer[] = [];
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stderr.on('data', (c: Buffer) => {
+      err += c.toString();
+    });
+    child.on('close', (code) => resolve({ code, out: Buffer.concat(out), err }));
+    child.stdin.end(big);
+  });
+  assert.equal(r.code, 0, r.err);
+  assert.equal(r.out.length, big.length);
+  assert.equal(
+    createHash('sha256').update(r.out).digest('hex'),
+    createHash('sha256').update(big).digest('hex'),
+  );
+});
+
+test('run with a terminal gets a pseudo-terminal in the guest (window size, one CR per line, exit code)', () => {
+  const pty = spawnSync(
+    'python3',
+    [
+      PTY_DRIVE,
+      'READY',
+      '40',
+      '100',
+      '--',
+      CLI,
+      ...LIGHT,
+      '--net',
+      'none',
+      'run',
+      '--',
+      'sh',
+      '-c',
+      'tty; stty size; echo READY; read x; stty size; exit 4',
+    ],
+    { env: box.env, timeout: 120_000 },
+  );
+  const out = pty.stdout.toString().replaceAll('\r', '');
+  assert.equal(pty.status, 4, out + pty.stderr.toString());
+  assert.match(pty.stdout.toString(), /^24 80\r\n/m);
+  assert.doesNotMatch(pty.stdout.toString(), /\r\r\n/);
+  assert.match(out, /^\/dev\/pts\/\d+$/m);
+  assert.match(out, /^40 100$/m, 'the resize reached the guest');
 });
 
 test('stdout and stderr stay separate and apart from kernel and init output, and large output arrives whole', async () => {
@@ -172,9 +230,9 @@ test('after kill -9 of the CLI, the next run reaps the orphaned VM by pid and st
   await box.assertClean(next);
 });
 
-test('a guest that does not start the command in time is stopped, with the console lines in the error', async () => {
+test('a guest whose agent does not connect in time is stopped, with the console lines in the error', async () => {
   const r = await exec([...LIGHT, '--boot-timeout', '1', '--exec', '/bin/true']);
   assert.equal(r.code, 125);
-  assert.match(r.stderr, /error: the guest did not start the command within 1 s/);
+  assert.match(r.stderr, /error: the guest agent did not connect within 1 s/);
   assert.match(r.stderr, /hint: (last console lines:[\s\S]*)?see .*console\.log/);
 });

@@ -1,12 +1,12 @@
 // Hostile guest → host through the files the host reads from a guest-owned tree (issue 13, item 2,
 // review follow-up): the gateway rootfs's build record and guest scripts (read before every boot,
 // by run --rootfs, rootfs info and prepare-rootfs), and the kine datastore SQLite cleans. Planting
-// from the host here is what a guest writes through virtio-fs. The last test (the exec handoff and
-// console escapes) boots a real microVM under QEMU (TCG here): run with flock /tmp/ovm-vm.lock.
+// from the host here is what a guest writes through virtio-fs. The last test (a run whose agent
+// dies under its command, and console escapes) boots a real microVM under QEMU (TCG here): run
+// with flock /tmp/ovm-vm.lock.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -216,22 +216,20 @@ test('kine db dir swapped for a symlink to a host dir between the check and the 
 });
 
 const box = sandbox();
-const hostDir = mkdtempSync(path.join(os.tmpdir(), 'ovm-hostile-handoff-'));
-after(() => {
-  box.cleanup();
-  rmSync(hostDir, { recursive: true, force: true });
-});
+after(() => box.cleanup());
 
-test('handoff dir swapped for a symlink to a host dir saying "0 exited": not believed; console escapes not printed', async () => {
-  writeFileSync(path.join(hostDir, 'started'), '');
-  writeFileSync(path.join(hostDir, 'status'), '0 exited\n');
+// The run's command is an agent session now: there is no handoff dir or status file the guest
+// could swap (the test that swapped it for a symlink to a host dir saying "0 exited" is gone with
+// them). What remains to attack is the session: guest root kills the agent under its command and
+// writes escapes to the console. The host must not make up an exit code, and must show the
+// console's tail with the escapes as visible text.
+test('guest root kills the agent under its command and writes OSC 52/title/clear escapes to the console: the run fails, no exit code made up, the escapes not printed', async () => {
   const script = [
-    "id=$(sed -n 's/.*ovm\\.run=\\([^ ]*\\).*/\\1/p' /proc/cmdline)",
-    'cd /.ovm/run || exit 90',
-    'mv "$id" moved || exit 91',
-    `ln -s ${hostDir} "$id" || exit 92`,
     "printf '\\033]52;c;b3duZWQ=\\007\\033]0;owned\\007\\033[2J\\n' >/dev/console",
-    'exit 3',
+    // $PPID is the agent: it forked and exec'ed this shell. The init starts it again.
+    'kill -9 "$PPID"',
+    'sleep 30',
+    'exit 0',
   ].join('\n');
   const result = await box.run([
     '-q',
@@ -247,16 +245,15 @@ test('handoff dir swapped for a symlink to a host dir saying "0 exited": not bel
     '-c',
     script,
   ]);
-  assert.notEqual(result.code, 0, `the host believed the planted status: ${result.stderr}`);
+  assert.equal(result.code, 125, `the run did not fail as openshell-vm's own failure: ${result.stderr}`);
   assert.ok(
     !result.stderr.includes('\x1b'),
     `an escape sequence reached the terminal: ${JSON.stringify(result.stderr)}`,
   );
   assert.ok(!result.stderr.includes('\x07'), 'BEL reached the terminal');
-  // GuestRoot either refuses the link or resolves it inside the handoff dir (as in a chroot: nothing).
   assert.match(
     result.stderr,
-    /handoff was refused|ended without reporting the command's result/,
+    /session ended without its exit code: the guest agent restarted/,
     result.stderr,
   );
   assert.match(result.stderr, /\\x1b\]52;c;/, 'the console tail is shown, its escapes made visible');

@@ -2,11 +2,10 @@
 # openshell-vm initramfs /init (busybox sh). Loads the virtio modules listed in /etc/ovm-modules
 # (dependencies first), mounts the virtio-fs share tagged by ovm.tag as the root, and switch_roots
 # into ovm.init. With ovm.root=overlay the share is the read-only lower layer of an overlay whose
-# upper layer is a tmpfs (writes vanish when the VM ends); of the share itself only /.ovm/run (the
-# run's handoff directory, the one place the host lets this guest write) stays reachable, bound at
-# /.ovm/run of the new root. The host serves the rest of the share read-only, so a guest that mounts
-# it again read-write still cannot change it. On any failure it says why on the console and powers
-# off: the host then finds no status file and reports "the guest init failed" with the console's
+# upper layer is a tmpfs (writes vanish when the VM ends); nothing of the share stays writable or
+# mounted beside it. The host serves the whole share read-only, so a guest that mounts it again
+# read-write still cannot change it. On any failure it says why on the console and powers off: the
+# host then sees the VM end before the guest agent connected and reports it with the console's
 # last lines.
 export PATH=/bin
 
@@ -57,9 +56,6 @@ case $rootmode in
       fail "cannot mount the share read-only"
     mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot ||
       fail "cannot mount the overlay root"
-    [ -d /mnt/host/.ovm/run ] || fail "the share has no /.ovm/run (the host's handoff directory)"
-    mkdir -p /newroot/.ovm/run || fail "cannot create /.ovm/run"
-    mount --bind /mnt/host/.ovm/run /newroot/.ovm/run || fail "cannot bind the handoff directory"
     umount -l /mnt/lower
     umount -l /mnt/host
     ;;

@@ -1,20 +1,18 @@
 #!/bin/sh
 # openshell-vm guest init (PID 1 of the embedded default rootfs). POSIX sh, busybox applets.
 #
+# It only prepares the guest (mounts, hostname, network) and keeps the guest agent
+# (/sbin/ovm-agent, on the virtio-serial port org.openshell.agent) running; every command reaches
+# the guest as an agent session, never through this script.
+# Mode exec (ovm.mode=exec): the host waits for the agent, runs `openshell-vm run`'s command as an
+#   agent session (the agent alone looks the executable up in PATH and gives 127/126/125), then
+#   asks for a shutdown.
 # Mode gateway (ovm.mode=gateway): after the mounts and the network below, exec
 #   /sbin/ovm-gateway-init, which starts k3s (a rootfs from openshell-vm prepare-rootfs).
-# Mode exec (ovm.mode=exec ovm.run=ID on the kernel command line):
-#   the host wrote /.ovm/run/ID/request.sh into the run's handoff directory (sh-quoted, so every
-#   argv string survives as is). This init resolves the executable, runs it with exactly the
-#   requested environment and working directory, its stdout and stderr on the virtio-serial ports
-#   named org.openshell.stdout / org.openshell.stderr (never the console), stdin from /dev/null,
-#   then writes "CODE REASON" to /.ovm/run/ID/status and powers off.
-#   Codes follow libkrun's init: 127 not found, 126 not executable, 125 this init failed before
-#   running the command; a command killed by signal N gives 128+N.
 # The console (kernel and this script's progress lines) goes to the host's console log only.
-# In both modes the guest agent (/sbin/ovm-agent, openshell-vm exec) runs on the virtio-serial
-# port org.openshell.agent when the host provides one; SIGTERM to PID 1 (the agent's shutdown
-# request) stops the command (exec mode) or k3s (gateway mode), then the VM.
+# SIGTERM to PID 1 (the agent's shutdown request) stops every process (exec mode) or k3s (gateway
+# mode), then the VM. Anything this init cannot do ends the VM at once: the host then sees the VM
+# end before the agent connected and reports it with the console's last lines.
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -45,12 +43,10 @@ hostname openshell-vm
 ts "started"
 
 mode=
-run=
 net=none
 for word in $(cat /proc/cmdline); do
   case $word in
     ovm.mode=*) mode=${word#ovm.mode=} ;;
-    ovm.run=*) run=${word#ovm.run=} ;;
     ovm.net=*) net=${word#ovm.net=} ;;
   esac
 done
@@ -106,15 +102,8 @@ net_up() {
 }
 net_up
 
-# The run's handoff directory on the host: part of the root when it is writable (rw), bound at
-# /.ovm/run by the initramfs under an overlay (the rest of the share is read-only there).
-handoff=/.ovm/run/$run
-
-finish() { # CODE REASON
-  ts "finished: $1 $2"
-  if [ -d "$handoff" ]; then
-    printf '%s %s\n' "$1" "$2" >"$handoff/status.tmp" && mv "$handoff/status.tmp" "$handoff/status"
-  fi
+fail() { # REASON: said on the console, then the VM ends
+  ts "FATAL: $1"
   poweroff_now
 }
 
@@ -146,67 +135,35 @@ start_agent() {
   ts "agent started"
 }
 
-run_exec() {
-  [ -n "$run" ] || finish 125 no-run-id
-  [ -r "$handoff/request.sh" ] || finish 125 no-request
-  # Defines ovm_exec, ovm_workdir, ovm_path and ovm_setenv(), and sets the positional arguments.
-  . "$handoff/request.sh" || finish 125 bad-request
-
-  out=$(find_port org.openshell.stdout) || finish 125 no-stdout-port
-  err=$(find_port org.openshell.stderr) || finish 125 no-stderr-port
-
-  case $ovm_exec in
-    */*) target=$ovm_exec ;;
-    *)
-      target=
-      old_ifs=$IFS
-      IFS=:
-      for dir in $ovm_path; do
-        if [ -f "$dir/$ovm_exec" ] && [ -x "$dir/$ovm_exec" ]; then
-          target=$dir/$ovm_exec
-          break
-        fi
-      done
-      IFS=$old_ifs
-      [ -n "$target" ] || finish 127 not-found
-      ;;
-  esac
-  [ -e "$target" ] || finish 127 not-found
-  if [ -d "$target" ] || [ ! -x "$target" ]; then finish 126 not-executable; fi
-  [ -d "$ovm_workdir" ] || finish 125 workdir-missing
-
-  ts "exec $target"
-  : >"$handoff/started"
-  (
-    cd "$ovm_workdir" || exit 125
-    for name in $(export -p | sed -n 's/^export \([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
-      unset "$name"
-    done
-    ovm_setenv
-    exec "$target" "$@"
-  ) </dev/null >"$out" 2>"$err" &
-  child=$!
-  trap 'ts "stop requested: SIGTERM to the command"; kill -TERM $child 2>/dev/null' TERM
-  # wait returns early when the trap runs; the command (a zombie until reaped) is waited again.
-  while :; do
-    wait $child
-    code=$?
-    kill -0 $child 2>/dev/null || break
+# Exec mode: PID 1 waits for the host's shutdown request (the agent's SIGTERM; the host sends it
+# once the command's session has ended, or has been stopped), then ends every process and the VM.
+# The trap is set before the agent starts: a TERM that came before it would be lost (PID 1).
+serve_exec() {
+  [ -x /sbin/ovm-agent ] || fail "no guest agent (/sbin/ovm-agent)"
+  find_port org.openshell.agent >/dev/null || fail "no virtio-serial port org.openshell.agent"
+  stopping=
+  trap 'stopping=1' TERM
+  start_agent
+  while [ -z "$stopping" ]; do
+    sleep 3600 &
+    wait $! 2>/dev/null
+    kill $! 2>/dev/null
   done
-  finish $code exited
+  ts "stop requested: SIGTERM to every process"
+  kill -TERM -1 2>/dev/null
+  poweroff_now
 }
 
-start_agent
-
 case $mode in
-  exec) run_exec ;;
+  exec) serve_exec ;;
   gateway)
+    start_agent
     # The gateway's own init stays PID 1: it prepares k3s's state and runs k3s.
-    [ -x /sbin/ovm-gateway-init ] || finish 125 no-gateway-init
+    [ -x /sbin/ovm-gateway-init ] || fail "no /sbin/ovm-gateway-init"
     exec /sbin/ovm-gateway-init
     ;;
   *)
     ts "unknown or missing ovm.mode '$mode'"
-    finish 125 bad-mode
+    fail "bad mode"
     ;;
 esac

@@ -64,17 +64,16 @@ export class QemuBackend implements VmmBackend {
 
   /**
    * virtiofsd's command: on the shared directory itself for a writable root (the gateway's), or
-   * read-only with only the handoff directory writable for an overlay's lower layer.
+   * read-only for an overlay's lower layer.
    */
   async virtiofsdCommand(
     virtiofsd: string,
-    spec: Pick<VmSpec, 'rootDir' | 'rootMode' | 'handoffDir'>,
+    spec: Pick<VmSpec, 'rootDir' | 'rootMode'>,
     sock: string,
   ): Promise<{ command: string; args: string[] }> {
     const flavour = await virtiofsdFlavour(virtiofsd);
     const args = virtiofsdArgs(sock, spec.rootDir, flavour);
     if (spec.rootMode === 'rw') return { command: virtiofsd, args };
-    if (!spec.handoffDir) throw new Error('an overlay root needs VmSpec.handoffDir');
     const unshare = await findOnPath('unshare', this.#env.searchPath);
     if (!unshare) {
       throw new HostError('unshare not found on PATH (it keeps the shared root read-only for virtiofsd)', {
@@ -87,7 +86,6 @@ export class QemuBackend implements VmmBackend {
       virtiofsdArgs: args,
       flavour,
       rootDir: spec.rootDir,
-      handoffDir: spec.handoffDir,
     });
   }
 
