@@ -5,7 +5,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { UsageError } from '../errors.ts';
-import { leadingGlobalFlags, type OptionSpec, parseArgs, single, subcommandArgv } from './args.ts';
+import {
+  leadingGlobalFlags,
+  type OptionSpec,
+  parseArgs,
+  single,
+  subcommandArgv,
+  wantsDebug,
+} from './args.ts';
 
 const MAIN = new URL('./main.ts', import.meta.url).pathname;
 
@@ -98,4 +105,11 @@ test('global flags before a subcommand (no VM): --debug list and -q doctor are a
   const missing = cli('--debug', 'status', 'nosuch');
   assert.equal(missing.status, 125);
   assert.match(missing.stderr, /there is no instance 'nosuch'/);
+});
+
+test("--debug is openshell-vm's only before `--`; after it, it is the guest command's", () => {
+  assert.equal(wantsDebug(['--debug', 'list']), true);
+  assert.equal(wantsDebug(['run', '--debug', '--', 'prog']), true);
+  assert.equal(wantsDebug(['run', '--', 'prog', '--debug']), false);
+  assert.equal(wantsDebug(['run', '--', 'prog', '--', '--debug']), false);
 });

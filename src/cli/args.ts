@@ -160,3 +160,9 @@ export function single(args: ParsedArgs, name: string): string | undefined {
   const list = args.values.get(name);
   return list?.[list.length - 1];
 }
+
+/** Whether openshell-vm's own --debug is given: one after `--` belongs to the guest's command. */
+export function wantsDebug(argv: readonly string[]): boolean {
+  const end = argv.indexOf('--');
+  return (end < 0 ? argv : argv.slice(0, end)).includes('--debug');
+}

@@ -12,6 +12,7 @@ import {
   parseArgs,
   single,
   subcommandArgv,
+  wantsDebug,
 } from './args.ts';
 import { reportDetachedReady, runDetached } from './detach.ts';
 import { doctorCommand } from './doctor.ts';
@@ -76,7 +77,7 @@ const GATEWAY_ONLY = [
 ] as const;
 
 export async function main(argv: readonly string[]): Promise<number> {
-  const debug = argv.includes('--debug');
+  const debug = wantsDebug(argv);
   try {
     return await dispatch(argv);
   } catch (err) {
