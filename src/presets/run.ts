@@ -1,0 +1,300 @@
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import type { AccelChoice } from '../accel/probe.ts';
+import type { HostEnvironment } from '../config/environment.ts';
+import { VmError } from '../errors.ts';
+import { agentRequest, type WorkloadRequest } from '../exec/request.ts';
+import { attachTerminal, stdinIsTerminal, terminalSize } from '../exec/terminal.ts';
+import { ensureAgent, installAgent } from '../guest/agent-build.ts';
+import { ensureGuestArtifacts, type GuestArtifacts } from '../guest/artifacts.ts';
+import type { GuestArch } from '../host/arch.ts';
+import { loadGuestInputs } from '../host/toolchain.ts';
+import { ensureRootLocation, refuseWritableRunRoot } from '../instance/root-location.ts';
+import { type InstanceHandle, raceAbort, startInstance } from '../instance/start.ts';
+import { describe as describeForward } from '../net/forwarder.ts';
+import type { PortForward } from '../net/ports.ts';
+import { verifyRootfsForBoot } from '../rootfs/record.ts';
+import type { ExitResult, PidRecord } from '../supervisor/process.ts';
+import type { NetworkSpec, VmmBackend } from '../vmm/backend.ts';
+
+/** The progress message when the guest has started the command (a detached run is then up). */
+export const COMMAND_STARTED = 'command started in the guest';
+
+/** A validated exec run: everything decided, nothing started. */
+export interface ExecPlan {
+  readonly arch: GuestArch;
+  readonly accel: AccelChoice;
+  readonly vcpus: number;
+  readonly memMib: number;
+  readonly instance: string;
+  readonly request: WorkloadRequest;
+  /** Deadline for the guest agent to connect (boot + init). */
+  readonly bootTimeoutMs: number;
+  /** Keep the run directory (logs) even when the run succeeds. */
+  readonly keepLogs: boolean;
+  readonly network: NetworkSpec['mode'];
+  /** Host-to-guest TCP forwards (validated, host ports checked free). */
+  readonly forwards: readonly PortForward[];
+  /** A prepared rootfs (verified against its build record before boot); default: the embedded one. */
+  readonly rootfs?: string | undefined;
+  /** Run by a detached supervisor (openshell-vm run --detach), for the state file. */
+  readonly detached?: boolean | undefined;
+}
+
+export type ExecStage = 'artifacts' | 'boot' | 'network' | 'running' | 'done';
+
+export type ExecEvent =
+  | {
+      readonly type: 'stage';
+      readonly stage: ExecStage;
+      readonly message: string;
+      readonly elapsedMs: number;
+    }
+  | {
+      readonly type: 'process';
+      readonly action: 'started' | 'stopped';
+      readonly process: PidRecord;
+      readonly exit?: ExitResult | undefined;
+      readonly elapsedMs: number;
+    }
+  | { readonly type: 'warning'; readonly message: string; readonly elapsedMs: number };
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+export interface ExecResult {
+  /** The command's exit code (128+N for signal N; 127 not found, 126 not executable, 125 not started). */
+  readonly exitCode: number;
+  readonly reason: string;
+  /** Always undefined: the guest agent says on the command's stderr why it could not run it. */
+  readonly message: string | undefined;
+  readonly timings: {
+    readonly artifactsMs: number;
+    readonly bootMs: number;
+    readonly commandMs: number;
+    readonly totalMs: number;
+  };
+}
+
+/** The command's streams: stdin passed through (a terminal gets a pseudo-terminal in the guest). */
+export interface ExecIo {
+  readonly stdin?: Readable | undefined;
+  readonly stdout: Writable;
+  readonly stderr: Writable;
+}
+
+export interface ExecOptions {
+  readonly backend: VmmBackend;
+  readonly signal?: AbortSignal | undefined;
+  readonly onEvent?: ((event: ExecEvent) => void) | undefined;
+  /** Clock for elapsed times (ms); defaults to time since process start. */
+  readonly now?: (() => number) | undefined;
+}
+
+/** How long the guest gets to power off by itself once the command has ended. */
+const GUEST_SHUTDOWN_MS = 10_000;
+
+/**
+ * `openshell-vm run`: the lifecycle (src/instance/start.ts) on the embedded default rootfs or a
+ * prepared one, then the command as an agent session (stdout and stderr to `io` as it runs, stdin
+ * passed through, a pseudo-terminal when stdin is one), then the guest shut down in order. Under
+ * a backend whose VMM runs the workload itself (libkrun) the VMM's exit status is the command's.
+ * Everything started is stopped and every socket removed before this returns or throws, also on abort.
+ */
+export async function runExec(
+  env: HostEnvironment,
+  plan: ExecPlan,
+  io: ExecIo,
+  options: ExecOptions,
+): Promise<ExecResult> {
+  const now = options.now ?? (() => performance.now());
+  const emit = (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) =>
+    options.onEvent?.({ ...event, elapsedMs: Math.round(now()) } as ExecEvent);
+  const t0 = now();
+  const { backend, signal } = options;
+  // libkrun: the VMM's own workload, ending with its exit status (issue 14: not yet the agent).
+  const vmmRuns = backend.features.workload === 'vmm';
+  let artifacts: GuestArtifacts | undefined;
+  let tArtifacts = t0;
+  let share: string | undefined;
+
+  const handle = await startInstance(
+    env,
+    {
+      instance: plan.instance,
+      mode: 'run',
+      purpose: 'running a command',
+      detached: plan.detached ?? false,
+      arch: plan.arch,
+      accel: plan.accel,
+      vcpus: plan.vcpus,
+      memMib: plan.memMib,
+      network: plan.network,
+      forwards: plan.forwards,
+      command: [plan.request.exec, ...plan.request.args],
+      agentTimeoutMs: vmmRuns ? undefined : plan.bootTimeoutMs,
+      keepLogs: plan.keepLogs,
+    },
+    {
+      preflight: async () => {
+        // A prepared rootfs: only on a backend with a read-only lower layer, and only where no
+        // other local user can reach it (booted from its real path).
+        refuseWritableRunRoot(backend, plan.rootfs);
+        if (plan.rootfs) plan = { ...plan, rootfs: await ensureRootLocation(plan.rootfs) };
+        artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch));
+        if (artifacts.rebuiltBecause)
+          emit({ type: 'warning', message: `${artifacts.rebuiltBecause}: rebuilt them` });
+        emit({
+          type: 'stage',
+          stage: 'artifacts',
+          message: `guest artifacts ${artifacts.built ? 'built' : 'cached'} (${plan.arch}, kernel ${artifacts.kernelRelease})`,
+        });
+        tArtifacts = now();
+      },
+      prepare: async () => {
+        if (!plan.rootfs || !artifacts) return;
+        // A prepared rootfs must be this tool's build: guest scripts and (QEMU) kernel modules.
+        const record = await verifyRootfsForBoot(plan.rootfs, {
+          kernelRelease: backend.features.guestKernel === 'openshell' ? artifacts.kernelRelease : undefined,
+        });
+        await installAgent(plan.rootfs, await ensureAgent(env, plan.arch));
+        emit({
+          type: 'stage',
+          stage: 'artifacts',
+          message: `rootfs ${plan.rootfs} (${record.base.source}, built ${record.builtAt})`,
+        });
+      },
+      boot: async (run) => {
+        if (!artifacts) throw new Error('the guest artifacts were not prepared');
+        let rootDir = plan.rootfs ?? artifacts.rootfs;
+        // The default rootfs is shared by every run of every instance: a backend whose guest
+        // would write into the directory itself (no read-only lower layer) boots a private copy.
+        if (!plan.rootfs && backend.features.overlayRoot === 'writable') {
+          share = path.join(run.dir, 'share');
+          await fs.mkdir(share, { mode: 0o700 });
+          rootDir = await privateRootCopy(artifacts.rootfs, path.join(share, 'rootfs'));
+        }
+        return {
+          kernel: artifacts.kernel,
+          initramfs: artifacts.initramfs,
+          rootDir,
+          rootMode: 'overlay',
+          kernelArgs: ['ovm.mode=exec'],
+          workload: vmmRuns
+            ? {
+                path: plan.request.exec,
+                args: plan.request.args,
+                env: plan.request.env.map(([k, v]) => `${k}=${v}`),
+                workdir: plan.request.workdir,
+              }
+            : undefined,
+        };
+      },
+      started: () => {
+        if (plan.forwards.length) {
+          emit({ type: 'stage', stage: 'network', message: plan.forwards.map(describeForward).join(', ') });
+        }
+      },
+      cleanup: async () => {
+        if (share) await fs.rm(share, { recursive: true, force: true });
+      },
+    },
+    {
+      backend,
+      signal,
+      // A clock correction says the host slept or the guest drifted: worth a line even with -q.
+      emit: (e) =>
+        emit(
+          e.type === 'agent' || (e.type === 'stage' && e.stage === 'boot')
+            ? { type: 'stage', stage: 'boot', message: e.message }
+            : e.type === 'clock'
+              ? { type: 'warning', message: e.message }
+              : e,
+        ),
+    },
+  );
+
+  let failed = true;
+  try {
+    const tStarted = now();
+    const bootMs = performance.now() - handle.bootStartedAt;
+    emit({ type: 'stage', stage: 'running', message: COMMAND_STARTED });
+    let code: number;
+    if (vmmRuns) {
+      // openshell-vm stop: the agent stops the command (SIGTERM), libkrun ends with its status.
+      void handle.stopRequested.then((ms) => handle.stop({ timeoutMs: ms, force: signal }));
+      code = await vmmExitCode(handle, signal);
+    } else {
+      code = await runCommand(handle, plan.request, io, signal);
+      // The command has ended: the agent asks PID 1 to end the guest in order.
+      await handle.stop({ timeoutMs: GUEST_SHUTDOWN_MS, force: signal, failed: code === 125 });
+    }
+    const tDone = now();
+    emit({ type: 'stage', stage: 'done', message: `command exited: exit code ${code}` });
+    failed = code === 125;
+    return {
+      exitCode: code,
+      reason: 'exited',
+      message: undefined,
+      timings: {
+        artifactsMs: Math.round(tArtifacts - t0),
+        bootMs: Math.round(bootMs),
+        commandMs: Math.round(tDone - tStarted),
+        totalMs: Math.round(tDone - t0),
+      },
+    };
+  } finally {
+    // Idempotent: after the orderly stop above this only returns its outcome. On an abort or a
+    // failure the VM is killed at once.
+    await handle.stop({ orderly: false, failed });
+  }
+}
+
+/**
+ * The run's command as one agent session: its exit code as the agent reports it. `openshell-vm
+ * stop` (detached runs) sends it SIGTERM, and SIGKILL when it is still running `ms` later.
+ */
+async function runCommand(
+  handle: InstanceHandle,
+  request: WorkloadRequest,
+  io: ExecIo,
+  signal: AbortSignal | undefined,
+): Promise<number> {
+  const tty = stdinIsTerminal(io);
+  const command = handle.exec(agentRequest(request, { tty, ...terminalSize(io) }), io);
+  const restore = tty ? attachTerminal(io, (rows, cols) => command.resize(rows, cols)) : () => undefined;
+  let killTimer: NodeJS.Timeout | undefined;
+  void handle.stopRequested.then((ms) => {
+    command.signal('TERM');
+    killTimer = setTimeout(() => command.signal('KILL'), ms);
+    killTimer.unref();
+  });
+  try {
+    return await raceAbort(command.done, signal);
+  } catch (err) {
+    if (!(err instanceof VmError) || signal?.aborted) throw err;
+    throw await handle.failure(err.message, err);
+  } finally {
+    clearTimeout(killTimer);
+    restore();
+    command.close();
+  }
+}
+
+/** libkrun: the VMM's own exit status is the command's (128+N when it dies of signal N). */
+async function vmmExitCode(handle: InstanceHandle, signal: AbortSignal | undefined): Promise<number> {
+  const { vmm } = await raceAbort(handle.exited, signal);
+  const refused = await handle.vm.setupError?.();
+  if (refused) throw new VmError(`libkrun did not start the VM: ${refused}`);
+  return vmm.signal ? 128 + (os.constants.signals[vmm.signal] ?? 0) : (vmm.exitCode ?? 125);
+}
+
+/**
+ * A copy of the directory tree `source` at `dest` (modes, times and symlinks as they are, nothing
+ * shared with the source: no hard links), for a guest that may write to its root.
+ */
+async function privateRootCopy(source: string, dest: string): Promise<string> {
+  await fs.cp(source, dest, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+  return dest;
+}
