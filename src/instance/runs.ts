@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno, UsageError } from '../errors.ts';
-import { pathExists, writeFileAtomic } from '../host/fs.ts';
+import { pathExists } from '../host/fs.ts';
 import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
 import type { PidRecord } from '../supervisor/process.ts';
 import { type OwnerRecord, ownerRecordSchema, parseRecord, pidRecordSchema } from './schema.ts';
@@ -175,19 +175,6 @@ async function makeFreshDir(dir: string): Promise<void> {
   if (reason) throw new HostError(`refusing to use ${dir}: it ${reason}`, { hint: `remove ${dir}` });
 }
 
-/** Records another path the run owns (removed with the run, also by a later sweep). */
-export async function addRunPath(run: RunPaths, extra: string): Promise<void> {
-  const file = path.join(run.dir, RUN_FILES.owner);
-  const owner = await readOwner(run.dir);
-  if (owner.kind !== 'ok')
-    throw new HostError(`the run record ${file} ${owner.kind === 'missing' ? 'is missing' : owner.reason}`);
-  await writeFileAtomic(
-    file,
-    `${JSON.stringify({ ...owner.owner, extraPaths: [...owner.owner.extraPaths, extra] })}\n`,
-    0o600,
-  );
-}
-
 /** Ends a run: removes its directory and extra paths, or keeps its logs (failed runs). */
 export async function finishRun(run: RunPaths, keepLogs: boolean): Promise<void> {
   await saveRunLogs(run.dir, run.instanceDir);
@@ -221,8 +208,8 @@ async function readOwner(dir: string): Promise<OwnerRead> {
 
 /**
  * Removes the paths a run record lists outside its run directory, only where our layout puts
- * them: the run's socket directory (<runtime>/<id>) and a guest handoff directory
- * (<root>/.ovm/run/<id>, reached through no symlink inside the root). Others are left alone.
+ * them: the run's socket directory (<runtime>/<id>). Others are left alone (the guest handoff
+ * directory inside a rootfs, listed by older versions, is gone: a command is an agent session).
  */
 async function removeExtraPaths(
   id: string,
@@ -231,28 +218,13 @@ async function removeExtraPaths(
   extraPaths: readonly string[],
 ): Promise<void> {
   for (const extra of extraPaths) {
-    if (await isOurExtraPath(id, runDir, socketDir, extra))
-      await fs.rm(extra, { recursive: true, force: true });
+    if (isOurExtraPath(id, runDir, socketDir, extra)) await fs.rm(extra, { recursive: true, force: true });
   }
 }
 
-async function isOurExtraPath(
-  id: string,
-  runDir: string,
-  socketDir: string,
-  extra: string,
-): Promise<boolean> {
+function isOurExtraPath(id: string, runDir: string, socketDir: string, extra: string): boolean {
   if (!path.isAbsolute(extra) || path.normalize(extra) !== extra || path.basename(extra) !== id) return false;
-  if (extra === socketDir && socketDir !== runDir) return true;
-  const handoffParent = path.dirname(extra);
-  if (path.basename(handoffParent) !== 'run' || path.basename(path.dirname(handoffParent)) !== '.ovm')
-    return false;
-  const root = path.dirname(path.dirname(handoffParent));
-  try {
-    return (await fs.realpath(handoffParent)) === path.join(await fs.realpath(root), '.ovm', 'run');
-  } catch {
-    return false;
-  }
+  return extra === socketDir && socketDir !== runDir;
 }
 
 export interface SweepReport {
