@@ -1,9 +1,8 @@
-import { spawnSync } from 'node:child_process';
-import { fstatSync } from 'node:fs';
 import path from 'node:path';
 import { ExecSession } from '../agent/client.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { HostError, UsageError } from '../errors.ts';
+import { attachTerminal, terminalSize } from '../exec/terminal.ts';
 import { pathExists } from '../host/fs.ts';
 import { terminalSafeLine } from '../host/terminal-text.ts';
 import { instanceDir, parseInstanceName } from '../instance/runs.ts';
@@ -100,11 +99,7 @@ export async function execIntoCommand(argv: readonly string[]): Promise<number> 
       hint: 'wait until it is Ready, then try again',
     });
   }
-  const size = () => {
-    const out = process.stdout.isTTY ? process.stdout : process.stderr.isTTY ? process.stderr : undefined;
-    // A terminal that reports no size (0x0) gets the classic 24x80.
-    return { rows: out?.rows || 24, cols: out?.columns || 80 };
-  };
+  const io = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr };
   const term = process.env.TERM;
   const session = await ExecSession.start(
     state.control,
@@ -114,21 +109,14 @@ export async function execIntoCommand(argv: readonly string[]): Promise<number> 
       env: tty && term && !env.some((e) => e.startsWith('TERM=')) ? [`TERM=${term}`, ...env] : env,
       workdir,
       tty,
-      ...size(),
+      ...terminalSize(io),
     },
-    { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
+    io,
   );
-  const raw = tty && stdinTty;
-  if (raw) {
-    process.stdin.setRawMode(true);
-    if (process.stdout.isTTY) rawOutput();
-  }
-  const onResize = () => {
-    const { rows, cols } = size();
-    session.resize(rows, cols);
-  };
-  process.stdout.on('resize', onResize);
-  process.stderr.on('resize', onResize);
+  // Raw mode and window-size changes while the guest command has a pseudo-terminal.
+  const detachTerminal = tty
+    ? attachTerminal(io, (rows, cols) => session.resize(rows, cols))
+    : () => undefined;
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
   const forward = (sig: NodeJS.Signals) => session.signal(sig.slice(3));
   for (const s of signals) process.on(s, forward);
@@ -136,9 +124,7 @@ export async function execIntoCommand(argv: readonly string[]): Promise<number> 
     return await session.done;
   } finally {
     for (const s of signals) process.off(s, forward);
-    process.stdout.off('resize', onResize);
-    process.stderr.off('resize', onResize);
-    if (raw) process.stdin.setRawMode(false);
+    detachTerminal();
     process.stdin.pause();
     process.stdin.destroy();
   }
@@ -167,19 +153,4 @@ export function startHint(
   if (last?.mode === 'gateway') return `start the gateway again (${gateway}), ${list}`;
   if (hasRootfs) return `start the gateway (${gateway}) or a command (${run(undefined)}) in it, ${list}`;
   return `start a command in it (${run(undefined)}; the gateway needs a rootfs first: openshell-vm prepare-rootfs --name ${name}), ${list}`;
-}
-
-/**
- * Node's raw mode keeps output processing (ONLCR) on, so the guest pty's "\r\n" would reach the
- * terminal as "\r\r\n". Like ssh, turn output processing off too while the session runs, on
- * the terminal that stdin and stdout share; setRawMode(false) puts back the terminal's settings
- * from before. Without stty, or on two different terminals, output stays as it was.
- */
-function rawOutput(): void {
-  try {
-    if (fstatSync(0).rdev !== fstatSync(1).rdev) return;
-  } catch {
-    return;
-  }
-  spawnSync('stty', ['-opost'], { stdio: ['inherit', 'ignore', 'ignore'] });
 }
