@@ -1,5 +1,4 @@
 import net from 'node:net';
-import type { Readable, Writable } from 'node:stream';
 import { HostError, VmError } from '../errors.ts';
 import {
   decodeExit,
@@ -11,7 +10,7 @@ import {
   type Frame,
   FrameDecoder,
 } from './protocol.ts';
-import { STDIN_FRAME_BYTES } from './session.ts';
+import { type SessionIo, STDIN_FRAME_BYTES } from './session.ts';
 
 function connect(socketPath: string, instance: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
@@ -77,11 +76,8 @@ export async function controlRequest(
   }
 }
 
-export interface ExecIo {
-  readonly stdin?: Readable | undefined;
-  readonly stdout: Writable;
-  readonly stderr: Writable;
-}
+/** The command's streams (the same as an in-process agent session's). */
+export type ExecIo = SessionIo;
 
 /**
  * A command running in an instance's guest through its supervisor: output streamed to `io`,

@@ -1,8 +1,8 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable, Writable } from 'node:stream';
 import type { AccelChoice } from '../accel/probe.ts';
+import type { SessionIo } from '../agent/session.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { VmError } from '../errors.ts';
 import { agentRequest, type WorkloadRequest } from '../exec/request.ts';
@@ -78,11 +78,7 @@ export interface ExecResult {
 }
 
 /** The command's streams: stdin passed through (a terminal gets a pseudo-terminal in the guest). */
-export interface ExecIo {
-  readonly stdin?: Readable | undefined;
-  readonly stdout: Writable;
-  readonly stderr: Writable;
-}
+export type ExecIo = SessionIo;
 
 export interface ExecOptions {
   readonly backend: VmmBackend;
