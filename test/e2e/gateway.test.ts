@@ -13,7 +13,7 @@ import { generatePki } from '../../src/gateway/pki.ts';
 import { mtlsHandshake } from '../../src/gateway/readiness.ts';
 import { findGvproxy } from '../../src/net/gvproxy.ts';
 import { buildLibkrunDouble } from '../fixtures/libkrun-double.ts';
-import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_SHA } from '../fixtures/stand-in.ts';
+import { mmdebstrapMissing, STAND_IN_BUILD } from '../fixtures/stand-in.ts';
 import { type CliRun, type Sandbox, sandbox } from './harness.ts';
 
 // The gateway's guest init in a real VM (TCG) on a Debian rootfs from the rootfs builder, with a
@@ -67,18 +67,7 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
     hostHttp = http.createServer((_req, res) => res.end('host says hi\n'));
     await new Promise<void>((r) => hostHttp.listen(0, '127.0.0.1', r));
     hostPort = (hostHttp.address() as AddressInfo).port;
-    const build = await box.run([
-      'prepare-rootfs',
-      '--name',
-      'gw',
-      '-q',
-      '--k3s',
-      STAND_IN,
-      '--k3s-sha256',
-      STAND_IN_SHA,
-      '--chart',
-      CHART,
-    ]);
+    const build = await box.run(['prepare-rootfs', '--name', 'gw', '-q', ...STAND_IN_BUILD]);
     assert.equal(build.code, 0, build.stderr);
     rootfs = path.join(box.dataDir, 'instances', 'gw', 'rootfs');
   });

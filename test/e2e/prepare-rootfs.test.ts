@@ -13,7 +13,7 @@ import {
   startRegistry,
   type TestRegistry,
 } from '../fixtures/registry.ts';
-import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_SHA } from '../fixtures/stand-in.ts';
+import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_BUILD, STAND_IN_SHA } from '../fixtures/stand-in.ts';
 import { ROOT, type Sandbox, sandbox } from './harness.ts';
 
 const missing = mmdebstrapMissing;
@@ -290,12 +290,7 @@ describe('prepare-rootfs with an OCI base from a registry on loopback', {
       'oci',
       '--base',
       `oci:${registry.host}/test/base:1`,
-      '--k3s',
-      STAND_IN,
-      '--k3s-sha256',
-      STAND_IN_SHA,
-      '--chart',
-      CHART,
+      ...STAND_IN_BUILD,
       '--json',
     ]);
     assert.equal(run.code, 0, run.stderr);

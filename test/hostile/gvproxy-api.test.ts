@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ForwarderClient } from '../../src/net/forwarder.ts';
 import { type CliRun, freePort, sandbox } from '../e2e/harness.ts';
-import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_SHA } from '../fixtures/stand-in.ts';
+import { mmdebstrapMissing, STAND_IN_BUILD } from '../fixtures/stand-in.ts';
 
 const box = sandbox();
 after(() => box.cleanup());
@@ -124,23 +124,9 @@ function rawApi(name: string, method: string, urlPath: string, body = ''): strin
 
 describe('gateway mode', { skip: mmdebstrapMissing }, () => {
   before(async () => {
-    const build = await box.run(
-      [
-        'prepare-rootfs',
-        '--name',
-        'gw',
-        '-q',
-        '--k3s',
-        STAND_IN,
-        '--k3s-sha256',
-        STAND_IN_SHA,
-        '--chart',
-        CHART,
-      ],
-      {
-        timeoutMs: 900_000,
-      },
-    );
+    const build = await box.run(['prepare-rootfs', '--name', 'gw', '-q', ...STAND_IN_BUILD], {
+      timeoutMs: 900_000,
+    });
     assert.equal(build.code, 0, build.stderr);
   });
 

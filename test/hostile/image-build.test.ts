@@ -15,7 +15,7 @@ import {
   startRegistry,
   type TestRegistry,
 } from '../fixtures/registry.ts';
-import { CHART, STAND_IN, STAND_IN_SHA } from '../fixtures/stand-in.ts';
+import { STAND_IN_BUILD } from '../fixtures/stand-in.ts';
 
 const PLANTED = [
   ROOTFS_PATHS.k3sBinary,
@@ -64,12 +64,7 @@ describe('an image layer planting symlinks where prepare-rootfs writes', {
       'hostile',
       '--base',
       `oci:${registry.host}/hostile/base:1`,
-      '--k3s',
-      STAND_IN,
-      '--k3s-sha256',
-      STAND_IN_SHA,
-      '--chart',
-      CHART,
+      ...STAND_IN_BUILD,
     ]);
     assert.equal(run.code, 0, run.stderr);
     PLANTED.forEach((_rel, i) => {
