@@ -1,9 +1,5 @@
 import os from 'node:os';
-import { readEnvironment } from '../config/environment.ts';
-import { type RawExecOptions, resolveExecOptions } from '../config/exec-options.ts';
 import { explainHostCondition, OvmError, UsageError } from '../errors.ts';
-import { COMMAND_STARTED, runExec } from '../exec/run-exec.ts';
-import { checkHostPortsFree } from '../net/ports.ts';
 import { packageVersion } from '../version.ts';
 import {
   leadingGlobalFlags,
@@ -14,20 +10,12 @@ import {
   subcommandArgv,
   wantsDebug,
 } from './args.ts';
-import { reportDetachedReady, runDetached } from './detach.ts';
-import { doctorCommand } from './doctor.ts';
-import { execIntoCommand } from './exec-into.ts';
-import { gatewayCommand } from './gateway.ts';
 import { HELP } from './help.ts';
-import { deleteCommand, listCommand, logsCommand, statusCommand, stopCommand } from './instances.ts';
-import { kernelCommand } from './kernel.ts';
-import { prepareRootfsCommand } from './prepare-rootfs.ts';
-import { Reporter } from './reporter.ts';
-import { rootfsCommand } from './rootfs.ts';
-import { runtimeCommand } from './runtime.ts';
-import { Interrupted, withSignals } from './signals.ts';
-import { verifyCommand } from './verify.ts';
-import { chooseVmm } from './vmm-choice.ts';
+import { Interrupted } from './signals.ts';
+
+// Every command's module is imported when that command runs, not before: `--version`, `list` and
+// `exec` then start without loading the Kubernetes client, the x509 stack, the OCI and rootfs code
+// or the VMM backends, which only `verify`, a gateway and `run` use (see scripts/bench-startup.ts).
 
 /** The only place that decides exit codes for openshell-vm's own failures. */
 export const EXIT = { usage: 2, failure: 125 } as const;
@@ -93,20 +81,20 @@ const SUBCOMMANDS: Readonly<
   Record<string, { readonly run: (argv: readonly string[]) => Promise<number>; readonly verb?: true }>
 > = {
   help: { run: async () => printHelp() },
-  kernel: { run: kernelCommand, verb: true },
-  runtime: { run: runtimeCommand },
-  doctor: { run: doctorCommand },
-  'prepare-rootfs': { run: prepareRootfsCommand },
-  rootfs: { run: rootfsCommand, verb: true },
-  verify: { run: verifyCommand },
-  status: { run: statusCommand },
-  list: { run: listCommand },
-  ls: { run: listCommand },
-  stop: { run: stopCommand },
-  logs: { run: logsCommand },
-  delete: { run: deleteCommand },
-  rm: { run: deleteCommand },
-  exec: { run: execIntoCommand },
+  kernel: { run: async (a) => (await import('./kernel.ts')).kernelCommand(a), verb: true },
+  runtime: { run: async (a) => (await import('./runtime.ts')).runtimeCommand(a) },
+  doctor: { run: async (a) => (await import('./doctor.ts')).doctorCommand(a) },
+  'prepare-rootfs': { run: async (a) => (await import('./prepare-rootfs.ts')).prepareRootfsCommand(a) },
+  rootfs: { run: async (a) => (await import('./rootfs.ts')).rootfsCommand(a), verb: true },
+  verify: { run: async (a) => (await import('./verify.ts')).verifyCommand(a) },
+  status: { run: async (a) => (await import('./instances.ts')).statusCommand(a) },
+  list: { run: async (a) => (await import('./instances.ts')).listCommand(a) },
+  ls: { run: async (a) => (await import('./instances.ts')).listCommand(a) },
+  stop: { run: async (a) => (await import('./instances.ts')).stopCommand(a) },
+  logs: { run: async (a) => (await import('./instances.ts')).logsCommand(a) },
+  delete: { run: async (a) => (await import('./instances.ts')).deleteCommand(a) },
+  rm: { run: async (a) => (await import('./instances.ts')).deleteCommand(a) },
+  exec: { run: async (a) => (await import('./exec-into.ts')).execIntoCommand(a) },
 };
 
 async function dispatch(argv: readonly string[]): Promise<number> {
@@ -146,6 +134,7 @@ async function dispatch(argv: readonly string[]): Promise<number> {
       throw new UsageError('run: no command given', {
         hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]',
       });
+    const { execCommand } = await import('./run.ts');
     return execCommand(args, args.rest[0] as string, args.rest.slice(1), argv, args.rest.length);
   }
   const exec = single(args, 'exec');
@@ -157,7 +146,7 @@ async function dispatch(argv: readonly string[]): Promise<number> {
         });
       }
     }
-    return gatewayCommand(args, argv);
+    return (await import('./gateway.ts')).gatewayCommand(args, argv);
   }
   for (const name of GATEWAY_ONLY) {
     if (args.values.has(name) || args.flags.has(name)) {
@@ -166,83 +155,8 @@ async function dispatch(argv: readonly string[]): Promise<number> {
       });
     }
   }
+  const { execCommand } = await import('./run.ts');
   return execCommand(args, exec, args.values.get('args') ?? [], argv, 0);
-}
-
-async function execCommand(
-  args: ParsedArgs,
-  exec: string,
-  guestArgs: readonly string[],
-  argv: readonly string[],
-  /** How many words at the end of argv are the guest's command (run's), kept whole by --detach. */
-  guestWords: number,
-): Promise<number> {
-  const raw: RawExecOptions = {
-    exec,
-    args: guestArgs,
-    env: args.values.get('env'),
-    workdir: single(args, 'workdir'),
-    vcpus: single(args, 'vcpus'),
-    mem: single(args, 'mem'),
-    arch: single(args, 'arch'),
-    accel: single(args, 'accel'),
-    bootTimeout: single(args, 'boot-timeout'),
-    name: single(args, 'name'),
-    ports: args.values.get('port'),
-    net: single(args, 'net'),
-    backend: single(args, 'backend'),
-    rootfs: single(args, 'rootfs'),
-  };
-  const reporter = new Reporter({
-    stderr: process.stderr,
-    quiet: args.flags.has('quiet'),
-    eventsFile: single(args, 'events'),
-  });
-  const { options, warnings } = resolveExecOptions(raw, {
-    cpus: os.availableParallelism(),
-    memMib: Math.floor(os.totalmem() / (1024 * 1024)),
-  });
-  for (const warning of warnings) reporter.warn(warning);
-
-  // Everything that can fail without starting a process fails here, before anything starts.
-  const env = readEnvironment();
-  const { backend, accel } = await chooseVmm(env, options, reporter);
-  await checkHostPortsFree(options.forwards);
-  const supervise = args.flags.has('supervise');
-  if (args.flags.has('detach') && !supervise) {
-    return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'), guestWords);
-  }
-
-  return withSignals(reporter, 'stopping the microVM', async (signal) => {
-    const result = await runExec(
-      env,
-      { ...options, accel, keepLogs: args.flags.has('keep-logs'), detached: supervise },
-      { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
-      {
-        backend,
-        signal,
-        onEvent: (e) => {
-          reporter.event(e);
-          if (supervise && e.type === 'stage' && e.stage === 'running' && e.message === COMMAND_STARTED) {
-            reportDetachedReady(
-              `Started: '${[exec, ...guestArgs].join(' ')}' in instance '${options.instance}' (${backend.name}/${accel.accel}).\n` +
-                `  output     openshell-vm logs ${options.instance} --source output\n` +
-                `  exec       openshell-vm exec ${options.instance} -- sh\n` +
-                `Running in the background: openshell-vm stop ${options.instance} stops it.\n`,
-            );
-          }
-        },
-      },
-    );
-    if (result.message) reporter.notice(result.message);
-    reporter.event({
-      type: 'result',
-      exitCode: result.exitCode,
-      reason: result.reason,
-      timings: result.timings,
-    });
-    return result.exitCode;
-  });
 }
 
 function mergeArgs(first: ParsedArgs, second: ParsedArgs): ParsedArgs {
