@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
-import { HostError } from '../errors.ts';
+import { HostError, isErrno } from '../errors.ts';
 
 /** The kernel modules the initramfs loads: virtio transport, virtio-fs root, serial ports, overlay, NIC. */
 export const INITRAMFS_MODULES = [
@@ -100,24 +100,74 @@ export async function readModuleIndex(modulesDir: string): Promise<ModuleIndex> 
 
 const execFileAsync = promisify(execFile);
 
-/** A module's bytes, decompressed (busybox insmod loads plain .ko files). */
-export async function readModule(modulesDir: string, relPath: string): Promise<Buffer> {
+/** The largest module we decompress: the biggest Debian cloud kernel module is a few MiB. */
+const MAX_MODULE_BYTES = 64 << 20;
+
+export interface ReadModuleOptions {
+  /** The xz executable (default: `xz` on PATH). */
+  readonly xz?: string | undefined;
+}
+
+/**
+ * A module's bytes, decompressed (busybox insmod loads plain .ko files). Debian 12's cloud kernel
+ * ships plain .ko, Debian 13's .ko.xz (xz-utils, which provisioning installs); .ko.gz and .ko.zst
+ * are decompressed with Node's zlib.
+ */
+export async function readModule(
+  modulesDir: string,
+  relPath: string,
+  options: ReadModuleOptions = {},
+): Promise<Buffer> {
   const file = path.join(modulesDir, relPath);
+  const limit = { maxOutputLength: MAX_MODULE_BYTES };
   if (relPath.endsWith('.ko')) return fs.readFile(file);
-  if (relPath.endsWith('.ko.gz')) return zlib.gunzipSync(await fs.readFile(file));
-  if (relPath.endsWith('.ko.zst')) return zlib.zstdDecompressSync(await fs.readFile(file));
-  if (relPath.endsWith('.ko.xz')) {
+  const inflate = relPath.endsWith('.ko.gz')
+    ? zlib.gunzipSync
+    : relPath.endsWith('.ko.zst')
+      ? zlib.zstdDecompressSync
+      : undefined;
+  if (inflate) {
+    const compressed = await fs.readFile(file);
     try {
-      const { stdout } = await execFileAsync('xz', ['-dc', file], {
+      return inflate(compressed, limit);
+    } catch (err) {
+      throw damaged(file, err);
+    }
+  }
+  if (relPath.endsWith('.ko.xz')) {
+    const xz = options.xz ?? 'xz';
+    try {
+      const { stdout } = await execFileAsync(xz, ['-dc', '--', file], {
         encoding: 'buffer',
-        maxBuffer: 64 << 20,
+        maxBuffer: MAX_MODULE_BYTES,
       });
       return stdout;
     } catch (err) {
-      throw new HostError(`cannot decompress ${file}`, { hint: 'apt-get install xz-utils', cause: err });
+      if (isErrno(err, 'ENOENT')) {
+        throw new HostError(`cannot decompress ${file}: ${xz} is not installed`, {
+          hint: 'apt-get install xz-utils (scripts/provision-host.sh installs it)',
+          cause: err,
+        });
+      }
+      throw damaged(file, err);
     }
   }
-  throw new HostError(`unknown kernel module format: ${file}`);
+  throw new HostError(`unknown kernel module format: ${file}`, {
+    hint: 'openshell-vm reads .ko, .ko.xz, .ko.gz and .ko.zst modules; use a Debian cloud kernel',
+  });
+}
+
+function damaged(file: string, cause: unknown): HostError {
+  const stderr =
+    cause && typeof cause === 'object' && 'stderr' in cause && Buffer.isBuffer(cause.stderr)
+      ? `: ${cause.stderr.toString('utf8').trim().split('\n').slice(-3).join('; ')}`
+      : cause instanceof Error
+        ? `: ${cause.message}`
+        : '';
+  return new HostError(`cannot decompress ${file}${stderr}`, {
+    hint: 'the cached guest kernel is damaged: run scripts/provision-host.sh --refresh',
+    cause,
+  });
 }
 
 /** The name a module has once decompressed into the initramfs. */
