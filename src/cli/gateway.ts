@@ -10,10 +10,10 @@ import {
   runGateway,
 } from '../gateway/run-gateway.ts';
 import { lexists } from '../host/fs.ts';
-import { resetInstance } from '../instance/lifecycle.ts';
 import { ensureRootLocation } from '../instance/root-location.ts';
 import { ensureInstanceDir, instanceDir } from '../instance/runs.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
+import { resetGateway } from '../presets/gateway-cleanup.ts';
 import { rootfsDir } from '../rootfs/build.ts';
 import { readRootfsRecord } from '../rootfs/record.ts';
 import { type ParsedArgs, single } from './args.ts';
@@ -91,11 +91,11 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
   }
 
   if (args.flags.has('reset')) {
-    const { removed, unmerged } = await resetInstance(env, options.instance, rootfs, (m) => reporter.warn(m));
+    const { removed, takenOut } = await resetGateway(env, options.instance, rootfs, (m) => reporter.warn(m));
     reporter.progress(
       `reset: cluster state and credentials of '${options.instance}' removed (${removed.length} paths); the built rootfs layers are kept`,
     );
-    for (const line of unmerged) reporter.progress(`reset: taken out of ${line}`);
+    for (const line of takenOut) reporter.progress(`reset: taken out of ${line}`);
   }
 
   let ready: GatewayReady | undefined;

@@ -1,8 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import type { HostEnvironment } from '../config/environment.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { integer } from '../config/exec-options.ts';
 import { HostError, OvmError, UsageError } from '../errors.ts';
+import { pathExists } from '../host/fs.ts';
 import {
   deleteInstance,
   type InstanceStatus,
@@ -11,8 +13,9 @@ import {
   requireInstance,
   stopInstance,
 } from '../instance/lifecycle.ts';
-import { parseInstanceName } from '../instance/runs.ts';
+import { instanceDir, parseInstanceName } from '../instance/runs.ts';
 import { LOG_SOURCES, LOGS_DIR, type LogSource, loadState, readState } from '../instance/state.ts';
+import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { backendFeatures } from '../vmm/registry.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
 import { followLog } from './follow-log.ts';
@@ -75,7 +78,7 @@ export async function statusCommand(argv: readonly string[]): Promise<number> {
   const name = nameOf(args, 'status');
   const env = readEnvironment();
   await requireInstance(env, name);
-  const status = await inspectInstance(env, name);
+  const status = await describeInstance(env, name);
   if (status.reaped) process.stderr.write(`openshell-vm: ${status.reaped}\n`);
   process.stdout.write(
     args.flags.has('json') ? `${JSON.stringify(toJson(status), null, 2)}\n` : render(status),
@@ -91,10 +94,10 @@ export async function listCommand(argv: readonly string[]): Promise<number> {
       hint: 'use: openshell-vm list [--json]',
     });
   const env = readEnvironment();
-  const all: InstanceStatus[] = [];
+  const all: ShownStatus[] = [];
   for (const name of await listInstanceNames(env)) {
     // One instance that cannot be read does not hide the others: it is listed as broken.
-    const status = await inspectInstance(env, name).catch((err: unknown): InstanceStatus => {
+    const status = await describeInstance(env, name).catch((err: unknown): ShownStatus => {
       if (!(err instanceof OvmError) && !isErrnoError(err)) throw err;
       const hint = err instanceof OvmError && err.hint ? ` (${err.hint})` : '';
       return { name, status: 'broken', problems: [`${(err as Error).message}${hint}`], hasRootfs: false };
@@ -154,7 +157,14 @@ export async function deleteCommand(argv: readonly string[]): Promise<number> {
   const name = nameOf(args, 'delete');
   const env = readEnvironment();
   const reporter = new Reporter({ stderr: process.stderr, quiet: false, eventsFile: undefined });
-  const result = await deleteInstance(env, name, timeoutOf(args), (m) => reporter.progress(m));
+  // Only delete loads the presets' cleanups (the kubeconfig and OpenShell file code).
+  const { PRESET_CLEANUPS } = await import('../presets/index.ts');
+  const result = await deleteInstance(env, name, {
+    timeoutMs: timeoutOf(args),
+    cleanups: PRESET_CLEANUPS,
+    onProgress: (m) => reporter.progress(m),
+    warn: (m) => reporter.warn(m),
+  });
   process.stdout.write(
     `instance '${name}' deleted${result.stopped ? ' (stopped first)' : ''}; removed:\n${result.removed.map((p) => `  ${p}\n`).join('')}`,
   );
@@ -217,7 +227,19 @@ function stoppedLogName(stopped: string, source: LogSource): string {
   return names.find((name) => fs.existsSync(path.join(stopped, name))) ?? (names[0] as string);
 }
 
-function toJson(s: InstanceStatus): Record<string, unknown> {
+/** An instance's status, and whether its own gateway rootfs is built (list's MODE, status's rootfs line). */
+interface ShownStatus extends InstanceStatus {
+  readonly hasRootfs: boolean;
+}
+
+async function describeInstance(env: HostEnvironment, name: string): Promise<ShownStatus> {
+  const status = await inspectInstance(env, name);
+  // The instance's own rootfs (rootfsDir in src/rootfs/build.ts), built when its record is there.
+  const record = path.join(instanceDir(env, name), 'rootfs', ROOTFS_PATHS.record);
+  return { ...status, hasRootfs: await pathExists(record) };
+}
+
+function toJson(s: ShownStatus): Record<string, unknown> {
   const st = s.state;
   return {
     name: s.name,
@@ -249,7 +271,7 @@ function toJson(s: InstanceStatus): Record<string, unknown> {
   };
 }
 
-function render(s: InstanceStatus): string {
+function render(s: ShownStatus): string {
   const st = s.state;
   const lines = [`${s.name}: ${s.status}${s.busy ? ` (${s.busy})` : ''}`];
   for (const p of s.problems) lines.push(`  problem    ${p}`);

@@ -1,14 +1,14 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { HostError, isErrno } from '../errors.ts';
-import { lexists, replaceDirectory, writeFileAtomic } from '../host/fs.ts';
+import { lexists, lstatOrUndefined, replaceDirectory, writeFileAtomic } from '../host/fs.ts';
 
 /**
  * The files the OpenShell CLI and SDK read to reach a gateway, in their layout
  * (`$XDG_CONFIG_HOME/openshell/`):
  *   gateways/NAME/metadata.json        name, endpoint, port
  *   gateways/NAME/mtls/{ca.crt,tls.crt,tls.key}   the client's credentials
- *   active_gateway                     the name, no newline
+ *   active_gateway                     the name, no newline (ACTIVE_GATEWAY)
  * Directories are 0700 and files 0600. Every file is replaced atomically, and the mTLS bundle as a
  * whole: a crash at any point leaves either the old bundle or the new one usable.
  */
@@ -50,8 +50,40 @@ export async function writeGatewayMetadata(
   return metadata;
 }
 
+/** The OpenShell CLI's current gateway: a file holding its name. */
+export const ACTIVE_GATEWAY = 'active_gateway';
+
 export async function setActiveGateway(configDir: string, name: string): Promise<void> {
-  await writeFileAtomic(path.join(configDir, 'active_gateway'), name);
+  await writeFileAtomic(path.join(configDir, ACTIVE_GATEWAY), name);
+}
+
+/**
+ * Removes active_gateway when it names `name` (the gateway that goes away), and says which file
+ * that was; another gateway's name, a missing file or one that is not a small regular file (never
+ * followed through a symlink) is left as it is.
+ */
+export async function clearActiveGateway(configDir: string, name: string): Promise<string | undefined> {
+  const file = path.join(configDir, ACTIVE_GATEWAY);
+  const st = await lstatOrUndefined(file);
+  if (!st?.isFile() || st.size > 4096) return undefined;
+  const text = await fs.readFile(file, 'utf8').catch((err: unknown) => {
+    if (isErrno(err, 'ENOENT')) return '';
+    throw err;
+  });
+  if (text.trim() !== name) return undefined;
+  await fs.rm(file, { force: true });
+  return file;
+}
+
+/**
+ * Removes what the OpenShell CLI keeps for gateway `name` (gateways/NAME: metadata and mTLS);
+ * returns the directory when there was one.
+ */
+export async function removeGatewayFiles(configDir: string, name: string): Promise<string | undefined> {
+  const dir = gatewayDir(configDir, name);
+  if (!(await lexists(dir))) return undefined;
+  await fs.rm(dir, { recursive: true, force: true });
+  return dir;
 }
 
 /**

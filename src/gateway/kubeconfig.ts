@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import YAML from 'yaml';
 import { HostError, isErrno } from '../errors.ts';
-import { writeFileAtomic } from '../host/fs.ts';
+import { lexists, writeFileAtomic } from '../host/fs.ts';
 import {
   clusterBody,
   type GatewayCredentials,
@@ -20,10 +20,23 @@ export {
   rewriteKubeconfig,
 } from './kubeconfig-entry.ts';
 
+/** The gateway's own kubeconfig: `~/.kube/NAME.yaml`. */
+export function kubeconfigPath(kubeDir: string, name: string): string {
+  return path.join(kubeDir, `${name}.yaml`);
+}
+
 /** Writes `~/.kube/NAME.yaml` (0600). */
 export async function writeKubeconfig(kubeDir: string, name: string, text: string): Promise<string> {
-  const file = path.join(kubeDir, `${name}.yaml`);
+  const file = kubeconfigPath(kubeDir, name);
   await writeFileAtomic(file, text);
+  return file;
+}
+
+/** Removes `~/.kube/NAME.yaml` (a symlink there is unlinked, not followed); returns it when it was there. */
+export async function removeKubeconfig(kubeDir: string, name: string): Promise<string | undefined> {
+  const file = kubeconfigPath(kubeDir, name);
+  if (!(await lexists(file))) return undefined;
+  await fs.rm(file, { recursive: true, force: true });
   return file;
 }
 
@@ -349,6 +362,35 @@ export const MERGE_RECORD = 'kubeconfig-merge.json';
 
 export async function writeMergeRecord(instanceDir: string, record: MergedEntry): Promise<void> {
   await writeFileAtomic(path.join(instanceDir, MERGE_RECORD), `${JSON.stringify(record)}\n`);
+}
+
+/**
+ * Takes what `--merge-kubeconfig` added out of the kubeconfig it went into (while it is still
+ * ours) and forgets the record. Returns what was taken out, as lines for the user. A kubeconfig
+ * that no longer parses, or entries changed since, are left as they are, and `warn` says so.
+ */
+export async function forgetMergedKubeconfig(
+  instanceDir: string,
+  warn: (message: string) => void,
+): Promise<string[]> {
+  const merged = await readMergeRecord(instanceDir);
+  if (!merged) return [];
+  const takenOut: string[] = [];
+  try {
+    const out = await unmergeKubeconfig(merged);
+    if (out.removed.length) {
+      takenOut.push(`${merged.target}: ${out.removed.join(', ')} '${merged.name}' (backup ${out.backup})`);
+    }
+    if (out.kept.length) {
+      warn(
+        `kept ${out.kept.join(', ')} '${merged.name}' in ${merged.target}: not the ones openshell-vm merged (changed since)`,
+      );
+    }
+  } catch (err) {
+    warn(`left ${merged.target} alone: ${(err as Error).message}`);
+  }
+  await fs.rm(path.join(instanceDir, MERGE_RECORD), { force: true });
+  return takenOut;
 }
 
 /** The merge record, or undefined when there is none (or it is unreadable: nothing is removed then). */

@@ -3,13 +3,17 @@ import path from 'node:path';
 import { controlRequest } from '../agent/client.ts';
 import { FRAME, parseAgentTime } from '../agent/protocol.ts';
 import type { HostEnvironment } from '../config/environment.ts';
-import { HostError, isErrno } from '../errors.ts';
-import { gatewayDir } from '../gateway/client-config.ts';
-import { MERGE_RECORD, readMergeRecord, unmergeKubeconfig } from '../gateway/kubeconfig.ts';
-import { lexists, pathExists } from '../host/fs.ts';
+import { HostError, isErrno, OvmError } from '../errors.ts';
+import { pathExists } from '../host/fs.ts';
 import { GuestRoot } from '../host/guest-root.ts';
-import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { isSameProcess } from '../supervisor/identity.ts';
+import {
+  type CleanupContext,
+  type CleanupResult,
+  type InstanceCleanup,
+  readPresetRecord,
+  selectCleanups,
+} from './cleanup.ts';
 import { readLockHolder, takeInstanceLock } from './lock.ts';
 import { describeReap, reapInstance } from './reap.ts';
 import { INSTANCE_NAME, instanceDir, terminate } from './runs.ts';
@@ -29,7 +33,6 @@ export interface InstanceStatus {
   /** Guest clock minus host clock (ms), when the agent answered. */
   readonly clockDiffMs?: number | undefined;
   readonly busy?: string | undefined;
-  readonly hasRootfs: boolean;
   /** What was cleaned up after a supervisor that died. */
   readonly reaped?: string | undefined;
 }
@@ -65,14 +68,12 @@ export async function inspectInstance(env: HostEnvironment, name: string): Promi
   const dir = instanceDir(env, name);
   const report = await reapInstance(env, name);
   const reaped = describeReap(report);
-  const hasRootfs = await pathExists(path.join(dir, 'rootfs', ROOTFS_PATHS.record));
   if (report.brokenState) {
     const { path: file, reason } = report.brokenState;
     return {
       name,
       status: 'broken',
       problems: [`${file} ${reason} (${brokenFix(name, file)})`],
-      hasRootfs,
       reaped,
     };
   }
@@ -82,7 +83,6 @@ export async function inspectInstance(env: HostEnvironment, name: string): Promi
       name,
       status: 'broken',
       problems: [`${read.path} ${read.reason} (${brokenFix(name, read.path)})`],
-      hasRootfs,
       reaped,
     };
   }
@@ -96,11 +96,10 @@ export async function inspectInstance(env: HostEnvironment, name: string): Promi
         status: starting ? 'starting' : 'busy',
         problems: [],
         busy: `openshell-vm (pid ${holder.pid}) is ${holder.purpose}`,
-        hasRootfs,
         reaped,
       };
     }
-    return { name, status: 'stopped', problems: [], hasRootfs, reaped };
+    return { name, status: 'stopped', problems: [], reaped };
   }
   const problems: string[] = [];
   for (const p of state.processes) {
@@ -124,7 +123,7 @@ export async function inspectInstance(env: HostEnvironment, name: string): Promi
         : problems.length
           ? 'degraded'
           : 'running';
-  return { name, status, problems, state, clockDiffMs, hasRootfs, reaped };
+  return { name, status, problems, state, clockDiffMs, reaped };
 }
 
 /** The fix for a broken state file, or for an instance directory that is not ours alone. */
@@ -218,125 +217,124 @@ function signal(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
-/** Where an instance keeps what --reset wipes: k3s's runtime state in its rootfs. */
-const RESET_PATHS = [
-  'var/lib/kubelet/pods',
-  'var/lib/cni',
-  'var/run',
-  'run',
-  'var/lib/rancher/k3s/server/db',
-  'var/lib/rancher/k3s/server/tls',
-  'var/lib/rancher/k3s/server/cred',
-  'var/lib/rancher/k3s/server/token',
-  'var/lib/rancher/k3s/server/node-token',
-  'var/lib/rancher/k3s/agent/pod-manifests',
-  'var/lib/rancher/k3s/agent/client-ca.crt',
-  'etc/rancher/k3s/k3s.yaml',
-  `${ROOTFS_PATHS.k3sManifests}/openshell-tls-secrets.yaml`,
-] as const;
+/** What `delete` and `--reset` report: paths removed, and entries taken out of files that stay. */
+export interface CleanupReport {
+  readonly removed: string[];
+  readonly takenOut: string[];
+}
 
-const RESET_REFUSED_HINT = 'rebuild the rootfs instead: openshell-vm prepare-rootfs --force';
-
-/** The gateway's files outside the instance: the OpenShell CLI's metadata and mTLS, ~/.kube/NAME.yaml. */
-async function removeHostCredentials(env: HostEnvironment, name: string): Promise<string[]> {
-  const removed: string[] = [];
-  for (const p of [gatewayDir(env.openshellConfigDir, name), path.join(env.kubeDir, `${name}.yaml`)]) {
-    if (await lexists(p)) {
-      await fs.rm(p, { recursive: true, force: true });
-      removed.push(p);
-    }
-  }
-  return removed;
+export interface ResetOptions {
+  /** The instance's rootfs: the guest's root, which the hooks reach only through a GuestRoot. */
+  readonly rootfs: string;
+  /** The hint of a refusal in the rootfs (a symlink the guest planted): how to get a sound one. */
+  readonly refusedHint: string;
+  /** Run in this order; the first that fails ends the reset. */
+  readonly cleanups: readonly InstanceCleanup[];
+  readonly onProgress?: ((message: string) => void) | undefined;
+  readonly warn?: ((message: string) => void) | undefined;
 }
 
 /**
- * Takes what `--merge-kubeconfig` added out of the kubeconfig it went into (while it is still
- * ours) and forgets the record. Returns what was removed, as lines for the user. A kubeconfig that
- * no longer parses, or entries changed since, are left as they are, and `warn` says so.
- */
-async function forgetMergedKubeconfig(dir: string, warn: (message: string) => void): Promise<string[]> {
-  const merged = await readMergeRecord(dir);
-  if (!merged) return [];
-  const removed: string[] = [];
-  try {
-    const out = await unmergeKubeconfig(merged);
-    if (out.removed.length) {
-      removed.push(`${merged.target}: ${out.removed.join(', ')} '${merged.name}' (backup ${out.backup})`);
-    }
-    if (out.kept.length) {
-      warn(
-        `kept ${out.kept.join(', ')} '${merged.name}' in ${merged.target}: not the ones openshell-vm merged (changed since)`,
-      );
-    }
-  } catch (err) {
-    warn(`left ${merged.target} alone: ${(err as Error).message}`);
-  }
-  await fs.rm(path.join(dir, MERGE_RECORD), { force: true });
-  return removed;
-}
-
-/**
- * `--reset`: forgets the cluster and the credentials, keeps what the build made. Wipes k3s's
- * datastore, certificates and tokens, kubelet pods, CNI state and run files from the instance's
- * rootfs, the gateway's mTLS bundle and metadata from the OpenShell CLI's config, its kubeconfig
- * and what `--merge-kubeconfig` added (returned as `unmerged`). Kept: the base system, k3s, the
- * chart and manifests, and the images (containerd's content store and snapshots). The instance
- * must be stopped (the lock is held while wiping).
+ * `--reset`: takes the instance's lock (a running instance holds it: the lock error names it),
+ * opens its rootfs as a GuestRoot, and runs each cleanup's onReset in order, the lock held. The
+ * first that fails ends the reset with its error (the boot that follows must not start from half
+ * a reset); the lock is released either way. Nothing else is removed: the rootfs stays.
  */
 export async function resetInstance(
   env: HostEnvironment,
   name: string,
-  rootfs: string,
-  warn: (message: string) => void = () => undefined,
-): Promise<{ removed: string[]; unmerged: string[] }> {
+  options: ResetOptions,
+): Promise<CleanupReport> {
   const dir = instanceDir(env, name);
   const release = await takeInstanceLock(dir, name, 'resetting the instance');
-  const removed: string[] = [];
-  let unmerged: string[] = [];
+  const report: CleanupReport = { removed: [], takenOut: [] };
   try {
-    // The rootfs is the guest's: a symlink planted on the way (var -> /) is refused, one at the
-    // end of a path is unlinked, never followed.
-    const root = new GuestRoot(rootfs, { hint: RESET_REFUSED_HINT });
-    for (const rel of RESET_PATHS) {
-      if (await root.remove(rel)) removed.push(root.hostPath(rel));
+    const root = new GuestRoot(options.rootfs, { hint: options.refusedHint });
+    const ctx = { ...cleanupContext(env, name, dir, options), root };
+    for (const cleanup of options.cleanups) {
+      if (cleanup.onReset) add(report, await cleanup.onReset(ctx));
     }
-    removed.push(...(await removeHostCredentials(env, name)));
-    unmerged = await forgetMergedKubeconfig(dir, warn);
-    await root.mkdirp('run');
   } finally {
     await release();
   }
-  return { removed, unmerged };
+  return report;
+}
+
+export interface DeleteOptions {
+  /** How long a running instance gets to stop (stopInstance). */
+  readonly timeoutMs: number;
+  /** Every preset's cleanup (src/presets/index.ts): those the instance's presets record names run. */
+  readonly cleanups: readonly InstanceCleanup[];
+  readonly onProgress?: ((message: string) => void) | undefined;
+  readonly warn?: ((message: string) => void) | undefined;
 }
 
 /**
- * `delete`: stops the instance if it runs, then removes its directory (rootfs, logs, state), its
- * kubeconfig, what `--merge-kubeconfig` added to ~/.kube/config (while it is still ours) and the
- * OpenShell CLI's files for it (and active_gateway when it names it).
+ * `delete`: stops the instance if it runs (a busy or broken one is refused, nothing removed), takes
+ * its lock, runs the onDelete of the cleanups its presets record names (selectCleanups), in order,
+ * then removes its directory (rootfs, logs, state, records). Every chosen cleanup runs even when
+ * one fails; then the directory is kept (the records a second `delete` needs are in it) and the
+ * error names each failure. Returns the directory, then what each cleanup removed and took out.
  */
 export async function deleteInstance(
   env: HostEnvironment,
   name: string,
-  timeoutMs: number,
-  onProgress: (message: string) => void,
+  options: DeleteOptions,
 ): Promise<{ removed: string[]; stopped: boolean }> {
   const dir = await requireInstance(env, name);
-  const stop = await stopInstance(env, name, timeoutMs, onProgress);
+  const stop = await stopInstance(env, name, options.timeoutMs, options.onProgress);
   const release = await takeInstanceLock(dir, name, 'deleting the instance');
-  const removed: string[] = [];
+  const report: CleanupReport = { removed: [], takenOut: [] };
+  const failures: { readonly preset: string; readonly err: unknown }[] = [];
   try {
-    const active = path.join(env.openshellConfigDir, 'active_gateway');
-    const activeName = await fs.readFile(active, 'utf8').catch(() => '');
-    if (activeName.trim() === name) {
-      await fs.rm(active, { force: true });
-      removed.push(active);
+    const ctx = cleanupContext(env, name, dir, options);
+    for (const cleanup of selectCleanups(options.cleanups, await readPresetRecord(dir), ctx.warn)) {
+      if (!cleanup.onDelete) continue;
+      try {
+        // Each cleanup's lines stay together: what it removed, then what it took out.
+        const out = await cleanup.onDelete(ctx);
+        add(report, { removed: [...out.removed, ...out.takenOut], takenOut: [] });
+      } catch (err) {
+        failures.push({ preset: cleanup.preset, err });
+      }
     }
-    removed.push(...(await removeHostCredentials(env, name)));
-    removed.push(...(await forgetMergedKubeconfig(dir, onProgress)));
   } finally {
     await release();
   }
+  if (failures.length) throw deleteFailure(name, dir, report, failures);
   await fs.rm(dir, { recursive: true, force: true });
-  removed.unshift(dir);
-  return { removed, stopped: stop.wasRunning };
+  return { removed: [dir, ...report.removed], stopped: stop.wasRunning };
+}
+
+function cleanupContext(
+  env: HostEnvironment,
+  name: string,
+  instanceDir: string,
+  options: {
+    readonly onProgress?: ((m: string) => void) | undefined;
+    readonly warn?: ((m: string) => void) | undefined;
+  },
+): CleanupContext {
+  const progress = options.onProgress ?? (() => undefined);
+  return { env, name, instanceDir, progress, warn: options.warn ?? progress };
+}
+
+function add(report: CleanupReport, out: CleanupResult): void {
+  report.removed.push(...out.removed);
+  report.takenOut.push(...out.takenOut);
+}
+
+function deleteFailure(
+  name: string,
+  dir: string,
+  report: CleanupReport,
+  failures: readonly { readonly preset: string; readonly err: unknown }[],
+): HostError {
+  const what = failures.map((f) => `the ${f.preset} cleanup failed: ${(f.err as Error).message}`);
+  const hints = failures.flatMap((f) => (f.err instanceof OvmError && f.err.hint ? [f.err.hint] : []));
+  const done = report.removed.length ? ` (removed before that: ${report.removed.join(', ')})` : '';
+  return new HostError(`could not delete instance '${name}': ${what.join('; ')}${done}`, {
+    hint: `${hints.length ? `${hints.join('; ')}; then ` : 'fix that, then '}run openshell-vm delete ${name} again (${dir} is kept until then)`,
+    cause: failures[0]?.err,
+  });
 }

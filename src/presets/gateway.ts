@@ -10,6 +10,7 @@ import type { GuestArch } from '../host/arch.ts';
 import { GuestRoot } from '../host/guest-root.ts';
 import { terminalSafeLine, terminalSafeLines } from '../host/terminal-text.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
+import { recordPreset } from '../instance/cleanup.ts';
 import { ensureRootLocation } from '../instance/root-location.ts';
 import { instanceDir } from '../instance/runs.ts';
 import { CONSOLE_LINE_MAX_CHARS, type InstanceHandle, startInstance } from '../instance/start.ts';
@@ -21,12 +22,11 @@ import { followFile } from '../supervisor/follow.ts';
 import { abortableSleep, tailFile } from '../supervisor/wait.ts';
 import type { VmmBackend } from '../vmm/backend.ts';
 import type { SessionEvent } from '../vmm/session.ts';
+import { GATEWAY_PRESET, K3S_KUBECONFIG } from './gateway-cleanup.ts';
 
 /** The guest port of the gateway's NodePort service, and of the Kubernetes API. */
 export const GATEWAY_GUEST_PORT = 30051;
 export const KUBE_API_GUEST_PORT = 6443;
-/** Where k3s writes its kubeconfig (--write-kubeconfig-mode=644), relative to the rootfs. */
-export const K3S_KUBECONFIG = 'etc/rancher/k3s/k3s.yaml';
 
 /** A validated gateway boot: everything decided, nothing started. */
 export interface GatewayPlan {
@@ -149,6 +149,9 @@ export async function runGateway(
         artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch));
       },
       prepare: async () => {
+        // Before anything is written outside the instance directory (the bootstrap's OpenShell
+        // files, the kubeconfig, a merge): `delete` runs the gateway's cleanup for what it names.
+        await recordPreset(dir, GATEWAY_PRESET);
         const prep = await prepareRootfsForBoot(plan.rootfs, {
           kernelRelease:
             options.backend.features.guestKernel === 'openshell' ? artifacts?.kernelRelease : undefined,
