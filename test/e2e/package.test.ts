@@ -248,6 +248,45 @@ describe('the npm package: pack, install into a fresh project, use', { timeout: 
     assert.ok(!doctor.stdout.includes(ROOT), `doctor's report mentions the checkout (${ROOT})`);
   });
 
+  it('boots a microVM from the installed package: npx openshell-vm run gives the guest’s exit code', () => {
+    const env = {
+      ...userEnv(),
+      OPENSHELL_VM_DATA_DIR: path.join(work, 'data'),
+      XDG_RUNTIME_DIR: path.join(work, 'rt'),
+      XDG_CONFIG_HOME: path.join(work, 'config'),
+      XDG_CACHE_HOME: process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'),
+    };
+    fs.mkdirSync(env.XDG_RUNTIME_DIR, { recursive: true });
+    const t = performance.now();
+    const r = run(
+      [
+        'npx',
+        '--no-install',
+        'openshell-vm',
+        'run',
+        '--',
+        '/bin/sh',
+        '-c',
+        'echo "hi from $(uname -m)"; exit 3',
+      ],
+      { cwd: project, env },
+    );
+    figures.runMs = Math.round(performance.now() - t);
+    assert.equal(r.status, 3, r.stderr);
+    assert.equal(r.stdout.trim(), `hi from ${os.arch() === 'arm64' ? 'aarch64' : 'x86_64'}`);
+    const left = fs
+      .readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .filter((p) => {
+        try {
+          return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(work);
+        } catch {
+          return false;
+        }
+      });
+    assert.deepEqual(left, [], 'no process of the run is left');
+  });
+
   it('imports from JavaScript (.mjs), printing nothing of its own', () => {
     fs.writeFileSync(
       path.join(project, 'app.mjs'),
