@@ -1,13 +1,26 @@
-// @peculiar/x509 resolves its services through tsyringe, which needs the Reflect metadata API.
-import 'reflect-metadata';
 import { webcrypto } from 'node:crypto';
 import { isIP } from 'node:net';
-import * as x509 from '@peculiar/x509';
+import type * as X509 from '@peculiar/x509';
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
-x509.cryptoProvider.set(webcrypto as never);
+let x509Stack: Promise<typeof X509> | undefined;
+
+/**
+ * @peculiar/x509 (with its ASN.1 packages and tsyringe, which needs the Reflect metadata API),
+ * loaded on the first certificate made: a gateway whose credentials exist already, and every
+ * other command, never load it.
+ */
+function loadX509(): Promise<typeof X509> {
+  x509Stack ??= (async () => {
+    await import('reflect-metadata');
+    const x509 = await import('@peculiar/x509');
+    x509.cryptoProvider.set(webcrypto as never);
+    return x509;
+  })();
+  return x509Stack;
+}
 
 /** The server certificate's names (the seed's six), to which callers may add their own. */
 export const DEFAULT_SERVER_SANS = [
@@ -40,7 +53,7 @@ async function keyPair(): Promise<CryptoKeyPair> {
   return (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as CryptoKeyPair;
 }
 
-async function pemKey(key: CryptoKey): Promise<string> {
+async function pemKey(x509: typeof X509, key: CryptoKey): Promise<string> {
   const der = await webcrypto.subtle.exportKey('pkcs8', key);
   return x509.PemConverter.encode(der, 'PRIVATE KEY');
 }
@@ -65,6 +78,7 @@ export async function generatePki(
     readonly validityDays?: number;
   } = {},
 ): Promise<PkiBundle> {
+  const x509 = await loadX509();
   const now = options.now ?? new Date();
   const notBefore = new Date(now.getTime() - 3_600_000);
   const notAfter = new Date(now.getTime() + (options.validityDays ?? 3650) * DAY_MS);
@@ -106,14 +120,14 @@ export async function generatePki(
         await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
       ],
     });
-    return { cert: cert.toString('pem'), key: await pemKey(keys.privateKey) };
+    return { cert: cert.toString('pem'), key: await pemKey(x509, keys.privateKey) };
   };
   const sans = [...new Set([...DEFAULT_SERVER_SANS, ...(options.extraSans ?? [])])];
   const server = await leaf('openshell-server', x509.ExtendedKeyUsage.serverAuth, sans);
   const client = await leaf('openshell-client', x509.ExtendedKeyUsage.clientAuth, []);
   return {
     caCert: caCert.toString('pem'),
-    caKey: await pemKey(ca.privateKey),
+    caKey: await pemKey(x509, ca.privateKey),
     serverCert: server.cert,
     serverKey: server.key,
     clientCert: client.cert,

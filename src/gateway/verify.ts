@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
-import * as k8s from '@kubernetes/client-node';
+import type * as K8s from '@kubernetes/client-node';
 import { abortableSleep } from '../supervisor/wait.ts';
 import type { MtlsBundle } from './client-config.ts';
 import { readGatewayKubeconfig } from './kubeconfig-entry.ts';
@@ -47,7 +47,9 @@ const POD_CIDR = /^10\.42\.0\.\d+$/;
  * client credentials. (The seed looked for cni0 inside the pod, which a pod-network pod cannot see.)
  */
 export async function verifyGateway(options: VerifyOptions): Promise<VerifyReport> {
-  const kc = await loadVerifiedKubeconfig(options.kubeconfig);
+  // The Kubernetes client (most of the installed size, ~0.3 s to load) only when a gateway is checked.
+  const k8s = await import('@kubernetes/client-node');
+  const kc = await loadVerifiedKubeconfig(k8s, options.kubeconfig);
   const server = kc.getCurrentCluster()?.server ?? '';
   const core = kc.makeApiClient(k8s.CoreV1Api);
   const ns = options.namespace ?? 'openshell';
@@ -66,7 +68,7 @@ export async function verifyGateway(options: VerifyOptions): Promise<VerifyRepor
 
   // Prerequisite: the API server answers (polled every 2 s up to the timeout).
   const t0 = performance.now();
-  let nodes: k8s.V1NodeList | undefined;
+  let nodes: K8s.V1NodeList | undefined;
   let lastError = '';
   for (;;) {
     try {
@@ -117,7 +119,7 @@ export async function verifyGateway(options: VerifyOptions): Promise<VerifyRepor
 
   const events = await safe('events', () => core.listEventForAllNamespaces());
   if (events) {
-    const matching = (test: (e: k8s.CoreV1Event) => boolean) =>
+    const matching = (test: (e: K8s.CoreV1Event) => boolean) =>
       events.items
         .filter(test)
         .map(
@@ -196,7 +198,7 @@ export async function verifyGateway(options: VerifyOptions): Promise<VerifyRepor
     // From inside the gateway pod: kube-proxy (nftables) and DNS make the API reachable by name.
     const script =
       'u=https://kubernetes.default.svc/healthz; if command -v wget >/dev/null; then wget -q -T 5 --no-check-certificate -O - $u; elif command -v curl >/dev/null; then curl -sk -m 5 $u; else echo "no wget or curl in the pod" >&2; exit 3; fi';
-    const out = await execInPod(kc, ns, podName, ['sh', '-c', script], 20_000).catch((err: unknown) => ({
+    const out = await execInPod(k8s, kc, ns, podName, ['sh', '-c', script], 20_000).catch((err: unknown) => ({
       code: -1,
       stdout: '',
       stderr: describe(err),
@@ -237,7 +239,7 @@ export async function verifyGateway(options: VerifyOptions): Promise<VerifyRepor
  * loopback server, the CA and the client certificate and key as data. The file is never handed to
  * the client library, so no exec plugin, auth provider, token file or proxy in it is ever used.
  */
-async function loadVerifiedKubeconfig(file: string): Promise<k8s.KubeConfig> {
+async function loadVerifiedKubeconfig(k8s: typeof K8s, file: string): Promise<K8s.KubeConfig> {
   const entry = readGatewayKubeconfig(await fs.readFile(file, 'utf8'), file);
   const kc = new k8s.KubeConfig();
   kc.loadFromClusterAndUser(
@@ -248,7 +250,8 @@ async function loadVerifiedKubeconfig(file: string): Promise<k8s.KubeConfig> {
 }
 
 async function execInPod(
-  kc: k8s.KubeConfig,
+  k8s: typeof K8s,
+  kc: K8s.KubeConfig,
   namespace: string,
   pod: string,
   command: string[],

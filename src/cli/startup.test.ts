@@ -1,0 +1,94 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+
+// What each command loads: the CLI imports a command's module when that command runs, so the
+// commands people type most (--version, list, exec into an instance) and the detached supervisor
+// never load the Kubernetes client, the x509 stack or the OCI/rootfs code, which cost ~0.3 s and
+// ~100 MB at every start when main.ts imported them all. scripts/bench-startup.ts measures the time.
+
+const MAIN = path.join(import.meta.dirname, 'main.ts');
+
+/** A module hook that writes every module URL the process loads to $OVM_LOADED_FILE at exit. */
+const HOOK = `import { registerHooks } from 'node:module';
+import { writeFileSync } from 'node:fs';
+const urls = new Set();
+registerHooks({ load(url, context, next) { urls.add(url); return next(url, context); } });
+process.on('exit', () => writeFileSync(process.env.OVM_LOADED_FILE, [...urls].join('\\n')));
+`;
+
+function loadedBy(args: readonly string[]): { code: number | null; stderr: string; urls: string[] } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-startup-'));
+  try {
+    const hook = path.join(dir, 'hook.mjs');
+    fs.writeFileSync(hook, HOOK);
+    const out = path.join(dir, 'loaded.txt');
+    const r = spawnSync(process.execPath, ['--import', hook, MAIN, ...args], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, OVM_LOADED_FILE: out, OPENSHELL_VM_DATA_DIR: path.join(dir, 'data') },
+    });
+    return { code: r.status, stderr: r.stderr, urls: fs.readFileSync(out, 'utf8').split('\n') };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Packages and trees no command below may load (they belong to verify, a gateway, prepare-rootfs). */
+const HEAVY: readonly RegExp[] = [
+  /node_modules\/@kubernetes\/client-node\//,
+  /node_modules\/@peculiar\//,
+  /node_modules\/reflect-metadata\//,
+  /node_modules\/tsyringe\//,
+  /node_modules\/tar-stream\//,
+  /node_modules\/koffi\//,
+  /\/src\/oci\//,
+  /\/src\/rootfs\/build\.ts$/,
+  /\/src\/gateway\/pki\.ts$/,
+];
+
+/** `expectCode` undefined: any exit code (doctor's depends on the host). */
+function assertLight(args: readonly string[], expectCode: number | undefined, mustLoad: string): string[] {
+  const { code, stderr, urls } = loadedBy(args);
+  if (expectCode !== undefined)
+    assert.equal(code, expectCode, `${args.join(' ')}: exit code (stderr: ${stderr})`);
+  // The hook saw the command run: its own module is in the list.
+  assert.ok(
+    urls.some((u) => u.endsWith(mustLoad)),
+    `${args.join(' ')} loaded ${mustLoad} (${urls.length} modules)`,
+  );
+  for (const heavy of HEAVY) {
+    const hit = urls.find((u) => heavy.test(u));
+    assert.equal(hit, undefined, `${args.join(' ')} must not load ${hit}`);
+  }
+  return urls;
+}
+
+test('--version loads only the dispatcher: no package, no command module', () => {
+  const urls = assertLight(['--version'], 0, '/src/version.ts');
+  assert.deepEqual(
+    urls.filter((u) => u.includes('/node_modules/')),
+    [],
+  );
+  const ours = urls.filter((u) => u.includes('/src/')).map((u) => u.slice(u.indexOf('/src/') + 1));
+  assert.ok(ours.length <= 8, `--version loads ${ours.length} modules: ${ours.join(' ')}`);
+});
+
+test('list, status and exec load none of the gateway, x509, Kubernetes or OCI code', () => {
+  assertLight(['list'], 0, '/src/cli/instances.ts');
+  assertLight(['status', 'nothing-here'], 125, '/src/cli/instances.ts');
+  assertLight(['exec', 'nothing-here', '--', '/bin/true'], 125, '/src/cli/exec-into.ts');
+});
+
+test("run's path (what a detached supervisor loads) has none of the gateway's stacks", () => {
+  // --vcpus 0 is refused after every module of the run path is loaded, before anything starts.
+  assertLight(['run', '--vcpus', '0', '--', '/bin/true'], 2, '/src/presets/run.ts');
+});
+
+test('verify loads the Kubernetes client only to check a gateway; doctor loads neither', () => {
+  assertLight(['verify', '--help'], 0, '/src/cli/verify.ts');
+  assertLight(['doctor', '--json'], undefined, '/src/cli/doctor.ts');
+});
