@@ -61,7 +61,6 @@ const args = qemuArgs(
     rootDir: artifacts.rootfs,
     rootMode: 'overlay',
     network: { mode: 'gvproxy', socketPath: path.join(work, 'gv-qemu.sock'), mac: GVPROXY_NET.mac },
-    ports: [],
     agentSocket: agentSock,
     runDir: work,
     socketDir: work,

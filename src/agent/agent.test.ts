@@ -198,12 +198,13 @@ describe('guest agent, link, control socket and exec client', () => {
 });
 
 /**
- * How the agent runs under libkrun, whose init runs one command: started as that command with
- * --then, it forks itself off and execs the real command in its place, and dials the host (vsock
- * there; a Unix socket here: the same code but for the address family) again whenever it is lost.
+ * How the agent runs under libkrun: it is the VM's workload (--workload), which libkrun's init runs
+ * and whose exit ends the VM. It dials the host (vsock there; a Unix socket here: the same code but
+ * for the address family) again whenever it is lost, and ends itself on SHUTDOWN or SIGTERM after
+ * stopping its sessions' commands in order.
  */
-describe('the agent beside a command (--then) on a channel it dials (--unix, as --vsock)', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-agent-then-'));
+describe('the agent as the VM workload (--workload) on a channel it dials (--unix, as --vsock)', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-agent-workload-'));
   const agentSocket = path.join(dir, 'agent.sock');
   const controlSocket = path.join(dir, 'ctl.sock');
   let binary: string;
@@ -219,124 +220,186 @@ describe('the agent beside a command (--then) on a channel it dials (--unix, as 
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  /** Processes whose command line names this test's socket (the agent and its keeper). */
-  const agentsAlive = () =>
-    fs
-      .readdirSync('/proc')
-      .filter((p) => /^\d+$/.test(p))
-      .filter((p) => {
-        try {
-          return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(agentSocket) && !isZombie(p);
-        } catch {
-          return false;
-        }
-      });
-  const isZombie = (pid: string) =>
-    / Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\)/, ' '));
-
-  function start(command: string[]) {
-    const child = spawn(binary, ['--unix', agentSocket, '--then', ...command], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, LEAK: 'from-the-caller' },
+  function start() {
+    const child = spawn(binary, ['--unix', agentSocket, '--workload'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      // What libkrun's init may pass on besides PATH, HOME and TERM: none of it reaches a command.
+      env: {
+        PATH: '/usr/bin:/bin',
+        HOME: '/home/x',
+        TERM: 'vt100',
+        LEAK: 'from-the-caller',
+        KRUN_INIT: '/x',
+      },
     });
     children.push(child);
-    let out = '';
     let err = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
     child.stderr?.on('data', (d: Buffer) => {
       err += d.toString();
     });
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    return { child, exited, out: () => out, err: () => err };
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+      child.on('exit', (code, signal) => resolve([code, signal])),
+    );
+    return { child, exited, err: () => err };
+  }
+
+  async function serve() {
+    const link = await AgentLink.listen(agentSocket);
+    const control = await ControlServer.listen(controlSocket, link, { onStop: () => undefined });
+    return {
+      link,
+      async close() {
+        await control.close();
+        await link.close();
+      },
+    };
   }
 
   async function execVia(argv: string[]) {
-    const chunks: Buffer[] = [];
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    const sink = (chunks: Buffer[]) =>
+      new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          chunks.push(chunk);
+          cb();
+        },
+      });
     const session = await ExecSession.start(
       controlSocket,
       'test',
       { argv, env: [], workdir: '', tty: false, rows: 24, cols: 80 },
-      {
-        stdout: new Writable({
-          write(chunk: Buffer, _enc, cb) {
-            chunks.push(chunk);
-            cb();
-          },
-        }),
-        stderr: new PassThrough(),
-      },
+      { stdout: sink(out), stderr: sink(err) },
     );
-    return { session, text: () => Buffer.concat(chunks).toString() };
+    return {
+      session,
+      text: () => Buffer.concat(out).toString(),
+      err: () => Buffer.concat(err).toString(),
+    };
   }
 
-  it('runs the command in its own place, serves exec, dials again when lost, stops the command', async () => {
-    const script = 'echo "started $$ $LEAK"; trap "echo stopping; exit 3" TERM; while :; do sleep 0.1; done';
-    const cmd = start(['/bin/sh', '-c', script]);
-    let link = await AgentLink.listen(agentSocket);
-    let control = await ControlServer.listen(controlSocket, link, { onStop: () => undefined });
+  /** Waits for a session's command to write its pid to `file`; returns the pid and its start time. */
+  async function pidOf(file: string) {
+    for (let i = 0; i < 200 && !fs.existsSync(file); i++) await new Promise((r) => setTimeout(r, 20));
+    const pid = Number(fs.readFileSync(file, 'utf8'));
+    return { pid, startTime: await processStartTime(pid) };
+  }
+
+  async function gone(p: { pid: number; startTime: string | undefined }) {
+    for (let i = 0; i < 100 && (await isSameProcess(p.pid, p.startTime)); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    return !(await isSameProcess(p.pid, p.startTime));
+  }
+
+  it('serves sessions from a clean environment, dials again when lost, and SHUTDOWN ends it (exit 0)', async () => {
+    const agent = start();
+    let host = await serve();
     try {
-      assert.ok(await link.waitHello(5_000), 'the agent dialled in and said hello');
-      for (let i = 0; i < 100 && !cmd.out().includes('started'); i++)
-        await new Promise((r) => setTimeout(r, 20));
-      // The command kept the caller's pid and environment; the agent's sessions get a clean one.
-      assert.equal(cmd.out(), `started ${cmd.child.pid} from-the-caller\n`);
-      const first = await execVia(['sh', '-c', 'echo "[$LEAK] $HOME"; exit 5']);
+      assert.ok(await host.link.waitHello(5_000), 'the agent dialled in and said hello');
+      const first = await execVia(['sh', '-c', 'echo "[$LEAK$KRUN_INIT] $HOME $TERM $PATH"; exit 5']);
       assert.equal(await first.session.done, 5);
-      assert.equal(first.text(), '[] /root\n');
+      assert.equal(first.text(), '[] /home/x vt100 /usr/bin:/bin\n');
 
       // The host side goes away (the VMM's connection dropped) with a session running: the
       // session's command is killed, and the agent dials again.
       const marker = path.join(dir, 'sleeper.pid');
       const inFlight = await execVia(['sh', '-c', `echo $$ > ${marker}; exec sleep 60`]);
-      for (let i = 0; i < 100 && !fs.existsSync(marker); i++) await new Promise((r) => setTimeout(r, 20));
-      const sleeper = Number(fs.readFileSync(marker, 'utf8'));
-      const sleeperStart = await processStartTime(sleeper);
-      await link.close(); // first: the control socket would otherwise close the session itself
+      const sleeper = await pidOf(marker);
+      await host.link.close(); // first: the control socket would otherwise close the session itself
       await inFlight.session.done.catch(() => undefined);
-      await control.close();
-      link = await AgentLink.listen(agentSocket);
-      control = await ControlServer.listen(controlSocket, link, { onStop: () => undefined });
-      assert.ok(await link.waitHello(5_000), 'the agent dialled again');
-      for (let i = 0; i < 100 && (await isSameProcess(sleeper, sleeperStart)); i++)
-        await new Promise((r) => setTimeout(r, 20));
-      assert.equal(await isSameProcess(sleeper, sleeperStart), false, 'the lost session was killed');
+      await host.close();
+      host = await serve();
+      assert.ok(await host.link.waitHello(5_000), 'the agent dialled again');
+      assert.ok(await gone(sleeper), 'the lost session was killed');
       const second = await execVia(['echo', 'again']);
       assert.equal(await second.session.done, 0);
       assert.equal(second.text(), 'again\n');
 
-      // SHUTDOWN stops the command (not PID 1); the agent goes with it.
-      assert.equal(link.shutdown(), true);
-      assert.equal(await cmd.exited, 3);
-      assert.match(cmd.out(), /stopping\n$/);
-      let alive = agentsAlive();
-      for (let i = 0; i < 100 && alive.length; i++) {
-        await new Promise((r) => setTimeout(r, 20));
-        alive = agentsAlive();
-      }
-      assert.deepEqual(alive, [], 'no agent process outlives the command');
+      // SHUTDOWN with a session running: its command gets SIGTERM (its trap answers), its EXIT
+      // reaches the host, and then the agent ends by itself with 0 (libkrun then ends the VM).
+      const trapped = await execVia([
+        'sh',
+        '-c',
+        'trap "echo stopping; exit 3" TERM; while :; do sleep 0.1; done',
+      ]);
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(host.link.shutdown(), true);
+      assert.equal(await trapped.session.done, 3);
+      assert.equal(trapped.text(), 'stopping\n');
+      assert.deepEqual(await agent.exited, [0, null], agent.err());
+      assert.match(agent.err(), /ovm-agent: stopped\n$/);
     } finally {
-      await control.close();
-      await link.close();
+      await host.close();
     }
   });
 
-  it('gives the exit status of a command that cannot run: 127 not found, 126 not executable', async () => {
-    const missing = start(['/no/such/command']);
-    assert.equal(await missing.exited, 127);
-    assert.match(missing.err(), /\/no\/such\/command: No such file or directory/);
-    const plain = path.join(dir, 'plain');
-    fs.writeFileSync(plain, 'x', { mode: 0o644 });
-    const notExec = start([plain]);
-    assert.equal(await notExec.exited, 126);
-    const usage = spawn(binary, ['--vsock', 'x'], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    usage.stderr?.on('data', (d: Buffer) => {
-      err += d.toString();
-    });
-    assert.equal(await new Promise((r) => usage.on('exit', r)), 2);
-    assert.match(err, /--vsock: PORT must be a number/);
+  it('a command that ignores SIGTERM gets SIGKILL after the grace period; no new session meanwhile', async () => {
+    const agent = start();
+    const host = await serve();
+    try {
+      assert.ok(await host.link.waitHello(5_000));
+      const marker = path.join(dir, 'stubborn.pid');
+      const stubborn = await execVia([
+        'sh',
+        '-c',
+        `trap "" TERM; echo $$ > ${marker}; while :; do sleep 0.1; done`,
+      ]);
+      const shell = await pidOf(marker);
+      const t0 = performance.now();
+      assert.equal(host.link.shutdown(), true);
+      await new Promise((r) => setTimeout(r, 300));
+      const late = await execVia(['echo', 'too late']);
+      assert.equal(await late.session.done, 125);
+      assert.match(late.err(), /ovm-agent: the guest is stopping/);
+      assert.equal(await stubborn.session.done, 137);
+      const waitedMs = performance.now() - t0;
+      assert.ok(
+        waitedMs >= 2_900 && waitedMs < 6_000,
+        `SIGKILL after ${Math.round(waitedMs)} ms (grace 3 s)`,
+      );
+      assert.deepEqual(await agent.exited, [0, null], agent.err());
+      assert.ok(await gone(shell), 'the stubborn command is gone');
+    } finally {
+      await host.close();
+    }
+  });
+
+  it('SIGTERM to the agent stops it the same way, also while it is still dialling', async () => {
+    const agent = start();
+    const host = await serve();
+    try {
+      assert.ok(await host.link.waitHello(5_000));
+      const marker = path.join(dir, 'term.pid');
+      const running = await execVia(['sh', '-c', `echo $$ > ${marker}; exec sleep 60`]);
+      const sleeper = await pidOf(marker);
+      agent.child.kill('SIGTERM');
+      assert.equal(await running.session.done, 143);
+      assert.deepEqual(await agent.exited, [0, null], agent.err());
+      assert.ok(await gone(sleeper));
+    } finally {
+      await host.close();
+    }
+    // Nobody listens: the agent keeps dialling, and a SIGTERM then ends it (0) all the same.
+    const dialling = start();
+    await new Promise((r) => setTimeout(r, 300));
+    dialling.child.kill('SIGTERM');
+    assert.deepEqual(await dialling.exited, [0, null], dialling.err());
+    assert.match(dialling.err(), /SIGTERM while dialling the host/);
+  });
+
+  it('refuses a bad option: --vsock needs a number, --then is gone', async () => {
+    for (const [args, re] of [
+      [['--vsock', 'x'], /--vsock: PORT must be a number/],
+      [['--unix', agentSocket, '--then', 'true'], /unknown option/],
+    ] as const) {
+      const usage = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      usage.stderr?.on('data', (d: Buffer) => {
+        err += d.toString();
+      });
+      assert.equal(await new Promise((r) => usage.on('exit', r)), 2);
+      assert.match(err, re);
+    }
   });
 });
 

@@ -4,6 +4,7 @@
  * 127/126/125 codes (src/guest/agent/ovm-agent.c).
  */
 import type { ExecRequest } from '../agent/protocol.ts';
+import { AGENT_ENV } from '../guest/agent-env.ts';
 
 export interface WorkloadRequest {
   /** Absolute path in the guest, or a name looked up in the workload's PATH. */
@@ -15,11 +16,7 @@ export interface WorkloadRequest {
 }
 
 /** The guest environment a command gets unless --env overrides a name (the seed's defaults). */
-export const DEFAULT_GUEST_ENV: readonly (readonly [string, string])[] = [
-  ['HOME', '/root'],
-  ['PATH', '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
-  ['TERM', 'xterm'],
-];
+export const DEFAULT_GUEST_ENV = AGENT_ENV;
 
 /** Defaults first, then the user's variables; a user variable replaces a default of the same name. */
 export function mergeEnv(user: readonly (readonly [string, string])[]): [string, string][] {
@@ -29,9 +26,9 @@ export function mergeEnv(user: readonly (readonly [string, string])[]): [string,
 }
 
 /**
- * The agent session for a run's command. The agent starts from exactly DEFAULT_GUEST_ENV (the
- * guest init starts it so), and every variable of `request.env` is set on top: the command gets
- * exactly the request's environment.
+ * The agent session for a run's command. The agent starts from exactly DEFAULT_GUEST_ENV (on
+ * every backend: guest/agent-env.ts), and every variable of `request.env` is set on top: the
+ * command gets exactly the request's environment.
  */
 export function agentRequest(
   request: WorkloadRequest,

@@ -9,8 +9,7 @@ export const GUEST_INIT_PATH = '/sbin/ovm-init';
  * The embedded default rootfs as data: busybox with every applet linked in /bin, the guest init
  * and agent, and the few files a shell expects. Pure, so the same description both writes the
  * tree and checks it before each boot. Nothing in it is writable by others or setuid: /tmp is a
- * tmpfs in the guest (ovm-init mounts it), so on disk it is an ordinary 0755 directory, and
- * /.ovm/run is only the mount point of each run's handoff directory.
+ * tmpfs in the guest (ovm-init mounts it), so on disk it is an ordinary 0755 directory.
  */
 export function defaultRootfsEntries(
   busybox: Uint8Array,
@@ -33,7 +32,6 @@ export function defaultRootfsEntries(
     'mnt',
   ];
   const entries: TreeEntry[] = dirs.map((d) => ({ type: 'dir', path: d, mode: 0o755 }));
-  entries.push({ type: 'dir', path: '.ovm', mode: 0o755 }, { type: 'dir', path: '.ovm/run', mode: 0o755 });
   entries.push({ type: 'file', path: 'bin/busybox', mode: 0o755, data: busybox });
   for (const applet of busyboxApplets(busybox)) {
     if (applet === 'busybox' || applet.includes('/')) continue;

@@ -1,5 +1,4 @@
 import fs from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import type { AccelChoice } from '../accel/probe.ts';
 import type { SessionIo } from '../agent/session.ts';
@@ -94,8 +93,8 @@ const GUEST_SHUTDOWN_MS = 10_000;
 /**
  * `openshell-vm run`: the lifecycle (src/instance/start.ts) on the embedded default rootfs or a
  * prepared one, then the command as an agent session (stdout and stderr to `io` as it runs, stdin
- * passed through, a pseudo-terminal when stdin is one), then the guest shut down in order. Under
- * a backend whose VMM runs the workload itself (libkrun) the VMM's exit status is the command's.
+ * passed through, a pseudo-terminal when stdin is one), then the guest shut down in order: the
+ * same on every backend (under libkrun the agent is the VM's workload, reached over vsock).
  * Everything started is stopped and every socket removed before this returns or throws, also on abort.
  */
 export async function runExec(
@@ -109,8 +108,6 @@ export async function runExec(
     options.onEvent?.({ ...event, elapsedMs: Math.round(now()) } as ExecEvent);
   const t0 = now();
   const { backend, signal } = options;
-  // libkrun: the VMM's own workload, ending with its exit status (issue 14: not yet the agent).
-  const vmmRuns = backend.features.workload === 'vmm';
   let artifacts: GuestArtifacts | undefined;
   let tArtifacts = t0;
   let share: string | undefined;
@@ -129,7 +126,7 @@ export async function runExec(
       network: plan.network,
       forwards: plan.forwards,
       command: [plan.request.exec, ...plan.request.args],
-      agentTimeoutMs: vmmRuns ? undefined : plan.bootTimeoutMs,
+      agentTimeoutMs: plan.bootTimeoutMs,
       keepLogs: plan.keepLogs,
     },
     {
@@ -177,14 +174,6 @@ export async function runExec(
           rootDir,
           rootMode: 'overlay',
           kernelArgs: ['ovm.mode=exec'],
-          workload: vmmRuns
-            ? {
-                path: plan.request.exec,
-                args: plan.request.args,
-                env: plan.request.env.map(([k, v]) => `${k}=${v}`),
-                workdir: plan.request.workdir,
-              }
-            : undefined,
         };
       },
       started: () => {
@@ -216,16 +205,10 @@ export async function runExec(
     const tStarted = now();
     const bootMs = performance.now() - handle.bootStartedAt;
     emit({ type: 'stage', stage: 'running', message: COMMAND_STARTED });
-    let code: number;
-    if (vmmRuns) {
-      // openshell-vm stop: the agent stops the command (SIGTERM), libkrun ends with its status.
-      void handle.stopRequested.then((ms) => handle.stop({ timeoutMs: ms, force: signal }));
-      code = await vmmExitCode(handle, signal);
-    } else {
-      code = await runCommand(handle, plan.request, io, signal);
-      // The command has ended: the agent asks PID 1 to end the guest in order.
-      await handle.stop({ timeoutMs: GUEST_SHUTDOWN_MS, force: signal, failed: code === 125 });
-    }
+    const code = await runCommand(handle, plan.request, io, signal);
+    // The command has ended: the agent ends the guest in order (QEMU: it asks PID 1; libkrun: the
+    // agent, the VM's workload, exits itself).
+    await handle.stop({ timeoutMs: GUEST_SHUTDOWN_MS, force: signal, failed: code === 125 });
     const tDone = now();
     emit({ type: 'stage', stage: 'done', message: `command exited: exit code ${code}` });
     failed = code === 125;
@@ -276,14 +259,6 @@ async function runCommand(
     restore();
     command.close();
   }
-}
-
-/** libkrun: the VMM's own exit status is the command's (128+N when it dies of signal N). */
-async function vmmExitCode(handle: InstanceHandle, signal: AbortSignal | undefined): Promise<number> {
-  const { vmm } = await raceAbort(handle.exited, signal);
-  const refused = await handle.vm.setupError?.();
-  if (refused) throw new VmError(`libkrun did not start the VM: ${refused}`);
-  return vmm.signal ? 128 + (os.constants.signals[vmm.signal] ?? 0) : (vmm.exitCode ?? 125);
 }
 
 /**

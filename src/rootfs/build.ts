@@ -255,7 +255,6 @@ export async function prepareRootfs(
       'run',
       'tmp',
       '.ovm-host',
-      '.ovm/run',
       'etc/rancher/k3s',
       ROOTFS_PATHS.k3sManifests,
       ROOTFS_PATHS.k3sCharts,

@@ -2,12 +2,6 @@ import type { Accelerator } from '../accel/probe.ts';
 import type { GuestArch } from '../host/arch.ts';
 import type { ExitResult, PidRecord } from '../supervisor/process.ts';
 
-/** A named virtio-serial port whose host side is a Unix socket the caller listens on. */
-export interface SerialPortSpec {
-  readonly name: string;
-  readonly socketPath: string;
-}
-
 /**
  * The guest's network: gvproxy's stream socket (started by the caller, shared by every backend),
  * the VMM's own user-mode network with TCP host forwards (QEMU's slirp), or none.
@@ -42,7 +36,7 @@ export interface VmSpec {
   readonly memMib: number;
   readonly kernel: string;
   readonly initramfs: string;
-  /** Extra kernel command-line words (ovm.mode=..., ovm.run=...). Never secrets: /proc/cmdline is world-readable. */
+  /** Extra kernel command-line words (ovm.mode=...). Never secrets: /proc/cmdline is world-readable. */
   readonly kernelArgs: readonly string[];
   /** Host directory shared over virtio-fs and mounted as the guest's root. */
   readonly rootDir: string;
@@ -51,11 +45,12 @@ export interface VmSpec {
    * too: the guest cannot change rootDir); 'rw': the share is the root.
    */
   readonly rootMode: 'overlay' | 'rw';
-  readonly ports: readonly SerialPortSpec[];
   /**
-   * The Unix socket the caller listens on for the guest agent. Each backend connects the agent to
-   * it its own way: QEMU through the virtio-serial port org.openshell.agent (the guest init starts
-   * the agent); libkrun through a vsock port, with the agent started beside the command.
+   * The Unix socket the caller listens on for the guest agent, the only way a command reaches the
+   * guest. Each backend connects the agent to it its own way: QEMU through the virtio-serial port
+   * org.openshell.agent (the guest init starts the agent); libkrun through a vsock port, with the
+   * agent as the VM's workload (libkrun's init runs it; the VM ends when it exits). libkrun
+   * refuses a spec without one.
    */
   readonly agentSocket?: string | undefined;
   readonly network: NetworkSpec;
@@ -64,7 +59,6 @@ export interface VmSpec {
   /** Where the backend creates its sockets (short enough for sun_path). */
   readonly socketDir: string;
   readonly consoleLog: string;
-  readonly workload?: WorkloadSpec | undefined;
 }
 
 /**
@@ -84,12 +78,6 @@ export interface BackendFeatures {
   /** The guest networks it offers (--net). */
   readonly networks: readonly NetworkSpec['mode'][];
   /**
-   * Who runs the command: 'guest-init' (openshell-vm's init keeps the guest agent running and the
-   * command is an agent session; QEMU), or 'vmm' (the VMM runs VmSpec.workload itself and ends
-   * with its exit status, 128+N for signal N; libkrun).
-   */
-  readonly workload: 'guest-init' | 'vmm';
-  /**
    * Which kernel the guest runs: 'openshell' (openshell-vm's guest kernel, whose modules a rootfs
    * must carry for its exact release), or 'libkrunfw' (the one bundled in libkrunfw, no modules).
    */
@@ -105,14 +93,6 @@ export interface BackendFeatures {
   readonly vmmLog: string;
 }
 
-/** The command for backends whose VMM runs it (features.workload === 'vmm'). */
-export interface WorkloadSpec {
-  readonly path: string;
-  readonly args: readonly string[];
-  readonly env: readonly string[];
-  readonly workdir: string;
-}
-
 export interface VmExit {
   /** The VMM's own exit (not the guest command's status, which the guest reports separately). */
   readonly vmm: ExitResult;
@@ -126,10 +106,11 @@ export interface RunningVm {
   readonly hasExited: boolean;
   /** Stops the VMM, then its helpers (virtiofsd). Idempotent. */
   stop(graceMs?: number): Promise<VmExit>;
-  /** Last lines the VMM process itself printed (argument errors, device failures). */
+  /**
+   * Last lines the VMM process itself printed (argument errors, device failures; libkrun's runner:
+   * which call libkrun refused and why).
+   */
   vmmLogTail(lines?: number): Promise<string>;
-  /** Why the VMM refused to start the VM, when it reports that separately (libkrun's runner). */
-  setupError?(): Promise<string | undefined>;
   [Symbol.asyncDispose](): Promise<void>;
 }
 

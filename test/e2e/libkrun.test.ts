@@ -1,16 +1,22 @@
 // The libkrun backend end to end through the CLI, with a TEST DOUBLE of libkrun's C ABI
 // (test/fixtures/libkrun-double.c, compiled here) as the runtime: not libkrun, which cannot run
-// on these machines. It checks the process model: the runner process, exit status and signals,
-// libkrun refusing a call, Ctrl-C, gvproxy wiring and the backend choice.
+// on these machines. The double records the calls and then runs the workload as libkrun's init
+// would, but on the host: the real guest agent (<root>/sbin/ovm-agent --workload) from the root it
+// was given, dialling the host's agent socket where libkrun would connect its vsock port. So the
+// agent path runs end to end (sessions, stdin, exit codes, SHUTDOWN, stop), and the commands the
+// agent runs are host commands: the tests pick commands that mean the same on the host.
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { readEnvironment } from '../../src/config/environment.ts';
+import type { InstanceState } from '../../src/instance/state.ts';
 import { findGvproxy } from '../../src/net/gvproxy.ts';
+import { isSameProcess, processStartTime } from '../../src/supervisor/identity.ts';
 import { buildLibkrunDouble } from '../fixtures/libkrun-double.ts';
-import { sandbox } from './harness.ts';
+import { CLI, type CliRun, sandbox } from './harness.ts';
 
 const box = sandbox();
 const bundle = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-krun-e2e-'));
@@ -21,6 +27,8 @@ after(() => {
 buildLibkrunDouble(bundle);
 fs.symlinkSync(await findGvproxy(readEnvironment()), path.join(bundle, 'gvproxy'));
 
+const KRUN = ['--backend', 'libkrun', '--net', 'none'];
+
 const calls = (log: string) =>
   fs
     .readFileSync(log, 'utf8')
@@ -28,32 +36,37 @@ const calls = (log: string) =>
     .filter(Boolean)
     .map((l) => JSON.parse(l) as { fn: string; args: unknown[] });
 
-function krunEnv(extra: Record<string, string>) {
+function krunEnv(extra: Record<string, string> = {}) {
   const log = path.join(bundle, `calls-${Date.now()}-${Math.random()}.ndjson`);
   return { log, env: { OPENSHELL_VM_RUNTIME_DIR: bundle, KRUN_DOUBLE_LOG: log, ...extra } };
 }
 
-test("--backend libkrun: the command and env reach krun_set_exec; the exit status is the CLI's", async () => {
-  const { log, env } = krunEnv({ KRUN_DOUBLE_EXIT: '42' });
+/** A marker file a command writes its pid to (`echo $$ > FILE`), and that pid once it is there. */
+function pidMarker() {
+  const file = path.join(bundle, `pid-${Date.now()}-${Math.random()}`);
+  return {
+    file,
+    async read(): Promise<{ pid: number; startTime: string | undefined }> {
+      for (let i = 0; i < 500 && !fs.existsSync(file); i++) await new Promise((r) => setTimeout(r, 20));
+      const pid = Number(fs.readFileSync(file, 'utf8'));
+      return { pid, startTime: await processStartTime(pid) };
+    },
+  };
+}
+
+async function assertGone(p: { pid: number; startTime: string | undefined }, what: string): Promise<void> {
+  assert.ok(p.startTime, `${what} ran`);
+  assert.equal(await isSameProcess(p.pid, p.startTime), false, `${what} (pid ${p.pid}) is still running`);
+}
+
+test('--backend libkrun: the workload is the agent, the command an agent session with its env and workdir', async () => {
+  const { log, env } = krunEnv();
   const r = await box.run(
-    [
-      '--backend',
-      'libkrun',
-      '--net',
-      'none',
-      '--env',
-      'A=1',
-      '--workdir',
-      '/tmp',
-      'run',
-      '--',
-      '/bin/sh',
-      '-c',
-      'exit 42',
-    ],
+    [...KRUN, '--env', 'A=1', '--workdir', '/tmp', 'run', '--', '/bin/sh', '-c', 'echo "$A"; pwd; exit 42'],
     { env },
   );
   assert.equal(r.code, 42, r.stderr);
+  assert.equal(r.stdout.toString(), '1\n/tmp\n');
   assert.match(r.stderr, /backend: libkrun \(requested with --backend libkrun \(runtime .*\)\)/);
   assert.match(r.stderr, /libkrunfw: libkrunfw.so.5/);
   assert.match(r.stderr, /type: stock/);
@@ -64,13 +77,13 @@ test("--backend libkrun: the command and env reach krun_set_exec; the exit statu
   const recorded = calls(log);
   const exec = recorded.find((c) => c.fn === 'krun_set_exec');
   assert.ok(exec, 'krun_set_exec was called');
-  // libkrun's init runs the guest agent, which starts itself beside the command and execs it in
-  // its own place; the agent dials vsock port 10000, which libkrun connects to the agent socket.
-  assert.deepEqual(exec.args.slice(1, 3), [
+  // libkrun's init runs the guest agent and nothing else: no user command, no user environment.
+  assert.deepEqual(exec.args.slice(1), [
     '/sbin/ovm-agent',
-    ['--vsock', '10000', '--then', '/bin/sh', '-c', 'exit 42'],
+    ['--vsock', '10000', '--workload'],
+    ['HOME=/root', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'TERM=xterm'],
   ]);
-  assert.ok((exec.args[3] as string[]).includes('A=1'));
+  assert.equal(recorded.find((c) => c.fn === 'krun_set_workdir')?.args[1], '/');
   const vsock = recorded.find((c) => c.fn === 'krun_add_vsock_port2');
   assert.ok(vsock, 'krun_add_vsock_port2 was called');
   assert.equal(vsock.args[1], 10000);
@@ -80,44 +93,156 @@ test("--backend libkrun: the command and env reach krun_set_exec; the exit statu
     recorded.findIndex((c) => c.fn === 'krun_add_vsock') < recorded.indexOf(vsock),
     'the vsock device exists before its port is added',
   );
-  assert.deepEqual(recorded.find((c) => c.fn === 'krun_set_workdir')?.args[1], '/tmp');
+  // The guest console (here: the agent's own messages) goes to the run's console log.
+  assert.match(String(recorded.find((c) => c.fn === 'krun_set_console_output')?.args[1]), /\/console\.log$/);
   assert.equal(recorded.at(-1)?.fn, 'krun_start_enter');
   await box.assertClean(r);
 });
 
-test('a guest killed by a signal gives 128+N; a call libkrun refuses is an error naming it', async () => {
-  const killed = await box.run(
-    ['-q', '--backend', 'libkrun', '--net', 'none', '--exec', '/bin/true'],
-    krunEnv({ KRUN_DOUBLE_SIGNAL: '9' }),
-  );
-  assert.equal(killed.code, 137, killed.stderr);
-  const refused = await box.run(
-    ['-q', '--backend', 'libkrun', '--net', 'none', '--exec', '/bin/true'],
-    krunEnv({ KRUN_DOUBLE_FAIL: 'krun_set_root:-2' }),
-  );
-  assert.equal(refused.code, 125);
-  assert.match(refused.stderr, /error: libkrun did not start the VM: krun_set_root failed: -2 \(ENOENT\)/);
-  await box.assertClean(killed);
-  await box.assertClean(refused);
+test('exit codes come through the agent session: 0, 127 not found, 126 not executable, 128+N', async () => {
+  for (const [argv, code, stderr] of [
+    [['/bin/true'], 0, undefined],
+    [['/no/such/command'], 127, /cannot run '\/no\/such\/command': No such file or directory/],
+    [['/etc/passwd'], 126, /cannot run '\/etc\/passwd': Permission denied/],
+    [['/bin/sh', '-c', 'kill -KILL $$'], 137, undefined],
+  ] as const) {
+    const r = await box.run(['-q', ...KRUN, 'run', '--', ...argv], krunEnv());
+    assert.equal(r.code, code, `${argv.join(' ')}: ${r.stderr}`);
+    if (stderr) assert.match(r.stderr, stderr);
+    await box.assertClean(r);
+  }
 });
 
-test('SIGTERM while libkrun runs stops the runner and exits 143', async () => {
-  let sent = false;
-  const r = await box.run(['-q', '--backend', 'libkrun', '--net', 'none', '--exec', '/bin/true'], {
-    ...krunEnv({ KRUN_DOUBLE_SLEEP: '30' }),
-    onEvent: (e, child) => {
-      if (!sent && e.type === 'process' && e.action === 'started') {
-        sent = true;
-        setTimeout(() => child.kill('SIGTERM'), 300);
-      }
-    },
-  });
-  assert.equal(r.code, 143, r.stderr);
+test('a call libkrun refuses ends the VM before the agent connects: an error naming the call (125)', async () => {
+  const r = await box.run(
+    ['-q', ...KRUN, 'run', '--', '/bin/true'],
+    krunEnv({ KRUN_DOUBLE_FAIL: 'krun_set_root:-2' }),
+  );
+  assert.equal(r.code, 125);
+  assert.match(
+    r.stderr,
+    /error: the microVM ended before the guest agent connected \(the VMM exited with code 125\)/,
+  );
+  assert.match(r.stderr, /libkrun did not start the VM: krun_set_root failed: -2 \(ENOENT\)/);
   await box.assertClean(r);
 });
 
+test('stdin is passed through run: echo hi | run -- cat prints hi; 3 MB through cat arrive whole', async () => {
+  const { env } = krunEnv();
+  const hi = spawnSync(CLI, ['-q', ...KRUN, 'run', '--', 'cat'], {
+    env: { ...box.env, ...env },
+    input: 'hi\n',
+  });
+  assert.equal(hi.status, 0, hi.stderr.toString());
+  assert.equal(hi.stdout.toString(), 'hi\n');
+
+  const big = Buffer.alloc(3 * 1024 * 1024);
+  for (let i = 0; i < big.length; i++) big[i] = (i * 7 + (i >> 12)) & 0xff;
+  const child = spawn(CLI, ['-q', ...KRUN, 'run', '--', 'cat'], { env: { ...box.env, ...env } });
+  const out: Buffer[] = [];
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => out.push(d));
+  child.stderr.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
+  child.stdin.end(big);
+  const code = await new Promise((resolve) => child.on('close', resolve));
+  assert.equal(code, 0, err);
+  assert.ok(Buffer.concat(out).equals(big), 'the 3 MB came back byte for byte');
+});
+
+const commandStarted = (e: Record<string, unknown>) =>
+  e.type === 'progress' && /command started/.test(String(e.message));
+
+/** A long command whose pid is known; `signal` to the CLI once it runs. */
+async function runAndSignal(signal: NodeJS.Signals) {
+  const marker = pidMarker();
+  let sent = false;
+  let command: { pid: number; startTime: string | undefined } | undefined;
+  const r: CliRun = await box.run(
+    ['-q', ...KRUN, 'run', '--', '/bin/sh', '-c', `echo $$ > ${marker.file}; exec sleep 60`],
+    {
+      ...krunEnv(),
+      onEvent: (e, child) => {
+        if (sent || !commandStarted(e)) return;
+        sent = true;
+        void marker.read().then((p) => {
+          command = p;
+          child.kill(signal);
+        });
+      },
+    },
+  );
+  assert.ok(sent && command, `the command started and got ${signal}`);
+  return { r, command };
+}
+
+test('Ctrl-C (SIGINT) during a run stops everything and exits 130: no process is left', async () => {
+  const { r, command } = await runAndSignal('SIGINT');
+  assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, /SIGINT: stopping the microVM/);
+  await assertGone(command, "the run's command");
+  await box.assertClean(r);
+});
+
+test('SIGTERM during a run stops everything and exits 143: no process is left', async () => {
+  const { r, command } = await runAndSignal('SIGTERM');
+  assert.equal(r.code, 143, r.stderr);
+  await assertGone(command, "the run's command");
+  await box.assertClean(r);
+});
+
+test('--detach, exec and stop: stop ends the command (SIGTERM) and the VM with it', async () => {
+  const marker = pidMarker();
+  const { env } = krunEnv();
+  const started = await box.run(
+    [
+      'run',
+      '--name',
+      'kd',
+      '--detach',
+      '-q',
+      ...KRUN,
+      '--',
+      '/bin/sh',
+      '-c',
+      `echo $$ > ${marker.file}; exec sleep 3600`,
+    ],
+    { env },
+  );
+  assert.equal(started.code, 0, started.stderr);
+  assert.match(started.stdout.toString(), /Started: .* in instance 'kd' \(libkrun\/kvm\)/);
+  const command = await marker.read();
+  const state = JSON.parse(
+    fs.readFileSync(path.join(box.dataDir, 'instances', 'kd', 'state.json'), 'utf8'),
+  ) as InstanceState;
+  assert.equal(state.phase, 'running');
+  assert.equal(state.backend, 'libkrun');
+  try {
+    const r = await box.run(
+      ['exec', 'kd', '--env', 'B=2', '--', 'sh', '-c', 'echo "out $B"; echo err >&2; exit 7'],
+      {
+        env,
+      },
+    );
+    assert.equal(r.code, 7, r.stderr);
+    assert.equal(r.stdout.toString(), 'out 2\n');
+    assert.equal(r.stderr, 'err\n');
+  } finally {
+    const stop = await box.run(['stop', 'kd'], { env });
+    assert.equal(stop.code, 0, stop.stderr);
+    assert.match(stop.stdout.toString(), /instance 'kd' stopped/);
+  }
+  await assertGone(command, "the run's command");
+  for (const p of [state.supervisor, ...state.processes]) await assertGone(p, p.name);
+  for (const s of state.sockets) assert.equal(fs.existsSync(s), false, `socket ${s} left`);
+  const logs = await box.run(['logs', 'kd', '--source', 'console'], { env });
+  assert.equal(logs.code, 0, logs.stderr);
+  assert.match(logs.stdout.toString(), /ovm-agent: shutdown requested by the host[\s\S]*ovm-agent: stopped/);
+});
+
 test("with gvproxy, libkrun gets the frame filter's stream socket (never gvproxy's own) and the fixed MAC", async () => {
-  const { log, env } = krunEnv({ KRUN_DOUBLE_EXIT: '0' });
+  const { log, env } = krunEnv();
   const r = await box.run(['-q', '--backend', 'libkrun', '--exec', '/bin/true'], { env });
   assert.equal(r.code, 0, r.stderr);
   const net = calls(log).find((c) => c.fn === 'krun_add_net_unixstream');
@@ -163,7 +288,7 @@ test('libkrun refuses what it cannot do: another architecture, --accel tcg, --ne
 });
 
 test("--net tsi (libkrun only): -p becomes libkrun's port map and no NIC is added; QEMU refuses it", async () => {
-  const { log, env } = krunEnv({ KRUN_DOUBLE_EXIT: '0' });
+  const { log, env } = krunEnv();
   const r = await box.run(
     ['-q', '--backend', 'libkrun', '--net', 'tsi', '-p', '38051:30051', '--exec', '/bin/true'],
     { env },
@@ -179,8 +304,8 @@ test("--net tsi (libkrun only): -p becomes libkrun's port map and no NIC is adde
 });
 
 test('libkrun (no read-only lower layer) boots a private copy of the shared default rootfs, removed after the run', async () => {
-  const { log, env } = krunEnv({ KRUN_DOUBLE_EXIT: '0' });
-  const r = await box.run(['--backend', 'libkrun', '--net', 'none', 'run', '--', '/bin/true'], { env });
+  const { log, env } = krunEnv();
+  const r = await box.run([...KRUN, 'run', '--', '/bin/true'], { env });
   assert.equal(r.code, 0, r.stderr);
   const root = String(calls(log).find((c) => c.fn === 'krun_set_root')?.args[1]);
   const runs = path.join(box.dataDir, 'instances', 'default', 'runs');

@@ -8,11 +8,15 @@
  *                   socket the host listens on; the agent connects again whenever it is lost;
  *   --unix PATH     the same through a Unix socket (tests run the agent on the host with it);
  *   --stdio         its own stdin/stdout (tests).
- * With "--then CMD [ARG...]" at the end, the agent runs beside a command instead of as a service:
- * it forks itself off (new session, clean environment, output to /dev/kmsg) and execs CMD in its
- * own place, so CMD keeps the caller's pid, stdio, environment and exit status (127 not found,
- * 126 not executable). That is how it runs under libkrun, whose init runs one command. SHUTDOWN
- * then stops CMD (SIGTERM) rather than PID 1.
+ * Who ends the guest:
+ *   (default)       the guest init (PID 1, ovm-init) keeps the agent running; SHUTDOWN sends PID 1
+ *                   SIGTERM, whose trap stops the guest in order.
+ *   --workload      the agent is the VM's workload (libkrun: its init forks the one command it
+ *                   runs, the agent, and ends the VM with that command's status when it exits).
+ *                   It starts from a clean environment (PATH, HOME, TERM only). SHUTDOWN, or
+ *                   SIGTERM to the agent, stops its sessions' commands in order (SIGTERM to each
+ *                   session's process group, SIGKILL to what still runs after STOP_GRACE_MS; their
+ *                   EXIT frames are sent), syncs, and the agent exits 0: the VM ends.
  *
  * Everything on the stream is a frame:
  *
@@ -24,8 +28,8 @@
  *
  * Host to guest: OPEN (start a command), STDIN (bytes; empty = end of input), RESIZE (u16 rows,
  * u16 cols), SIGNAL (a name: INT, TERM, HUP, QUIT, KILL), CLOSE (the host side went away: kill
- * the session), PING, TIME_GET, TIME_SET ("SEC.NSEC"), SHUTDOWN (SIGTERM to PID 1, whose trap
- * stops the guest in order).
+ * the session), PING, TIME_GET, TIME_SET ("SEC.NSEC"), SHUTDOWN (stop the guest in order: see
+ * above).
  * Guest to host: HELLO ("ovm-agent/1 ARCH", sent at start), STDOUT, STDERR, EXIT (i32 code:
  * the exit status, 128+N for signal N, 127 not found, 126 not executable, 125 the agent failed),
  * PONG, TIME ("SEC.NSEC" of CLOCK_REALTIME).
@@ -44,7 +48,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -67,6 +70,11 @@ enum {
 /* After a command exits: how long to wait for the rest of its output (a background child may
  * keep the pipes open). */
 #define DRAIN_MS 300
+/* --workload: how long the sessions' commands get after SIGTERM before SIGKILL (well inside the
+ * 10 s the host gives the guest to end after SHUTDOWN). */
+#define STOP_GRACE_MS 3000
+/* ...and how long the agent then waits for them to be reaped before it exits anyway. */
+#define REAP_MS 1000
 
 #ifndef OVM_ARCH
 #if defined(__x86_64__)
@@ -101,7 +109,9 @@ static int port_out = -1; /* written to (the same fd, except with --stdio) */
 /* Connected channels (--vsock, --unix) are dialled again when lost. */
 static enum { CH_PORT, CH_STDIO, CH_VSOCK, CH_UNIX } channel = CH_PORT;
 static const char *channel_arg;
-static pid_t shutdown_pid = 1; /* who SHUTDOWN stops: PID 1, or the --then command */
+static int workload; /* --workload: SHUTDOWN ends the agent itself, not PID 1 */
+static long long stop_deadline; /* ms; set once the agent is stopping (--workload) */
+static int stop_killed;         /* SIGKILL sent to what outlived the grace period */
 static unsigned char *rbuf;
 static size_t rlen;
 
@@ -145,6 +155,8 @@ static uint32_t get32(const unsigned char *p) {
 }
 
 static void host_gone(const char *why);
+static void drop_sessions(void);
+static void workload_exit(const char *why);
 
 static void send_frame(int type, uint32_t ch, const void *data, size_t len) {
   unsigned char head[9];
@@ -266,6 +278,7 @@ static void open_session(uint32_t ch, char *payload, size_t len) {
   char *f[MAX_FIELDS + 1];
   int n = split_fields(payload, len, f, MAX_FIELDS);
   if (find_session(ch)) return;
+  if (stop_deadline) return refuse(ch, 125, "the guest is stopping", "no new commands");
   if (n < 6) return refuse(ch, 125, "bad request", "malformed OPEN");
   if ((f[0][0] != 't' && f[0][0] != '-') || f[0][1]) return refuse(ch, 125, "bad request", "bad terminal flag");
   int tty = f[0][0] == 't';
@@ -406,6 +419,32 @@ static int signal_number(const char *name) {
   return 0;
 }
 
+/* --workload: the guest stops. Every session's command gets SIGTERM; the main loop sends SIGKILL
+ * after STOP_GRACE_MS and exits once no session is left. */
+static void begin_stop(void) {
+  if (stop_deadline) return;
+  stop_deadline = now_ms() + STOP_GRACE_MS;
+  for (int i = 0; i < MAX_SESSIONS; i++)
+    if (sessions[i] && !sessions[i]->exited) kill(-sessions[i]->pid, SIGTERM);
+}
+
+/* --workload, while stopping: SIGKILL after the grace period; sync and exit 0 when no session is
+ * left (or REAP_MS after the SIGKILL). Returns the poll timeout (ms) until the next step. */
+static int stop_step(void) {
+  long long now = now_ms();
+  int left = 0;
+  for (int i = 0; i < MAX_SESSIONS; i++) left += sessions[i] != NULL;
+  if (!left) workload_exit("stopped");
+  if (stop_killed && now >= stop_deadline + REAP_MS) workload_exit("stopped (a command outlived SIGKILL)");
+  if (now >= stop_deadline && !stop_killed) {
+    stop_killed = 1;
+    for (int i = 0; i < MAX_SESSIONS; i++)
+      if (sessions[i] && !sessions[i]->exited) kill(-sessions[i]->pid, SIGKILL);
+    return REAP_MS;
+  }
+  return (int)(stop_deadline + (stop_killed ? REAP_MS : 0) - now);
+}
+
 static void handle_frame(int type, uint32_t ch, unsigned char *p, size_t len) {
   struct session *s = ch ? find_session(ch) : NULL;
   char text[64];
@@ -468,7 +507,8 @@ static void handle_frame(int type, uint32_t ch, unsigned char *p, size_t len) {
     break;
   case F_SHUTDOWN:
     logmsg("%s", "shutdown requested by the host");
-    kill(shutdown_pid, SIGTERM);
+    if (workload) begin_stop();
+    else kill(1, SIGTERM);
     break;
   }
 }
@@ -512,15 +552,34 @@ static int dial(void) {
 
 static void hello(void) { send_text(F_HELLO, 0, "ovm-agent/1 " OVM_ARCH); }
 
+/* --workload: whether a SIGTERM waits (blocked, for the signalfd). */
+static int term_pending(void) {
+  sigset_t pending;
+  return workload && sigpending(&pending) == 0 && sigismember(&pending, SIGTERM);
+}
+
+/* --workload: the agent's own end (the VM's, under libkrun). */
+static void workload_exit(const char *why) {
+  logmsg("%s", why);
+  drop_sessions();
+  sync();
+  exit(0);
+}
+
 /* Drops the lost connection and dials until the host answers (every 0.1 s, then every 1 s). */
 static void redial(void) {
   if (port >= 0) {
+    /* Stopping: nobody is left to report the sessions to. */
+    if (stop_deadline) workload_exit("the host went away while stopping");
     logmsg("%s", "the host went away; dialling again");
     drop_sessions();
     close(port);
   }
   port = port_out = -1;
-  for (int tries = 0; (port = dial()) < 0; tries++) usleep(tries < 50 ? 100000 : 1000000);
+  for (int tries = 0; (port = dial()) < 0; tries++) {
+    if (term_pending()) workload_exit("SIGTERM while dialling the host: stopping");
+    usleep(tries < 50 ? 100000 : 1000000);
+  }
   port_out = port;
   hello();
 }
@@ -589,7 +648,11 @@ static int pump(struct session *s, int fd, int type) {
 
 static void reap(int sfd) {
   struct signalfd_siginfo info;
-  while (read(sfd, &info, sizeof info) > 0) {}
+  while (read(sfd, &info, sizeof info) > 0)
+    if (info.ssi_signo == SIGTERM) {
+      logmsg("%s", "SIGTERM: stopping");
+      begin_stop();
+    }
   int st;
   pid_t pid;
   while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
@@ -628,63 +691,31 @@ static int open_port(const char *given) {
 
 static int usage(const char *problem) {
   logmsg("%s", problem);
-  fputs("usage: ovm-agent [DEVICE | --vsock PORT | --unix PATH | --stdio] [--then CMD [ARG...]]\n", stderr);
+  fputs("usage: ovm-agent [DEVICE | --vsock PORT | --unix PATH | --stdio] [--workload]\n", stderr);
   return 2;
 }
 
-/*
- * --then: forks the agent off and execs `cmd` in this process (same pid, stdio, environment).
- * Returns in the agent (0), or never (the command, or its exec failure: 127 / 126).
- */
-static void beside(char **cmd) {
-  pid_t self = getpid();
-  pid_t pid = fork();
-  if (pid < 0) logmsg("fork failed: %s; running the command without the agent", strerror(errno));
-  if (pid == 0) {
-    /* The agent goes when the command does (its parent, after the exec). */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != self) _exit(0);
-    setsid();
-    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    int log = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
-    if (null >= 0) { dup2(null, 0); dup2(null, 1); }
-    if (log >= 0 || null >= 0) dup2(log >= 0 ? log : null, 2);
-    const char *term = getenv("TERM");
-    char *path = getenv("PATH");
-    path = strdup(path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    char *t = strdup(term ? term : "xterm");
-    clearenv();
-    setenv("PATH", path, 1);
-    setenv("HOME", "/root", 1);
-    setenv("TERM", t, 1);
-    shutdown_pid = self;
-    /* Keep an agent running while the command does: start it again if it dies. */
-    for (;;) {
-      pid_t agent = fork();
-      if (agent == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        return;
-      }
-      int st;
-      if (agent > 0) while (waitpid(agent, &st, 0) < 0 && errno == EINTR) {}
-      if (kill(self, 0) < 0) _exit(0);
-      sleep(1);
-    }
-  }
-  execvp(cmd[0], cmd);
-  int e = errno;
-  fprintf(stderr, "%s: %s\n", cmd[0], strerror(e));
-  _exit(e == ENOENT ? 127 : 126);
+/* --workload: only PATH, HOME and TERM of what libkrun's init passed on (nothing of its own goes
+ * into a command's environment), with defaults where one is missing. */
+static void clean_environment(void) {
+  const char *path = getenv("PATH"), *home = getenv("HOME"), *term = getenv("TERM");
+  char *p = strdup(path && *path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  char *h = strdup(home && *home ? home : "/root");
+  char *t = strdup(term && *term ? term : "xterm");
+  clearenv();
+  if (p) setenv("PATH", p, 1);
+  if (h) setenv("HOME", h, 1);
+  if (t) setenv("TERM", t, 1);
+  free(p);
+  free(h);
+  free(t);
 }
 
 int main(int argc, char **argv) {
   const char *given = NULL;
-  char **then = NULL;
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--then") == 0) {
-      if (i + 1 >= argc) return usage("--then needs a command");
-      then = &argv[i + 1];
-      break;
+    if (strcmp(argv[i], "--workload") == 0) {
+      workload = 1;
     } else if (strcmp(argv[i], "--stdio") == 0) {
       channel = CH_STDIO;
     } else if (strcmp(argv[i], "--vsock") == 0 || strcmp(argv[i], "--unix") == 0) {
@@ -699,8 +730,16 @@ int main(int argc, char **argv) {
       given = argv[i];
     }
   }
-  if (then) beside(then);
+  if (workload) clean_environment();
   signal(SIGPIPE, SIG_IGN);
+  /* SIGCHLD (and, with --workload, SIGTERM: stop in order) are read from a signalfd. Blocked
+   * before the host is dialled: a SIGTERM while dialling is seen there (term_pending). */
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  if (workload) sigaddset(&mask, SIGTERM);
+  sigprocmask(SIG_BLOCK, &mask, NULL);
+  int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
   if (channel == CH_VSOCK || channel == CH_UNIX) {
     redial();
   } else {
@@ -721,11 +760,6 @@ int main(int argc, char **argv) {
       tcsetattr(port, TCSANOW, &t);
     }
   }
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &mask, NULL);
-  int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
   if (channel != CH_VSOCK && channel != CH_UNIX) hello(); /* redial() said it */
 
   for (;;) {
@@ -760,6 +794,11 @@ int main(int argc, char **argv) {
         fds[n] = (struct pollfd){.fd = s->in_fd, .events = POLLOUT};
         who[n].s = s; who[n++].which = 0;
       }
+    }
+    if (stop_deadline) {
+      /* After the sessions above: the last one may just have finished. */
+      int t = stop_step();
+      if (timeout < 0 || t < timeout) timeout = t;
     }
     if (poll(fds, (nfds_t)n, timeout) < 0) {
       if (errno == EINTR) continue;

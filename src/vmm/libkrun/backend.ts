@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError } from '../../errors.ts';
 import { AGENT_GUEST_PATH, AGENT_VSOCK_PORT } from '../../guest/agent-build.ts';
+import { AGENT_ENV } from '../../guest/agent-env.ts';
 import { type GuestArch, hostArch } from '../../host/arch.ts';
 import { type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
 import type { BackendFeatures, ProcessEvents, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
@@ -13,16 +14,25 @@ import { describeRuntime, type RuntimeBundle } from './runtime.ts';
 /** Files the libkrun backend writes in a run directory. */
 export const LIBKRUN_FILES = {
   input: 'krun-input.json',
-  error: 'krun-error.json',
   log: 'libkrun.log',
   pid: 'libkrun.pid',
 } as const;
 
 const RUNNER = new URL('./runner.ts', import.meta.url).pathname;
 
-/** The libkrun config for a VM spec (pure). */
+/**
+ * The libkrun config for a VM spec (pure). libkrun's init runs one workload and ends the VM when
+ * it exits: that is always the guest agent (--workload), which dials the vsock port libkrun
+ * connects to the host's agent socket; every command is an agent session, its environment and
+ * working directory in the session's request. The guest console (kernel, init, agent) goes to the
+ * console log, as under QEMU.
+ */
 export function libkrunConfig(spec: VmSpec, logLevel = 1): LibkrunConfig {
-  if (!spec.workload) throw new HostError('the libkrun backend needs the command to run (VmSpec.workload)');
+  if (!spec.agentSocket) {
+    throw new HostError('the libkrun backend needs the guest agent socket (VmSpec.agentSocket)', {
+      hint: 'this is a bug in openshell-vm: every command reaches the guest through the agent',
+    });
+  }
   let net: LibkrunNet = { mode: 'none' };
   if (spec.network.mode === 'gvproxy') {
     net = {
@@ -38,27 +48,20 @@ export function libkrunConfig(spec: VmSpec, logLevel = 1): LibkrunConfig {
       hint: 'use --net gvproxy',
     });
   }
-  const { workload } = spec;
   return {
     logLevel,
     vcpus: spec.vcpus,
     memMib: spec.memMib,
     rootDir: spec.rootDir,
-    workdir: workload.workdir,
-    // With an agent socket, libkrun's init runs the agent, which starts itself beside the command
-    // and execs it in its own place (same pid, stdio, environment and exit status); the agent
-    // dials the vsock port that libkrun connects to the host's agent socket.
-    exec: spec.agentSocket
-      ? {
-          path: `/${AGENT_GUEST_PATH}`,
-          args: ['--vsock', String(AGENT_VSOCK_PORT), '--then', workload.path, ...workload.args],
-          env: workload.env,
-        }
-      : { path: workload.path, args: workload.args, env: workload.env },
+    workdir: '/',
+    exec: {
+      path: `/${AGENT_GUEST_PATH}`,
+      args: ['--vsock', String(AGENT_VSOCK_PORT), '--workload'],
+      env: AGENT_ENV.map(([name, value]) => `${name}=${value}`),
+    },
     net,
-    vsockPorts: spec.agentSocket
-      ? [{ port: AGENT_VSOCK_PORT, socketPath: spec.agentSocket, listen: false }]
-      : [],
+    vsockPorts: [{ port: AGENT_VSOCK_PORT, socketPath: spec.agentSocket, listen: false }],
+    consoleOutput: spec.consoleLog,
   };
 }
 
@@ -74,7 +77,6 @@ export function libkrunFeatures(host: {
     accelerators: [host.platform === 'darwin' ? 'hvf' : 'kvm'],
     guestArches: host.arch ? [host.arch] : [],
     networks: ['gvproxy', 'tsi', 'none'],
-    workload: 'vmm',
     guestKernel: 'libkrunfw',
     overlayRoot: 'writable',
     vmmLog: LIBKRUN_FILES.log,
@@ -83,7 +85,9 @@ export function libkrunFeatures(host: {
 
 /**
  * libkrun in a runner process (src/vmm/libkrun/runner.ts), supervised like every helper: SIGTERM
- * on stop, SIGKILL after the grace period. libkrun ends the runner with the command's status.
+ * on stop, SIGKILL after the grace period, its output (libkrun's log, the runner's refusals) in
+ * libkrun.log. libkrun ends the runner with the workload's status: 0 when the agent ended after
+ * the host's SHUTDOWN.
  */
 export class LibkrunBackend implements VmmBackend {
   readonly name = 'libkrun';
@@ -105,14 +109,12 @@ export class LibkrunBackend implements VmmBackend {
 
   async start(spec: VmSpec, options: { signal?: AbortSignal | undefined } = {}): Promise<RunningVm> {
     const input = path.join(spec.runDir, LIBKRUN_FILES.input);
-    const errorFile = path.join(spec.runDir, LIBKRUN_FILES.error);
     await fs.writeFile(
       input,
       JSON.stringify({
         libkrun: this.runtime.libkrun,
         libkrunfw: this.runtime.libkrunfw,
         config: libkrunConfig(spec),
-        errorFile,
       }),
     );
     // libkrun finds libkrunfw through the loader path too (the runner also preloads it).
@@ -128,13 +130,12 @@ export class LibkrunBackend implements VmmBackend {
           ...process.env,
           [loaderVar]: [this.runtime.dir, process.env[loaderVar]].filter(Boolean).join(':'),
         },
-        passOutput: true,
         graceMs: 5_000,
       },
       options,
     );
     this.#events.onProcess?.({ action: 'started', record: runner.record() });
-    return new KrunVm(runner, errorFile, this.#events);
+    return new KrunVm(runner, this.#events);
   }
 }
 
@@ -142,12 +143,10 @@ class KrunVm implements RunningVm {
   readonly processes: readonly PidRecord[];
   readonly exited: Promise<VmExit>;
   #runner: SupervisedProcess;
-  #errorFile: string;
   #done = false;
 
-  constructor(runner: SupervisedProcess, errorFile: string, events: ProcessEvents) {
+  constructor(runner: SupervisedProcess, events: ProcessEvents) {
     this.#runner = runner;
-    this.#errorFile = errorFile;
     this.processes = [runner.record()];
     this.exited = runner.exited.then((vmm) => {
       events.onProcess?.({ action: 'stopped', record: runner.record(), exit: vmm });
@@ -163,16 +162,6 @@ class KrunVm implements RunningVm {
   async stop(graceMs?: number): Promise<VmExit> {
     await this.#runner.stop(graceMs);
     return this.exited;
-  }
-
-  /** What libkrun refused (function and errno), when the runner failed before starting the VM. */
-  async setupError(): Promise<string | undefined> {
-    try {
-      const e = JSON.parse(await fs.readFile(this.#errorFile, 'utf8')) as { message: string; hint?: string };
-      return e.hint ? `${e.message} (${e.hint})` : e.message;
-    } catch {
-      return undefined;
-    }
   }
 
   vmmLogTail(lines = 12): Promise<string> {

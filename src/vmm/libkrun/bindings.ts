@@ -45,7 +45,7 @@ export class KrunError extends HostError {
   constructor(fn: string, code: number) {
     const name = Object.entries(os.constants.errno).find(([, n]) => n === -code)?.[0];
     super(`${fn} failed: ${code}${name ? ` (${name})` : ''}`, {
-      hint: 'run with --krun-log-level 4 and see the libkrun log',
+      hint: "libkrun's own messages are in libkrun.log in the run's directory",
     });
     this.fn = fn;
     this.code = code;

@@ -1,7 +1,8 @@
 // Contract tests of the libkrun backend's FFI layer against a TEST DOUBLE of libkrun's C ABI
 // (test/fixtures/libkrun-double.c), compiled here with the machine's C compiler. The double is not
-// libkrun: it records each call with its decoded arguments, injects failures, and ends
-// krun_start_enter with a chosen status, as libkrun ends the process with the guest's status.
+// libkrun: it records each call with its decoded arguments, injects failures, and in
+// krun_start_enter runs the workload on the host from the root it was given (no VM), ending the
+// process with the workload's status as libkrun does.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -9,12 +10,38 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { buildLibkrunDouble } from '../../../test/fixtures/libkrun-double.ts';
+import { isSameProcess, processStartTime } from '../../supervisor/identity.ts';
 import { COMPAT_NET_FEATURES, type KrunCall, krunCalls, type LibkrunConfig } from './plan.ts';
 
 const ROOT = new URL('../../../', import.meta.url).pathname;
 const RUNNER = path.join(ROOT, 'src/vmm/libkrun/runner.ts');
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-krun-'));
 after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+/**
+ * The guest root the double runs workloads from: a script that prints its arguments, environment
+ * and working directory to its output (the console), starts what $BACKGROUND says in the
+ * background, and then exits with $EXIT, kills itself with signal $KILL, or waits ($WAIT).
+ */
+const guestRoot = path.join(work, 'root');
+const WORKLOAD = '/srv/openshell-vm-init.sh';
+fs.mkdirSync(path.join(guestRoot, 'srv'), { recursive: true });
+fs.writeFileSync(
+  path.join(guestRoot, WORKLOAD),
+  [
+    '#!/bin/sh',
+    'for a in "$@"; do printf "arg:%s\\n" "$a"; done',
+    'env | sort | sed "s/^/env:/"',
+    'echo "cwd:$(pwd)"',
+    '[ -n "$BACKGROUND" ] && { sh -c "$BACKGROUND" & }',
+    '[ -n "$KILL" ] && kill -"$KILL" $$',
+    '[ -n "$WAIT" ] && while :; do sleep 0.1; done',
+    `exit "\${EXIT:-0}"`,
+    '',
+  ].join('\n'),
+  { mode: 0o755 },
+);
+fs.writeFileSync(path.join(guestRoot, 'srv', 'plain'), 'not a program\n', { mode: 0o644 });
 
 let libkrun = '';
 let libkrunNoVsock = '';
@@ -24,24 +51,26 @@ before(() => {
   libkrunNoVsock = buildLibkrunDouble(path.join(work, 'old'), ['krun_add_vsock']).libkrun;
 });
 
+const GUEST_ENV = [
+  'HOME=/root',
+  'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  'TERM=xterm',
+];
+
 const GATEWAY: LibkrunConfig = {
   logLevel: 1,
   vcpus: 4,
   memMib: 8192,
-  rootDir: '/data/instances/default/rootfs',
+  rootDir: guestRoot,
   workdir: '/',
-  exec: {
-    path: '/srv/openshell-vm-init.sh',
-    args: [],
-    env: ['HOME=/root', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'TERM=xterm'],
-  },
+  exec: { path: WORKLOAD, args: [], env: GUEST_ENV },
   net: {
     mode: 'gvproxy',
     socketPath: '/run/ovm/gv-qemu.sock',
     mac: '5a:94:ef:e4:0c:ee',
   },
   vsockPorts: [],
-  consoleOutput: '/data/instances/default/console.log',
+  consoleOutput: '/set/per/run/console.log',
 };
 
 interface Recorded {
@@ -50,21 +79,42 @@ interface Recorded {
   ret: number;
 }
 
-async function runRunner(config: LibkrunConfig, env: NodeJS.ProcessEnv = {}, lib = libkrun) {
+/** Spawns the runner on `config` (its console in a file of its own); `during` runs while it does. */
+async function runRunner(
+  config: LibkrunConfig,
+  options: {
+    lib?: string;
+    env?: NodeJS.ProcessEnv;
+    during?: (pid: number, console: string) => Promise<void>;
+  } = {},
+) {
   const dir = fs.mkdtempSync(path.join(work, 'run-'));
   const log = path.join(dir, 'calls.ndjson');
-  const errorFile = path.join(dir, 'error.json');
+  const console = path.join(dir, 'console.log');
   const input = path.join(dir, 'input.json');
-  fs.writeFileSync(input, JSON.stringify({ libkrun: lib, libkrunfw: [libkrunfw], config, errorFile }));
+  const withConsole = config.consoleOutput ? { ...config, consoleOutput: console } : config;
+  fs.writeFileSync(
+    input,
+    JSON.stringify({ libkrun: options.lib ?? libkrun, libkrunfw: [libkrunfw], config: withConsole }),
+  );
   // A low soft open-file limit: the VMM process must run with it raised to the hard one (Node
   // does this at start-up; this checks that the runner keeps that property).
   const child = spawn('sh', ['-c', 'ulimit -Sn 256 && exec "$0" "$@"', process.execPath, RUNNER, input], {
-    env: { ...process.env, KRUN_DOUBLE_LOG: log, ...env },
-    stdio: 'ignore',
+    env: { ...process.env, KRUN_DOUBLE_LOG: log, ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+  let output = '';
+  child.stdout.on('data', (d: Buffer) => {
+    output += d.toString();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    output += d.toString();
+  });
+  const closed = new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
     child.on('close', (c, s) => resolve([c, s])),
   );
+  await options.during?.(child.pid as number, console);
+  const [code, signal] = await closed;
   const recorded = fs.existsSync(log)
     ? fs
         .readFileSync(log, 'utf8')
@@ -75,10 +125,8 @@ async function runRunner(config: LibkrunConfig, env: NodeJS.ProcessEnv = {}, lib
   // The double's record of the open-file limits it saw, apart from the libkrun calls.
   const limits = recorded.find((c) => c.fn === 'rlimit_nofile')?.args as [number, number] | undefined;
   const calls = recorded.filter((c) => c.fn !== 'rlimit_nofile');
-  const error = fs.existsSync(errorFile)
-    ? (JSON.parse(fs.readFileSync(errorFile, 'utf8')) as { fn?: string; code?: number; message: string })
-    : undefined;
-  return { code, signal, calls, error, limits };
+  const consoleText = fs.existsSync(console) ? fs.readFileSync(console, 'utf8') : '';
+  return { code, signal, calls, limits, output, console: consoleText, config: withConsole };
 }
 
 /** The planned calls with the context id the double hands out (7) in place of 'ctx'. */
@@ -86,16 +134,22 @@ function expected(calls: KrunCall[]) {
   return calls.map((c) => ({ fn: c.fn, args: c.args.map((a) => (a === 'ctx' ? 7 : a)) }));
 }
 
-test('gateway mode (Linux): the call sequence and every argument reach libkrun as planned', async () => {
-  const r = await runRunner(GATEWAY, { KRUN_DOUBLE_EXIT: '0' });
-  assert.equal(r.error, undefined);
-  assert.equal(r.code, 0);
+/** The workload's environment as it printed it, without what sh itself adds. */
+const printedEnv = (console: string) =>
+  console
+    .split('\n')
+    .filter((l) => l.startsWith('env:') && !/^env:(PWD|SHLVL|_)=/.test(l))
+    .map((l) => l.slice(4));
+
+test('gateway mode (Linux): the call sequence and every argument reach libkrun as planned; the workload runs', async () => {
+  const r = await runRunner(GATEWAY);
+  assert.equal(r.code, 0, r.output);
   assert.ok(r.limits, 'the double recorded the open-file limits');
   assert.notEqual(r.limits[0], 256, 'the soft limit was raised');
   assert.equal(r.limits[0], r.limits[1]);
   assert.deepEqual(
     r.calls.map(({ fn, args }) => ({ fn, args })),
-    expected(krunCalls(GATEWAY)),
+    expected(krunCalls(r.config)),
   );
   assert.deepEqual(
     r.calls.map((c) => c.fn),
@@ -116,27 +170,33 @@ test('gateway mode (Linux): the call sequence and every argument reach libkrun a
   const net = r.calls.find((c) => c.fn === 'krun_add_net_unixstream');
   assert.deepEqual(net?.args, [7, '/run/ovm/gv-qemu.sock', -1, '5a:94:ef:e4:0c:ee', 19587, 0]);
   assert.equal(COMPAT_NET_FEATURES, 19587);
+  // The workload ran from the root, with exactly krun_set_exec's environment (nothing of the
+  // runner's), in the work directory, its output on the console.
+  assert.deepEqual(printedEnv(r.console), [...GUEST_ENV].sort());
+  assert.match(r.console, /^cwd:\/$/m);
+  assert.equal(r.output, '', "nothing on the runner's own output");
 });
 
-test('exec mode: awkward argv/env, vsock ports, TSI port map', async () => {
+test('exec mode: awkward argv/env reach libkrun and the workload; a vsock port is its host socket; TSI port map', async () => {
   const config: LibkrunConfig = {
     ...GATEWAY,
     vcpus: 2,
     memMib: 2048,
+    workdir: '/tmp',
     exec: {
-      path: '/bin/sh',
-      args: ['-c', 'echo "$1"', '', "it's", 'ünï ✓', 'a\nb'],
-      env: ['A=b=c', 'EMPTY='],
+      path: WORKLOAD,
+      args: ['', "it's", 'ünï ✓', 'a\tb', '--vsock', '10777', '--vsock', '99'],
+      env: ['A=b=c', 'EMPTY=', 'EXIT=3'],
     },
     net: { mode: 'gvproxy', socketPath: '/tmp/gv.sock', mac: '5a:94:ef:e4:0c:ee' },
     vsockPorts: [{ port: 10777, socketPath: '/tmp/exec.sock', listen: true }],
   };
-  const r = await runRunner(config, { KRUN_DOUBLE_EXIT: '3' });
-  assert.equal(r.code, 3);
+  const r = await runRunner(config);
+  assert.equal(r.code, 3, r.output);
   assert.deepEqual(r.calls.find((c) => c.fn === 'krun_add_net_unixstream')?.args.slice(4), [19587, 0]);
   assert.deepEqual(r.calls.find((c) => c.fn === 'krun_set_exec')?.args, [
     7,
-    '/bin/sh',
+    WORKLOAD,
     config.exec.args,
     config.exec.env,
   ]);
@@ -146,6 +206,14 @@ test('exec mode: awkward argv/env, vsock ports, TSI port map', async () => {
     '/tmp/exec.sock',
     true,
   ]);
+  // What the workload got: every argument as it was, --vsock 10777 as --unix <its socket> (a port
+  // without a socket stays as it is), exactly the environment, the work directory.
+  assert.deepEqual(
+    r.console.split('\n').filter((l) => l.startsWith('arg:')),
+    ['', "it's", 'ünï ✓', 'a\tb', '--unix', '/tmp/exec.sock', '--vsock', '99'].map((a) => `arg:${a}`),
+  );
+  assert.deepEqual(printedEnv(r.console), ['A=b=c', 'EMPTY=', 'EXIT=3']);
+  assert.match(r.console, /^cwd:\/tmp$/m);
 
   const tsi = await runRunner({
     ...config,
@@ -160,16 +228,66 @@ test('exec mode: awkward argv/env, vsock ports, TSI port map', async () => {
   ]);
 });
 
-test("the guest's exit status and a fatal signal come out of the runner as libkrun ends it", async () => {
-  assert.equal((await runRunner(GATEWAY, { KRUN_DOUBLE_EXIT: '42' })).code, 42);
-  const killed = await runRunner(GATEWAY, { KRUN_DOUBLE_SIGNAL: '9' });
-  assert.equal(killed.signal, 'SIGKILL');
+test("the workload's status is the runner's, as libkrun's init reports it: N, 128+N for signal N, 127, 126", async () => {
+  const withEnv = (...env: string[]) => ({
+    ...GATEWAY,
+    exec: { ...GATEWAY.exec, env: [...GUEST_ENV, ...env] },
+  });
+  assert.equal((await runRunner(withEnv('EXIT=42'))).code, 42);
+  const killed = await runRunner(withEnv('KILL=9'));
+  assert.deepEqual([killed.code, killed.signal], [137, null]);
+  const missing = await runRunner({ ...GATEWAY, exec: { ...GATEWAY.exec, path: '/srv/none' } });
+  assert.equal(missing.code, 127);
+  assert.match(missing.console, /Couldn't execute '\/srv\/none' inside the vm: No such file or directory/);
+  const plain = await runRunner({ ...GATEWAY, exec: { ...GATEWAY.exec, path: '/srv/plain' } });
+  assert.equal(plain.code, 126);
+  // Without a console file, the workload writes to the runner's own output.
+  const noConsole = await runRunner({ ...GATEWAY, consoleOutput: undefined });
+  assert.match(noConsole.output, /^cwd:\/$/m);
+});
+
+test('the VM ends with its workload, and SIGTERM to the runner ends the VM: nothing of the guest is left', async () => {
+  const marker = path.join(work, 'background.pid');
+  const background = `echo $$ > ${marker}; exec sleep 60`;
+  const withEnv = (...env: string[]) => ({
+    ...GATEWAY,
+    exec: { ...GATEWAY.exec, env: [...GUEST_ENV, ...env] },
+  });
+  const pidOf = async () => {
+    for (let i = 0; i < 200 && !fs.existsSync(marker); i++) await new Promise((r) => setTimeout(r, 20));
+    const pid = Number(fs.readFileSync(marker, 'utf8'));
+    fs.rmSync(marker);
+    return { pid, startTime: await processStartTime(pid) };
+  };
+
+  // The workload exits with a process of its own still running (an orphan): it goes too.
+  let orphan: { pid: number; startTime: string | undefined } | undefined;
+  const ended = await runRunner(withEnv(`BACKGROUND=${background}`, 'EXIT=5'), {
+    during: async () => {
+      orphan = await pidOf();
+    },
+  });
+  assert.equal(ended.code, 5, ended.output);
+  assert.ok(orphan?.startTime, 'the background process ran');
+  assert.equal(await isSameProcess(orphan.pid, orphan.startTime), false, 'the orphan died with the VM');
+
+  // SIGTERM while the workload runs: it and its children are killed, then the runner dies of it.
+  let child: { pid: number; startTime: string | undefined } | undefined;
+  const stopped = await runRunner(withEnv(`BACKGROUND=${background}`, 'WAIT=1'), {
+    during: async (pid) => {
+      child = await pidOf();
+      process.kill(pid, 'SIGTERM');
+    },
+  });
+  assert.deepEqual([stopped.code, stopped.signal], [null, 'SIGTERM'], stopped.output);
+  assert.ok(child?.startTime);
+  assert.equal(await isSameProcess(child.pid, child.startTime), false, "the workload's child was killed");
 });
 
 test('a libkrun without a required symbol fails naming it, before any call', async () => {
-  const r = await runRunner(GATEWAY, {}, libkrunNoVsock);
+  const r = await runRunner(GATEWAY, { lib: libkrunNoVsock });
   assert.equal(r.code, 125);
-  assert.match(r.error?.message ?? '', /has no symbol krun_add_vsock/);
+  assert.match(r.output, /^libkrun did not start the VM: .* has no symbol krun_add_vsock \(hint: /);
   assert.deepEqual(r.calls, []);
 });
 
@@ -178,12 +296,17 @@ test('a negative return from any call stops there, naming the function and the e
   for (const [i, call] of planned.entries()) {
     const r = await runRunner(
       { ...GATEWAY, vsockPorts: [{ port: 1, socketPath: '/s', listen: false }] },
-      { KRUN_DOUBLE_FAIL: `${call.fn}:-22` },
+      { env: { KRUN_DOUBLE_FAIL: `${call.fn}:-22` } },
     );
     assert.equal(r.code, 125, call.fn);
-    assert.equal(r.error?.fn, call.fn);
-    assert.equal(r.error?.code, -22);
-    assert.match(r.error?.message ?? '', new RegExp(`^${call.fn} failed: -22 \\(EINVAL\\)$`));
+    // One line on the runner's stderr (its log): the function, the errno, where libkrun says more.
+    assert.match(
+      r.output,
+      new RegExp(
+        `^libkrun did not start the VM: ${call.fn} failed: -22 \\(EINVAL\\) \\(hint: [^\\n]*libkrun\\.log[^\\n]*\\)\\n$`,
+      ),
+    );
+    assert.equal(r.console, '', 'the workload did not run');
     // After a failure the only further call is freeing the context, once one exists.
     const created = planned.findIndex((c) => c.fn === 'krun_create_ctx') < i;
     assert.deepEqual(

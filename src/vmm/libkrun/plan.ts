@@ -44,8 +44,8 @@ export interface LibkrunConfig {
     readonly listen: boolean;
   }[];
   /**
-   * The guest console to a file (gateway mode). Unset in exec mode: libkrun then gives the command
-   * the runner's own stdin/stdout/stderr (separate virtio-console ports for non-TTY fds).
+   * The guest console (the kernel's, the init's and the workload's output) to a file: the console
+   * log. Unset, libkrun would give the workload the runner's own stdin/stdout/stderr.
    */
   readonly consoleOutput?: string | undefined;
 }

@@ -10,10 +10,10 @@ const spec: VmSpec = {
   memMib: 512,
   kernel: '/k/vmlinuz',
   initramfs: '/k/initrd',
-  kernelArgs: ['ovm.mode=exec', 'ovm.run=abc'],
+  kernelArgs: ['ovm.mode=exec', 'loglevel=4'],
   rootDir: '/root fs',
   rootMode: 'overlay',
-  ports: [{ name: 'org.openshell.stdout', socketPath: '/run,dir/out.sock' }],
+  agentSocket: '/run,dir/agent.sock',
   network: { mode: 'none' },
   runDir: '/run',
   socketDir: '/run',
@@ -22,7 +22,7 @@ const spec: VmSpec = {
 
 const after = (argv: string[], flag: string) => argv.filter((_, i) => argv[i - 1] === flag);
 
-test('x86_64: microvm with shared memfd memory, virtio-fs root, serial ports, -no-reboot', () => {
+test("x86_64: microvm with shared memfd memory, virtio-fs root, the agent's serial port, -no-reboot", () => {
   const argv = qemuArgs(spec, { virtiofsSocket: '/run/vfs.sock' });
   assert.deepEqual(after(argv, '-M'), ['microvm,memory-backend=mem,pit=on,pic=on']);
   assert.deepEqual(after(argv, '-accel'), ['tcg']);
@@ -30,9 +30,19 @@ test('x86_64: microvm with shared memfd memory, virtio-fs root, serial ports, -n
   assert.ok(argv.includes('-no-reboot'));
   assert.deepEqual(after(argv, '-serial'), ['file:/run/console.log']);
   assert.ok(after(argv, '-device').includes('vhost-user-fs-device,chardev=vfs,tag=ovmroot'));
-  assert.ok(after(argv, '-device').includes('virtserialport,chardev=port0,name=org.openshell.stdout'));
+  // The agent's port is the only virtio-serial port (no output or request ports any more).
+  assert.deepEqual(
+    after(argv, '-device').filter((d) => d.startsWith('virtserialport') || d.startsWith('virtio-serial')),
+    ['virtio-serial-device', 'virtserialport,chardev=agent,name=org.openshell.agent'],
+  );
   // A comma in a path is doubled, QEMU's escape.
-  assert.ok(after(argv, '-chardev').includes('socket,id=port0,path=/run,,dir/out.sock'));
+  assert.deepEqual(
+    after(argv, '-chardev').filter((c) => c.includes('id=agent')),
+    ['socket,id=agent,path=/run,,dir/agent.sock'],
+  );
+  // Without an agent socket, no virtio-serial device at all.
+  const bare = qemuArgs({ ...spec, agentSocket: undefined }, { virtiofsSocket: '/run/vfs.sock' });
+  assert.ok(!bare.some((a) => a.includes('virtio-serial') || a.includes('virtserialport')));
   assert.equal(after(argv, '-cpu').length, 0);
 });
 
@@ -49,7 +59,7 @@ test('aarch64: the virt machine with a cortex-a72 under TCG and -cpu host with a
 test('the kernel command line names the console, the root share and the mode', () => {
   assert.equal(
     kernelCommandLine(spec),
-    'console=ttyS0 reboot=t panic=-1 ovm.tag=ovmroot ovm.root=overlay ovm.net=none ovm.mode=exec ovm.run=abc',
+    'console=ttyS0 reboot=t panic=-1 ovm.tag=ovmroot ovm.root=overlay ovm.net=none ovm.mode=exec loglevel=4',
   );
   assert.match(kernelCommandLine({ ...spec, arch: 'aarch64' }), /^console=ttyAMA0 panic=-1 /);
 });

@@ -38,9 +38,6 @@ export function kernelCommandLine(spec: VmSpec): string {
  * x86_64: the microvm machine (virtio-mmio only, no PCI, no firmware). aarch64: the virt machine.
  */
 export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
-  const ports = spec.agentSocket
-    ? [...spec.ports, { name: AGENT_PORT_NAME, socketPath: spec.agentSocket }]
-    : spec.ports;
   const hardware = spec.accel !== 'tcg';
   const machine =
     spec.arch === 'x86_64'
@@ -85,13 +82,23 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
     '-device',
     `vhost-user-fs-device,chardev=vfs,tag=${ROOT_SHARE_TAG}`,
     ...networkArgs(spec),
-    ...(ports.length ? ['-device', 'virtio-serial-device'] : []),
-    ...ports.flatMap((port, i) => [
-      '-chardev',
-      `socket,id=port${i},path=${optValue(port.socketPath)}`,
-      '-device',
-      `virtserialport,chardev=port${i},name=${optValue(port.name)}`,
-    ]),
+    ...agentPortArgs(spec),
+  ];
+}
+
+/**
+ * The guest agent's channel: the virtio-serial port org.openshell.agent, whose host side is the
+ * agent socket the caller listens on (QEMU connects to it).
+ */
+function agentPortArgs(spec: VmSpec): string[] {
+  if (!spec.agentSocket) return [];
+  return [
+    '-device',
+    'virtio-serial-device',
+    '-chardev',
+    `socket,id=agent,path=${optValue(spec.agentSocket)}`,
+    '-device',
+    `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
   ];
 }
 

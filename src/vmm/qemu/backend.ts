@@ -29,7 +29,6 @@ export function qemuFeatures(): BackendFeatures {
     accelerators: ['kvm', 'hvf', 'tcg'],
     guestArches: ['x86_64', 'aarch64'],
     networks: ['gvproxy', 'user', 'none'],
-    workload: 'guest-init',
     guestKernel: 'openshell',
     overlayRoot: 'read-only-lower',
     vmmLog: QEMU_FILES.qemuLog,
