@@ -180,7 +180,7 @@ test('delete: a failing hook does not stop the others; the directory (and its re
         err.message,
         /could not delete instance 'gw': the a cleanup failed: cannot remove \/x: EACCES/,
       );
-      assert.match(err.message, /removed before that: \/b\/a, \/b\/b, b: an entry/);
+      assert.match(err.message, /the other cleanups removed: \/b\/a, \/b\/b, b: an entry/);
       assert.match(err.hint ?? '', /chmod u\+w \/x; then run openshell-vm delete gw again/);
       assert.equal(err.cause, boom);
       return true;

@@ -330,9 +330,11 @@ function deleteFailure(
   report: CleanupReport,
   failures: readonly { readonly preset: string; readonly err: unknown }[],
 ): HostError {
-  const what = failures.map((f) => `the ${f.preset} cleanup failed: ${(f.err as Error).message}`);
+  const what = failures.map(
+    (f) => `the ${f.preset} cleanup failed: ${f.err instanceof Error ? f.err.message : String(f.err)}`,
+  );
   const hints = failures.flatMap((f) => (f.err instanceof OvmError && f.err.hint ? [f.err.hint] : []));
-  const done = report.removed.length ? ` (removed before that: ${report.removed.join(', ')})` : '';
+  const done = report.removed.length ? ` (the other cleanups removed: ${report.removed.join(', ')})` : '';
   return new HostError(`could not delete instance '${name}': ${what.join('; ')}${done}`, {
     hint: `${hints.length ? `${hints.join('; ')}; then ` : 'fix that, then '}run openshell-vm delete ${name} again (${dir} is kept until then)`,
     cause: failures[0]?.err,
