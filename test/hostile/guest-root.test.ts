@@ -1,7 +1,7 @@
 // Hostile guest → host through symlinks in the gateway rootfs (issue 13, item 2). The guest owns
 // its root (virtio-fs, read-write), so whatever it plants there the host meets on the next boot's
 // preparation (prepareRootfsForBoot), in the bootstrap that runs while it boots (bootstrapGateway)
-// and in --reset (resetInstance). Planting from the host here is what a guest writes through
+// and in --reset (resetGateway). Planting from the host here is what a guest writes through
 // virtio-fs. Each attack must be refused or come to nothing, and the host's decoy stay untouched.
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
@@ -11,7 +11,7 @@ import { DatabaseSync } from 'node:sqlite';
 import { test } from 'node:test';
 import { bootstrapGateway } from '../../src/gateway/bootstrap.ts';
 import { generatePki } from '../../src/gateway/pki.ts';
-import { resetInstance } from '../../src/instance/lifecycle.ts';
+import { resetGateway } from '../../src/presets/gateway-cleanup.ts';
 import { prepareRootfsForBoot } from '../../src/rootfs/boot-prep.ts';
 import { ROOTFS_PATHS } from '../../src/rootfs/layout.ts';
 import { testEnvironment } from '../fixtures/env.ts';
@@ -190,7 +190,7 @@ test('--reset with var as a symlink to a host directory: nothing outside the roo
   const before = await w.snapshot();
   await fs.rm(path.join(w.rootfs, 'var'), { recursive: true, force: true });
   await plant(w, 'var', w.host);
-  await refusedOrHarmless(resetInstance(w.env, 'gw', w.rootfs), /var is a symlink/);
+  await refusedOrHarmless(resetGateway(w.env, 'gw', w.rootfs), /var is a symlink/);
   // Refused, or resolved inside the rootfs as the guest sees it: either way the host keeps it all.
   assert.deepEqual(await w.snapshot(), before);
 });
@@ -202,6 +202,6 @@ test('--reset with etc/rancher/k3s as a symlink to a host directory: the host k3
   await fs.writeFile(path.join(etc, 'k3s.yaml'), 'the host cluster\n');
   const before = await w.snapshot();
   await plant(w, 'etc/rancher/k3s', etc);
-  await refusedOrHarmless(resetInstance(w.env, 'gw', w.rootfs), /etc\/rancher\/k3s is a symlink/);
+  await refusedOrHarmless(resetGateway(w.env, 'gw', w.rootfs), /etc\/rancher\/k3s is a symlink/);
   assert.deepEqual(await w.snapshot(), before);
 });
