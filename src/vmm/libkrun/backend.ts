@@ -5,6 +5,7 @@ import { HostError } from '../../errors.ts';
 import { AGENT_GUEST_PATH, AGENT_VSOCK_PORT } from '../../guest/agent-build.ts';
 import { AGENT_ENV } from '../../guest/agent-env.ts';
 import { type GuestArch, hostArch } from '../../host/arch.ts';
+import { siblingModulePath } from '../../host/module-path.ts';
 import { type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
 import type { BackendFeatures, ProcessEvents, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
 import { runnerNode } from './macos.ts';
@@ -18,7 +19,7 @@ export const LIBKRUN_FILES = {
   pid: 'libkrun.pid',
 } as const;
 
-const RUNNER = new URL('./runner.ts', import.meta.url).pathname;
+const RUNNER = siblingModulePath(import.meta.url, 'runner');
 
 /**
  * The libkrun config for a VM spec (pure). libkrun's init runs one workload and ends the VM when
