@@ -8,7 +8,7 @@ import { terminalSafeLines } from '../host/terminal-text.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { tailFile } from '../supervisor/wait.ts';
-import type { NetworkSpec, RunningVm, VmExit, VmmBackend, WorkloadSpec } from '../vmm/backend.ts';
+import type { NetworkSpec, RunningVm, VmExit, VmmBackend } from '../vmm/backend.ts';
 import { type SessionEvent, VmSession } from '../vmm/session.ts';
 import { takeInstanceLock } from './lock.ts';
 import { describeReap, reapStaleInstance } from './reap.ts';
@@ -56,8 +56,6 @@ export interface BootSpec {
   readonly rootDir: string;
   readonly rootMode: 'overlay' | 'rw';
   readonly kernelArgs: readonly string[];
-  /** For a backend whose VMM runs the workload itself (features.workload 'vmm'). */
-  readonly workload?: WorkloadSpec | undefined;
 }
 
 /** A preset's steps, each at its place in the one order. */
@@ -303,7 +301,6 @@ export async function startInstance(
         rootDir: boot.rootDir,
         rootMode: boot.rootMode,
         agentSocket: supervisor.agentSocket,
-        workload: boot.workload,
         network: spec.network,
         forwards: spec.forwards,
       },

@@ -9,7 +9,7 @@ import { GvproxyRelay } from '../net/frame-relay.ts';
 import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
 import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
-import type { NetworkSpec, RunningVm, VmmBackend, WorkloadSpec } from './backend.ts';
+import type { NetworkSpec, RunningVm, VmmBackend } from './backend.ts';
 
 /** What a session reports while it starts and runs (the CLI shows them, --events records them). */
 export type SessionEvent =
@@ -33,7 +33,6 @@ export interface SessionSpec {
   readonly rootDir: string;
   readonly rootMode: 'overlay' | 'rw';
   readonly agentSocket?: string | undefined;
-  readonly workload?: WorkloadSpec | undefined;
   readonly network: NetworkSpec['mode'];
   readonly forwards: readonly PortForward[];
 }
@@ -130,9 +129,7 @@ export class VmSession {
           kernelArgs: [...spec.kernelArgs, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
           rootDir: spec.rootDir,
           rootMode: spec.rootMode,
-          ports: [],
           agentSocket: spec.agentSocket,
-          workload: spec.workload,
           network,
           runDir: run.dir,
           socketDir: run.socketDir,
