@@ -121,5 +121,6 @@ test('the default rootfs has nothing setuid or writable by others, whatever the 
     assert.equal(st.mode & 0o6022, 0, `${entry.name}: mode ${(st.mode & 0o7777).toString(8)}`);
   }
   assert.ok(!fs.existsSync(path.join(rootfs, '.ovm-host')));
-  assert.ok(fs.statSync(path.join(rootfs, '.ovm/run')).isDirectory());
+  // No handoff directory any more (every command is an agent session).
+  assert.ok(!fs.existsSync(path.join(rootfs, '.ovm')));
 });

@@ -254,7 +254,6 @@ export async function prepareRootfs(
       'dev',
       'run',
       'tmp',
-      '.ovm-host',
       'etc/rancher/k3s',
       ROOTFS_PATHS.k3sManifests,
       ROOTFS_PATHS.k3sCharts,

@@ -26,8 +26,6 @@ export interface ProcessSpec {
   /** Time between the polite signal and SIGKILL. */
   readonly graceMs?: number | undefined;
   readonly stopSignal?: NodeJS.Signals | undefined;
-  /** Give the process this CLI's stdout and stderr instead of the log file (the libkrun runner in exec mode). */
-  readonly passOutput?: boolean | undefined;
 }
 
 export interface ExitResult {
@@ -92,7 +90,7 @@ export class SupervisedProcess {
     let child: ChildProcess;
     try {
       child = spawn(spec.command, [...spec.args], {
-        stdio: spec.passOutput ? ['ignore', 'inherit', 'inherit'] : ['ignore', log, log],
+        stdio: ['ignore', log, log],
         detached: true,
         env: spec.env ?? process.env,
       });

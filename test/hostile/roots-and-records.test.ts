@@ -36,7 +36,7 @@ fs.symlinkSync(await findGvproxy(readEnvironment()), path.join(bundle, 'gvproxy'
 /** The libkrun double as the runtime, logging its calls to a file of its own. */
 function krun(): { log: string; env: NodeJS.ProcessEnv } {
   const log = path.join(bundle, `calls-${Date.now()}-${Math.random()}.ndjson`);
-  return { log, env: { OPENSHELL_VM_RUNTIME_DIR: bundle, KRUN_DOUBLE_LOG: log, KRUN_DOUBLE_EXIT: '0' } };
+  return { log, env: { OPENSHELL_VM_RUNTIME_DIR: bundle, KRUN_DOUBLE_LOG: log } };
 }
 
 /** A rootfs as prepare-rootfs leaves it, as far as a boot checks it (build record, guest scripts). */
