@@ -6,6 +6,7 @@ import { HostError, isErrno, UsageError } from '../errors.ts';
 import { pathExists } from '../host/fs.ts';
 import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
 import type { PidRecord } from '../supervisor/process.ts';
+import type { RunPaths } from '../vmm/run-paths.ts';
 import { type OwnerRecord, ownerRecordSchema, parseRecord, pidRecordSchema } from './schema.ts';
 import {
   type DirRules,
@@ -54,15 +55,6 @@ export function parseInstanceName(name: string | undefined): string {
     });
   }
   return instance;
-}
-
-export interface RunPaths {
-  readonly id: string;
-  readonly instanceDir: string;
-  readonly dir: string;
-  /** Directory for sockets: the run directory, or a short one under the runtime dir. */
-  readonly socketDir: string;
-  readonly consoleLog: string;
 }
 
 export function instanceDir(env: HostEnvironment, name: string): string {

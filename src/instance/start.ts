@@ -9,10 +9,11 @@ import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { tailFile } from '../supervisor/wait.ts';
 import type { NetworkSpec, RunningVm, VmExit, VmmBackend } from '../vmm/backend.ts';
+import type { RunPaths } from '../vmm/run-paths.ts';
 import { type SessionEvent, VmSession } from '../vmm/session.ts';
 import { takeInstanceLock } from './lock.ts';
 import { describeReap, reapStaleInstance } from './reap.ts';
-import { createRun, finishRun, instanceDir, type RunPaths } from './runs.ts';
+import { createRun, finishRun, instanceDir } from './runs.ts';
 import type { InstanceState } from './state.ts';
 import { InstanceSupervisor, type SupervisorEvent } from './supervisor.ts';
 

@@ -5,8 +5,9 @@ import { AgentLink } from '../agent/link.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { processStartTime } from '../supervisor/identity.ts';
 import { featuresOf } from '../vmm/registry.ts';
+import type { RunPaths } from '../vmm/run-paths.ts';
 import type { VmSession } from '../vmm/session.ts';
-import { instanceDir, type RunPaths } from './runs.ts';
+import { instanceDir } from './runs.ts';
 import { type InstanceState, LOGS_DIR, type LogSource, removeState, writeState } from './state.ts';
 
 export const SUPERVISOR_SOCKETS = { agent: 'agent.sock', control: 'ctl.sock' } as const;

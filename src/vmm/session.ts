@@ -3,13 +3,13 @@ import type { AccelChoice } from '../accel/probe.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import type { GuestArch } from '../host/arch.ts';
 import { hostTscKhz } from '../host/tsc.ts';
-import type { RunPaths } from '../instance/runs.ts';
 import { exposeAll, ForwarderClient } from '../net/forwarder.ts';
 import { GvproxyRelay } from '../net/frame-relay.ts';
 import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
 import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
 import type { NetworkSpec, RunningVm, VmmBackend } from './backend.ts';
+import type { RunPaths } from './run-paths.ts';
 
 /** What a session reports while it starts and runs (the CLI shows them, --events records them). */
 export type SessionEvent =
