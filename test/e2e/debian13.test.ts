@@ -153,7 +153,7 @@ async function whyNot(): Promise<string | false> {
   if (process.env.OPENSHELL_VM_DEBIAN13 !== '1') {
     return (
       'set OPENSHELL_VM_DEBIAN13=1 to run `npm run demo` in a fresh Debian 13 root (mmdebstrap, chroot; ' +
-      'needs root and network access to Debian and npm packages; about 5-10 minutes): ' +
+      'needs root and network access to Debian and npm packages; about 80 s with warm caches, 2.5 min cold): ' +
       'OPENSHELL_VM_DEBIAN13=1 flock /tmp/ovm-vm.lock sh scripts/with-node.sh node --test test/e2e/debian13.test.ts'
     );
   }
