@@ -1,18 +1,18 @@
 import os from 'node:os';
 import path from 'node:path';
 import { readEnvironment } from '../config/environment.ts';
-import { type RawGatewayOptions, resolveGatewayOptions } from '../config/gateway-options.ts';
 import { stableApiPort } from '../gateway/api-port.ts';
+import { lexists } from '../host/fs.ts';
+import { ensureRootLocation } from '../instance/root-location.ts';
+import { ensureInstanceDir, instanceDir } from '../instance/runs.ts';
+import { checkHostPortsFree } from '../net/ports.ts';
+import { type RawGatewayOptions, resolveGatewayOptions } from '../options/gateway-options.ts';
 import {
   GATEWAY_GUEST_PORT,
   type GatewayReady,
   KUBE_API_GUEST_PORT,
   runGateway,
-} from '../gateway/run-gateway.ts';
-import { lexists } from '../host/fs.ts';
-import { ensureRootLocation } from '../instance/root-location.ts';
-import { ensureInstanceDir, instanceDir } from '../instance/runs.ts';
-import { checkHostPortsFree } from '../net/ports.ts';
+} from '../presets/gateway.ts';
 import { resetGateway } from '../presets/gateway-cleanup.ts';
 import { rootfsDir } from '../rootfs/build.ts';
 import { readRootfsRecord } from '../rootfs/record.ts';

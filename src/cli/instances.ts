@@ -2,7 +2,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { readEnvironment } from '../config/environment.ts';
-import { integer } from '../config/exec-options.ts';
 import { HostError, OvmError, UsageError } from '../errors.ts';
 import { pathExists } from '../host/fs.ts';
 import {
@@ -15,6 +14,7 @@ import {
 } from '../instance/lifecycle.ts';
 import { instanceDir, parseInstanceName } from '../instance/runs.ts';
 import { LOG_SOURCES, LOGS_DIR, type LogSource, loadState, readState } from '../instance/state.ts';
+import { integer } from '../options/exec-options.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { backendFeatures } from '../vmm/registry.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';

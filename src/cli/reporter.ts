@@ -2,7 +2,7 @@ import { appendFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { HostError } from '../errors.ts';
-import type { ExecEvent } from '../exec/run-exec.ts';
+import type { ExecEvent } from '../presets/run.ts';
 
 /**
  * Progress for humans (stderr, `openshell-vm: [1.2s] ...`, silenced by --quiet) and for scripts

@@ -1,8 +1,8 @@
 import os from 'node:os';
 import { readEnvironment } from '../config/environment.ts';
-import { type RawExecOptions, resolveExecOptions } from '../config/exec-options.ts';
-import { COMMAND_STARTED, runExec } from '../exec/run-exec.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
+import { type RawExecOptions, resolveExecOptions } from '../options/exec-options.ts';
+import { COMMAND_STARTED, runExec } from '../presets/run.ts';
 import { type ParsedArgs, single } from './args.ts';
 import { reportDetachedReady, runDetached } from './detach.ts';
 import { Reporter } from './reporter.ts';

@@ -1,11 +1,11 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { readEnvironment } from '../config/environment.ts';
-import { integer } from '../config/exec-options.ts';
 import { HostError, isErrno, UsageError } from '../errors.ts';
 import { gatewayDir, readMtlsBundle } from '../gateway/client-config.ts';
 import { type VerifyReport, verifyGateway } from '../gateway/verify.ts';
 import { parseInstanceName } from '../instance/runs.ts';
+import { integer } from '../options/exec-options.ts';
 import { type OptionSpec, parseArgs, single } from './args.ts';
 
 const OPTIONS: readonly OptionSpec[] = [

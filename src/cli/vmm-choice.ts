@@ -6,12 +6,12 @@ import {
   readHostAccelFacts,
 } from '../accel/probe.ts';
 import type { HostEnvironment } from '../config/environment.ts';
-import type { NetworkMode } from '../config/exec-options.ts';
 import { HostError, UsageError } from '../errors.ts';
 import { type GuestArch, hostArch } from '../host/arch.ts';
 import { refuseWritableRunRoot } from '../instance/root-location.ts';
 import { findGvproxy } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
+import type { NetworkMode } from '../options/exec-options.ts';
 import type { BackendFeatures, ProcessEvents, VmmBackend } from '../vmm/backend.ts';
 import { discoverRuntime, type RuntimeBundle } from '../vmm/libkrun/runtime.ts';
 import { backendFeatures, backendsWith, createBackend } from '../vmm/registry.ts';

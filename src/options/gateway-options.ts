@@ -1,10 +1,10 @@
 import { isIP } from 'node:net';
 import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
 import { UsageError } from '../errors.ts';
-import { GATEWAY_GUEST_PORT, KUBE_API_GUEST_PORT } from '../gateway/run-gateway.ts';
 import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
 import { parseInstanceName } from '../instance/runs.ts';
 import { checkDuplicates, type PortForward, parsePortSpec } from '../net/ports.ts';
+import { GATEWAY_GUEST_PORT, KUBE_API_GUEST_PORT } from '../presets/gateway.ts';
 import { type BackendName, parseBackend } from '../vmm/select.ts';
 import { type HostCapacity, integer, parseRootfsOption, resolveMachine } from './exec-options.ts';
 
