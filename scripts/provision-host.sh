@@ -13,6 +13,8 @@
 #     Debian 13's merged /usr); versions, paths and sha256 in <cache>/host/<arch>/manifest.json;
 #   - gvproxy (user-mode networking): the host's, this release's package, or the next Debian
 #     release's .deb unpacked into <cache>/host/gvproxy (recorded with its sha256);
+#   - the guest kernel's source, Debian's linux-source-6.12 (this release's or the next one's),
+#     into <cache>/host/linux-source (tarball sha256 recorded), and the kernel build tools (apt);
 #   - Node.js 24 (npm package node-<os>-<arch>@24) in <cache>/node when the system Node.js is older;
 #   - the project's npm dependencies (npm ci) when run from a checkout.
 # On macOS it prints the Homebrew commands to run instead.
@@ -140,7 +142,10 @@ find_virtiofsd() {
 # python3: the exec tests drive `openshell-vm exec` from a pseudo-terminal with its pty module.
 # xz-utils: Debian 13's kernel modules are .ko.xz; openshell-vm decompresses the initramfs's
 #   modules with xz (zstd-compressed ones with Node's own zlib: no tool needed).
-packages=(kmod xz-utils gcc libc6-dev mmdebstrap debian-archive-keyring docker-registry openssl python3)
+# make flex bison bc cpio libelf-dev libssl-dev python3-pyelftools: `openshell-vm kernel build`
+#   compiles the guest kernel from Debian's source (src/kernel/tools.ts lists what each is for).
+packages=(kmod xz-utils gcc libc6-dev mmdebstrap debian-archive-keyring docker-registry openssl python3
+  make flex bison bc cpio libelf-dev libssl-dev python3-pyelftools)
 host_deb=$(dpkg --print-architecture)
 for d in "${deb_arches[@]}"; do
   packages+=("$(qemu_package "$d")")
@@ -247,37 +252,15 @@ gvproxy_ok() {
   s=$(sed -n 's/.*"binarySha256": *"\([^"]*\)".*/\1/p' "$gvproxy_manifest")
   [ -x "$b" ] && [ "$(sha256 "$b")" = "$s" ]
 }
-next_codename() {
-  case $1 in
-    bullseye) echo bookworm ;;
-    bookworm) echo trixie ;;
-    *) return 1 ;;
-  esac
-}
 fetch_gvproxy_next() {
   local codename next st
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-  next=$(next_codename "$codename") || die "gvproxy is not packaged for '$codename' and no next release is known" \
+  next=$(ovm_next_codename "$codename") || die "gvproxy is not packaged for '$codename' and no next release is known" \
     "install gvproxy by hand (podman's, or a gvisor-tap-vsock release) and put it on PATH"
   st="$cache/apt/gvproxy-$next"
-  rm -rf "$st" && mkdir -p "$st/etc" "$st/lists/partial" "$st/archives/partial" && : >"$st/status"
-  # This system's own Debian sources, with the release renamed (never a hard-coded mirror).
-  local f n=0
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] && grep -q "$codename" "$f" || continue
-    sed -E "/^Suites:/ s/(^|[[:space:]])$codename/\\1$next/g" "$f" >"$st/etc/$n-$(basename "$f")"
-    n=$((n + 1))
-  done
-  if [ -f /etc/apt/sources.list ] && grep -q "^deb .* $codename" /etc/apt/sources.list; then
-    grep "^deb " /etc/apt/sources.list | sed -E "s/ $codename([ -])/ $next\\1/" >"$st/etc/$n-sources.list"
-  fi
-  [ "$(ls "$st/etc" | wc -l)" -gt 0 ] || die "no Debian apt source for $codename to derive $next from" "install gvproxy by hand"
-  local -a opts=(-o "Dir::Etc::sourcelist=/dev/null" -o "Dir::Etc::sourceparts=$st/etc" -o "Dir::State::Lists=$st/lists"
-    -o "Dir::Cache=$st" -o "Dir::Cache::archives=$st/archives" -o "Dir::State::status=$st/status"
-    -o "Debug::NoLocking=1" -o "APT::Sandbox::User=$(id -un)")
+  ovm_private_apt_state "$st" "$codename" "$next" "$(dpkg --print-architecture)"
+  local -a opts=("${OVM_APT_OPTS[@]}")
   say "gvproxy: not in $codename; fetching $next's package"
-  # A .list file in a sourceparts directory is read as one-line format, .sources as deb822.
-  for f in "$st/etc/"*-sources.list; do [ -f "$f" ] && mv "$f" "${f%-sources.list}.list"; done
   apt-get "${opts[@]}" -qq update || die "apt-get update for $next failed" "check network access to this system's apt sources"
   (cd "$st/archives" && apt-get "${opts[@]}" -qq download gvproxy 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
   local deb ver tmp out="$cache/host/gvproxy"
@@ -304,6 +287,22 @@ elif has_candidate gvproxy; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gvproxy >/dev/null
 else
   fetch_gvproxy_next
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 3b. The guest kernel's source (Debian's linux-source-6.12, from this release or the next one),
+#     for `openshell-vm kernel build`: scripts/lib/fetch-linux-source.sh. Only that command needs
+#     it (runs boot Debian's cloud kernel without it), so a release that has no such package is a
+#     warning here, not a failure; `kernel build` then says what is missing.
+ksrc_flags=()
+[ $refresh = 1 ] && ksrc_flags+=(--refresh)
+[ $check_only = 1 ] && ksrc_flags+=(--check)
+if ! bash "$root/scripts/lib/fetch-linux-source.sh" "${ksrc_flags[@]}" "$cache"; then
+  if [ $check_only = 1 ]; then
+    missing+=("the guest kernel's source (linux-source-6.12, for openshell-vm kernel build)")
+  else
+    say "warning: no guest kernel source: openshell-vm kernel build cannot run until it is fetched (runs use Debian's cloud kernel)"
+  fi
 fi
 
 # ---------------------------------------------------------------------------------------------
