@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { z } from 'zod';
+import * as v from 'valibot';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno } from '../errors.ts';
 import { DEB_ARCH, type GuestArch, hostArch } from '../host/arch.ts';
@@ -44,23 +44,28 @@ export interface AgentBinary {
   readonly sha256: string;
 }
 
-const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
+const sha256Hex = v.pipe(v.string(), v.regex(/^[0-9a-f]{64}$/));
 
 /**
  * The prebuilt agents' manifest: the sha256 of the source they were compiled from and, for each
  * guest architecture, the binary's file name and sha256 (and the compiler, for the record).
  */
 const prebuiltAgentEntry = (arch: GuestArch) =>
-  z.strictObject({
-    file: z.literal(prebuiltAgentName(arch)),
+  v.strictObject({
+    file: v.literal(prebuiltAgentName(arch)),
     sha256: sha256Hex,
-    compiler: z.string().max(256),
+    compiler: v.pipe(v.string(), v.maxLength(256)),
   });
-export const prebuiltAgentsSchema = z.strictObject({
+const prebuiltAgentsManifest = v.strictObject({
   sourceSha256: sha256Hex,
-  agents: z.strictObject({ x86_64: prebuiltAgentEntry('x86_64'), aarch64: prebuiltAgentEntry('aarch64') }),
+  agents: v.strictObject({ x86_64: prebuiltAgentEntry('x86_64'), aarch64: prebuiltAgentEntry('aarch64') }),
 });
-export type PrebuiltAgents = z.infer<typeof prebuiltAgentsSchema>;
+export type PrebuiltAgents = v.InferOutput<typeof prebuiltAgentsManifest>;
+
+/** The manifest's schema: parse() gives the manifest or throws (a valibot ValiError) saying what is wrong. */
+export const prebuiltAgentsSchema = {
+  parse: (json: unknown): PrebuiltAgents => v.parse(prebuiltAgentsManifest, json),
+} as const;
 
 export interface EnsureAgentOptions {
   /** Where the agent's source (ovm-agent.c) and any prebuilt agents are (default: beside this module). */

@@ -1,10 +1,10 @@
 import path from 'node:path';
-import { z } from 'zod';
+import * as v from 'valibot';
 import type { HostEnvironment } from '../config/environment.ts';
 import { isErrno } from '../errors.ts';
 import { writeFileAtomic } from '../host/fs.ts';
 import type { GuestRoot } from '../host/guest-root.ts';
-import { parseRecord } from './schema.ts';
+import { exactObject, parseRecord } from './schema.ts';
 import { readRecordFile } from './trust.ts';
 
 /**
@@ -60,9 +60,9 @@ export const PRESETS_FILE = 'presets.json';
 
 const PRESET_NAME = /^[a-z][a-z0-9-]{0,31}$/;
 
-const presetRecordSchema = z.strictObject({
-  version: z.literal(1),
-  presets: z.array(z.string().regex(PRESET_NAME)).max(16),
+const presetRecordSchema = exactObject({
+  version: v.literal(1),
+  presets: v.pipe(v.array(v.pipe(v.string(), v.regex(PRESET_NAME))), v.maxLength(16)),
 });
 
 export type PresetRecordRead =

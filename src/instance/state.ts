@@ -1,9 +1,17 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as v from 'valibot';
 import { HostError, isErrno } from '../errors.ts';
 import { writeFileAtomic } from '../host/fs.ts';
-import { filePath, parseRecord, processIdentity } from './schema.ts';
+import {
+  boundedString,
+  exactObject,
+  filePath,
+  parseRecord,
+  processIdentity,
+  type RecordSchema,
+  recordOf,
+} from './schema.ts';
 import { readRecordFile, untrustedDir } from './trust.ts';
 
 export const STATE_FILE = 'state.json';
@@ -66,35 +74,35 @@ export async function writeState(instanceDir: string, state: InstanceState): Pro
 }
 
 /** The state file's schema (unknown fields are errors). */
-export const instanceStateSchema: z.ZodType<InstanceState, unknown> = z.strictObject({
-  version: z.literal(1),
-  instance: z.string().max(64),
-  mode: z.enum(['gateway', 'run']),
-  phase: z.enum(['starting', 'running', 'stopping']),
+export const instanceStateSchema: RecordSchema<InstanceState> = exactObject({
+  version: v.literal(1),
+  instance: boundedString(64),
+  mode: v.picklist(['gateway', 'run']),
+  phase: v.picklist(['starting', 'running', 'stopping']),
   supervisor: processIdentity,
-  detached: z.boolean(),
-  backend: z.string().max(64),
-  accel: z.string().max(64),
-  arch: z.string().max(64),
-  vcpus: z.number().int().min(1).max(1024),
-  memMib: z.number().int().min(1),
-  startedAt: z.string().max(64),
-  readyAt: z.string().max(64).optional(),
+  detached: v.boolean(),
+  backend: boundedString(64),
+  accel: boundedString(64),
+  arch: boundedString(64),
+  vcpus: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(1024)),
+  memMib: v.pipe(v.number(), v.integer(), v.minValue(1)),
+  startedAt: boundedString(64),
+  readyAt: v.optional(boundedString(64)),
   runDir: filePath,
   control: filePath,
-  processes: z.array(processIdentity).max(16),
-  sockets: z.array(filePath).max(64),
-  forwards: z.array(z.string().max(256)).max(256),
-  logs: z.partialRecord(z.enum(LOG_SOURCES), filePath),
-  endpoints: z
-    .strictObject({
-      gateway: z.string().max(1024).optional(),
-      kubeApi: z.string().max(1024).optional(),
-      kubeconfig: filePath.optional(),
-      mtlsDir: filePath.optional(),
-    })
-    .optional(),
-  command: z.array(z.string()).optional(),
+  processes: v.pipe(v.array(processIdentity), v.maxLength(16)),
+  sockets: v.pipe(v.array(filePath), v.maxLength(64)),
+  forwards: v.pipe(v.array(boundedString(256)), v.maxLength(256)),
+  logs: recordOf(v.picklist(LOG_SOURCES), filePath),
+  endpoints: v.optional(
+    exactObject({
+      gateway: v.optional(boundedString(1024)),
+      kubeApi: v.optional(boundedString(1024)),
+      kubeconfig: v.optional(filePath),
+      mtlsDir: v.optional(filePath),
+    }),
+  ),
+  command: v.optional(v.array(v.string())),
 });
 
 /** What is at an instance's state file: nothing, a valid state, or a broken/untrusted file (with why). */

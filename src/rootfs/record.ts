@@ -1,11 +1,12 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as v from 'valibot';
 import { HostError } from '../errors.ts';
 import { GUEST_ARCHES, type GuestArch } from '../host/arch.ts';
 import { GuestRoot } from '../host/guest-root.ts';
 import { isTerminalSafe, terminalSafeLine } from '../host/terminal-text.ts';
 import { INSTANCE_NAME } from '../instance/runs.ts';
+import { describeIssues, exactObject, type RecordSchema, recordOf } from '../instance/schema.ts';
 import { readGatewayGuestScripts } from './guest-scripts.ts';
 import { ROOTFS_PATHS } from './layout.ts';
 
@@ -74,37 +75,51 @@ export const RECORD_MAX_BYTES = 1024 * 1024;
 
 /** A string the record may hold: bounded, and nothing a terminal would act on when printed. */
 const text = (maxChars: number) =>
-  z.string().max(maxChars).refine(isTerminalSafe, { message: 'has control characters' });
+  v.pipe(v.string(), v.maxLength(maxChars), v.check(isTerminalSafe, 'has control characters'));
 
-const rootfsInputSchema: z.ZodType<RootfsInput, unknown> = z.strictObject({
-  kind: z.enum(['base', 'k3s', 'chart', 'image', 'manifest', 'guest-script', 'kernel-modules']),
+const sha256Hex = v.pipe(v.string(), v.regex(/^[0-9a-f]{64}$/));
+
+/** A UTC date and time as Date#toISOString writes it (seconds and fraction optional), a real date. */
+const ISO_UTC = /^(\d{4})-(\d{2})-(\d{2})T([01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?Z$/;
+function isIsoUtcDateTime(s: string): boolean {
+  const m = ISO_UTC.exec(s);
+  if (!m) return false;
+  const [year, month, day] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const date = new Date(Date.UTC(year, month - 1, day));
+  return date.getUTCFullYear() === year && date.getUTCMonth() === month - 1 && date.getUTCDate() === day;
+}
+
+const rootfsInputSchema: RecordSchema<RootfsInput> = exactObject({
+  kind: v.picklist(['base', 'k3s', 'chart', 'image', 'manifest', 'guest-script', 'kernel-modules']),
   source: text(4096),
   version: text(256),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
-  path: text(4096).optional(),
-  verification: text(1024).optional(),
+  sha256: sha256Hex,
+  path: v.optional(text(4096)),
+  verification: v.optional(text(1024)),
 });
 
 /** The build record's schema: unknown fields are errors, every string bounded and printable. */
-export const rootfsRecordSchema: z.ZodType<RootfsRecord, unknown> = z
-  .strictObject({
-    format: z.literal(RECORD_FORMAT),
-    tool: z.strictObject({ name: z.literal('openshell-vm'), version: text(64) }),
-    builtAt: z.iso.datetime(),
-    buildMs: z.number().int().min(0),
-    arch: z.enum(GUEST_ARCHES),
-    instance: z.string().regex(INSTANCE_NAME),
-    base: z.strictObject({ kind: z.enum(['debian', 'oci', 'archive']), source: text(4096) }),
-    owners: z.enum(['preserved', 'current-user']),
-    kernelRelease: text(256).optional(),
-    inputs: z.array(rootfsInputSchema).max(10_000),
-    packages: z
-      .record(text(256), text(256))
-      .refine((p) => Object.keys(p).length <= 100_000, { message: 'too many packages' }),
-    warnings: z.array(text(4096)).max(1000),
-  })
+export const rootfsRecordSchema: RecordSchema<RootfsRecord> = v.pipe(
+  exactObject({
+    format: v.literal(RECORD_FORMAT),
+    tool: exactObject({ name: v.literal('openshell-vm'), version: text(64) }),
+    builtAt: v.pipe(v.string(), v.check(isIsoUtcDateTime, 'expected an ISO 8601 UTC date and time')),
+    buildMs: v.pipe(v.number(), v.integer(), v.minValue(0)),
+    arch: v.picklist(GUEST_ARCHES),
+    instance: v.pipe(v.string(), v.regex(INSTANCE_NAME)),
+    base: exactObject({ kind: v.picklist(['debian', 'oci', 'archive']), source: text(4096) }),
+    owners: v.picklist(['preserved', 'current-user']),
+    kernelRelease: v.optional(text(256)),
+    inputs: v.pipe(v.array(rootfsInputSchema), v.maxLength(10_000)),
+    packages: v.pipe(
+      recordOf(text(256), text(256)),
+      v.check((p) => Object.keys(p).length <= 100_000, 'too many packages'),
+    ),
+    warnings: v.pipe(v.array(text(4096)), v.maxLength(1000)),
+  }),
   // JSON drops an undefined kernelRelease: the parsed record has the key again.
-  .transform((r) => ({ ...r, kernelRelease: r.kernelRelease }));
+  v.transform((r) => ({ ...r, kernelRelease: r.kernelRelease })),
+);
 
 /**
  * The build record of `rootfs`, read through GuestRoot (the guest owns the rootfs: a symlink, a
@@ -143,7 +158,7 @@ export async function readRootfsRecord(rootfs: string): Promise<RootfsRecord> {
 
 /**
  * Why `bytes` is not a build record (one short line, sanitized, no excerpt of the content), or
- * the record. No cause is kept: JSON.parse's and zod's messages quote the input.
+ * the record. No cause is kept: JSON.parse's messages quote the input.
  */
 function checkRecord(bytes: Buffer): string | { record: RootfsRecord } {
   let json: unknown;
@@ -156,11 +171,10 @@ function checkRecord(bytes: Buffer): string | { record: RootfsRecord } {
   if (typeof format === 'number' && format !== RECORD_FORMAT) {
     return `format ${format}, expected ${RECORD_FORMAT}`;
   }
-  const result = rootfsRecordSchema.safeParse(json);
-  if (result.success) return { record: result.data };
-  const issue = result.error.issues[0];
-  const where = issue?.path.length ? issue.path.map(String).join('.') : 'the record';
-  return terminalSafeLine(`does not match its schema (${where}: ${issue?.message ?? 'invalid'})`, {
+  const result = v.safeParse(rootfsRecordSchema, json);
+  if (result.success) return { record: result.output };
+  // The path may hold a planted key: sanitized and bounded.
+  return terminalSafeLine(`does not match its schema (${describeIssues(result.issues)})`, {
     maxChars: 200,
   });
 }
