@@ -7,7 +7,13 @@ import { test } from 'node:test';
 import { testEnvironment } from '../../../test/fixtures/env.ts';
 import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError } from '../../errors.ts';
-import { describeRuntime, discoverRuntime, validateBundle } from './runtime.ts';
+import {
+  describeRuntime,
+  discoverRuntime,
+  findLibkrunfwDir,
+  readRuntimeDir,
+  validateBundle,
+} from './runtime.ts';
 
 function bundle(
   t: { after: (fn: () => void) => void },
@@ -133,5 +139,39 @@ test('discovery order: OPENSHELL_VM_RUNTIME_DIR, then next to the package, then 
       e instanceof HostError &&
       e.message === 'no libkrun runtime found' &&
       /OPENSHELL_VM_RUNTIME_DIR/.test(e.hint ?? ''),
+  );
+});
+
+test('a libkrunfw-only directory reads (libkrun missing), validates as a bundle only with libkrun', async (t) => {
+  const dir = bundle(t, { 'libkrunfw.so.5': 'kernel bytes', 'kernel.config': 'CONFIG_BRIDGE=y\n' });
+  const read = await readRuntimeDir(dir, 'env', 'linux');
+  assert.equal(read.libkrun, undefined);
+  assert.equal(read.gvproxy, undefined);
+  assert.equal(read.kernelConfig, path.join(dir, 'kernel.config'));
+  assert.ok(describeRuntime(read).includes('libkrun: missing (this directory cannot boot VMs)'));
+  await assert.rejects(validateBundle(dir, 'env', 'linux'), /no libkrun.so or libkrun.so.1/);
+  assert.equal((await findLibkrunfwDir(env(dir)))?.dir, dir);
+  const sys = bundle(t, { 'libkrunfw.so.5': 'k' });
+  const found = await findLibkrunfwDir(env(), { platform: 'linux', systemDirs: ['/nonexistent', sys] });
+  assert.equal(found?.source, 'system');
+  assert.equal(await findLibkrunfwDir(env(), { platform: 'linux', systemDirs: ['/nonexistent'] }), undefined);
+});
+
+test('kernel.config of another sha256 than provenance.json names is refused', async (t) => {
+  const config = 'CONFIG_BRIDGE=y\n';
+  const sha = execFileSync('sha256sum', { input: config, encoding: 'utf8' }).split(' ')[0];
+  const dir = bundle(t, {
+    'libkrunfw.so.5': 'k',
+    'kernel.config': config,
+    'provenance.json': JSON.stringify({ kernel_config_sha256: sha }),
+  });
+  assert.equal((await readRuntimeDir(dir, 'env', 'linux')).kind, 'custom');
+  fs.appendFileSync(path.join(dir, 'kernel.config'), 'CONFIG_VETH=y\n');
+  await assert.rejects(
+    readRuntimeDir(dir, 'env', 'linux'),
+    (e: unknown) =>
+      e instanceof HostError &&
+      /provenance.json describes a kernel.config with sha256/.test(e.message) &&
+      /kernel build --target libkrunfw/.test(e.hint ?? ''),
   );
 });

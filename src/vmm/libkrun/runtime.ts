@@ -27,23 +27,49 @@ export interface Provenance {
   readonly host_os?: string;
   readonly host_arch?: string;
   readonly builder?: string;
+  /** Written by `openshell-vm kernel build --target libkrunfw` (src/kernel/libkrunfw-build.ts). */
+  readonly libkrunfw_source_sha256?: string;
+  readonly kernel_source?: string;
+  readonly kernel_source_sha256?: string;
+  /** The sha256 of kernel.config beside the library: a kernel.config of another sha256 is refused. */
+  readonly kernel_config_sha256?: string;
+  readonly compiler?: string;
+  readonly cache_key?: string;
 }
 
-export interface RuntimeBundle {
+/** The file beside a libkrunfw that holds its kernel's configuration (written by the custom build). */
+export const KERNEL_CONFIG_FILE = 'kernel.config';
+
+/**
+ * What a runtime directory holds, before deciding whether it can boot VMs: libkrunfw (required:
+ * it is what the directory is for), libkrun and gvproxy when present, provenance, manifest and
+ * kernel.config. A libkrunfw-only directory (the output of `kernel build --target libkrunfw`, or
+ * a distribution's libkrunfw without libkrun) reads fine; validateBundle requires the rest.
+ */
+export interface RuntimeDir {
   readonly dir: string;
   readonly source: 'env' | 'package' | 'system';
-  readonly libkrun: string;
+  readonly libkrun: string | undefined;
   /** Every libkrunfw library, sorted; the first is the one whose checksum is reported. */
   readonly libkrunfw: readonly string[];
   readonly libkrunfwSha256: string;
-  /** gvproxy shipped in the bundle (system locations have none: it is looked up elsewhere). */
   readonly gvproxy: string | undefined;
-  /** custom: a provenance.json describes an OpenShell-built libkrunfw; stock otherwise. */
   readonly kind: 'custom' | 'stock';
   readonly provenance: Provenance | undefined;
   readonly manifest:
     | { readonly target?: string; readonly custom?: boolean; readonly files: readonly string[] }
     | undefined;
+  /** kernel.config beside the library (checked against provenance's kernel_config_sha256). */
+  readonly kernelConfig: string | undefined;
+}
+
+/** A runtime that can boot VMs: a RuntimeDir with libkrun (and, in a bundle, gvproxy). */
+export interface RuntimeBundle extends RuntimeDir {
+  readonly libkrun: string;
+  /** gvproxy shipped in the bundle (system locations have none: it is looked up elsewhere). */
+  readonly gvproxy: string | undefined;
+  /** custom: a provenance.json describes an OpenShell-built libkrunfw; stock otherwise. */
+  readonly kind: 'custom' | 'stock';
 }
 
 export type Platform = 'darwin' | 'linux';
@@ -101,18 +127,35 @@ export async function discoverRuntime(
  * Validates a runtime directory: libkrun and at least one libkrunfw present; in a bundle (not a
  * system library directory) an executable gvproxy; manifest.json, when present, valid JSON whose
  * files all exist; provenance.json, when present, valid JSON whose artifact_sha256 (if given)
- * matches the libkrunfw it describes.
+ * matches the libkrunfw it describes; kernel.config, when present, the one provenance names.
  */
 export async function validateBundle(
   dir: string,
   source: RuntimeBundle['source'],
   platform: Platform,
 ): Promise<RuntimeBundle> {
-  const fail = (message: string, hint?: string) =>
-    new HostError(`runtime ${dir}: ${message}`, { hint: hint ?? INSTALL_HINT[platform] });
+  const fail = failFor(dir, platform);
   if (!(await isDir(dir))) throw fail('is not a directory');
   const libkrunName = await findFirst(dir, LIBKRUN[platform]);
   if (!libkrunName) throw fail(`no ${LIBKRUN[platform].join(' or ')}`);
+  const read = await readRuntimeDir(dir, source, platform);
+  if (source !== 'system' && !read.gvproxy)
+    throw fail('no executable gvproxy in the bundle', 'add gvproxy to the bundle (chmod +x)');
+  return { ...read, libkrun: path.join(dir, libkrunName) };
+}
+
+/**
+ * Reads a runtime directory without requiring libkrun or gvproxy (see RuntimeDir); everything it
+ * does hold is checked as validateBundle checks it.
+ */
+export async function readRuntimeDir(
+  dir: string,
+  source: RuntimeDir['source'],
+  platform: Platform,
+): Promise<RuntimeDir> {
+  const fail = failFor(dir, platform);
+  if (!(await isDir(dir))) throw fail('is not a directory');
+  const libkrunName = await findFirst(dir, LIBKRUN[platform]);
   const entries = (await fs.readdir(dir)).sort();
   const isLib = (n: string) => (platform === 'darwin' ? n.endsWith('.dylib') : /\.so(\.|$)/.test(n));
   const libkrunfw = entries
@@ -122,9 +165,8 @@ export async function validateBundle(
 
   let gvproxy: string | undefined;
   if (source !== 'system') {
-    gvproxy = path.join(dir, 'gvproxy');
-    if (!(await isExecutableFile(gvproxy)))
-      throw fail('no executable gvproxy in the bundle', 'add gvproxy to the bundle (chmod +x)');
+    const candidate = path.join(dir, 'gvproxy');
+    if (await isExecutableFile(candidate)) gvproxy = candidate;
   }
 
   const manifest = await readJson<{ target?: string; custom?: boolean; files?: unknown }>(
@@ -152,24 +194,59 @@ export async function validateBundle(
       'the library was replaced after the build: rebuild the runtime or remove provenance.json',
     );
   }
+  const configFile = path.join(dir, KERNEL_CONFIG_FILE);
+  const kernelConfig = (await pathExists(configFile)) ? configFile : undefined;
+  if (kernelConfig && provenance?.kernel_config_sha256) {
+    const sha = await sha256File(kernelConfig);
+    if (sha !== provenance.kernel_config_sha256) {
+      throw fail(
+        `provenance.json describes a kernel.config with sha256 ${provenance.kernel_config_sha256}, but ${KERNEL_CONFIG_FILE} has ${sha}`,
+        'kernel.config was changed after the build: rebuild the runtime (openshell-vm kernel build --target libkrunfw)',
+      );
+    }
+  }
   return {
     dir,
     source,
-    libkrun: path.join(dir, libkrunName),
+    libkrun: libkrunName ? path.join(dir, libkrunName) : undefined,
     libkrunfw,
     libkrunfwSha256,
     gvproxy,
     kind: provenance ? 'custom' : 'stock',
     provenance,
     manifest: manifest ? { ...manifest, files: manifest.files as string[] } : undefined,
+    kernelConfig,
   };
 }
 
+/**
+ * The runtime directory `openshell-vm runtime` reports when no bootable runtime is found: the
+ * one OPENSHELL_VM_RUNTIME_DIR names, else the first system library directory with a libkrunfw
+ * (a distribution's libkrunfw without libkrun). Undefined when there is none.
+ */
+export async function findLibkrunfwDir(
+  env: HostEnvironment,
+  options: DiscoverOptions = {},
+): Promise<RuntimeDir | undefined> {
+  const platform = options.platform ?? (process.platform === 'darwin' ? 'darwin' : 'linux');
+  if (env.runtimeBundleDir) return readRuntimeDir(env.runtimeBundleDir, 'env', platform);
+  for (const dir of options.systemDirs ?? SYSTEM_DIRS[platform]) {
+    const names = await fs.readdir(dir).catch(() => [] as string[]);
+    if (names.some((n) => n.startsWith('libkrunfw'))) return readRuntimeDir(dir, 'system', platform);
+  }
+  return undefined;
+}
+
+function failFor(dir: string, platform: Platform) {
+  return (message: string, hint?: string) =>
+    new HostError(`runtime ${dir}: ${message}`, { hint: hint ?? INSTALL_HINT[platform] });
+}
+
 /** The lines printed at start (and by `openshell-vm runtime`). */
-export function describeRuntime(r: RuntimeBundle): string[] {
+export function describeRuntime(r: RuntimeDir): string[] {
   const lines = [
     `runtime: ${r.dir} (${r.source === 'env' ? 'OPENSHELL_VM_RUNTIME_DIR' : r.source === 'package' ? 'bundled' : 'system'})`,
-    `libkrun: ${r.libkrun}`,
+    `libkrun: ${r.libkrun ?? 'missing (this directory cannot boot VMs)'}`,
     ...r.libkrunfw.map((f) => `libkrunfw: ${path.basename(f)}`),
     `sha256: ${r.libkrunfwSha256.slice(0, 12)}...`,
   ];
