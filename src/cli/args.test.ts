@@ -7,11 +7,12 @@ import { test } from 'node:test';
 import { UsageError } from '../errors.ts';
 import {
   leadingGlobalFlags,
+  MAIN_OPTIONS,
   type OptionSpec,
+  ownOptionWords,
   parseArgs,
   single,
   subcommandArgv,
-  wantsDebug,
 } from './args.ts';
 
 const MAIN = new URL('./main.ts', import.meta.url).pathname;
@@ -80,6 +81,8 @@ test('global flags: --debug and -q are taken by every parser, and before a subco
   assert.deepEqual(subcommandArgv(['--debug'], ['web', '--', 'ls'], false), ['--debug', 'web', '--', 'ls']);
   assert.deepEqual(subcommandArgv(['-q'], ['check', '--json'], true), ['check', '-q', '--json']);
   assert.deepEqual(subcommandArgv(['-q'], [], true), [], 'no verb: only the usage is printed');
+  assert.deepEqual(subcommandArgv(['--help'], [], true), ['--help'], 'no verb: --help is the usage');
+  assert.deepEqual(leadingGlobalFlags(['--json', '-h', 'status', 'gw']).flags, ['--json', '-h']);
 });
 
 test('global flags before a subcommand (no VM): --debug list and -q doctor are accepted', async (t) => {
@@ -107,9 +110,48 @@ test('global flags before a subcommand (no VM): --debug list and -q doctor are a
   assert.match(missing.stderr, /there is no instance 'nosuch'/);
 });
 
-test("--debug is openshell-vm's only before `--`; after it, it is the guest command's", () => {
-  assert.equal(wantsDebug(['--debug', 'list']), true);
-  assert.equal(wantsDebug(['run', '--debug', '--', 'prog']), true);
-  assert.equal(wantsDebug(['run', '--', 'prog', '--debug']), false);
-  assert.equal(wantsDebug(['run', '--', 'prog', '--', '--debug']), false);
+test("own option words: --debug and --json are openshell-vm's only before the guest's command", () => {
+  const own = (...argv: string[]) => ownOptionWords(argv, MAIN_OPTIONS, 'run');
+  assert.deepEqual(own('--debug', '--json'), ['--debug', '--json']);
+  assert.deepEqual(own('run', '--debug', '--', 'prog', '--json'), ['--debug']);
+  assert.deepEqual(
+    own('-q', 'run', '--json', 'prog', '--debug'),
+    ['-q', '--json'],
+    'the command from PATH on',
+  );
+  assert.deepEqual(own('run', '--', 'prog', '--', '--debug'), []);
+  // Values are skipped, greedy --args up to our next option, --env's KEY=VALUE words.
+  assert.deepEqual(own('--name', 'gw', '--json'), ['--name', '--json']);
+  assert.deepEqual(own('--exec', '/bin/sh', '--args', '-c', 'x', '--json'), ['--exec', '--args', '--json']);
+  assert.deepEqual(own('--env', 'A=1', 'B=2', '--debug'), ['--env', '--debug']);
+  // Unknown options do not stop the scan: the error they cause is still reported as JSON.
+  assert.deepEqual(own('--bogus', '--json'), ['--bogus', '--json']);
+});
+
+test('aliases: --cpus and --memory land in --vcpus and --mem; both spellings at once is twice', () => {
+  const a = parseArgs(['--cpus', '4', '--memory', '4GiB'], MAIN_OPTIONS, false);
+  assert.equal(single(a, 'vcpus'), '4');
+  assert.equal(single(a, 'mem'), '4GiB');
+  assert.equal(single(parseArgs(['--vcpus=2', '--mem=4096M'], MAIN_OPTIONS, false), 'mem'), '4096M');
+  assert.throws(
+    () => parseArgs(['--cpus', '2', '--vcpus', '3'], MAIN_OPTIONS, false),
+    /--vcpus \(or --cpus\) was given more than once/,
+  );
+});
+
+test('an unknown option names the closest known one and the command whose help to read', () => {
+  const fails = (argv: string[], command: string | undefined, message: RegExp, hint: RegExp) =>
+    assert.throws(
+      () => parseArgs(argv, MAIN_OPTIONS, false, command),
+      (e: unknown) => e instanceof UsageError && message.test(e.message) && hint.test(e.hint ?? ''),
+    );
+  fails(
+    ['--detatch'],
+    undefined,
+    /unknown option '--detatch' \(did you mean --detach\?\)/,
+    /^use --detach; see openshell-vm --help$/,
+  );
+  fails(['--cpu', '2'], 'run', /did you mean --cpus\?/, /see openshell-vm run --help/);
+  fails(['--memroy', '2G'], 'run', /did you mean --memory\?/, /use --memory/);
+  fails(['--frobnicate'], 'run', /^unknown option '--frobnicate'$/, /^see openshell-vm run --help$/);
 });

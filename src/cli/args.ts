@@ -1,4 +1,5 @@
 import { UsageError } from '../errors.ts';
+import { closest } from './suggest.ts';
 
 /**
  * Command-line parsing with the seed's shapes, which node:util's parseArgs cannot express:
@@ -17,6 +18,8 @@ export interface OptionSpec {
   readonly kind: OptionKind;
   /** Value options that may be given several times collect every value. */
   readonly repeatable?: boolean;
+  /** Other long names of the option (`--cpus` for `--vcpus`): their values land under `name`. */
+  readonly aliases?: readonly string[];
 }
 
 export interface ParsedArgs {
@@ -27,33 +30,88 @@ export interface ParsedArgs {
 }
 
 /**
- * Flags every command takes, before its name too (`openshell-vm --debug list`, `-q doctor`):
+ * The options of the main form: the gateway (no command, `start`), `run` and `--exec`. Some are
+ * for one of them only (EXEC_ONLY, GATEWAY_ONLY); main.ts refuses them with the other.
+ */
+export const MAIN_OPTIONS: readonly OptionSpec[] = [
+  { name: 'exec', kind: 'value' },
+  { name: 'args', kind: 'greedy-any' },
+  { name: 'env', kind: 'greedy-plain', repeatable: true },
+  { name: 'workdir', kind: 'value' },
+  { name: 'vcpus', kind: 'value', aliases: ['cpus'] },
+  { name: 'mem', kind: 'value', aliases: ['memory'] },
+  { name: 'arch', kind: 'value' },
+  { name: 'accel', kind: 'value' },
+  { name: 'boot-timeout', kind: 'value' },
+  { name: 'name', kind: 'value' },
+  { name: 'port', short: 'p', kind: 'value', repeatable: true },
+  { name: 'net', kind: 'value' },
+  { name: 'backend', kind: 'value' },
+  { name: 'rootfs', kind: 'value' },
+  { name: 'events', kind: 'value' },
+  { name: 'api-port', kind: 'value' },
+  { name: 'ready-timeout', kind: 'value' },
+  { name: 'tls-san', kind: 'value', repeatable: true },
+  { name: 'merge-kubeconfig', kind: 'flag' },
+  { name: 'use-context', kind: 'flag' },
+  { name: 'json', kind: 'flag' },
+  { name: 'quiet', short: 'q', kind: 'flag' },
+  { name: 'keep-logs', kind: 'flag' },
+  { name: 'detach', short: 'd', kind: 'flag' },
+  { name: 'reset', kind: 'flag' },
+  // Internal: this process is the background supervisor --detach started.
+  { name: 'supervise', kind: 'flag' },
+  { name: 'debug', kind: 'flag' },
+  { name: 'help', short: 'h', kind: 'flag' },
+  { name: 'version', short: 'V', kind: 'flag' },
+];
+
+/** Options of a command run (`run`, `--exec`) that the gateway refuses. */
+export const EXEC_ONLY = ['args', 'env', 'workdir', 'boot-timeout'] as const;
+/** Options of the gateway that a command run refuses. */
+export const GATEWAY_ONLY = [
+  'api-port',
+  'ready-timeout',
+  'tls-san',
+  'merge-kubeconfig',
+  'use-context',
+  'json',
+  'reset',
+] as const;
+
+/**
+ * Flags every command takes, before or after its name (`openshell-vm --debug list`, `list -q`):
  * --debug (the error's cause chain; read by the error boundary), -q/--quiet (no progress lines;
- * nothing to leave out for commands that print none).
+ * nothing to leave out for commands that print none), -h/--help (the command's own usage).
  */
 export const GLOBAL_FLAGS: readonly OptionSpec[] = [
   { name: 'debug', kind: 'flag' },
   { name: 'quiet', short: 'q', kind: 'flag' },
+  { name: 'help', short: 'h', kind: 'flag' },
 ];
 
-/** The words that are global flags (--debug, --quiet, -q). */
-export function isGlobalFlag(word: string): boolean {
-  return GLOBAL_FLAGS.some(
-    (f) => word === `--${f.name}` || (f.short !== undefined && word === `-${f.short}`),
+/**
+ * The words that may come before a command's name and are handed to it: the global flags and
+ * --json (which the command refuses if it has no JSON output).
+ */
+export function isLeadingFlag(word: string): boolean {
+  return (
+    word === '--json' ||
+    GLOBAL_FLAGS.some((f) => word === `--${f.name}` || (f.short !== undefined && word === `-${f.short}`))
   );
 }
 
-/** The global flags at the start of argv, and the words from the first other one on. */
+/** The leading flags at the start of argv, and the words from the first other one on. */
 export function leadingGlobalFlags(argv: readonly string[]): { flags: string[]; rest: string[] } {
   let i = 0;
-  while (i < argv.length && isGlobalFlag(argv[i] as string)) i++;
+  while (i < argv.length && isLeadingFlag(argv[i] as string)) i++;
   return { flags: argv.slice(0, i), rest: argv.slice(i) };
 }
 
 /**
- * A subcommand's argv with the global flags given before its name (`--debug list`, `-q doctor`)
- * put where its options begin, after its verb if it has one (with no verb, they are dropped: the
- * command only prints its usage, and --debug is read from the whole argv anyway).
+ * A subcommand's argv with the flags given before its name (`--debug list`, `--json status gw`)
+ * put where its options begin, after its verb if it has one (`-q kernel check` gives `check -q`;
+ * with no verb, `--help kernel` gives `--help`).
  */
 export function subcommandArgv(
   globals: readonly string[],
@@ -63,28 +121,52 @@ export function subcommandArgv(
   if (!globals.length) return argv;
   if (!verb) return [...globals, ...argv];
   const first = argv[0];
-  if (first === undefined || first.startsWith('-')) return argv;
+  // No verb yet: only a --help is for the command itself (its usage); the rest wait for the verb.
+  const help = globals.filter((w) => w === '--help' || w === '-h');
+  if (first === undefined || first.startsWith('-')) return [...help, ...argv];
   return [first, ...globals, ...argv.slice(1)];
 }
 
-export function parseArgs(
-  argv: readonly string[],
-  specs: readonly OptionSpec[],
-  allowRest: boolean,
-): ParsedArgs {
+/** Every option word of `specs` and the global flags (`--name`, `-n`, each alias) with its spec. */
+export function optionWordsOf(specs: readonly OptionSpec[]): Map<string, OptionSpec> {
   const byName = new Map<string, OptionSpec>();
   const globals = GLOBAL_FLAGS.filter((g) => !specs.some((s) => s.name === g.name));
   for (const spec of [...globals, ...specs]) {
     byName.set(`--${spec.name}`, spec);
+    for (const alias of spec.aliases ?? []) byName.set(`--${alias}`, spec);
     if (spec.short) byName.set(`-${spec.short}`, spec);
   }
+  return byName;
+}
+
+/** The usage error for an option `specs` does not have, with the closest one it does have. */
+export function unknownOption(key: string, specs: readonly OptionSpec[], command?: string): UsageError {
+  const known = [...optionWordsOf(specs).keys()].filter((w) => w.startsWith('--'));
+  const meant = key.startsWith('--') ? closest(key, known) : undefined;
+  const help = `openshell-vm ${command ? `${command} ` : ''}--help`;
+  return new UsageError(`unknown option '${key}'${meant ? ` (did you mean ${meant}?)` : ''}`, {
+    hint: meant ? `use ${meant}; see ${help}` : `see ${help}`,
+  });
+}
+
+/**
+ * `command`: the command whose options these are (for the hints: `see openshell-vm exec --help`).
+ */
+export function parseArgs(
+  argv: readonly string[],
+  specs: readonly OptionSpec[],
+  allowRest: boolean,
+  command?: string,
+): ParsedArgs {
+  const byName = optionWordsOf(specs);
   const isOwnOption = (word: string) => word === '--' || byName.has(word.split('=', 1)[0] as string);
   const values = new Map<string, string[]>();
   const flags = new Set<string>();
   const add = (spec: OptionSpec, value: string) => {
     const list = values.get(spec.name) ?? [];
     if (spec.kind === 'value' && !spec.repeatable && list.length) {
-      throw new UsageError(`--${spec.name} was given more than once`, { hint: 'give it once' });
+      const also = spec.aliases?.length ? ` (or ${spec.aliases.map((a) => `--${a}`).join(', ')})` : '';
+      throw new UsageError(`--${spec.name}${also} was given more than once`, { hint: 'give it once' });
     }
     list.push(value);
     values.set(spec.name, list);
@@ -107,7 +189,7 @@ export function parseArgs(
     const eq = word.indexOf('=');
     const key = word.startsWith('--') && eq > 0 ? word.slice(0, eq) : word;
     const spec = byName.get(key);
-    if (!spec) throw new UsageError(`unknown option '${key}'`, { hint: 'see openshell-vm --help' });
+    if (!spec) throw unknownOption(key, specs, command);
     const inline = key !== word ? word.slice(eq + 1) : undefined;
     i++;
     switch (spec.kind) {
@@ -123,7 +205,9 @@ export function parseArgs(
         }
         const next = argv[i];
         if (next === undefined || (next.startsWith('-') && isOwnOption(next))) {
-          throw new UsageError(`--${spec.name} needs a value`, { hint: 'see openshell-vm --help' });
+          throw new UsageError(`${key} needs a value`, {
+            hint: `see openshell-vm ${command ? `${command} ` : ''}--help`,
+          });
         }
         add(spec, next);
         i++;
@@ -145,7 +229,9 @@ export function parseArgs(
           i++;
         }
         if (i === start && spec.kind === 'greedy-plain') {
-          throw new UsageError(`--${spec.name} needs a value`, { hint: 'see openshell-vm --help' });
+          throw new UsageError(`${key} needs a value`, {
+            hint: `see openshell-vm ${command ? `${command} ` : ''}--help`,
+          });
         }
         // `--args` with nothing after it (or only options) means no arguments: allowed.
         if (spec.kind === 'greedy-any' && !values.has(spec.name)) values.set(spec.name, []);
@@ -161,8 +247,48 @@ export function single(args: ParsedArgs, name: string): string | undefined {
   return list?.[list.length - 1];
 }
 
-/** Whether openshell-vm's own --debug is given: one after `--` belongs to the guest's command. */
-export function wantsDebug(argv: readonly string[]): boolean {
-  const end = argv.indexOf('--');
-  return (end < 0 ? argv : argv.slice(0, end)).includes('--debug');
+/**
+ * The words of argv that are openshell-vm's own options, as parseArgs with `specs` reads them but
+ * without refusing anything: up to `--`, or up to the first word that is not an option or an
+ * option's value (the guest's command), except once the word `resume` (`-q run --json -- ...`).
+ * The error boundary reads --debug and --json from them, even when parsing fails further on, and
+ * never from the guest's command (`run -- prog --json`).
+ */
+export function ownOptionWords(
+  argv: readonly string[],
+  specs: readonly OptionSpec[],
+  resume?: string,
+): string[] {
+  const byName = optionWordsOf(specs);
+  const isOwnOption = (word: string) => word === '--' || byName.has(word.split('=', 1)[0] as string);
+  const own: string[] = [];
+  let resumed = resume === undefined;
+  let i = 0;
+  while (i < argv.length) {
+    const word = argv[i] as string;
+    if (word === '--') break;
+    if (!word.startsWith('-') || word === '-') {
+      if (!resumed && word === resume) {
+        resumed = true;
+        i++;
+        continue;
+      }
+      break;
+    }
+    own.push(word);
+    i++;
+    const spec = word.includes('=') ? undefined : byName.get(word);
+    if (spec?.kind === 'value') {
+      if (argv[i] !== undefined && !isOwnOption(argv[i] as string)) i++;
+    } else if (spec?.kind === 'greedy-any') {
+      while (i < argv.length && !isOwnOption(argv[i] as string)) i++;
+    } else if (spec?.kind === 'greedy-plain') {
+      const start = i;
+      while (i < argv.length && !(argv[i] as string).startsWith('-')) {
+        if (i > start && !(argv[i] as string).includes('=')) break;
+        i++;
+      }
+    }
+  }
+  return own;
 }

@@ -112,7 +112,7 @@ export async function doctorChecks(): Promise<DoctorCheck[]> {
 }
 
 export async function doctorCommand(argv: readonly string[]): Promise<number> {
-  const args = parseArgs(argv, OPTIONS, false);
+  const args = parseArgs(argv, OPTIONS, false, 'doctor');
   if (args.flags.has('help')) {
     process.stdout.write(DOCTOR_HELP);
     return 0;

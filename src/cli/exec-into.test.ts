@@ -11,17 +11,14 @@ const MAIN = new URL('./main.ts', import.meta.url).pathname;
 test('exec on a stopped run instance suggests running its command again, not booting a gateway', () => {
   const hint = startHint('web', { mode: 'run', command: ['python3', '-m', 'http.server', "it's"] }, false);
   assert.match(hint, /openshell-vm run --name web --detach -- python3 -m http\.server 'it'\\''s'/);
-  assert.doesNotMatch(hint, /openshell-vm --name web --detach/);
+  assert.doesNotMatch(hint, /openshell-vm start web/);
   // Without a state file: no rootfs means it can only have been a command.
   const bare = startHint('web', undefined, false);
   assert.match(bare, /openshell-vm run --name web --detach -- CMD/);
   assert.doesNotMatch(bare, /start the gateway \(/);
-  assert.match(
-    startHint('gw', { mode: 'gateway', command: undefined }, true),
-    /openshell-vm --name gw --detach/,
-  );
+  assert.match(startHint('gw', { mode: 'gateway', command: undefined }, true), /openshell-vm start gw\b/);
   const both = startHint('gw', undefined, true);
-  assert.match(both, /openshell-vm --name gw --detach/);
+  assert.match(both, /openshell-vm start gw\b/);
   assert.match(both, /openshell-vm run --name gw --detach -- CMD/);
 });
 

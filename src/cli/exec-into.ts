@@ -10,6 +10,7 @@ import { type InstanceState, readState } from '../instance/state.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { isSameProcess } from '../supervisor/identity.ts';
 import { type OptionSpec, parseArgs, single } from './args.ts';
+import { SHELL_HELP } from './help.ts';
 
 const OPTIONS: readonly OptionSpec[] = [
   { name: 'name', kind: 'value' },
@@ -37,28 +38,47 @@ forwarded) and CMD defaults to sh. In a gateway, KUBECONFIG is set: exec -- kube
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
-export async function execIntoCommand(argv: readonly string[]): Promise<number> {
+/** The login shell `shell` runs: POSIX sh, there in every rootfs openshell-vm builds. */
+export const LOGIN_SHELL: readonly string[] = ['/bin/sh', '-l'];
+
+/**
+ * `shell [NAME] [OPTIONS]`: exec NAME -- /bin/sh -l (a pseudo-terminal when stdin is a terminal,
+ * else the shell reads its commands from stdin).
+ */
+export async function shellCommand(argv: readonly string[]): Promise<number> {
+  if (argv.includes('--')) {
+    throw new UsageError('shell takes no command (it runs a login shell)', {
+      hint: 'a command: openshell-vm exec NAME -- CMD [ARG...]',
+    });
+  }
+  return execIntoCommand([...argv, '--', ...LOGIN_SHELL], 'shell');
+}
+
+export async function execIntoCommand(argv: readonly string[], command = 'exec'): Promise<number> {
   const split = argv.indexOf('--');
   const own = split < 0 ? argv : argv.slice(0, split);
-  const command = split < 0 ? [] : argv.slice(split + 1);
-  const args = parseArgs(own, OPTIONS, true);
-  if (args.flags.has('help')) {
-    process.stdout.write(EXEC_HELP);
-    return 0;
-  }
+  const guestCommand = split < 0 ? [] : argv.slice(split + 1);
+  const args = parseArgs(own, OPTIONS, true, command);
   let rest = args.rest;
   let more = args;
   if (rest.length) {
     // Options may follow the name: exec gw --workdir /tmp -- ls
-    more = parseArgs(rest.slice(1), OPTIONS, true);
+    more = parseArgs(rest.slice(1), OPTIONS, true, command);
     if (more.rest.length) {
-      throw new UsageError(`exec: unexpected argument '${more.rest[0]}'`, {
-        hint: 'the command goes after --: openshell-vm exec NAME -- CMD [ARG...]',
+      throw new UsageError(`${command}: unexpected argument '${more.rest[0]}'`, {
+        hint:
+          command === 'exec'
+            ? 'the command goes after --: openshell-vm exec NAME -- CMD [ARG...]'
+            : 'use: openshell-vm shell [NAME] [OPTIONS]; a command: openshell-vm exec NAME -- CMD [ARG...]',
       });
     }
     rest = rest.slice(0, 1);
   }
   const flag = (name: string) => args.flags.has(name) || more.flags.has(name);
+  if (flag('help')) {
+    process.stdout.write(command === 'exec' ? EXEC_HELP : SHELL_HELP);
+    return 0;
+  }
   const value = (name: string) => single(args, name) ?? single(more, name);
   const name = parseInstanceName(rest[0] ?? value('name'));
   const env = [...(args.values.get('env') ?? []), ...(more.values.get('env') ?? [])];
@@ -74,7 +94,7 @@ export async function execIntoCommand(argv: readonly string[]): Promise<number> 
     throw new UsageError('--tty and --no-tty contradict each other', { hint: 'give one' });
   const stdinTty = Boolean(process.stdin.isTTY);
   const tty = flag('tty') || (!flag('no-tty') && stdinTty);
-  const argvInGuest = command.length ? command : tty ? ['sh'] : [];
+  const argvInGuest = guestCommand.length ? guestCommand : tty ? ['sh'] : [];
   if (!argvInGuest.length) {
     throw new UsageError('exec: no command given', {
       hint: `use: openshell-vm exec ${name} -- CMD [ARG...] (sh is the default only on a terminal)`,
@@ -87,6 +107,11 @@ export async function execIntoCommand(argv: readonly string[]): Promise<number> 
     });
 
   const dir = instanceDir(readEnvironment(), name);
+  if (!(await pathExists(dir))) {
+    throw new HostError(`there is no instance '${name}'`, {
+      hint: `see: openshell-vm list; start one: openshell-vm start ${name} (a gateway) or openshell-vm run --name ${name} --detach -- CMD [ARG...]`,
+    });
+  }
   const state = await readState(dir);
   if (!state || !(await isSameProcess(state.supervisor.pid, state.supervisor.startTime))) {
     const hasRootfs = await pathExists(path.join(dir, 'rootfs', ROOTFS_PATHS.record));
@@ -145,7 +170,7 @@ export function startHint(
   last: Pick<InstanceState, 'mode' | 'command'> | undefined,
   hasRootfs: boolean,
 ): string {
-  const gateway = `openshell-vm --name ${name} --detach`;
+  const gateway = `openshell-vm start ${name}`;
   const run = (command: readonly string[] | undefined) =>
     `openshell-vm run --name ${name} --detach -- ${command?.length ? terminalSafeLine(command.map(shellWord).join(' '), { maxChars: 200 }) : 'CMD [ARG...]'}`;
   const list = 'or see: openshell-vm list';

@@ -19,7 +19,7 @@ import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { backendFeatures } from '../vmm/registry.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
 import { followLog } from './follow-log.ts';
-import { HELP } from './help.ts';
+import { DELETE_HELP, LIST_HELP, LOGS_HELP, STATUS_HELP, STOP_HELP } from './help.ts';
 import { Reporter } from './reporter.ts';
 import { withSignals } from './signals.ts';
 
@@ -40,17 +40,14 @@ function nameOf(args: ParsedArgs, command: string): string {
 }
 
 /** Options before and after the NAME word: `status gw --json` and `status --json gw`. */
-function parse(argv: readonly string[], extra: readonly OptionSpec[]): ParsedArgs {
-  const specs: OptionSpec[] = [
-    { name: 'name', kind: 'value' },
-    { name: 'json', kind: 'flag' },
-    { name: 'debug', kind: 'flag' },
-    { name: 'help', short: 'h', kind: 'flag' },
-    ...extra,
-  ];
-  const first = parseArgs(argv, specs, true);
+const JSON_FLAG: OptionSpec = { name: 'json', kind: 'flag' };
+const TIMEOUT: OptionSpec = { name: 'timeout', kind: 'value' };
+
+function parse(argv: readonly string[], command: string, extra: readonly OptionSpec[]): ParsedArgs {
+  const specs: OptionSpec[] = [{ name: 'name', kind: 'value' }, ...extra];
+  const first = parseArgs(argv, specs, true, command);
   if (!first.rest.length) return first;
-  const second = parseArgs(first.rest.slice(1), specs, true);
+  const second = parseArgs(first.rest.slice(1), specs, true, command);
   const values = new Map(first.values);
   for (const [k, v] of second.values) {
     if (values.has(k)) throw new UsageError(`--${k} was given more than once`, { hint: 'give it once' });
@@ -63,8 +60,8 @@ function parse(argv: readonly string[], extra: readonly OptionSpec[]): ParsedArg
   };
 }
 
-function help(): number {
-  process.stdout.write(HELP.slice(HELP.indexOf('Instances (')));
+function help(text: string): number {
+  process.stdout.write(text);
   return 0;
 }
 
@@ -73,8 +70,8 @@ function timeoutOf(args: ParsedArgs): number {
 }
 
 export async function statusCommand(argv: readonly string[]): Promise<number> {
-  const args = parse(argv, []);
-  if (args.flags.has('help')) return help();
+  const args = parse(argv, 'status', [JSON_FLAG]);
+  if (args.flags.has('help')) return help(STATUS_HELP);
   const name = nameOf(args, 'status');
   const env = readEnvironment();
   await requireInstance(env, name);
@@ -87,8 +84,8 @@ export async function statusCommand(argv: readonly string[]): Promise<number> {
 }
 
 export async function listCommand(argv: readonly string[]): Promise<number> {
-  const args = parse(argv, []);
-  if (args.flags.has('help')) return help();
+  const args = parse(argv, 'list', [JSON_FLAG]);
+  if (args.flags.has('help')) return help(LIST_HELP);
   if (args.rest.length)
     throw new UsageError(`list: unexpected argument '${args.rest[0]}'`, {
       hint: 'use: openshell-vm list [--json]',
@@ -131,8 +128,8 @@ export async function listCommand(argv: readonly string[]): Promise<number> {
 }
 
 export async function stopCommand(argv: readonly string[]): Promise<number> {
-  const args = parse(argv, [{ name: 'timeout', kind: 'value' }]);
-  if (args.flags.has('help')) return help();
+  const args = parse(argv, 'stop', [TIMEOUT, JSON_FLAG]);
+  if (args.flags.has('help')) return help(STOP_HELP);
   const name = nameOf(args, 'stop');
   const timeoutMs = timeoutOf(args);
   const env = readEnvironment();
@@ -141,7 +138,10 @@ export async function stopCommand(argv: readonly string[]): Promise<number> {
   const result = await stopInstance(env, name, timeoutMs, (m) => reporter.progress(m));
   if (result.reaped) reporter.notice(result.reaped);
   if (result.removedBroken) reporter.notice(`removed the broken state file ${result.removedBroken}`);
-  if (!result.wasRunning) {
+  if (args.flags.has('json')) {
+    const { wasRunning, forced } = result;
+    process.stdout.write(`${JSON.stringify({ name, wasRunning, forced })}\n`);
+  } else if (!result.wasRunning) {
     process.stdout.write(`instance '${name}' is not running\n`);
   } else {
     process.stdout.write(
@@ -152,8 +152,8 @@ export async function stopCommand(argv: readonly string[]): Promise<number> {
 }
 
 export async function deleteCommand(argv: readonly string[]): Promise<number> {
-  const args = parse(argv, [{ name: 'timeout', kind: 'value' }]);
-  if (args.flags.has('help')) return help();
+  const args = parse(argv, 'delete', [TIMEOUT, JSON_FLAG]);
+  if (args.flags.has('help')) return help(DELETE_HELP);
   const name = nameOf(args, 'delete');
   const env = readEnvironment();
   const reporter = new Reporter({ stderr: process.stderr, quiet: false, eventsFile: undefined });
@@ -166,17 +166,19 @@ export async function deleteCommand(argv: readonly string[]): Promise<number> {
     warn: (m) => reporter.warn(m),
   });
   process.stdout.write(
-    `instance '${name}' deleted${result.stopped ? ' (stopped first)' : ''}; removed:\n${result.removed.map((p) => `  ${p}\n`).join('')}`,
+    args.flags.has('json')
+      ? `${JSON.stringify({ name, deleted: true, stopped: result.stopped, removed: result.removed })}\n`
+      : `instance '${name}' deleted${result.stopped ? ' (stopped first)' : ''}; removed:\n${result.removed.map((p) => `  ${p}\n`).join('')}`,
   );
   return 0;
 }
 
 export async function logsCommand(argv: readonly string[]): Promise<number> {
-  const args = parse(argv, [
+  const args = parse(argv, 'logs', [
     { name: 'source', kind: 'value' },
     { name: 'follow', short: 'f', kind: 'flag' },
   ]);
-  if (args.flags.has('help')) return help();
+  if (args.flags.has('help')) return help(LOGS_HELP);
   const name = nameOf(args, 'logs');
   const source = (single(args, 'source') ?? 'console') as LogSource;
   if (!(LOG_SOURCES as readonly string[]).includes(source)) {

@@ -2,16 +2,19 @@ import os from 'node:os';
 import { explainHostCondition, OvmError, UsageError } from '../errors.ts';
 import { packageVersion } from '../version.ts';
 import {
+  EXEC_ONLY,
+  GATEWAY_ONLY,
   leadingGlobalFlags,
-  type OptionSpec,
+  MAIN_OPTIONS,
+  ownOptionWords,
   type ParsedArgs,
   parseArgs,
   single,
   subcommandArgv,
-  wantsDebug,
 } from './args.ts';
-import { HELP } from './help.ts';
+import { commandWords, findCommand, GATEWAY_HELP, HELP, HELP_HELP, RUN_HELP, VERSION_HELP } from './help.ts';
 import { Interrupted } from './signals.ts';
+import { closest } from './suggest.ts';
 
 // Every command's module is imported when that command runs, not before: `--version`, `list` and
 // `exec` then start without loading the Kubernetes client, the x509 stack, the OCI and rootfs code
@@ -20,67 +23,34 @@ import { Interrupted } from './signals.ts';
 /** The only place that decides exit codes for openshell-vm's own failures. */
 export const EXIT = { usage: 2, failure: 125 } as const;
 
-const OPTIONS: readonly OptionSpec[] = [
-  { name: 'exec', kind: 'value' },
-  { name: 'args', kind: 'greedy-any' },
-  { name: 'env', kind: 'greedy-plain', repeatable: true },
-  { name: 'workdir', kind: 'value' },
-  { name: 'vcpus', kind: 'value' },
-  { name: 'mem', kind: 'value' },
-  { name: 'arch', kind: 'value' },
-  { name: 'accel', kind: 'value' },
-  { name: 'boot-timeout', kind: 'value' },
-  { name: 'name', kind: 'value' },
-  { name: 'port', short: 'p', kind: 'value', repeatable: true },
-  { name: 'net', kind: 'value' },
-  { name: 'backend', kind: 'value' },
-  { name: 'rootfs', kind: 'value' },
-  { name: 'events', kind: 'value' },
-  { name: 'api-port', kind: 'value' },
-  { name: 'ready-timeout', kind: 'value' },
-  { name: 'tls-san', kind: 'value', repeatable: true },
-  { name: 'merge-kubeconfig', kind: 'flag' },
-  { name: 'use-context', kind: 'flag' },
-  { name: 'json', kind: 'flag' },
-  { name: 'quiet', short: 'q', kind: 'flag' },
-  { name: 'keep-logs', kind: 'flag' },
-  { name: 'detach', short: 'd', kind: 'flag' },
-  { name: 'reset', kind: 'flag' },
-  // Internal: this process is the background supervisor --detach started.
-  { name: 'supervise', kind: 'flag' },
-  { name: 'debug', kind: 'flag' },
-  { name: 'help', short: 'h', kind: 'flag' },
-  { name: 'version', short: 'V', kind: 'flag' },
-];
-
-const EXEC_ONLY = ['args', 'env', 'workdir', 'boot-timeout'] as const;
-const GATEWAY_ONLY = [
-  'api-port',
-  'ready-timeout',
-  'tls-san',
-  'merge-kubeconfig',
-  'use-context',
-  'json',
-  'reset',
-] as const;
+/** How the error boundary reports: --debug adds the cause chain, --json puts the error on stdout. */
+interface ErrorMode {
+  readonly debug: boolean;
+  readonly json: boolean;
+}
 
 export async function main(argv: readonly string[]): Promise<number> {
-  const debug = wantsDebug(argv);
+  const own = ownWords(argv);
+  const mode = { debug: own.includes('--debug'), json: own.includes('--json') };
   try {
     return await dispatch(argv);
   } catch (err) {
-    return reportError(err, debug);
+    return reportError(err, mode);
   }
 }
+
+type Command = (argv: readonly string[]) => Promise<number>;
 
 /**
  * The commands with their own parser. `verb`: the command's first word is its subcommand
  * (`kernel check`), and its options follow that word.
  */
-const SUBCOMMANDS: Readonly<
-  Record<string, { readonly run: (argv: readonly string[]) => Promise<number>; readonly verb?: true }>
-> = {
-  help: { run: async () => printHelp() },
+const SUBCOMMANDS: Readonly<Record<string, { readonly run: Command; readonly verb?: true }>> = {
+  help: { run: async (a) => helpCommand(a) },
+  version: { run: async (a) => versionCommand(a) },
+  start: { run: (a) => startCommand(a, 'start') },
+  create: { run: (a) => startCommand(a, 'create') },
+  completion: { run: async (a) => (await import('./completion.ts')).completionCommand(a), verb: true },
   kernel: { run: async (a) => (await import('./kernel.ts')).kernelCommand(a), verb: true },
   runtime: { run: async (a) => (await import('./runtime.ts')).runtimeCommand(a) },
   doctor: { run: async (a) => (await import('./doctor.ts')).doctorCommand(a) },
@@ -95,36 +65,73 @@ const SUBCOMMANDS: Readonly<
   delete: { run: async (a) => (await import('./instances.ts')).deleteCommand(a) },
   rm: { run: async (a) => (await import('./instances.ts')).deleteCommand(a) },
   exec: { run: async (a) => (await import('./exec-into.ts')).execIntoCommand(a) },
+  shell: { run: async (a) => (await import('./exec-into.ts')).shellCommand(a) },
 };
+
+function subcommandOf(word: string | undefined) {
+  return word !== undefined && Object.hasOwn(SUBCOMMANDS, word) ? SUBCOMMANDS[word] : undefined;
+}
+
+/**
+ * The words of argv that are openshell-vm's own options (not a guest command's): a subcommand's
+ * up to `--`; the main form's up to `--` or the command after `run` (`run -- prog --json`).
+ */
+function ownWords(argv: readonly string[]): readonly string[] {
+  if (subcommandOf(leadingGlobalFlags(argv).rest[0])) {
+    const end = argv.indexOf('--');
+    return end < 0 ? argv : argv.slice(0, end);
+  }
+  return ownOptionWords(argv, MAIN_OPTIONS, 'run');
+}
 
 async function dispatch(argv: readonly string[]): Promise<number> {
   const leading = leadingGlobalFlags(argv);
   const name = leading.rest[0];
-  const sub = name !== undefined && Object.hasOwn(SUBCOMMANDS, name) ? SUBCOMMANDS[name] : undefined;
+  const sub = subcommandOf(name);
   if (sub) return sub.run(subcommandArgv(leading.flags, leading.rest.slice(1), sub.verb ?? false));
-  // `run` may come first or after options: `openshell-vm -q run -- PATH`.
-  let args = parseArgs(argv, OPTIONS, true);
-  const isRun = args.rest[0] === 'run';
-  if (isRun) {
-    args = mergeArgs(args, parseArgs(args.rest.slice(1), OPTIONS, true));
-  } else if (args.rest.length) {
-    throw new UsageError(`unexpected argument '${args.rest[0]}'`, {
-      hint: 'guest arguments go after --args (--exec /bin/echo --args hello), or use: openshell-vm run -- PATH [ARG...]',
+  if (name !== undefined && name !== 'run' && !name.startsWith('-')) throw unknownCommand(name, true);
+  return mainForm(argv);
+}
+
+/**
+ * An unknown command word: "did you mean" the closest command. `first`: it is argv's first word
+ * other than global flags, so it can only have been meant as a command.
+ */
+function unknownCommand(word: string, first: boolean): UsageError {
+  const meant = closest(word, commandWords());
+  if (meant) {
+    return new UsageError(`unknown command '${word}' (did you mean ${meant}?)`, {
+      hint: `use: openshell-vm ${meant} ... (see openshell-vm help ${meant})`,
     });
   }
-  if (args.flags.has('help')) return printHelp();
-  if (args.flags.has('version')) {
-    process.stdout.write(`openshell-vm ${packageVersion()}\n`);
-    return 0;
-  }
+  const run = 'a command in a fresh microVM: openshell-vm run -- PATH [ARG...]';
+  return first
+    ? new UsageError(`unknown command '${word}'`, {
+        hint: `see openshell-vm --help for the commands; ${run}`,
+      })
+    : new UsageError(`unexpected argument '${word}'`, {
+        hint: `guest arguments go after --args (--exec /bin/echo --args hello), or use ${run}`,
+      });
+}
+
+/** The bare command (the gateway in the foreground), `run` and the seed's `--exec` form. */
+async function mainForm(argv: readonly string[]): Promise<number> {
+  // `run` may come first or after options: `openshell-vm -q run -- PATH`.
+  let args = parseArgs(argv, MAIN_OPTIONS, true);
+  const isRun = args.rest[0] === 'run';
   if (isRun) {
-    for (const name of GATEWAY_ONLY) {
-      if (args.values.has(name) || args.flags.has(name)) {
-        throw new UsageError(`--${name} is a gateway option; it does nothing with run`, {
-          hint: `drop --${name}`,
-        });
-      }
-    }
+    args = mergeArgs(args, parseArgs(args.rest.slice(1), MAIN_OPTIONS, true, 'run'));
+  } else if (args.rest.length) {
+    throw unknownCommand(args.rest[0] as string, false);
+  }
+  const exec = single(args, 'exec');
+  if (args.flags.has('help')) return print(isRun || exec !== undefined ? RUN_HELP : HELP);
+  if (args.flags.has('version')) return print(`openshell-vm ${packageVersion()}\n`);
+  if (isRun) {
+    refuse(args, GATEWAY_ONLY, (o) => [
+      `--${o} is a gateway option; it does nothing with run`,
+      `drop --${o}`,
+    ]);
     if (args.values.has('exec') || args.values.has('args')) {
       throw new UsageError('run takes the command after its options, not --exec/--args', {
         hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]',
@@ -137,32 +144,38 @@ async function dispatch(argv: readonly string[]): Promise<number> {
     const { execCommand } = await import('./run.ts');
     return execCommand(args, args.rest[0] as string, args.rest.slice(1), argv, args.rest.length);
   }
-  const exec = single(args, 'exec');
   if (exec === undefined) {
-    for (const name of EXEC_ONLY) {
-      if (args.values.has(name) || args.flags.has(name)) {
-        throw new UsageError(`--${name} needs --exec PATH (the gateway takes no command)`, {
-          hint: 'add --exec PATH to run a command, or drop it to boot the gateway',
-        });
-      }
-    }
+    refuse(args, EXEC_ONLY, (o) => [
+      `--${o} needs --exec PATH (the gateway takes no command)`,
+      'add --exec PATH to run a command, or drop it to boot the gateway',
+    ]);
     return (await import('./gateway.ts')).gatewayCommand(args, argv);
   }
-  for (const name of GATEWAY_ONLY) {
-    if (args.values.has(name) || args.flags.has(name)) {
-      throw new UsageError(`--${name} is a gateway option; it does nothing with --exec`, {
-        hint: `drop --${name}, or drop --exec to boot the gateway`,
-      });
-    }
-  }
+  refuse(args, GATEWAY_ONLY, (o) => [
+    `--${o} is a gateway option; it does nothing with --exec`,
+    `drop --${o}, or drop --exec to boot the gateway`,
+  ]);
   const { execCommand } = await import('./run.ts');
   return execCommand(args, exec, args.values.get('args') ?? [], argv, 0);
+}
+
+function refuse(
+  args: ParsedArgs,
+  names: readonly string[],
+  why: (option: string) => [message: string, hint: string],
+): void {
+  for (const name of names) {
+    if (args.values.has(name) || args.flags.has(name)) {
+      const [message, hint] = why(name);
+      throw new UsageError(message, { hint });
+    }
+  }
 }
 
 function mergeArgs(first: ParsedArgs, second: ParsedArgs): ParsedArgs {
   const values = new Map<string, readonly string[]>(first.values);
   for (const [name, list] of second.values) {
-    if (values.has(name) && OPTIONS.find((o) => o.name === name)?.kind === 'value') {
+    if (values.has(name) && MAIN_OPTIONS.find((o) => o.name === name)?.kind === 'value') {
       throw new UsageError(`--${name} was given more than once`, { hint: 'give it once' });
     }
     values.set(name, [...(values.get(name) ?? []), ...list]);
@@ -170,34 +183,156 @@ function mergeArgs(first: ParsedArgs, second: ParsedArgs): ParsedArgs {
   return { values, flags: new Set([...first.flags, ...second.flags]), rest: second.rest };
 }
 
-function printHelp(): number {
-  process.stdout.write(HELP);
+/**
+ * `start [NAME] [OPTIONS]` (and `create`): the gateway of instance NAME in the background, as
+ * `openshell-vm --name NAME --detach [OPTIONS]`, returning at Ready. As with `limactl start` and
+ * `colima start`, an instance that is already running is left as it is (exit 0); it is started
+ * with the options given now (openshell-vm records no options of a stopped instance).
+ */
+async function startCommand(argv: readonly string[], word: string): Promise<number> {
+  const usage = `use: openshell-vm ${word} [NAME] [OPTIONS] (see openshell-vm ${word} --help)`;
+  if (argv.includes('--')) {
+    throw new UsageError(`${word} boots the gateway and takes no command`, {
+      hint: 'a command in the background: openshell-vm run --name NAME --detach -- CMD [ARG...]',
+    });
+  }
+  const first = parseArgs(argv, MAIN_OPTIONS, true, word);
+  const after = first.rest.length ? parseArgs(first.rest.slice(1), MAIN_OPTIONS, true, word) : undefined;
+  if (after?.rest.length)
+    throw new UsageError(`${word}: unexpected argument '${after.rest[0]}'`, { hint: usage });
+  const args = after ? mergeArgs(first, after) : first;
+  if (args.flags.has('help')) return print(GATEWAY_HELP);
+  refuse(args, ['exec', ...EXEC_ONLY], (o) => [
+    `--${o}: ${word} boots the gateway and takes no command`,
+    'a command in the background: openshell-vm run --name NAME --detach -- CMD [ARG...]',
+  ]);
+  const positional = first.rest[0];
+  const flag = single(args, 'name');
+  if (positional !== undefined && flag !== undefined && positional !== flag) {
+    throw new UsageError(`${word}: two names given ('${positional}' and --name ${flag})`, {
+      hint: 'give one',
+    });
+  }
+  const { parseInstanceName } = await import('../instance/runs.ts');
+  const name = parseInstanceName(positional ?? flag);
+  if (!args.flags.has('supervise') && (await reportRunning(name, args.flags.has('json')))) return 0;
+  // The same argv without the NAME word, with --name and --detach: what --detach starts again.
+  const at = positional === undefined ? -1 : argv.length - first.rest.length;
+  const rest = at < 0 ? argv : [...argv.slice(0, at), ...argv.slice(at + 1)];
+  return mainForm([
+    ...(flag === undefined ? ['--name', name] : []),
+    ...rest,
+    ...(args.flags.has('detach') ? [] : ['--detach']),
+  ]);
+}
+
+/** Whether instance `name` is up already; if so says so (stdout: JSON with --json). */
+async function reportRunning(name: string, json: boolean): Promise<boolean> {
+  const { readEnvironment } = await import('../config/environment.ts');
+  const { inspectInstance } = await import('../instance/lifecycle.ts');
+  const status = await inspectInstance(readEnvironment(), name);
+  if (!['running', 'degraded', 'starting'].includes(status.status) || !status.state) return false;
+  const pid = status.state.supervisor.pid;
+  if (json) {
+    print(`${JSON.stringify({ name, status: status.status, pid, alreadyRunning: true })}\n`);
+  } else {
+    process.stderr.write(`openshell-vm: instance '${name}' is already ${status.status} (pid ${pid})\n`);
+    print(
+      `instance '${name}' is already ${status.status}: openshell-vm status ${name}; openshell-vm stop ${name} stops it\n`,
+    );
+  }
+  return true;
+}
+
+/** `help [COMMAND]`: the overview, or COMMAND --help. */
+async function helpCommand(argv: readonly string[]): Promise<number> {
+  const words = argv.filter((w) => !w.startsWith('-'));
+  if (argv.includes('--help') || argv.includes('-h')) return print(HELP_HELP);
+  if (!words.length) return print(HELP);
+  if (words.length > 1)
+    throw new UsageError(`help: one command at a time ('${words.join(' ')}')`, {
+      hint: 'use: openshell-vm help COMMAND',
+    });
+  const word = words[0] as string;
+  if (word === 'run') return print(RUN_HELP);
+  if (!findCommand(word)) throw unknownCommand(word, true);
+  return dispatch([word, '--help']);
+}
+
+/** `version [--json]`: what --version prints, or {"version": ...}. */
+function versionCommand(argv: readonly string[]): number {
+  const args = parseArgs(argv, [{ name: 'json', kind: 'flag' }], false, 'version');
+  if (args.flags.has('help')) return print(VERSION_HELP);
+  const version = packageVersion();
+  return print(args.flags.has('json') ? `${JSON.stringify({ version })}\n` : `openshell-vm ${version}\n`);
+}
+
+function print(text: string): number {
+  process.stdout.write(text);
   return 0;
 }
 
-function reportError(err: unknown, debug: boolean): number {
+/** An error as the user sees it: its lines for stderr, and the exit code. */
+interface Report {
+  readonly code: number;
+  readonly message?: string;
+  readonly hint?: string | undefined;
+  readonly causes: string[];
+}
+
+function describeError(err: unknown, debug: boolean): Report {
   if (err instanceof Interrupted) {
-    return 128 + (os.constants.signals[err.signal] ?? 0);
+    // withSignals has said which signal stops what; the exit code is the shell's 128+N.
+    return { code: 128 + (os.constants.signals[err.signal] ?? 0), causes: [] };
   }
-  const write = (line: string) => process.stderr.write(`${line}\n`);
   // A full disk (or a quota, a read-only filesystem, a denied path) somewhere below: say so, with the fix.
   const condition = explainHostCondition(err);
-  if (condition && !(err instanceof OvmError)) return reportError(condition, debug);
+  if (condition && !(err instanceof OvmError)) return describeError(condition, debug);
   if (err instanceof OvmError) {
-    write(`openshell-vm: error: ${err.message}`);
-    if (err.hint) write(`  hint: ${err.hint}`);
-    else if (condition) write(`  hint: ${condition.message}: ${condition.hint}`);
+    const causes: string[] = [];
     if (debug) {
       for (let cause = err.cause; cause; cause = (cause as Error).cause) {
-        write(`  caused by: ${cause instanceof Error ? (cause.stack ?? cause.message) : String(cause)}`);
+        causes.push(cause instanceof Error ? (cause.stack ?? cause.message) : String(cause));
       }
     }
-    return err instanceof UsageError ? EXIT.usage : EXIT.failure;
+    return {
+      code: err instanceof UsageError ? EXIT.usage : EXIT.failure,
+      message: err.message,
+      hint: err.hint ?? (condition ? `${condition.message}: ${condition.hint}` : undefined),
+      causes,
+    };
   }
-  write(`openshell-vm: internal error: ${err instanceof Error ? err.message : String(err)}`);
-  if (debug && err instanceof Error && err.stack) write(err.stack);
-  else write('  hint: run again with --debug for details, and report it');
-  return EXIT.failure;
+  return {
+    code: EXIT.failure,
+    message: `internal error: ${err instanceof Error ? err.message : String(err)}`,
+    hint: debug ? undefined : 'run again with --debug for details, and report it',
+    causes: debug && err instanceof Error && err.stack ? [err.stack] : [],
+  };
+}
+
+/**
+ * The error boundary: the error on stderr (message, hint, with --debug the cause chain) and, with
+ * --json, as {"error":{"message","hint"}} on stdout too. The exit code is the same either way.
+ */
+function reportError(err: unknown, mode: ErrorMode): number {
+  const r = describeError(err, mode.debug);
+  const write = (line: string) => process.stderr.write(`${line}\n`);
+  if (r.message !== undefined) {
+    const internal = r.message.startsWith('internal error: ');
+    write(`openshell-vm: ${internal ? '' : 'error: '}${r.message}`);
+    if (r.hint) write(`  hint: ${r.hint}`);
+    for (const cause of r.causes) write(internal ? cause : `  caused by: ${cause}`);
+  }
+  if (mode.json) {
+    const message = r.message ?? (err instanceof Error ? err.message : String(err));
+    const error = {
+      message,
+      ...(r.hint ? { hint: r.hint } : {}),
+      ...(r.causes.length ? { causes: r.causes } : {}),
+    };
+    process.stdout.write(`${JSON.stringify({ error })}\n`);
+  }
+  return r.code;
 }
 
 process.exitCode = await main(process.argv.slice(2));

@@ -61,7 +61,7 @@ DOCKER_CONFIG (registry credentials).
 `;
 
 export async function prepareRootfsCommand(argv: readonly string[]): Promise<number> {
-  const args = parseArgs(argv, OPTIONS, false);
+  const args = parseArgs(argv, OPTIONS, false, 'prepare-rootfs');
   if (args.flags.has('help')) {
     process.stdout.write(PREPARE_HELP);
     return 0;

@@ -29,7 +29,7 @@ export async function rootfsCommand(argv: readonly string[]): Promise<number> {
       hint: 'use: openshell-vm rootfs info [--json]',
     });
   }
-  const args = parseArgs(argv.slice(1), OPTIONS, false);
+  const args = parseArgs(argv.slice(1), OPTIONS, false, 'rootfs info');
   if (args.flags.has('help')) {
     process.stdout.write(ROOTFS_HELP);
     return 0;

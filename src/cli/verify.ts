@@ -29,7 +29,7 @@ within --timeout (default 120 s).
 `;
 
 export async function verifyCommand(argv: readonly string[]): Promise<number> {
-  const args = parseArgs(argv, OPTIONS, false);
+  const args = parseArgs(argv, OPTIONS, false, 'verify');
   if (args.flags.has('help')) {
     process.stdout.write(VERIFY_HELP);
     return 0;
