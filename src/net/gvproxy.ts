@@ -2,9 +2,10 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import * as v from 'valibot';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
-import { pathExists } from '../host/fs.ts';
+import { pathExists, writeFileAtomic } from '../host/fs.ts';
 import { findOnPath } from '../host/toolchain.ts';
 import type { ProcessSpec } from '../supervisor/process.ts';
 
@@ -89,19 +90,87 @@ export function gvproxyArgs(socketDir: string, hasServicesFlag: boolean): string
   ];
 }
 
-/** Whether this gvproxy has -services (0.8.2+), from its own usage text. */
-export async function hasServicesFlag(binary: string): Promise<boolean> {
+/** Whether this gvproxy has -services (0.8.2+), from its own usage text (a spawn of `gvproxy -help`). */
+export async function probeServicesFlag(binary: string): Promise<boolean> {
   const { stdout, stderr } = await execFileAsync(binary, ['-help']).catch(
     (err: { stdout?: string; stderr?: string }) => ({ stdout: err.stdout ?? '', stderr: err.stderr ?? '' }),
   );
   return /^\s+-services\b/m.test(`${stdout}\n${stderr}`);
 }
 
-export async function gvproxySpec(binary: string, runDir: string, socketDir: string): Promise<ProcessSpec> {
+/** Where hasServicesFlag keeps its answers, under the cache directory. */
+export const GVPROXY_PROBE_CACHE = path.join('host', 'gvproxy-flags.json');
+/** Answers kept: one per gvproxy binary seen (PATH, Podman's, provisioned), the newest last. */
+const PROBE_CACHE_ENTRIES = 8;
+
+const probeCacheSchema = v.strictObject({
+  version: v.literal(1),
+  entries: v.pipe(
+    v.array(
+      v.strictObject({
+        binary: v.pipe(v.string(), v.maxLength(4096)),
+        size: v.pipe(v.number(), v.integer(), v.minValue(0)),
+        mtimeMs: v.number(),
+        ino: v.pipe(v.number(), v.integer(), v.minValue(0)),
+        hasServicesFlag: v.boolean(),
+      }),
+    ),
+    v.maxLength(PROBE_CACHE_ENTRIES),
+  ),
+});
+type ProbeCache = v.InferOutput<typeof probeCacheSchema>;
+
+async function readProbeCache(file: string): Promise<ProbeCache['entries']> {
+  try {
+    const parsed = v.safeParse(probeCacheSchema, JSON.parse(await fs.readFile(file, 'utf8')));
+    return parsed.success ? parsed.output.entries : [];
+  } catch {
+    // Missing, unreadable or not JSON: probed again and rewritten.
+    return [];
+  }
+}
+
+/**
+ * Whether this gvproxy has -services. With `cacheDir`, the answer is kept there, keyed by the
+ * binary's path, size, mtime and inode, so a start does not spawn `gvproxy -help` each time; a
+ * replaced or upgraded binary is probed again. A cache that cannot be read or written is no error
+ * (the probe is the fallback).
+ */
+export async function hasServicesFlag(
+  binary: string,
+  options: { readonly cacheDir?: string | undefined } = {},
+): Promise<boolean> {
+  if (!options.cacheDir) return probeServicesFlag(binary);
+  const stat = await fs.stat(binary).catch(() => undefined);
+  if (!stat) return probeServicesFlag(binary);
+  const key = { binary, size: stat.size, mtimeMs: stat.mtimeMs, ino: stat.ino };
+  const file = path.join(options.cacheDir, GVPROXY_PROBE_CACHE);
+  const entries = await readProbeCache(file);
+  const same = (e: ProbeCache['entries'][number]) =>
+    e.binary === key.binary && e.size === key.size && e.mtimeMs === key.mtimeMs && e.ino === key.ino;
+  const hit = entries.find(same);
+  if (hit) return hit.hasServicesFlag;
+  const answer = await probeServicesFlag(binary);
+  const kept = entries.filter((e) => e.binary !== binary).slice(-(PROBE_CACHE_ENTRIES - 1));
+  const cache: ProbeCache = { version: 1, entries: [...kept, { ...key, hasServicesFlag: answer }] };
+  try {
+    await writeFileAtomic(file, `${JSON.stringify(cache)}\n`, 0o600);
+  } catch {
+    // A read-only or full cache directory: the next start probes again.
+  }
+  return answer;
+}
+
+export async function gvproxySpec(
+  binary: string,
+  runDir: string,
+  socketDir: string,
+  options: { readonly cacheDir?: string | undefined } = {},
+): Promise<ProcessSpec> {
   return {
     name: 'gvproxy',
     command: binary,
-    args: gvproxyArgs(socketDir, await hasServicesFlag(binary)),
+    args: gvproxyArgs(socketDir, await hasServicesFlag(binary, options)),
     logFile: path.join(runDir, GVPROXY_FILES.log),
     pidFile: path.join(runDir, GVPROXY_FILES.pid),
     ready: { kind: 'socket', path: path.join(socketDir, GVPROXY_FILES.qemuSocket) },
