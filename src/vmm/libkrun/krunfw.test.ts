@@ -6,7 +6,13 @@ import { test } from 'node:test';
 import { buildFakeLibkrunfw, fakeKernelImage } from '../../../test/fixtures/libkrunfw/fake-libkrunfw.ts';
 import { HostError } from '../../errors.ts';
 import { readFragment } from '../../kernel/requirements.ts';
-import { describeLibkrunfw, gatewayRefusal, inspectLibkrunfw, readKrunfw } from './krunfw.ts';
+import {
+  describeLibkrunfw,
+  gatewayRefusal,
+  inspectLibkrunfw,
+  libkrunfwGatewayRefusal,
+  readKrunfw,
+} from './krunfw.ts';
 import { readRuntimeDir } from './runtime.ts';
 
 function tmp(t: { after: (fn: () => void) => void }): string {
@@ -103,4 +109,19 @@ test('kernel options from kernel.config beside the library win over the image', 
   const report = await inspectLibkrunfw(await readRuntimeDir(dir, 'env', 'linux'));
   assert.equal(report.options.known && report.options.source, path.join(dir, 'kernel.config'));
   assert.equal(gatewayRefusal(report), undefined);
+});
+
+test('libkrunfwGatewayRefusal: an unreadable libkrunfw is a refusal too; a complete kernel none', async (t) => {
+  const broken = tmp(t);
+  buildFakeLibkrunfw(path.join(broken, 'libkrunfw.so.5'), {
+    kernel: fakeKernelImage({}),
+    omitGetKernel: true,
+  });
+  const refusal = await libkrunfwGatewayRefusal(await readRuntimeDir(broken, 'env', 'linux'));
+  assert.match(refusal?.message ?? '', /^its libkrunfw cannot be read: .* has no function krunfw_get_kernel/);
+  assert.match(refusal?.hint ?? '', /^openshell-vm kernel build --target libkrunfw/);
+  const good = tmp(t);
+  buildFakeLibkrunfw(path.join(good, 'libkrunfw.so.5'), { kernel: fakeKernelImage({ release: '6.12.91' }) });
+  fs.writeFileSync(path.join(good, 'kernel.config'), await gatewayConfig());
+  assert.equal(await libkrunfwGatewayRefusal(await readRuntimeDir(good, 'env', 'linux')), undefined);
 });

@@ -182,10 +182,20 @@ export function gatewayRefusal(r: LibkrunfwReport): HostError | undefined {
 }
 
 /**
- * Refuses the gateway on a runtime directory's libkrunfw when gatewayRefusal says so; the check
- * for `--backend libkrun` with the gateway, before anything starts.
+ * Why the gateway cannot run on a runtime directory's libkrunfw, or undefined when its kernel has
+ * every option built in: gatewayRefusal of its report, or, when the library cannot be read
+ * through the ABI at all, that (the check before anything starts for the gateway on libkrun).
  */
-export async function refuseGatewayOnLibkrunfw(dir: RuntimeDir): Promise<void> {
-  const refusal = gatewayRefusal(await inspectLibkrunfw(dir));
-  if (refusal) throw refusal;
+export async function libkrunfwGatewayRefusal(dir: RuntimeDir): Promise<HostError | undefined> {
+  let report: LibkrunfwReport;
+  try {
+    report = await inspectLibkrunfw(dir);
+  } catch (err) {
+    if (!(err instanceof HostError)) throw err;
+    return new HostError(`its libkrunfw cannot be read: ${err.message}`, {
+      hint: `${LIBKRUNFW_BUILD_FIX} builds one the gateway can use`,
+      cause: err,
+    });
+  }
+  return gatewayRefusal(report);
 }
