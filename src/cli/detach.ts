@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
+import { siblingModulePath } from '../host/module-path.ts';
 import { readLockHolder } from '../instance/lock.ts';
 import { instanceDir } from '../instance/runs.ts';
 import { LOGS_DIR } from '../instance/state.ts';
@@ -23,6 +24,13 @@ export const SUPERVISE_FLAG = '--supervise';
  * Options given to this process come after them, so they win.
  */
 export const SUPERVISOR_NODE_OPTIONS: readonly string[] = ['--max-semi-space-size=1'];
+
+/**
+ * The CLI's entry module, which the supervisor runs: beside this one, with its extension (main.ts
+ * in a checkout, main.js in the package). Not process.argv[1]: that is whatever program imported
+ * the code (a user's, through the library), or a launcher.
+ */
+export const CLI_MAIN = siblingModulePath(import.meta.url, 'main');
 
 /** openshell-vm's own option that --detach is (long and short). */
 const DETACH_WORDS: ReadonlySet<string> = new Set(['--detach', '-d']);
@@ -98,7 +106,7 @@ export async function runDetached(
     [
       ...SUPERVISOR_NODE_OPTIONS,
       ...process.execArgv,
-      process.argv[1] as string,
+      CLI_MAIN,
       SUPERVISE_FLAG,
       ...supervisorArgv(argv, guestWords),
     ],

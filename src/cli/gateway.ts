@@ -1,29 +1,12 @@
-import os from 'node:os';
-import path from 'node:path';
-import { readEnvironment } from '../config/environment.ts';
-import { stableApiPort } from '../gateway/api-port.ts';
-import { lexists } from '../host/fs.ts';
-import { ensureRootLocation } from '../instance/root-location.ts';
-import { ensureInstanceDir, instanceDir } from '../instance/runs.ts';
-import { checkHostPortsFree } from '../net/ports.ts';
-import { type RawGatewayOptions, resolveGatewayOptions } from '../options/gateway-options.ts';
-import {
-  GATEWAY_GUEST_PORT,
-  type GatewayReady,
-  KUBE_API_GUEST_PORT,
-  runGateway,
-} from '../presets/gateway.ts';
-import { resetGateway } from '../presets/gateway-cleanup.ts';
-import { rootfsDir } from '../rootfs/build.ts';
-import { readRootfsRecord } from '../rootfs/record.ts';
+import { GATEWAY_STOP_TIMEOUT_MS, resetPreparedGateway, runPreparedGateway } from '../api/gateway.ts';
+import { prepareGateway } from '../api/prepare.ts';
+import { CLI_NAMES } from '../options/exec-options.ts';
+import type { RawGatewayOptions } from '../options/gateway-options.ts';
+import { GATEWAY_GUEST_PORT, type GatewayReady } from '../presets/gateway.ts';
 import { type ParsedArgs, single } from './args.ts';
 import { reportDetachedReady, runDetached } from './detach.ts';
 import { Reporter } from './reporter.ts';
 import { Interrupted, withSignals } from './signals.ts';
-import { chooseVmm } from './vmm-choice.ts';
-
-/** How long a stop gives k3s to wind down before the VM is killed. */
-export const GATEWAY_STOP_TIMEOUT_MS = 30_000;
 
 /**
  * `openshell-vm [OPTIONS]` without --exec: boots the gateway in the foreground, prints Ready
@@ -53,45 +36,16 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
     quiet: args.flags.has('quiet'),
     eventsFile: single(args, 'events'),
   });
-  const { options, warnings } = resolveGatewayOptions(raw, {
-    cpus: os.availableParallelism(),
-    memMib: Math.floor(os.totalmem() / (1024 * 1024)),
-  });
-  for (const warning of warnings) reporter.warn(warning);
-
-  // Everything that can fail without starting a process fails here.
-  const env = readEnvironment();
-  // A rootfs of the user's choice only where no other local user can reach it (the guest's root
-  // owns it); the instance's own is inside the instance directory, checked (and tightened) before
-  // anything in it is read, since another user may have planted files there while it was open.
-  const rootfs =
-    options.rootfs === undefined
-      ? rootfsDir(env, options.instance)
-      : await ensureRootLocation(options.rootfs);
-  if (options.rootfs !== undefined || (await lexists(instanceDir(env, options.instance))))
-    await ensureInstanceDir(env, options.instance, (m) => reporter.warn(m));
-  await readRootfsRecord(rootfs); // a missing rootfs: "build it: openshell-vm prepare-rootfs --name N"
-  const api = {
-    hostAddress: '127.0.0.1',
-    hostPort:
-      options.apiPort ??
-      (await stableApiPort(instanceDir(env, options.instance), { warn: (m) => reporter.warn(m) })),
-    guestPort: KUBE_API_GUEST_PORT,
-  };
-  const forwards = [options.gateway, api, ...options.extraForwards];
-  const { backend, accel } = await chooseVmm(
-    env,
-    { ...options, network: 'gvproxy', forwards, purpose: 'gateway' },
-    reporter,
-  );
-  await checkHostPortsFree(forwards);
+  // Everything that can fail without starting a process fails here (the library's preparation).
+  const prepared = await prepareGateway(raw, CLI_NAMES, reporter);
+  const { env, options } = prepared;
   const supervise = args.flags.has('supervise');
   if (args.flags.has('detach') && !supervise) {
     return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'));
   }
 
   if (args.flags.has('reset')) {
-    const { removed, takenOut } = await resetGateway(env, options.instance, rootfs, (m) => reporter.warn(m));
+    const { removed, takenOut } = await resetPreparedGateway(prepared, (m) => reporter.warn(m));
     reporter.progress(
       `reset: cluster state and credentials of '${options.instance}' removed (${removed.length} paths); the built rootfs layers are kept`,
     );
@@ -101,48 +55,28 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
   let ready: GatewayReady | undefined;
   try {
     return await withSignals(reporter, 'stopping the gateway', async (signal, force) => {
-      await runGateway(
-        env,
-        {
-          arch: options.arch,
-          accel,
-          vcpus: options.vcpus,
-          memMib: options.memMib,
-          instance: options.instance,
-          rootfs,
-          gateway: options.gateway,
-          api,
-          extraForwards: options.extraForwards,
-          readyTimeoutMs: options.readyTimeoutMs,
-          mergeKubeconfig: options.mergeKubeconfig ? path.join(env.kubeDir, 'config') : undefined,
-          useContext: options.useContext,
-          extraSans: options.extraSans,
-          keepLogs: args.flags.has('keep-logs'),
-          stopTimeoutMs: GATEWAY_STOP_TIMEOUT_MS,
+      await runPreparedGateway(prepared, {
+        keepLogs: args.flags.has('keep-logs'),
+        detached: supervise,
+        stopTimeoutMs: GATEWAY_STOP_TIMEOUT_MS,
+        signal,
+        force,
+        onEvent: (e) => {
+          if (e.type === 'guest') reporter.progress(`guest: ${e.message}`);
+          else if (e.type === 'agent') reporter.progress(e.message);
+          else if (e.type === 'clock') reporter.warn(e.message);
+          else if (e.type === 'stage' && e.stage === 'stopping') {
+            if (ready || signal.aborted) reporter.progress(e.message);
+          } else reporter.event(e as Record<string, unknown>);
         },
-        {
-          backend,
-          signal,
-          force,
-          detached: supervise,
-          kubeDir: env.kubeDir,
-          onEvent: (e) => {
-            if (e.type === 'guest') reporter.progress(`guest: ${e.message}`);
-            else if (e.type === 'agent') reporter.progress(e.message);
-            else if (e.type === 'clock') reporter.warn(e.message);
-            else if (e.type === 'stage' && e.stage === 'stopping') {
-              if (ready || signal.aborted) reporter.progress(e.message);
-            } else reporter.event(e as Record<string, unknown>);
-          },
-          onReady: (r) => {
-            ready = r;
-            reporter.event({ type: 'ready', ...r });
-            const text = json ? `${JSON.stringify(r)}\n` : renderReady(r, supervise);
-            if (supervise) reportDetachedReady(text);
-            else process.stdout.write(text);
-          },
+        onReady: (r) => {
+          ready = r;
+          reporter.event({ type: 'ready', ...r });
+          const text = json ? `${JSON.stringify(r)}\n` : renderReady(r, supervise);
+          if (supervise) reportDetachedReady(text);
+          else process.stdout.write(text);
         },
-      );
+      });
       return 0;
     });
   } catch (err) {

@@ -1,19 +1,18 @@
-import os from 'node:os';
-import { readEnvironment } from '../config/environment.ts';
-import { checkHostPortsFree } from '../net/ports.ts';
-import { type RawExecOptions, resolveExecOptions } from '../options/exec-options.ts';
+import { prepareExec } from '../api/prepare.ts';
+import { CLI_NAMES, type RawExecOptions } from '../options/exec-options.ts';
 import { COMMAND_STARTED, runExec } from '../presets/run.ts';
 import { type ParsedArgs, single } from './args.ts';
 import { reportDetachedReady, runDetached } from './detach.ts';
 import { Reporter } from './reporter.ts';
 import { withSignals } from './signals.ts';
-import { chooseVmm } from './vmm-choice.ts';
 
 /**
  * `run -- PATH [ARG...]` and `--exec PATH [--args ...]`: boots a VM for one command (or, with
  * --detach, starts the background supervisor that does) and returns the command's exit code.
- * Its own module so that the other commands do not load the VMM, the guest build and the rootfs
- * code (src/cli/main.ts imports it when a command runs).
+ * A client of the library's path (src/api/run.ts): the same preparation (prepareExec: the one
+ * validator, the VMM choice, the port checks) and the same preset (runExec), with the terminal's
+ * streams and the Reporter. Its own module so that the other commands do not load the VMM, the
+ * guest build and the rootfs code (src/cli/main.ts imports it when a command runs).
  */
 export async function execCommand(
   args: ParsedArgs,
@@ -44,16 +43,8 @@ export async function execCommand(
     quiet: args.flags.has('quiet'),
     eventsFile: single(args, 'events'),
   });
-  const { options, warnings } = resolveExecOptions(raw, {
-    cpus: os.availableParallelism(),
-    memMib: Math.floor(os.totalmem() / (1024 * 1024)),
-  });
-  for (const warning of warnings) reporter.warn(warning);
-
   // Everything that can fail without starting a process fails here, before anything starts.
-  const env = readEnvironment();
-  const { backend, accel } = await chooseVmm(env, options, reporter);
-  await checkHostPortsFree(options.forwards);
+  const { env, options, backend, accel } = await prepareExec(raw, CLI_NAMES, reporter);
   const supervise = args.flags.has('supervise');
   if (args.flags.has('detach') && !supervise) {
     return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'), guestWords);

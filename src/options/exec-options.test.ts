@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { UsageError } from '../errors.ts';
-import { resolveExecOptions } from './exec-options.ts';
+import { ANY_HOST_PORT, type OptionNames, resolveExecOptions } from './exec-options.ts';
+import { resolveGatewayOptions } from './gateway-options.ts';
 
 const HOST = { cpus: 4, memMib: 8192 };
 
@@ -27,8 +28,10 @@ test('values the host cannot honour are clamped with a warning', () => {
 
 test('every bad value names the option, the value and what was expected', () => {
   const cases: [Record<string, string>, RegExp, RegExp][] = [
-    [{ mem: 'abc' }, /--mem: 'abc' is not a whole number/, /MiB from 128/],
-    [{ mem: '64' }, /--mem: 64 is out of range/, /128 to 1048576/],
+    [{ mem: 'abc' }, /--mem: 'abc' is not a memory size/, /from 128 MiB/],
+    [{ mem: '64' }, /--mem: 64 is out of range/, /128 MiB to 1048576 MiB/],
+    [{ mem: '4XB' }, /--mem: '4XB' is not a memory size/, /4GiB/],
+    [{ mem: '0' }, /--mem: 0 is out of range/, /MiB/],
     [{ vcpus: '0' }, /--vcpus: 0 is out of range/, /1 to 255/],
     [{ vcpus: '1.5' }, /--vcpus: '1.5' is not a whole number/, /vCPUs/],
     [{ vcpus: '-2' }, /not a whole number/, /vCPUs/],
@@ -58,4 +61,127 @@ test('--env values may contain = and spaces; a later name replaces an earlier on
   const env = new Map(options.request.env);
   assert.equal(env.get('A'), '2');
   assert.equal(env.get('PATH'), '/p');
+});
+
+test('--mem takes units: 4GiB, 4096M, 2G are MiB counts', () => {
+  for (const [mem, mib] of [
+    ['4GiB', 4096],
+    ['4096M', 4096],
+    ['2G', 2048],
+    ['3000', 3000],
+  ] as const) {
+    assert.equal(resolveExecOptions({ exec: 'sh', arch: 'x86_64', mem }, HOST).options.memMib, mib, mem);
+  }
+});
+
+/** The library's spelling of each option (src/api/options.ts passes its own). */
+const LIB: OptionNames = {
+  exec: 'command',
+  args: 'command',
+  env: 'env',
+  workdir: 'workdir',
+  vcpus: 'cpus',
+  mem: 'memory',
+  bootTimeout: 'bootTimeoutMs',
+  ports: 'ports',
+  net: 'network',
+  rootfs: 'rootfs',
+  apiPort: 'apiPort',
+  readyTimeout: 'readyTimeoutMs',
+  tlsSans: 'tlsSans',
+  useContext: 'useContext',
+  mergeKubeconfig: 'mergeKubeconfig',
+};
+
+test('library values go through the same rules, and errors name the library option', () => {
+  const { options } = resolveExecOptions(
+    {
+      exec: '/bin/sh',
+      arch: 'x86_64',
+      vcpus: 2,
+      mem: '1GiB',
+      env: [['A', 'b=c']],
+      bootTimeoutMs: 1500,
+      ports: [{ guestPort: 80 }, { guestPort: 81, hostPort: 8081, hostAddress: '::1' }, '8082:82'],
+    },
+    HOST,
+    LIB,
+  );
+  assert.equal(options.vcpus, 2);
+  assert.equal(options.memMib, 1024);
+  assert.equal(options.bootTimeoutMs, 1500);
+  assert.equal(new Map(options.request.env).get('A'), 'b=c');
+  assert.deepEqual(options.forwards, [
+    { hostAddress: '127.0.0.1', hostPort: ANY_HOST_PORT, guestPort: 80 },
+    { hostAddress: '::1', hostPort: 8081, guestPort: 81 },
+    { hostAddress: '127.0.0.1', hostPort: 8082, guestPort: 82 },
+  ]);
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ vcpus: 1.5 }, /^cpus: 1.5 is not a whole number/],
+    [{ vcpus: '2' }, /^cpus|^$/],
+    [{ mem: 64 }, /^memory: 64 is out of range/],
+    [{ mem: '4XB' }, /^memory: '4XB' is not a memory size/],
+    [{ env: [['1X', 'v']] }, /^env: malformed variable '1X'/],
+    [{ env: [['X', 3]] }, /^env: malformed variable 'X'/],
+    [{ workdir: 'tmp' }, /^workdir: 'tmp' is not an absolute path/],
+    [{ bootTimeoutMs: 10 }, /^bootTimeoutMs: 10 is out of range/],
+    [{ net: 'wifi' }, /^network: unknown network 'wifi'/],
+    [{ ports: [{ guestPort: 0 }] }, /^ports: guestPort 0 is not a port/],
+    [{ ports: [{ guestPort: 80, hostPort: 70000 }] }, /^ports: hostPort 70000 is not a port/],
+    [
+      { ports: [{ guestPort: 80, hostAddress: 'localhost' }] },
+      /^ports: hostAddress 'localhost' is not an IP/,
+    ],
+    [{ ports: [80] }, /^ports: 80 is not a port forward/],
+    [{ ports: [{ guestPort: 80 }], net: 'none' }, /^ports needs a network, but network none/],
+    [{ rootfs: '' }, /^rootfs: empty path/],
+  ];
+  for (const [override, message] of cases) {
+    if (override.vcpus === '2') continue; // a string count is the CLI's form, and fine
+    assert.throws(
+      () => resolveExecOptions({ exec: '/bin/sh', arch: 'x86_64', ...override } as never, HOST, LIB),
+      (e: unknown) => e instanceof UsageError && message.test(e.message),
+      `case ${JSON.stringify(override)}`,
+    );
+  }
+  assert.throws(() => resolveExecOptions({ arch: 'x86_64' }, HOST, LIB), /no command given/);
+});
+
+test('two forwards of one host port are refused; any number of chosen ones are not', () => {
+  assert.throws(
+    () =>
+      resolveExecOptions(
+        { exec: 'sh', arch: 'x86_64', ports: ['8080:80', { guestPort: 81, hostPort: 8080 }] },
+        HOST,
+      ),
+    /host port 8080 is forwarded twice/,
+  );
+  const { options } = resolveExecOptions(
+    { exec: 'sh', arch: 'x86_64', ports: [{ guestPort: 80 }, { guestPort: 81 }] },
+    HOST,
+  );
+  assert.equal(options.forwards.length, 2);
+});
+
+test('gateway options: the same rules for memory units and library values', () => {
+  const { options } = resolveGatewayOptions(
+    { arch: 'x86_64', mem: '4GiB', vcpus: 2, readyTimeoutMs: 5000, ports: [{ guestPort: 30051 }] },
+    HOST,
+    LIB,
+  );
+  assert.equal(options.memMib, 4096);
+  assert.equal(options.readyTimeoutMs, 5000);
+  assert.deepEqual(options.gateway, { hostAddress: '127.0.0.1', hostPort: ANY_HOST_PORT, guestPort: 30051 });
+  assert.throws(
+    () => resolveGatewayOptions({ arch: 'x86_64', mem: '1.3G' }, HOST),
+    /^UsageError: --mem: '1.3G' is not a whole number of MiB/,
+  );
+  assert.throws(
+    () => resolveGatewayOptions({ arch: 'x86_64', useContext: true }, HOST, LIB),
+    /useContext needs mergeKubeconfig/,
+  );
+  assert.throws(
+    () => resolveGatewayOptions({ arch: 'x86_64', ports: [{ guestPort: 6443 }] }, HOST, LIB),
+    /ports: guest port 6443 is the Kubernetes API, forwarded by apiPort/,
+  );
 });

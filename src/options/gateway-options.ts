@@ -3,24 +3,39 @@ import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
 import { UsageError } from '../errors.ts';
 import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
 import { parseInstanceName } from '../instance/runs.ts';
-import { checkDuplicates, type PortForward, parsePortSpec } from '../net/ports.ts';
+import { checkDuplicates, type PortForward } from '../net/ports.ts';
 import { GATEWAY_GUEST_PORT, KUBE_API_GUEST_PORT } from '../presets/gateway.ts';
 import { type BackendName, parseBackend } from '../vmm/select.ts';
-import { type HostCapacity, integer, parseRootfsOption, resolveMachine } from './exec-options.ts';
+import {
+  ANY_HOST_PORT,
+  CLI_NAMES,
+  type HostCapacity,
+  integer,
+  type OptionNames,
+  type PortForwardInput,
+  parseForwards,
+  parseRootfsOption,
+  resolveMachine,
+} from './exec-options.ts';
+import { parseCount } from './units.ts';
 
 /** Gateway options as typed (strings), before validation. */
 export interface RawGatewayOptions {
   readonly name?: string | undefined;
   readonly rootfs?: string | undefined;
-  readonly ports?: readonly string[] | undefined;
-  readonly apiPort?: string | undefined;
-  readonly vcpus?: string | undefined;
-  readonly mem?: string | undefined;
+  readonly ports?: readonly (string | PortForwardInput)[] | undefined;
+  readonly apiPort?: string | number | undefined;
+  readonly vcpus?: string | number | undefined;
+  /** MiB, or a size with a binary unit (`8GiB`). */
+  readonly mem?: string | number | undefined;
   readonly arch?: string | undefined;
   readonly accel?: string | undefined;
   readonly backend?: string | undefined;
   readonly net?: string | undefined;
+  /** Seconds (CLI). */
   readonly readyTimeout?: string | undefined;
+  /** Milliseconds (library); wins over readyTimeout. */
+  readonly readyTimeoutMs?: number | undefined;
   readonly tlsSans?: readonly string[] | undefined;
   readonly mergeKubeconfig?: boolean | undefined;
   readonly useContext?: boolean | undefined;
@@ -58,26 +73,28 @@ const SAN =
 export function resolveGatewayOptions(
   raw: RawGatewayOptions,
   host: HostCapacity,
+  names: OptionNames = CLI_NAMES,
 ): { readonly options: GatewayOptions; readonly warnings: readonly string[] } {
   const warnings: string[] = [];
   const instance = parseInstanceName(raw.name);
   if (raw.net !== undefined && raw.net !== 'gvproxy') {
-    throw new UsageError(`--net ${raw.net}: the gateway runs on the gvproxy network only`, {
-      hint: "drop --net: the gateway's port forwards, DNS and DHCP come from gvproxy",
+    throw new UsageError(`${names.net} ${raw.net}: the gateway runs on the gvproxy network only`, {
+      hint: `drop ${names.net}: the gateway's port forwards, DNS and DHCP come from gvproxy`,
     });
   }
-  const forwards = (raw.ports ?? []).map(parsePortSpec);
+  const forwards = parseForwards(raw.ports ?? [], names.ports);
   const gateways = forwards.filter((f) => f.guestPort === GATEWAY_GUEST_PORT);
   if (gateways.length > 1) {
-    throw new UsageError(`-p: guest port ${GATEWAY_GUEST_PORT} (the gateway) is forwarded more than once`, {
-      hint: `give one -p HOST:${GATEWAY_GUEST_PORT}`,
-    });
+    throw new UsageError(
+      `${names.ports}: guest port ${GATEWAY_GUEST_PORT} (the gateway) is forwarded more than once`,
+      { hint: `give one forward of guest port ${GATEWAY_GUEST_PORT}` },
+    );
   }
   if (forwards.some((f) => f.guestPort === KUBE_API_GUEST_PORT)) {
     throw new UsageError(
-      `-p: guest port ${KUBE_API_GUEST_PORT} is the Kubernetes API, forwarded by --api-port`,
+      `${names.ports}: guest port ${KUBE_API_GUEST_PORT} is the Kubernetes API, forwarded by ${names.apiPort}`,
       {
-        hint: `use --api-port HOST_PORT (default: a free loopback port)`,
+        hint: `use ${names.apiPort} HOST_PORT (default: a free loopback port)`,
       },
     );
   }
@@ -90,36 +107,40 @@ export function resolveGatewayOptions(
   const apiPort =
     raw.apiPort === undefined
       ? undefined
-      : integer('--api-port', raw.apiPort, { min: 1, max: 65535 }, 'port');
-  checkDuplicates([
-    gateway,
-    ...extraForwards,
-    ...(apiPort ? [{ hostAddress: '127.0.0.1', hostPort: apiPort, guestPort: KUBE_API_GUEST_PORT }] : []),
-  ]);
-  const { vcpus, memMib } = resolveMachine(raw, host, GATEWAY_DEFAULTS, warnings);
-  const readyTimeoutS =
-    raw.readyTimeout === undefined
-      ? GATEWAY_DEFAULTS.readyTimeoutS
-      : integer('--ready-timeout', raw.readyTimeout, { min: 1, max: 86_400 }, 'seconds');
+      : parseCount(names.apiPort, raw.apiPort, { min: 1, max: 65535 }, 'port');
+  checkDuplicates(
+    [
+      gateway,
+      ...extraForwards,
+      ...(apiPort ? [{ hostAddress: '127.0.0.1', hostPort: apiPort, guestPort: KUBE_API_GUEST_PORT }] : []),
+    ].filter((f) => f.hostPort !== ANY_HOST_PORT),
+  );
+  const { vcpus, memMib } = resolveMachine(raw, host, GATEWAY_DEFAULTS, warnings, names);
+  const readyTimeoutMs =
+    raw.readyTimeoutMs !== undefined
+      ? parseCount(names.readyTimeout, raw.readyTimeoutMs, { min: 1000, max: 86_400_000 }, 'milliseconds')
+      : raw.readyTimeout !== undefined
+        ? integer(names.readyTimeout, raw.readyTimeout, { min: 1, max: 86_400 }, 'seconds') * 1000
+        : GATEWAY_DEFAULTS.readyTimeoutS * 1000;
   const extraSans = (raw.tlsSans ?? [])
     .flatMap((s) => s.split(','))
     .map((s) => s.trim())
     .filter(Boolean);
   for (const san of extraSans) {
     if (!isIP(san) && !SAN.test(san)) {
-      throw new UsageError(`--tls-san: '${san}' is neither a DNS name nor an IP address`, {
+      throw new UsageError(`${names.tlsSans}: '${san}' is neither a DNS name nor an IP address`, {
         hint: 'give host names or IP addresses, e.g. --tls-san gateway.example.com,10.0.0.5',
       });
     }
   }
   if (raw.useContext && !raw.mergeKubeconfig) {
-    throw new UsageError('--use-context needs --merge-kubeconfig', {
-      hint: 'add --merge-kubeconfig (it adds the context to ~/.kube/config)',
+    throw new UsageError(`${names.useContext} needs ${names.mergeKubeconfig}`, {
+      hint: `add ${names.mergeKubeconfig} (it adds the context to ~/.kube/config)`,
     });
   }
   const options: GatewayOptions = {
     instance,
-    rootfs: parseRootfsOption(raw.rootfs),
+    rootfs: parseRootfsOption(raw.rootfs, names.rootfs),
     gateway,
     apiPort,
     extraForwards,
@@ -128,7 +149,7 @@ export function resolveGatewayOptions(
     arch: raw.arch === undefined ? defaultGuestArch() : parseGuestArch(raw.arch),
     accel: raw.accel === undefined ? undefined : parseAccelerator(raw.accel),
     backend: raw.backend === undefined ? undefined : parseBackend(raw.backend),
-    readyTimeoutMs: readyTimeoutS * 1000,
+    readyTimeoutMs,
     extraSans,
     mergeKubeconfig: raw.mergeKubeconfig ?? false,
     useContext: raw.useContext ?? false,

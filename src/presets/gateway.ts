@@ -82,8 +82,11 @@ export interface GatewayOptions {
   readonly backend: VmmBackend;
   readonly signal?: AbortSignal | undefined;
   readonly onEvent?: ((event: GatewayEvent) => void) | undefined;
-  /** Called once when the gateway answers mTLS and the kubeconfig is written. */
-  readonly onReady?: ((ready: GatewayReady) => void) | undefined;
+  /**
+   * Called once when the gateway answers mTLS and the kubeconfig is written, with the instance
+   * (commands in the guest: handle.exec; the library's Gateway handle is built on it).
+   */
+  readonly onReady?: ((ready: GatewayReady, handle: InstanceHandle) => void) | undefined;
   /** Where the gateway's kubeconfig goes (~/.kube). */
   readonly kubeDir: string;
   /** Aborted to skip the orderly stop and kill the VM at once (a second Ctrl-C). */
@@ -278,7 +281,7 @@ export async function runGateway(
       stage: 'ready',
       message: `gateway ready in ${(ready.readyMs / 1000).toFixed(1)} s`,
     });
-    options.onReady?.(ready);
+    options.onReady?.(ready, handle);
     failed = false;
 
     // Foreground: until Ctrl-C (the signal), openshell-vm stop, or the VM stops by itself.

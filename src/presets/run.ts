@@ -21,14 +21,15 @@ import type { NetworkSpec, VmmBackend } from '../vmm/backend.ts';
 /** The progress message when the guest has started the command (a detached run is then up). */
 export const COMMAND_STARTED = 'command started in the guest';
 
-/** A validated exec run: everything decided, nothing started. */
-export interface ExecPlan {
+/** A validated VM on the exec preset (a run's, or the library's startVm): everything decided, nothing started. */
+export interface VmPlan {
   readonly arch: GuestArch;
   readonly accel: AccelChoice;
   readonly vcpus: number;
   readonly memMib: number;
   readonly instance: string;
-  readonly request: WorkloadRequest;
+  /** For the state file (`list` shows it); undefined: a VM without a command of its own (startVm). */
+  readonly command?: readonly string[] | undefined;
   /** Deadline for the guest agent to connect (boot + init). */
   readonly bootTimeoutMs: number;
   /** Keep the run directory (logs) even when the run succeeds. */
@@ -40,6 +41,11 @@ export interface ExecPlan {
   readonly rootfs?: string | undefined;
   /** Run by a detached supervisor (openshell-vm run --detach), for the state file. */
   readonly detached?: boolean | undefined;
+}
+
+/** A validated exec run: the VM and its one command. */
+export interface ExecPlan extends VmPlan {
+  readonly request: WorkloadRequest;
 }
 
 export type ExecStage = 'artifacts' | 'boot' | 'network' | 'running' | 'done';
@@ -91,11 +97,11 @@ export interface ExecOptions {
 const GUEST_SHUTDOWN_MS = 10_000;
 
 /**
- * `openshell-vm run`: the lifecycle (src/instance/start.ts) on the embedded default rootfs or a
- * prepared one, then the command as an agent session (stdout and stderr to `io` as it runs, stdin
- * passed through, a pseudo-terminal when stdin is one), then the guest shut down in order: the
- * same on every backend (under libkrun the agent is the VM's workload, reached over vsock).
- * Everything started is stopped and every socket removed before this returns or throws, also on abort.
+ * `openshell-vm run`: the VM (startExecVm), then the command as an agent session (stdout and
+ * stderr to `io` as it runs, stdin passed through, a pseudo-terminal when stdin is one), then the
+ * guest shut down in order: the same on every backend (under libkrun the agent is the VM's
+ * workload, reached over vsock). Everything started is stopped and every socket removed before
+ * this returns or throws, also on abort.
  */
 export async function runExec(
   env: HostEnvironment,
@@ -104,12 +110,69 @@ export async function runExec(
   options: ExecOptions,
 ): Promise<ExecResult> {
   const now = options.now ?? (() => performance.now());
-  const emit = (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) =>
-    options.onEvent?.({ ...event, elapsedMs: Math.round(now()) } as ExecEvent);
+  const emit = emitter(options, now);
   const t0 = now();
+  const { signal } = options;
+  const { handle, artifactsAt } = await startExecVm(
+    env,
+    { ...plan, command: plan.command ?? [plan.request.exec, ...plan.request.args] },
+    { ...options, now },
+  );
+
+  let failed = true;
+  try {
+    const tStarted = now();
+    const bootMs = performance.now() - handle.bootStartedAt;
+    emit({ type: 'stage', stage: 'running', message: COMMAND_STARTED });
+    const code = await execInGuest(handle, plan.request, io, signal, true);
+    // The command has ended: the agent ends the guest in order (QEMU: it asks PID 1; libkrun: the
+    // agent, the VM's workload, exits itself).
+    await handle.stop({ timeoutMs: GUEST_SHUTDOWN_MS, force: signal, failed: code === 125 });
+    const tDone = now();
+    emit({ type: 'stage', stage: 'done', message: `command exited: exit code ${code}` });
+    failed = code === 125;
+    return {
+      exitCode: code,
+      reason: 'exited',
+      message: undefined,
+      timings: {
+        artifactsMs: Math.round(artifactsAt - t0),
+        bootMs: Math.round(bootMs),
+        commandMs: Math.round(tDone - tStarted),
+        totalMs: Math.round(tDone - t0),
+      },
+    };
+  } finally {
+    // Idempotent: after the orderly stop above this only returns its outcome. On an abort or a
+    // failure the VM is killed at once.
+    await handle.stop({ orderly: false, failed });
+  }
+}
+
+function emitter(
+  options: ExecOptions,
+  now: () => number,
+): (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) => void {
+  return (event) => options.onEvent?.({ ...event, elapsedMs: Math.round(now()) } as ExecEvent);
+}
+
+/**
+ * The exec preset's VM on the lifecycle (src/instance/start.ts), on the embedded default rootfs or
+ * a prepared one, returned once its guest agent is connected: `openshell-vm run` runs its command
+ * in it, the library's startVm any number of them. The guest runs until the handle's stop(). On a
+ * failure or an abort everything started is stopped before this throws. `artifactsAt`: when the
+ * guest artifacts were ready (now()'s clock).
+ */
+export async function startExecVm(
+  env: HostEnvironment,
+  plan: VmPlan,
+  options: ExecOptions,
+): Promise<{ readonly handle: InstanceHandle; readonly artifactsAt: number }> {
+  const now = options.now ?? (() => performance.now());
+  const emit = emitter(options, now);
   const { backend, signal } = options;
   let artifacts: GuestArtifacts | undefined;
-  let tArtifacts = t0;
+  let tArtifacts = now();
   let share: string | undefined;
 
   const handle = await startInstance(
@@ -117,7 +180,7 @@ export async function runExec(
     {
       instance: plan.instance,
       mode: 'run',
-      purpose: 'running a command',
+      purpose: plan.command ? 'running a command' : 'running a microVM',
       detached: plan.detached ?? false,
       arch: plan.arch,
       accel: plan.accel,
@@ -125,7 +188,7 @@ export async function runExec(
       memMib: plan.memMib,
       network: plan.network,
       forwards: plan.forwards,
-      command: [plan.request.exec, ...plan.request.args],
+      command: plan.command,
       agentTimeoutMs: plan.bootTimeoutMs,
       keepLogs: plan.keepLogs,
     },
@@ -199,62 +262,44 @@ export async function runExec(
         ),
     },
   );
-
-  let failed = true;
-  try {
-    const tStarted = now();
-    const bootMs = performance.now() - handle.bootStartedAt;
-    emit({ type: 'stage', stage: 'running', message: COMMAND_STARTED });
-    const code = await runCommand(handle, plan.request, io, signal);
-    // The command has ended: the agent ends the guest in order (QEMU: it asks PID 1; libkrun: the
-    // agent, the VM's workload, exits itself).
-    await handle.stop({ timeoutMs: GUEST_SHUTDOWN_MS, force: signal, failed: code === 125 });
-    const tDone = now();
-    emit({ type: 'stage', stage: 'done', message: `command exited: exit code ${code}` });
-    failed = code === 125;
-    return {
-      exitCode: code,
-      reason: 'exited',
-      message: undefined,
-      timings: {
-        artifactsMs: Math.round(tArtifacts - t0),
-        bootMs: Math.round(bootMs),
-        commandMs: Math.round(tDone - tStarted),
-        totalMs: Math.round(tDone - t0),
-      },
-    };
-  } finally {
-    // Idempotent: after the orderly stop above this only returns its outcome. On an abort or a
-    // failure the VM is killed at once.
-    await handle.stop({ orderly: false, failed });
-  }
+  return { handle, artifactsAt: tArtifacts };
 }
 
 /**
- * The run's command as one agent session: its exit code as the agent reports it. `openshell-vm
- * stop` (detached runs) sends it SIGTERM, and SIGKILL when it is still running `ms` later.
+ * One command in a running exec VM as an agent session: its exit code as the agent reports it
+ * (a pseudo-terminal when stdin is a terminal). An abort closes the session (the agent kills the
+ * command) and rejects with the signal's reason; the agent's link going down is the VM's failure,
+ * with its console. `followStopRequest`: `openshell-vm stop` (detached runs) sends the command
+ * SIGTERM, and SIGKILL when it is still running the stop's timeout later.
  */
-async function runCommand(
+export async function execInGuest(
   handle: InstanceHandle,
   request: WorkloadRequest,
   io: ExecIo,
   signal: AbortSignal | undefined,
+  followStopRequest = false,
 ): Promise<number> {
+  signal?.throwIfAborted();
   const tty = stdinIsTerminal(io);
   const command = handle.exec(agentRequest(request, { tty, ...terminalSize(io) }), io);
   const restore = tty ? attachTerminal(io, (rows, cols) => command.resize(rows, cols)) : () => undefined;
   let killTimer: NodeJS.Timeout | undefined;
-  void handle.stopRequested.then((ms) => {
-    command.signal('TERM');
-    killTimer = setTimeout(() => command.signal('KILL'), ms);
-    killTimer.unref();
-  });
+  let ended = false;
+  if (followStopRequest) {
+    void handle.stopRequested.then((ms) => {
+      if (ended) return;
+      command.signal('TERM');
+      killTimer = setTimeout(() => command.signal('KILL'), ms);
+      killTimer.unref();
+    });
+  }
   try {
     return await raceAbort(command.done, signal);
   } catch (err) {
     if (!(err instanceof VmError) || signal?.aborted) throw err;
     throw await handle.failure(err.message, err);
   } finally {
+    ended = true;
     clearTimeout(killTimer);
     restore();
     command.close();

@@ -16,7 +16,16 @@ import type { BackendFeatures, ProcessEvents, VmmBackend } from '../vmm/backend.
 import { discoverRuntime, type RuntimeBundle } from '../vmm/libkrun/runtime.ts';
 import { backendFeatures, backendsWith, createBackend } from '../vmm/registry.ts';
 import { type BackendName, chooseBackend } from '../vmm/select.ts';
-import type { Reporter } from './reporter.ts';
+
+/**
+ * Where a start's progress goes: the CLI's Reporter (stderr, --events), or the library's onEvent.
+ * `event` gets machine-readable records (each helper process with its pid).
+ */
+export interface ProgressSink {
+  progress(message: string): void;
+  warn(message: string): void;
+  event(event: Record<string, unknown>): void;
+}
 
 /**
  * Picks the VMM and accelerator for a boot (libkrun where a runtime is found and usable, else
@@ -35,7 +44,7 @@ export async function chooseVmm(
     /** A command's prepared rootfs (`run --rootfs`): only on a backend with a read-only lower layer. */
     readonly rootfs?: string | undefined;
   },
-  reporter: Reporter,
+  reporter: ProgressSink,
 ): Promise<{ backend: VmmBackend; accel: AccelChoice }> {
   const facts = await readHostAccelFacts();
   const events: ProcessEvents = {
