@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
+import { readEnvironment } from '../config/environment.ts';
 import { UsageError } from '../errors.ts';
+import { defaultGuestArch, parseGuestArch } from '../host/arch.ts';
 import {
   checkKernelConfig,
   type KernelCheck,
@@ -16,7 +18,39 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'help', short: 'h', kind: 'flag' },
 ];
 
+const BUILD_OPTIONS: readonly OptionSpec[] = [
+  { name: 'arch', kind: 'value' },
+  { name: 'target', kind: 'value' },
+  { name: 'jobs', short: 'j', kind: 'value' },
+  { name: 'source', kind: 'value' },
+  { name: 'json', kind: 'flag' },
+  { name: 'quiet', short: 'q', kind: 'flag' },
+  { name: 'help', short: 'h', kind: 'flag' },
+];
+
+export const KERNEL_BUILD_HELP = `Usage: openshell-vm kernel build [--arch x86_64|aarch64] [--target qemu] [--jobs N]
+                                [--source TARBALL] [--json] [-q]
+
+Builds the QEMU backend's guest kernel from Debian's kernel source (linux-source-6.12, fetched by
+scripts/provision-host.sh with its sha256, checked before every build) with openshell-vm's own
+configuration: make allnoconfig + src/kernel/qemu-guest.kconfig (virtio-mmio, virtio-fs, -blk,
+-net, -console, vsock, ext4, overlay, serial console, cgroups, ...) + the gateway's options
+(src/kernel/openshell.kconfig), everything built in (no module support). make olddefconfig must
+keep every requested option, and kernel check --builtin must pass, or the build stops naming the
+option. Output in <cache>/kernels/ARCH-qemu/KEY/: bzImage (x86_64) or Image (aarch64),
+kernel.config, provenance.json; KEY covers the source, the requested config and the toolchain,
+so a second build with the same inputs does nothing. Runs then boot it (OPENSHELL_VM_KERNEL=auto,
+the default: the built kernel when there is one for the guest architecture, else Debian's;
+debian; built; or a PATH to a kernel image). The compile runs at nice 15.
+  --arch      guest architecture (default: the host's)
+  --target    qemu (the only target built here)
+  --jobs N    parallel compile jobs (default: the number of CPUs)
+  --source    a kernel source tarball to build instead of the provisioned one
+  --json      print the result (key, paths, provenance) as JSON on stdout
+`;
+
 export const KERNEL_HELP = `Usage: openshell-vm kernel check [CONFIG] [--builtin] [--json]
+       openshell-vm kernel build [--arch ARCH] [--target qemu] [--jobs N] [--source TARBALL]
 
 Checks a kernel config against the options the gateway needs (src/kernel/openshell.kconfig:
 bridge, netfilter/nftables, conntrack, IPVS, cgroups, Landlock, seccomp, ...) and reports each as
@@ -24,17 +58,19 @@ built in (y), module (m) or missing (-). CONFIG is a .config file or /proc/confi
 /proc/config.gz, else /boot/config-$(uname -r)). Modules count as present, since the QEMU
 backend's guest init loads them; --builtin requires every option built in (a libkrunfw kernel
 cannot load modules). Exit code: 0 all present, 1 some missing, 2 bad arguments.
+\`kernel build --help\` describes the build.
 `;
 
-/** `openshell-vm kernel check ...`: returns the exit code. */
+/** `openshell-vm kernel check|build ...`: returns the exit code. */
 export async function kernelCommand(argv: readonly string[]): Promise<number> {
+  if (argv[0] === 'build') return kernelBuildCommand(argv.slice(1));
   if (argv[0] !== 'check') {
     if (argv[0] === undefined || argv[0] === '--help' || argv[0] === '-h') {
       process.stdout.write(KERNEL_HELP);
       return argv[0] === undefined ? 2 : 0;
     }
     throw new UsageError(`kernel: unknown subcommand '${argv[0]}'`, {
-      hint: 'use: openshell-vm kernel check [CONFIG]',
+      hint: 'use: openshell-vm kernel check [CONFIG] or openshell-vm kernel build',
     });
   }
   const args = parseArgs(argv.slice(1), OPTIONS, true);
@@ -53,6 +89,56 @@ export async function kernelCommand(argv: readonly string[]): Promise<number> {
   );
   process.stdout.write(args.flags.has('json') ? `${JSON.stringify(check, null, 2)}\n` : formatCheck(check));
   return check.ok ? 0 : 1;
+}
+
+async function kernelBuildCommand(argv: readonly string[]): Promise<number> {
+  const args = parseArgs(argv, BUILD_OPTIONS, false, 'kernel build');
+  if (args.flags.has('help')) {
+    process.stdout.write(KERNEL_BUILD_HELP);
+    return 0;
+  }
+  const one = (name: string) => args.values.get(name)?.at(-1);
+  const arch = one('arch') ? parseGuestArch(one('arch') as string) : defaultGuestArch();
+  const target = one('target') ?? 'qemu';
+  if (target !== 'qemu') {
+    throw new UsageError(`kernel build --target ${target}: unknown target`, {
+      hint: "use --target qemu (the QEMU backend's guest kernel)",
+    });
+  }
+  const { buildKernel, defaultJobs } = await import('../kernel/build.ts');
+  let jobs = defaultJobs();
+  const jobsText = one('jobs');
+  if (jobsText !== undefined) {
+    jobs = Number(jobsText);
+    if (!/^[1-9][0-9]{0,3}$/.test(jobsText))
+      throw new UsageError(`--jobs: '${jobsText}' is not a number of jobs`, {
+        hint: 'use --jobs N with N from 1 to 9999',
+      });
+  }
+  const { Reporter } = await import('./reporter.ts');
+  const reporter = new Reporter({ stderr: process.stderr, quiet: args.flags.has('quiet') });
+  const { withSignals } = await import('./signals.ts');
+  const result = await withSignals(
+    reporter,
+    'stopping the kernel build (nothing is left half-built)',
+    (signal) =>
+      buildKernel(
+        readEnvironment(),
+        { arch, target, jobs, source: one('source') },
+        { signal, onProgress: (m) => reporter.progress(m) },
+      ),
+  );
+  const p = result.kernel.provenance;
+  if (args.flags.has('json')) {
+    process.stdout.write(
+      `${JSON.stringify({ built: result.built, key: result.kernel.key, dir: result.kernel.dir, image: result.kernel.image, config: result.kernel.config, elapsedMs: Math.round(result.elapsedMs), provenance: p }, null, 2)}\n`,
+    );
+  } else {
+    process.stdout.write(
+      `${result.built ? 'built' : 'cached'}: ${result.kernel.image}\n  Linux ${p.version} (${p.kernel_source}), ${p.arch}, everything built in\n  config ${result.kernel.config} (sha256 ${p.kernel_config_sha256.slice(0, 12)}...)\n  ${p.compiler}; built ${p.build_timestamp} in ${p.build_seconds} s\n`,
+    );
+  }
+  return 0;
 }
 
 function defaultConfig(): string {

@@ -7,6 +7,13 @@ import { HostError, isErrno } from '../errors.ts';
 import { DEB_ARCH, type GuestArch } from '../host/arch.ts';
 import { pathExists } from '../host/fs.ts';
 import type { GuestInputs } from '../host/toolchain.ts';
+import type { KernelProvenance } from '../kernel/provenance.ts';
+import {
+  type BootKernel,
+  type KernelChoice,
+  kernelChoiceFromEnvironment,
+  resolveBootKernel,
+} from '../kernel/selection.ts';
 import { ensureAgent } from './agent-build.ts';
 import { defaultRootfsEntries } from './default-rootfs.ts';
 import { buildInitramfs, INITRAMFS_MODULES, loadInitramfsInputs } from './initramfs.ts';
@@ -19,8 +26,21 @@ const ARTIFACT_FORMAT = 2;
 export interface GuestArtifacts {
   readonly arch: GuestArch;
   readonly key: string;
+  /** The kernel image to boot. */
   readonly kernel: string;
   readonly kernelRelease: string;
+  /** Which kernel: Debian's (modules loaded by the initramfs), the built one, or a given file. */
+  readonly kernelKind: BootKernel['kind'];
+  /** One line naming the kernel and its provenance, for progress output and doctor. */
+  readonly kernelDescription: string;
+  readonly kernelProvenance: KernelProvenance | undefined;
+  /** Set when `auto` found a built kernel it could not use (stale or damaged): why. */
+  readonly kernelNote: string | undefined;
+  /**
+   * The release whose modules a prepared rootfs must carry for this boot (the gateway's modprobe
+   * loads them), or undefined when the kernel has everything built in and loads none.
+   */
+  readonly modulesRelease: string | undefined;
   readonly initramfs: string;
   /** The embedded default rootfs (shared read-only; runs write to an overlay over it). */
   readonly rootfs: string;
@@ -40,15 +60,25 @@ export async function readGuestScripts(): Promise<GuestScripts> {
   return { initramfsInit, ovmInit };
 }
 
-/** The content key: every input that changes the bytes of the artifacts. */
-export function artifactKey(guest: GuestInputs, scripts: GuestScripts, agentSha256: string): string {
+/**
+ * The content key: every input that changes the bytes of the artifacts. `boot` is the kernel to
+ * boot (default: Debian's, whose modules the initramfs loads); a kernel with everything built in
+ * gets an initramfs without modules.
+ */
+export function artifactKey(
+  guest: GuestInputs,
+  scripts: GuestScripts,
+  agentSha256: string,
+  boot: Pick<BootKernel, 'sha256' | 'modules'> = { sha256: guest.kernel.vmlinuzSha256, modules: 'loadable' },
+): string {
+  const loadable = boot.modules === 'loadable';
   const identity = {
     agent: agentSha256,
     format: ARTIFACT_FORMAT,
     busybox: guest.busybox.binarySha256,
-    vmlinuz: guest.kernel.vmlinuzSha256,
-    modulesDep: guest.kernel.modulesDepSha256,
-    modules: INITRAMFS_MODULES,
+    vmlinuz: boot.sha256,
+    modulesDep: loadable ? guest.kernel.modulesDepSha256 : undefined,
+    modules: loadable ? INITRAMFS_MODULES : [],
     scripts: [scripts.initramfsInit, scripts.ovmInit].map((s) =>
       createHash('sha256').update(s).digest('hex'),
     ),
@@ -74,17 +104,24 @@ interface BuildRecord {
 export async function ensureGuestArtifacts(
   env: HostEnvironment,
   guest: GuestInputs,
+  options: { readonly kernel?: KernelChoice | undefined } = {},
 ): Promise<GuestArtifacts> {
+  const boot = await resolveBootKernel(env, guest, options.kernel ?? kernelChoiceFromEnvironment());
   const scripts = await readGuestScripts();
   const agent = await ensureAgent(env, guest.arch);
-  const key = artifactKey(guest, scripts, agent.sha256);
+  const key = artifactKey(guest, scripts, agent.sha256, boot);
   const parent = path.join(env.cacheDir, 'artifacts', DEB_ARCH[guest.arch]);
   const dir = path.join(parent, key);
   const result = (built: boolean, rebuiltBecause?: string): GuestArtifacts => ({
     arch: guest.arch,
     key,
-    kernel: guest.kernel.vmlinuz,
-    kernelRelease: guest.kernel.release,
+    kernel: boot.image,
+    kernelRelease: boot.release,
+    kernelKind: boot.kind,
+    kernelDescription: boot.description,
+    kernelProvenance: boot.provenance,
+    kernelNote: boot.note,
+    modulesRelease: boot.modules === 'loadable' ? boot.release : undefined,
     initramfs: path.join(dir, INITRAMFS_FILE),
     rootfs: path.join(dir, ROOTFS_DIR),
     built,
@@ -107,8 +144,15 @@ export async function ensureGuestArtifacts(
   await fs.mkdir(tmp, { mode: 0o755 });
   try {
     await fs.chmod(tmp, 0o755);
-    const index = await readModuleIndex(guest.kernel.modulesDir);
-    const order = resolveLoadOrder(index, INITRAMFS_MODULES, guest.kernel.release);
+    // A kernel with everything built in loads nothing: its initramfs only mounts the root.
+    const order =
+      boot.modules === 'loadable'
+        ? resolveLoadOrder(
+            await readModuleIndex(guest.kernel.modulesDir),
+            INITRAMFS_MODULES,
+            guest.kernel.release,
+          )
+        : [];
     const inputs = await loadInitramfsInputs(guest, scripts.initramfsInit, order);
     const initramfs = buildInitramfs(inputs);
     await fs.writeFile(path.join(tmp, INITRAMFS_FILE), initramfs, { mode: 0o644, flag: 'wx' });

@@ -1,11 +1,12 @@
 #!/bin/sh
 # openshell-vm guest capability check: can this kernel and root filesystem run k3s with the
 # bridge CNI? Run in the guest: ovm-check-capabilities [--json] [--no-load].
-# It first loads the modules the gateway uses (a Debian guest kernel has them as modules; a
-# libkrunfw kernel has them built in) unless --no-load, then checks each capability.
+# It first loads the modules the gateway uses (a Debian guest kernel has them as modules; the
+# built kernel and libkrunfw's have them built in) unless --no-load, then checks each capability.
 # Exit code: 0 every required capability present, 1 some missing, 2 bad arguments.
-# A module counts as present when /sys/module/NAME exists, /proc/modules lists it, or
-# /proc/config.gz says CONFIG_X=y.
+# A module counts as present when /sys/module/NAME exists, /proc/modules lists it, the kernel's
+# modules.builtin names it, or /proc/config.gz says CONFIG_X=y. A kernel without module support
+# (no /proc/modules) loads nothing, and nothing built in is loaded.
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -17,7 +18,7 @@ for arg in "$@"; do
     --json) json=1 ;;
     --no-load) load=0 ;;
     -h | --help)
-      sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -31,13 +32,26 @@ GATEWAY_MODULES="bridge br_netfilter veth overlay nf_conntrack nf_nat nf_tables 
  ip_tables iptable_filter iptable_nat iptable_mangle ip6_tables ip6table_filter ip6table_nat
  nf_conntrack_netlink xt_conntrack xt_MASQUERADE xt_mark xt_comment xt_addrtype xt_nat xt_statistic
  nfnetlink ipt_REJECT vxlan"
-if [ $load = 1 ] && command -v modprobe >/dev/null 2>&1; then
-  for m in $GATEWAY_MODULES; do modprobe -q "$m" 2>/dev/null; done
+BUILTIN_LIST=/lib/modules/$(uname -r)/modules.builtin
+is_builtin() { # NAME: the kernel's modules.builtin lists it (as kernel/.../NAME.ko)
+  [ -r "$BUILTIN_LIST" ] && grep -q "/$1\.ko\$" "$BUILTIN_LIST"
+}
+# /proc/modules exists only when the kernel can load modules.
+module_support=0
+[ -e /proc/modules ] && module_support=1
+if [ $load = 1 ] && [ $module_support = 1 ] && command -v modprobe >/dev/null 2>&1; then
+  for m in $GATEWAY_MODULES; do
+    # Loaded already, or built in: nothing to load.
+    [ -d "/sys/module/$m" ] && continue
+    is_builtin "$m" && continue
+    modprobe -q "$m" 2>/dev/null
+  done
 fi
 
 has_module() { # NAME [CONFIG_OPTION]
   [ -d "/sys/module/$1" ] && return 0
   grep -q "^$1 " /proc/modules 2>/dev/null && return 0
+  is_builtin "$1" && return 0
   [ -n "$2" ] && [ -r /proc/config.gz ] && zcat /proc/config.gz 2>/dev/null | grep -q "^$2=y" && return 0
   return 1
 }
@@ -117,9 +131,10 @@ else
 fi
 
 if [ $json = 1 ]; then
-  printf '{"kernel":"%s","pass":%d,"fail":%d,"warn":%d,"skip":%d,"results":[%s]}\n' \
-    "$(uname -r)" $pass $fail $warn $skip "$results"
+  printf '{"kernel":"%s","moduleSupport":%s,"pass":%d,"fail":%d,"warn":%d,"skip":%d,"results":[%s]}\n' \
+    "$(uname -r)" "$([ $module_support = 1 ] && echo true || echo false)" $pass $fail $warn $skip "$results"
 else
+  [ $module_support = 1 ] || echo "kernel $(uname -r) has no module support: every capability is built in"
   echo "kernel $(uname -r): $pass passed, $fail failed, $warn warnings, $skip skipped"
   [ $fail = 0 ] || echo "FAIL: the kernel or root filesystem lacks a required capability (see openshell-vm kernel check)"
 fi

@@ -1,6 +1,7 @@
 #!/bin/sh
 # openshell-vm initramfs /init (busybox sh). Loads the virtio modules listed in /etc/ovm-modules
-# (dependencies first), mounts the virtio-fs share tagged by ovm.tag as the root, and switch_roots
+# (dependencies first; none for a kernel with everything built in: `openshell-vm kernel build`),
+# mounts the virtio-fs share tagged by ovm.tag as the root, and switch_roots
 # into ovm.init. With ovm.root=overlay the share is the read-only lower layer of an overlay whose
 # upper layer is a tmpfs (writes vanish when the VM ends); nothing of the share stays writable or
 # mounted beside it. The host serves the whole share read-only, so a guest that mounts it again
