@@ -23,6 +23,7 @@ const VALUE_KINDS: Readonly<Record<string, ValueKind>> = {
   backend: BACKENDS,
   net: NETWORKS,
   source: LOG_SOURCES,
+  target: ['qemu'],
   rootfs: 'file',
   events: 'file',
   kubeconfig: 'file',
@@ -54,8 +55,9 @@ const MAIN_VISIBLE = MAIN_OPTIONS.filter((o) => o.name !== 'supervise');
 const without = (names: readonly string[]) => MAIN_VISIBLE.filter((o) => !names.includes(o.name));
 
 /**
- * Each command's options (besides the global ones). The parsers hold the same lists; the tests
- * check each option here against the command's parser and its --help.
+ * Each command's options (besides the global ones), and each verb's ('kernel check'; the command
+ * itself then has none). The parsers hold the same lists; the tests check each option here
+ * against the command's parser and its --help.
  */
 export const COMMAND_OPTIONS: Readonly<Record<string, readonly OptionSpec[]>> = {
   run: without([...GATEWAY_ONLY, 'exec', 'args', 'version']),
@@ -86,8 +88,11 @@ export const COMMAND_OPTIONS: Readonly<Record<string, readonly OptionSpec[]>> = 
   delete: [value('name'), value('timeout'), flag('json')],
   doctor: [flag('json')],
   runtime: [flag('json')],
-  kernel: [flag('json'), flag('builtin')],
-  rootfs: [value('name'), value('rootfs'), flag('json')],
+  kernel: [],
+  'kernel check': [flag('json'), flag('builtin')],
+  'kernel build': [value('arch'), value('target'), value('jobs', 'j'), value('source'), flag('json')],
+  rootfs: [],
+  'rootfs info': [value('name'), value('rootfs'), flag('json')],
   version: [flag('json')],
   completion: [],
   help: [],
@@ -102,33 +107,56 @@ function words(spec: OptionSpec): string[] {
   ];
 }
 
+/** What the value of option `word` of command `key` completes to. */
+function valueKind(key: string, spec: OptionSpec): ValueKind {
+  if (key === 'kernel build' && spec.name === 'source') return 'file';
+  return VALUE_KINDS[spec.name] ?? 'any';
+}
+
 /** Everything a script needs: commands, each one's option words, and what each value option takes. */
 export interface CompletionModel {
   readonly commands: readonly { readonly word: string; readonly summary: string }[];
-  /** Option words per command word ('' is the bare command: the gateway and --exec). */
+  /**
+   * Option words per key: a command word, or 'command verb' for commands whose verbs have their
+   * own options ('kernel check'); '' is the bare command (the gateway and --exec).
+   */
   readonly flags: Readonly<Record<string, readonly string[]>>;
-  /** Option words that take a value, with what it completes to. */
-  readonly values: ReadonlyMap<string, ValueKind>;
+  /** Per key, the option words that take a value, with what it completes to. */
+  readonly values: Readonly<Record<string, ReadonlyMap<string, ValueKind>>>;
+  /** Every word that takes a value somewhere (a script skips the word after it). */
+  readonly valueWords: readonly string[];
   readonly verbs: Readonly<Record<string, readonly string[]>>;
+  /** Commands whose options belong to their verb ('kernel' in 'kernel check'). */
+  readonly verbKeyed: readonly string[];
   readonly instanceCommands: readonly string[];
 }
 
 export function completionModel(): CompletionModel {
-  const values = new Map<string, ValueKind>();
   const flags: Record<string, string[]> = {};
-  const add = (command: string, specs: readonly OptionSpec[]) => {
+  const values: Record<string, Map<string, ValueKind>> = {};
+  const takesValue = new Map<string, boolean>();
+  const add = (key: string, specs: readonly OptionSpec[]) => {
     const list: string[] = [];
+    const kinds = new Map<string, ValueKind>();
     for (const spec of [...GLOBAL_FLAGS.filter((g) => !specs.some((s) => s.name === g.name)), ...specs]) {
       for (const word of words(spec)) {
         list.push(word);
-        if (spec.kind !== 'flag') values.set(word, VALUE_KINDS[spec.name] ?? 'any');
+        const isValue = spec.kind !== 'flag';
+        // A script skips the word after a value option wherever it is: it must be one everywhere.
+        if (takesValue.get(word) === !isValue) {
+          throw new Error(`completion: ${word} takes a value in some commands only`);
+        }
+        takesValue.set(word, isValue);
+        if (isValue) kinds.set(word, valueKind(key, spec));
       }
     }
-    flags[command] = list;
+    flags[key] = list;
+    values[key] = kinds;
   };
   add('', MAIN_VISIBLE);
   const commands: { word: string; summary: string }[] = [];
   const verbs: Record<string, readonly string[]> = {};
+  const verbKeyed: string[] = [];
   const instanceCommands: string[] = [];
   for (const c of COMMANDS) {
     const specs = COMMAND_OPTIONS[c.name];
@@ -137,11 +165,17 @@ export function completionModel(): CompletionModel {
       commands.push({ word, summary: c.summary });
       add(word, specs);
       if (c.verbs) verbs[word] = c.verbs;
+      for (const verb of c.verbs ?? []) {
+        const own = COMMAND_OPTIONS[`${c.name} ${verb}`];
+        if (own) add(`${word} ${verb}`, own);
+        if (own && !verbKeyed.includes(word)) verbKeyed.push(word);
+      }
       if (c.takesInstance) instanceCommands.push(word);
     }
   }
   verbs.help = COMMANDS.map((c) => c.name);
-  return { commands, flags, values, verbs, instanceCommands };
+  const valueWords = [...takesValue].filter(([, v]) => v).map(([w]) => w);
+  return { commands, flags, values, valueWords, verbs, verbKeyed, instanceCommands };
 }
 
 export async function completionCommand(argv: readonly string[]): Promise<number> {
@@ -172,44 +206,58 @@ export async function completionCommand(argv: readonly string[]): Promise<number
 
 const INSTANCES = 'command openshell-vm completion instances 2>/dev/null';
 
-/** Shell `case` patterns for the value options of each kind. */
+/** Shell `case` arms on "KEY:PREV" for the value options, one per kind of value. */
 function valueCases(m: CompletionModel, body: (kind: ValueKind) => string): string {
-  const byKind = new Map<string, { kind: ValueKind; words: string[] }>();
-  for (const [word, kind] of m.values) {
-    const key = typeof kind === 'string' ? kind : kind.join(' ');
-    const entry = byKind.get(key) ?? { kind, words: [] };
-    entry.words.push(word);
-    byKind.set(key, entry);
+  const byKind = new Map<string, { kind: ValueKind; patterns: string[] }>();
+  for (const [key, kinds] of Object.entries(m.values)) {
+    for (const [word, kind] of kinds) {
+      const id = typeof kind === 'string' ? kind : kind.join(' ');
+      const entry = byKind.get(id) ?? { kind, patterns: [] };
+      entry.patterns.push(`'${key}:${word}'`);
+      byKind.set(id, entry);
+    }
   }
-  return [...byKind.values()].map((e) => `    ${e.words.join('|')}) ${body(e.kind)} ;;`).join('\n');
+  return [...byKind.values()].map((e) => `  ${e.patterns.join('|')})\n    ${body(e.kind)} ;;`).join('\n');
 }
 
-function commandCases(m: CompletionModel, body: (words: string) => string): string {
+/** Shell `case` arms on KEY, with each key's option words. */
+function flagCases(m: CompletionModel, body: (words: string) => string): string {
   return Object.entries(m.flags)
-    .filter(([c]) => c !== '')
-    .map(([c, f]) => `    ${c}) ${body(f.join(' '))} ;;`)
+    .map(([key, f]) => `  '${key}') ${body(f.join(' '))} ;;`)
     .join('\n');
 }
 
-export function bashScript(m: CompletionModel): string {
-  const valueWords = [...m.values.keys()].join(' ');
-  return `# openshell-vm completion for bash: source <(openshell-vm completion bash)
-_openshell_vm() {
-  local cur=\${COMP_WORDS[COMP_CWORD]} prev=\${COMP_WORDS[COMP_CWORD-1]}
-  local cmd='' operand='' i w
-  COMPREPLY=()
-  for ((i = 1; i < COMP_CWORD; i++)); do
-    w=\${COMP_WORDS[i]}
+/** The shell lines that find the command, its operand (or verb) and the key of its options. */
+function scanLines(
+  m: CompletionModel,
+  first: number,
+  last: string,
+  words: string,
+  onDashDash: string,
+): string {
+  return `  local cmd='' operand='' key i w
+  for ((i = ${first}; i < ${last}; i++)); do
+    w=\${${words}[i]}
     case $w in
-    --) return 0 ;;
-    -*) case " ${valueWords} " in *" $w "*) ((i++)) ;; esac ;;
+    --) ${onDashDash} ;;
+    -*) case " ${m.valueWords.join(' ')} " in *" $w "*) ((i++)) ;; esac ;;
     *)
       if [[ -z $cmd ]]; then cmd=$w
       elif [[ -z $operand ]]; then operand=$w
       fi ;;
     esac
   done
-  case $prev in
+  key=$cmd
+  case $cmd in ${m.verbKeyed.join('|')}) [[ -n $operand ]] && key="$cmd $operand" ;; esac`;
+}
+
+export function bashScript(m: CompletionModel): string {
+  return `# openshell-vm completion for bash: source <(openshell-vm completion bash)
+_openshell_vm() {
+  local cur=\${COMP_WORDS[COMP_CWORD]} prev=\${COMP_WORDS[COMP_CWORD-1]}
+  COMPREPLY=()
+${scanLines(m, 1, 'COMP_CWORD', 'COMP_WORDS', 'return 0')}
+  case "$key:$prev" in
 ${valueCases(m, (k) =>
   k === 'instance'
     ? `COMPREPLY=($(compgen -W "$(${INSTANCES})" -- "$cur")); return 0`
@@ -219,9 +267,8 @@ ${valueCases(m, (k) =>
 )}
   esac
   local flags
-  case $cmd in
-  '') flags="${m.flags['']?.join(' ')}" ;;
-${commandCases(m, (f) => `flags="${f}"`)}
+  case $key in
+${flagCases(m, (f) => `flags="${f}"`)}
   *) return 0 ;;
   esac
   if [[ $cur == -* ]]; then
@@ -243,25 +290,13 @@ complete -o bashdefault -o default -F _openshell_vm openshell-vm
 }
 
 export function zshScript(m: CompletionModel): string {
-  const valueWords = [...m.values.keys()].join(' ');
   return `#compdef openshell-vm
 # openshell-vm completion for zsh: source <(openshell-vm completion zsh) (after compinit)
 _openshell_vm() {
   local cur=\${words[CURRENT]} prev=\${words[CURRENT-1]}
-  local cmd='' operand='' i w
-  local -a values=(${valueWords}) flags replies
-  for ((i = 2; i < CURRENT; i++)); do
-    w=\${words[i]}
-    case $w in
-    --) _files; return ;;
-    -*) (( \${values[(Ie)$w]} )) && ((i++)) ;;
-    *)
-      if [[ -z $cmd ]]; then cmd=$w
-      elif [[ -z $operand ]]; then operand=$w
-      fi ;;
-    esac
-  done
-  case $prev in
+  local -a flags
+${scanLines(m, 2, 'CURRENT', 'words', '_files; return')}
+  case "$key:$prev" in
 ${valueCases(m, (k) =>
   k === 'instance'
     ? `compadd -- \${(f)"$(${INSTANCES})"}; return`
@@ -272,9 +307,8 @@ ${valueCases(m, (k) =>
         : `compadd -- ${k.join(' ')}; return`,
 )}
   esac
-  case $cmd in
-  '') flags=(${m.flags['']?.join(' ')}) ;;
-${commandCases(m, (f) => `flags=(${f})`)}
+  case $key in
+${flagCases(m, (f) => `flags=(${f})`)}
   *) _files; return ;;
   esac
   if [[ $cur == -* ]]; then
@@ -313,8 +347,8 @@ export function fishScript(m: CompletionModel): string {
   for (const c of m.commands) {
     lines.push(`complete -c openshell-vm -f -n ${top} -a ${c.word} -d ${fishQuote(c.summary)}`);
   }
-  const option = (condition: string, word: string) => {
-    const kind = m.values.get(word);
+  const option = (key: string, condition: string, word: string) => {
+    const kind = m.values[key]?.get(word);
     const spec = word.startsWith('--') ? `-l ${word.slice(2)}` : `-s ${word.slice(1)}`;
     const takes =
       kind === undefined
@@ -328,12 +362,13 @@ export function fishScript(m: CompletionModel): string {
               : ` -x -a ${fishQuote(kind.join(' '))}`;
     return `complete -c openshell-vm -n ${fishQuote(condition)} ${spec}${takes}`;
   };
-  for (const word of m.flags[''] ?? []) lines.push(option(top, word));
-  for (const [command, flags] of Object.entries(m.flags)) {
-    if (command === '') continue;
-    const seen = `__fish_seen_subcommand_from ${command}`;
-    for (const word of flags) lines.push(option(seen, word));
-    const verbs = m.verbs[command];
+  for (const word of m.flags[''] ?? []) lines.push(option('', top, word));
+  for (const [key, flags] of Object.entries(m.flags)) {
+    if (key === '') continue;
+    const [command, verb] = key.split(' ') as [string, string | undefined];
+    const seen = `__fish_seen_subcommand_from ${command}${verb ? `; and __fish_seen_subcommand_from ${verb}` : ''}`;
+    for (const word of flags) lines.push(option(key, seen, word));
+    const verbs = verb ? undefined : m.verbs[command];
     if (verbs)
       lines.push(`complete -c openshell-vm -f -n ${fishQuote(seen)} -a ${fishQuote(verbs.join(' '))}`);
     if (m.instanceCommands.includes(command))

@@ -100,9 +100,9 @@ export const COMMANDS: readonly CommandInfo[] = [
   {
     name: 'kernel',
     group: 'host',
-    usage: 'check [CONFIG] [--builtin] [--json]',
-    summary: "a kernel config against the gateway's requirements",
-    verbs: ['check'],
+    usage: 'check [CONFIG] [--builtin] [--json] | build [--arch ARCH] ...',
+    summary: "a kernel config against the gateway's requirements; build the guest kernel",
+    verbs: ['check', 'build'],
   },
   {
     name: 'rootfs',
@@ -321,7 +321,9 @@ The exit code is the shell's.
   --no-tty, -T           no pseudo-terminal even when stdin is a terminal
 `;
 
-export const VERSION_HELP = `Usage: openshell-vm version [--json]     (also: --version, -V)
+export const VERSION_HELP = `Usage: openshell-vm version [--json]
+
+Prints openshell-vm's version, as openshell-vm --version (or -V) does.
 
   --json                 {"version": "..."}
 `;

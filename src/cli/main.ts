@@ -122,7 +122,15 @@ async function mainForm(argv: readonly string[]): Promise<number> {
   if (isRun) {
     args = mergeArgs(args, parseArgs(args.rest.slice(1), MAIN_OPTIONS, true, 'run'));
   } else if (args.rest.length) {
-    throw unknownCommand(args.rest[0] as string, false);
+    const word = args.rest[0] as string;
+    if (findCommand(word)) {
+      // `openshell-vm --name gw status`: only the global flags may come before a command's name.
+      const before = argv.slice(0, argv.length - args.rest.length).join(' ');
+      throw new UsageError(`'${before}' before '${word}': only global flags may come before a command`, {
+        hint: `put the options after it: openshell-vm ${word} ${before}`,
+      });
+    }
+    throw unknownCommand(word, false);
   }
   const exec = single(args, 'exec');
   if (args.flags.has('help')) return print(isRun || exec !== undefined ? RUN_HELP : HELP);
