@@ -1,0 +1,505 @@
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { HostEnvironment } from '../config/environment.ts';
+import { CommandError, explainHostCondition, HostError, isErrno } from '../errors.ts';
+import { type GuestArch, hostArch } from '../host/arch.ts';
+import { pathExists, writeFileAtomic } from '../host/fs.ts';
+import { findOnPath } from '../host/toolchain.ts';
+import { packageVersion } from '../version.ts';
+import { buildKernelConfig, configSha256, describeUnmet, unmetOptions } from './config-builder.ts';
+import {
+  LIBKRUNFW_COMMIT,
+  LIBKRUNFW_KERNEL_PIN,
+  LIBKRUNFW_REPO,
+  LIBKRUNFW_SOURCE_PIN,
+  type PinnedDownload,
+} from './libkrunfw-pins.ts';
+import { type ResolvedInput, readLibkrunfwTree, resolveInput } from './libkrunfw-source.ts';
+import { checkKernelConfig, parseKernelConfig, readFragment } from './requirements.ts';
+import { sha256File } from './source.ts';
+import { findBuildTools, toolchainVersion } from './tools.ts';
+
+/**
+ * `openshell-vm kernel build --target libkrunfw`: what the original's build-custom-libkrunfw.sh
+ * did. libkrunfw's own source (a pinned release, or a local tarball/checkout) and the kernel
+ * tarball it is made for (pinned, or local); libkrunfw's patches applied as its Makefile applies
+ * them; its config-libkrunfw_<arch> with the gateway's fragment merged over it (everything built
+ * in: libkrunfw's kernels have no modules), resolved by `make olddefconfig` and checked; then
+ * libkrunfw's own Makefile builds the kernel, bin2cbundle.py turns it into kernel.c, and the
+ * shared library is linked. The result is a libkrunfw runtime directory:
+ *
+ *   <cache>/kernels/<arch>-libkrunfw/<key>/libkrunfw.so.5     the library (its soname)
+ *   <cache>/kernels/<arch>-libkrunfw/<key>/kernel.config      the resolved .config
+ *   <cache>/kernels/<arch>-libkrunfw/<key>/openshell.kconfig  the fragment merged in
+ *   <cache>/kernels/<arch>-libkrunfw/<key>/provenance.json    (src/vmm/libkrun/runtime.ts Provenance)
+ *   <cache>/kernels/<arch>-libkrunfw/<key>/manifest.json      the files, as a runtime bundle's
+ *   <cache>/kernels/<arch>-libkrunfw/current                  the key of the last build
+ *   <cache>/kernels/<arch>-libkrunfw/last-failure.log         the log of the last failed build
+ *   <cache>/kernels/downloads/                                verified downloads, kept
+ *
+ * The key covers both sources' sha256, the requested config's sha256 and the toolchain; the same
+ * inputs a second time do nothing. Everything happens in a work directory beside the final one,
+ * renamed into place only when complete; every failure removes it.
+ */
+
+/** Bump when the recipe changes in a way its inputs do not show. */
+export const LIBKRUNFW_BUILD_FORMAT = 1;
+
+export const LIBKRUNFW_FILES = {
+  config: 'kernel.config',
+  fragment: 'openshell.kconfig',
+  provenance: 'provenance.json',
+  manifest: 'manifest.json',
+  current: 'current',
+  failureLog: 'last-failure.log',
+} as const;
+
+export interface LibkrunfwBuildRequest {
+  readonly arch: GuestArch;
+  readonly jobs: number;
+  /** libkrunfw's source: a release tarball or a checkout (else the pinned release, downloaded). */
+  readonly libkrunfwSource?: string | undefined;
+  /** The kernel tarball (else the one the pinned release is made for, downloaded). */
+  readonly kernelSource?: string | undefined;
+  /** Other pins (tests: a local HTTP server). */
+  readonly pins?: { readonly libkrunfw: PinnedDownload; readonly kernel: PinnedDownload } | undefined;
+  /** The compile's niceness (default 19: the machine is shared). */
+  readonly niceness?: number | undefined;
+}
+
+export interface LibkrunfwBuildOptions {
+  readonly signal?: AbortSignal | undefined;
+  /** One line per phase, as it starts, and a line every ~30 s while the kernel compiles. */
+  readonly onProgress?: ((message: string) => void) | undefined;
+  readonly onWarning?: ((message: string) => void) | undefined;
+}
+
+export interface LibkrunfwBuildResult {
+  /** False when a complete build with the same key was already there (nothing was done). */
+  readonly built: boolean;
+  readonly dir: string;
+  readonly key: string;
+  readonly library: string;
+  readonly elapsedMs: number;
+}
+
+export function libkrunfwTargetDir(env: HostEnvironment, arch: GuestArch): string {
+  return path.join(env.cacheDir, 'kernels', `${arch}-libkrunfw`);
+}
+
+export async function buildLibkrunfw(
+  env: HostEnvironment,
+  request: LibkrunfwBuildRequest,
+  options: LibkrunfwBuildOptions = {},
+): Promise<LibkrunfwBuildResult> {
+  const t0 = performance.now();
+  const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(0)} s`;
+  const say = (m: string) => options.onProgress?.(`[${elapsed()}] ${m}`);
+  const warn = (m: string) => options.onWarning?.(m);
+  const { arch } = request;
+  const signal = options.signal;
+  if (!(Number.isInteger(request.jobs) && request.jobs >= 1))
+    throw new HostError(`--jobs ${request.jobs}: must be a whole number, 1 or more`, {
+      hint: 'pass --jobs N with N >= 1',
+    });
+  const pins = request.pins ?? { libkrunfw: LIBKRUNFW_SOURCE_PIN, kernel: LIBKRUNFW_KERNEL_PIN };
+
+  // 1. Tools, then sources: nothing is unpacked or compiled before both are there.
+  const tools = await findBuildTools(env.searchPath, arch);
+  await requireLibkrunfwTools(env.searchPath);
+  const toolchain = await toolchainVersion(tools);
+  const downloads = path.join(env.cacheDir, 'kernels', 'downloads');
+  const progressOf = (what: string) => (received: number, total: number | undefined) =>
+    say(`downloading the ${what}: ${mb(received)}${total ? ` of ${mb(total)}` : ''}`);
+  const libkrunfwSrc = await resolveInput(pins.libkrunfw, request.libkrunfwSource, downloads, {
+    allowDirectory: true,
+    flag: '--libkrunfw-source',
+    warn,
+    onProgress: progressOf(pins.libkrunfw.what),
+    signal,
+  });
+  const kernelSrc = await resolveInput(pins.kernel, request.kernelSource, downloads, {
+    allowDirectory: false,
+    flag: '--kernel-source',
+    warn,
+    onProgress: progressOf(pins.kernel.what),
+    signal,
+  });
+  say(`sources: ${describeInput(libkrunfwSrc, pins.libkrunfw)}; ${describeInput(kernelSrc, pins.kernel)}`);
+
+  const parent = libkrunfwTargetDir(env, arch);
+  await fs.mkdir(parent, { recursive: true, mode: 0o755 });
+  const work = path.join(parent, `build.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  // The log sits beside the work directory: kept as last-failure.log when the build fails.
+  const log = `${work}.log`;
+  const failureLog = path.join(parent, LIBKRUNFW_FILES.failureLog);
+  const stage = `${work}.out`;
+  try {
+    await fs.mkdir(work, { mode: 0o755 });
+    // 2. libkrunfw's source, read for its kernel version, patches and base config.
+    const src = path.join(work, 'libkrunfw');
+    await unpackLibkrunfw(libkrunfwSrc, src, tools.tar, log, failureLog, signal);
+    const tree = await readLibkrunfwTree(src, arch);
+    const fragmentText = await fs.readFile(new URL('./openshell.kconfig', import.meta.url), 'utf8');
+    const baseText = await fs.readFile(tree.configFile, 'utf8');
+    const merged = buildKernelConfig(baseText, [{ source: LIBKRUNFW_FILES.fragment, text: fragmentText }]);
+    if (merged.problems.length)
+      throw new HostError(`the kernel config cannot be merged:\n${merged.problems.join('\n')}`, {
+        hint: 'fix src/kernel/openshell.kconfig',
+      });
+    const key = libkrunfwBuildKey({
+      arch,
+      libkrunfwSha256: libkrunfwSrc.sha256,
+      kernelSha256: kernelSrc.sha256,
+      requestSha256: configSha256(merged.config),
+      toolchain,
+    });
+    const final = path.join(parent, key);
+    const library = path.join(final, `libkrunfw.so.${tree.abiVersion}`);
+    if (await isCompleteBuild(final, library)) {
+      say(`libkrunfw ${tree.fullVersion} (${key}) is already built: ${final}`);
+      await writeFileAtomic(path.join(parent, LIBKRUNFW_FILES.current), `${key}\n`, 0o644);
+      return { built: false, dir: final, key, library, elapsedMs: performance.now() - t0 };
+    }
+
+    // 3. The kernel tree, with libkrunfw's patches, as the Makefile's $(KERNEL_SOURCES) rule does.
+    say(`unpacking the kernel source (${path.basename(kernelSrc.path)})`);
+    const kernelDir = await unpackKernel(kernelSrc.path, src, tools.tar, log, failureLog, signal);
+    const ksrc = path.join(src, kernelDir);
+    const kernelVersion = await treeKernelVersion(ksrc);
+    if (kernelVersion !== tree.kernelVersion)
+      warn(
+        `libkrunfw ${tree.fullVersion} is made for Linux ${tree.kernelVersion}; this kernel source is ${kernelVersion}: its patches may not apply`,
+      );
+    say(`applying libkrunfw's ${tree.patches.length} patches to Linux ${kernelVersion}`);
+    for (const patch of tree.patches) {
+      await run('patch', ['-p1', '--forward', '--batch', '-d', ksrc, '-i', patch], {
+        cwd: src,
+        log,
+        failureLog,
+        signal,
+      }).catch((err: unknown) => {
+        throw new HostError(
+          `libkrunfw's ${path.basename(patch)} does not apply to Linux ${kernelVersion}${err instanceof CommandError ? `:\n${err.failure.stderrTail}` : ''}`,
+          {
+            hint: `libkrunfw ${tree.fullVersion}'s patches are made for Linux ${tree.kernelVersion}: use that kernel (leave out --kernel-source to download it)`,
+            cause: err,
+          },
+        );
+      });
+    }
+
+    // 4. The merged config, resolved by kconfig and checked: every requested option, built in.
+    say(`configuring: config-libkrunfw_${arch} + ${LIBKRUNFW_FILES.fragment} (make olddefconfig)`);
+    const makeVars = archMakeVars(arch, tools.crossPrefix);
+    await fs.writeFile(path.join(ksrc, '.config'), merged.config);
+    await run(tools.make, ['-C', ksrc, ...makeVars, 'olddefconfig'], { cwd: src, log, failureLog, signal });
+    const resolved = await fs.readFile(path.join(ksrc, '.config'), 'utf8');
+    const unmet = unmetOptions(merged.requested, resolved);
+    if (unmet.length)
+      throw new HostError(
+        `kconfig could not enable ${unmet.length} requested option(s) in Linux ${kernelVersion}:\n${describeUnmet(unmet)}`,
+        {
+          hint: 'each needs an option the config lacks, or this kernel does not have it: add what it depends on to src/kernel/openshell.kconfig',
+        },
+      );
+    const check = checkKernelConfig(await readFragment(), parseKernelConfig(resolved), 'kernel.config', true);
+    if (!check.ok)
+      throw new HostError(
+        `the resolved config does not build in: ${[...check.missing, ...check.modules].join(', ')}`,
+        {
+          hint: 'add what they depend on to src/kernel/openshell.kconfig',
+        },
+      );
+
+    // 5. libkrunfw's own build: the kernel, bin2cbundle.py (kernel.c), the shared library.
+    say(
+      `building Linux ${kernelVersion} and libkrunfw ${tree.fullVersion} (nice make -j${request.jobs}; tens of minutes on 2 cores)`,
+    );
+    await fs.mkdir(path.join(src, 'tarballs'), { recursive: true });
+    const ticker = setInterval(() => say('still building'), 60_000);
+    try {
+      await run(
+        tools.nice,
+        [
+          '-n',
+          String(request.niceness ?? 19),
+          tools.make,
+          `-j${request.jobs}`,
+          '-o',
+          kernelDir,
+          `KERNEL_SOURCES=${kernelDir}`,
+          `KERNEL_TARBALL=${kernelSrc.path}`,
+          ...makeVars,
+        ],
+        { cwd: src, log, failureLog, signal },
+      );
+    } finally {
+      clearInterval(ticker);
+    }
+    const built = path.join(src, `libkrunfw.so.${tree.fullVersion}`);
+    if (!(await pathExists(built)))
+      throw new HostError(`libkrunfw's build made no libkrunfw.so.${tree.fullVersion}`, {
+        hint: 'its Makefile may have changed: see the log',
+      });
+
+    // 6. The runtime directory, staged and renamed into place whole.
+    await fs.mkdir(stage, { mode: 0o755 });
+    const stagedLib = path.join(stage, path.basename(library));
+    await fs.copyFile(built, stagedLib);
+    await fs.writeFile(path.join(stage, LIBKRUNFW_FILES.config), resolved);
+    await fs.writeFile(path.join(stage, LIBKRUNFW_FILES.fragment), fragmentText);
+    const provenance = {
+      artifact: 'libkrunfw-openshell',
+      version: `${tree.fullVersion}-openshell`,
+      build_timestamp: new Date().toISOString(),
+      libkrunfw_repo: LIBKRUNFW_REPO,
+      libkrunfw_ref: libkrunfwSrc.pinned ? `v${pins.libkrunfw.version}` : 'local',
+      libkrunfw_commit:
+        libkrunfwSrc.pinned && pins.libkrunfw === LIBKRUNFW_SOURCE_PIN ? LIBKRUNFW_COMMIT : 'unknown',
+      libkrunfw_version: tree.fullVersion,
+      libkrunfw_source_sha256: libkrunfwSrc.sha256,
+      kernel_version: kernelVersion,
+      kernel_source: path.basename(kernelSrc.path),
+      kernel_source_sha256: kernelSrc.sha256,
+      kernel_config_fragment: LIBKRUNFW_FILES.fragment,
+      kernel_config_sha256: configSha256(resolved),
+      artifact_sha256: await sha256File(stagedLib),
+      abi_version: tree.abiVersion,
+      arch,
+      compiler: toolchain.compiler,
+      make: toolchain.make,
+      build_seconds: Math.round((performance.now() - t0) / 1000),
+      host_os: `${os.type()} ${os.release()}`,
+      host_arch: os.machine(),
+      builder: `openshell-vm ${packageVersion()} kernel build --target libkrunfw on ${os.hostname()}`,
+      cache_key: key,
+    };
+    await fs.writeFile(
+      path.join(stage, LIBKRUNFW_FILES.provenance),
+      `${JSON.stringify(provenance, null, 2)}\n`,
+    );
+    const files = [
+      path.basename(library),
+      LIBKRUNFW_FILES.config,
+      LIBKRUNFW_FILES.fragment,
+      LIBKRUNFW_FILES.provenance,
+    ];
+    await fs.writeFile(
+      path.join(stage, LIBKRUNFW_FILES.manifest),
+      `${JSON.stringify({ target: `${arch}-linux`, custom: true, files }, null, 2)}\n`,
+    );
+    await fs.rm(final, { recursive: true, force: true });
+    await fs.rename(stage, final);
+    await writeFileAtomic(path.join(parent, LIBKRUNFW_FILES.current), `${key}\n`, 0o644);
+    await fs.rm(work, { recursive: true, force: true });
+    await fs.rm(log, { force: true });
+    say(`libkrunfw ${tree.fullVersion} with Linux ${kernelVersion} built: ${library}`);
+    return { built: true, dir: final, key, library, elapsedMs: performance.now() - t0 };
+  } catch (err) {
+    const kept = await fs.rename(log, failureLog).then(
+      () => true,
+      () => false,
+    );
+    await fs.rm(stage, { recursive: true, force: true });
+    await fs.rm(work, { recursive: true, force: true });
+    const explained = explainHostCondition(err) ?? err;
+    if (kept && explained instanceof HostError && !(explained instanceof CommandError)) {
+      throw new HostError(explained.message, {
+        hint: `${explained.hint ? `${explained.hint}; ` : ''}the build's log: ${failureLog}`,
+        cause: explained.cause ?? err,
+      });
+    }
+    throw explained;
+  }
+}
+
+/** The cache key: both sources, the requested config, the toolchain, the arch and the recipe. */
+export function libkrunfwBuildKey(inputs: {
+  readonly arch: GuestArch;
+  readonly libkrunfwSha256: string;
+  readonly kernelSha256: string;
+  readonly requestSha256: string;
+  readonly toolchain: { readonly compiler: string; readonly make: string };
+}): string {
+  const identity = {
+    format: LIBKRUNFW_BUILD_FORMAT,
+    target: 'libkrunfw',
+    arch: inputs.arch,
+    libkrunfw: inputs.libkrunfwSha256,
+    kernel: inputs.kernelSha256,
+    config: inputs.requestSha256,
+    toolchain: [inputs.toolchain.compiler, inputs.toolchain.make],
+  };
+  return createHash('sha256').update(JSON.stringify(identity)).digest('hex').slice(0, 24);
+}
+
+/** A complete build: the library with the sha256 its provenance names, and its kernel.config. */
+async function isCompleteBuild(dir: string, library: string): Promise<boolean> {
+  let provenance: { artifact_sha256?: unknown; kernel_config_sha256?: unknown };
+  try {
+    provenance = JSON.parse(await fs.readFile(path.join(dir, LIBKRUNFW_FILES.provenance), 'utf8'));
+  } catch (err) {
+    if (isErrno(err, 'ENOENT') || err instanceof SyntaxError) return false;
+    throw err;
+  }
+  try {
+    return (
+      (await sha256File(library)) === provenance.artifact_sha256 &&
+      (await sha256File(path.join(dir, LIBKRUNFW_FILES.config))) === provenance.kernel_config_sha256
+    );
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return false;
+    throw err;
+  }
+}
+
+/** The Makefile's ARCH/CROSS_COMPILE for a guest of another architecture than the host. */
+function archMakeVars(arch: GuestArch, crossPrefix: string): string[] {
+  if (arch === hostArch()) return [];
+  return [`ARCH=${arch === 'aarch64' ? 'arm64' : 'x86_64'}`, `CROSS_COMPILE=${crossPrefix}`];
+}
+
+/** Tools libkrunfw's build needs beyond the kernel's: patch, and python3 with pyelftools for bin2cbundle.py. */
+async function requireLibkrunfwTools(searchPath: string): Promise<void> {
+  const missing: string[] = [];
+  if (!(await findOnPath('patch', searchPath)))
+    missing.push("patch (applying libkrunfw's patches; apt package patch)");
+  const python = await findOnPath('python3', searchPath);
+  if (!python) missing.push('python3 (bin2cbundle.py; apt package python3)');
+  else if (!(await succeeds(python, ['-c', 'import elftools'])))
+    missing.push('pyelftools (bin2cbundle.py reads the kernel ELF; apt package python3-pyelftools)');
+  if (missing.length)
+    throw new HostError(`the libkrunfw build needs ${missing.join(', ')}`, {
+      hint: 'apt-get install patch python3 python3-pyelftools (or run scripts/provision-host.sh)',
+    });
+}
+
+function succeeds(command: string, args: readonly string[]): Promise<boolean> {
+  return new Promise((resolve) => {
+    const child = spawn(command, args, { stdio: 'ignore' });
+    child.on('error', () => resolve(false));
+    child.on('close', (code) => resolve(code === 0));
+  });
+}
+
+async function unpackLibkrunfw(
+  input: ResolvedInput,
+  to: string,
+  tar: string,
+  log: string,
+  failureLog: string,
+  signal?: AbortSignal,
+): Promise<void> {
+  if (input.kind === 'directory') {
+    await fs.cp(input.path, to, { recursive: true, filter: (p) => path.basename(p) !== '.git' });
+    return;
+  }
+  await fs.mkdir(to);
+  await run(tar, ['-xf', input.path, '-C', to, '--strip-components=1', '--no-same-owner'], {
+    cwd: to,
+    log,
+    failureLog,
+    signal,
+  });
+}
+
+/** Unpacks the kernel tarball into `into`; returns its top directory's name (a Linux tree). */
+async function unpackKernel(
+  tarball: string,
+  into: string,
+  tar: string,
+  log: string,
+  failureLog: string,
+  signal?: AbortSignal,
+): Promise<string> {
+  const before = new Set(await fs.readdir(into));
+  await run(tar, ['-xf', tarball, '-C', into, '--no-same-owner'], { cwd: into, log, failureLog, signal });
+  const added = (await fs.readdir(into)).filter((n) => !before.has(n));
+  const top = added.length === 1 ? (added[0] as string) : undefined;
+  if (
+    !top ||
+    !(await pathExists(path.join(into, top, 'Makefile'))) ||
+    !(await pathExists(path.join(into, top, 'Kconfig')))
+  )
+    throw new HostError(
+      `${tarball} is not a Linux source tarball (one top directory with a Makefile and Kconfig)`,
+      {
+        hint: 'pass the tarball of a Linux source tree (--kernel-source), or leave it out to download the pinned one',
+      },
+    );
+  return top;
+}
+
+async function treeKernelVersion(dir: string): Promise<string> {
+  const makefile = await fs.readFile(path.join(dir, 'Makefile'), 'utf8');
+  const field = (name: string) => new RegExp(`^${name} = *(\\S*)`, 'm').exec(makefile)?.[1] ?? '';
+  return [field('VERSION'), field('PATCHLEVEL'), field('SUBLEVEL')].filter(Boolean).join('.');
+}
+
+function describeInput(input: ResolvedInput, pin: PinnedDownload): string {
+  const name = path.basename(input.path);
+  if (input.pinned)
+    return `${pin.what} ${pin.version} (${name}, sha256 verified${input.downloaded ? ', downloaded' : ''})`;
+  return `${pin.what} from ${input.path} (${input.kind}, sha256 ${input.sha256.slice(0, 12)}...)`;
+}
+
+function mb(bytes: number): string {
+  return `${(bytes / 1e6).toFixed(1)} MB`;
+}
+
+/** Runs one build step with its output appended to `log`; a failure is a CommandError with the log's tail. */
+function run(
+  command: string,
+  args: readonly string[],
+  options: {
+    readonly cwd: string;
+    readonly log: string;
+    /** Where the log is kept if the build fails (named in the error). */
+    readonly failureLog: string;
+    readonly signal?: AbortSignal | undefined;
+  },
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const out = createWriteStream(options.log, { flags: 'a' });
+    out.write(`$ ${[command, ...args].join(' ')}\n`);
+    let tail = '';
+    const child = spawn(command, args, {
+      cwd: options.cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      signal: options.signal,
+    });
+    const take = (d: Buffer) => {
+      out.write(d);
+      tail = (tail + d.toString('utf8')).slice(-6000);
+    };
+    child.stdout.on('data', take);
+    child.stderr.on('data', take);
+    child.on('error', (err) => out.end(() => reject(err)));
+    child.on('close', (code, signal) =>
+      out.end(() => {
+        if (code === 0) return resolve();
+        const failure = new CommandError(`the libkrunfw build failed (log: ${options.failureLog})`, {
+          argv: [command, ...args],
+          exitCode: code,
+          signal,
+          stderrTail: tail.trimEnd().split('\n').slice(-15).join('\n'),
+        });
+        if (/No space left on device/.test(tail)) {
+          const full = Object.assign(new Error('ENOSPC: no space left on device'), {
+            code: 'ENOSPC',
+            syscall: 'write',
+            path: options.cwd,
+            cause: failure,
+          });
+          return reject(explainHostCondition(full) ?? failure);
+        }
+        reject(failure);
+      }),
+    );
+  });
+}
