@@ -34,7 +34,9 @@ export interface InstalledModules {
 /**
  * Copies the gateway's kernel modules (with their dependency closure) and the kernel's module
  * indexes into `root`/lib/modules/RELEASE, so the guest's modprobe finds them. For the QEMU
- * backend's Debian kernel; a libkrunfw kernel has these built in.
+ * backend's Debian kernel. The built kernel (`openshell-vm kernel build`) and a libkrunfw kernel
+ * have these built in and no module support: the same rootfs boots them, and the guest's
+ * capability checker then loads nothing.
  */
 export async function installKernelModules(guest: GuestInputs, root: string): Promise<InstalledModules> {
   const index = await readModuleIndex(guest.kernel.modulesDir);
