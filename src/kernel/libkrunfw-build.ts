@@ -110,7 +110,8 @@ export async function buildLibkrunfw(
 
   // 1. Tools, then sources: nothing is unpacked or compiled before both are there.
   const tools = await findBuildTools(env.searchPath, arch);
-  await requireLibkrunfwTools(env.searchPath);
+  const extra = await requireLibkrunfwTools(env.searchPath);
+  if (extra.note) say(extra.note);
   const toolchain = await toolchainVersion(tools);
   const downloads = path.join(env.cacheDir, 'kernels', 'downloads');
   const progressOf = (what: string) => (received: number, total: number | undefined) =>
@@ -221,6 +222,11 @@ export async function buildLibkrunfw(
       `building Linux ${kernelVersion} and libkrunfw ${tree.fullVersion} (nice make -j${request.jobs}; tens of minutes on 2 cores)`,
     );
     await fs.mkdir(path.join(src, 'tarballs'), { recursive: true });
+    // The Makefile runs `python3 bin2cbundle.py`: the python3 chosen above comes first on PATH.
+    const bin = path.join(work, 'bin');
+    await fs.mkdir(bin);
+    await fs.symlink(extra.python, path.join(bin, 'python3'));
+    const makeEnv = { ...process.env, PATH: [bin, env.searchPath].filter(Boolean).join(':') };
     const ticker = setInterval(() => say('still building'), 60_000);
     try {
       await run(
@@ -236,7 +242,7 @@ export async function buildLibkrunfw(
           `KERNEL_TARBALL=${kernelSrc.path}`,
           ...makeVars,
         ],
-        { cwd: src, log, failureLog, signal },
+        { cwd: src, log, failureLog, signal, env: makeEnv },
       );
     } finally {
       clearInterval(ticker);
@@ -364,20 +370,38 @@ function archMakeVars(arch: GuestArch, crossPrefix: string): string[] {
   return [`ARCH=${arch === 'aarch64' ? 'arm64' : 'x86_64'}`, `CROSS_COMPILE=${crossPrefix}`];
 }
 
-/** Tools libkrunfw's build needs beyond the kernel's: patch, and python3 with pyelftools for bin2cbundle.py. */
-async function requireLibkrunfwTools(searchPath: string): Promise<void> {
+/**
+ * Tools libkrunfw's build needs beyond the kernel's: patch, and a python3 that imports pyelftools
+ * for bin2cbundle.py. The python3 first on PATH is preferred; when it lacks pyelftools (a pyenv or
+ * venv python ahead of Debian's) and /usr/bin/python3 has it, that one is used for the build.
+ */
+async function requireLibkrunfwTools(searchPath: string): Promise<{ python: string; note?: string }> {
   const missing: string[] = [];
   if (!(await findOnPath('patch', searchPath)))
     missing.push("patch (applying libkrunfw's patches; apt package patch)");
-  const python = await findOnPath('python3', searchPath);
-  if (!python) missing.push('python3 (bin2cbundle.py; apt package python3)');
-  else if (!(await succeeds(python, ['-c', 'import elftools'])))
-    missing.push('pyelftools (bin2cbundle.py reads the kernel ELF; apt package python3-pyelftools)');
+  const onPath = await findOnPath('python3', searchPath);
+  let python: string | undefined;
+  let note: string | undefined;
+  if (onPath && (await succeeds(onPath, ['-c', 'import elftools']))) python = onPath;
+  else if (await succeeds(SYSTEM_PYTHON, ['-c', 'import elftools'])) {
+    python = SYSTEM_PYTHON;
+    if (onPath)
+      note = `bin2cbundle.py runs with ${SYSTEM_PYTHON}: the python3 on PATH (${onPath}) has no pyelftools`;
+  }
+  if (!python)
+    missing.push(
+      onPath
+        ? `pyelftools for ${onPath} (bin2cbundle.py reads the kernel ELF; apt package python3-pyelftools)`
+        : 'python3 with pyelftools (bin2cbundle.py; apt packages python3 python3-pyelftools)',
+    );
   if (missing.length)
     throw new HostError(`the libkrunfw build needs ${missing.join(', ')}`, {
       hint: 'apt-get install patch python3 python3-pyelftools (or run scripts/provision-host.sh)',
     });
+  return { python: python as string, ...(note ? { note } : {}) };
 }
+
+const SYSTEM_PYTHON = '/usr/bin/python3';
 
 function succeeds(command: string, args: readonly string[]): Promise<boolean> {
   return new Promise((resolve) => {
@@ -462,6 +486,7 @@ function run(
     /** Where the log is kept if the build fails (named in the error). */
     readonly failureLog: string;
     readonly signal?: AbortSignal | undefined;
+    readonly env?: NodeJS.ProcessEnv | undefined;
   },
 ): Promise<void> {
   return new Promise((resolve, reject) => {
