@@ -27,14 +27,14 @@ import { findBuildTools, toolchainVersion } from './tools.ts';
  * `openshell-vm kernel build --target libkrunfw`: what the original's build-custom-libkrunfw.sh
  * did. libkrunfw's own source (a pinned release, or a local tarball/checkout) and the kernel
  * tarball it is made for (pinned, or local); libkrunfw's patches applied as its Makefile applies
- * them; its config-libkrunfw_<arch> with the gateway's fragment merged over it (everything built
- * in: libkrunfw's kernels have no modules), resolved by `make olddefconfig` and checked; then
+ * them; its config-libkrunfw_<arch> with libkrunfw-guest.kconfig and the gateway's fragment
+ * merged over it (everything built in: libkrunfw's kernels have no modules), resolved by `make olddefconfig` and checked; then
  * libkrunfw's own Makefile builds the kernel, bin2cbundle.py turns it into kernel.c, and the
  * shared library is linked. The result is a libkrunfw runtime directory:
  *
  *   <cache>/kernels/<arch>-libkrunfw/<key>/libkrunfw.so.5     the library (its soname)
  *   <cache>/kernels/<arch>-libkrunfw/<key>/kernel.config      the resolved .config
- *   <cache>/kernels/<arch>-libkrunfw/<key>/openshell.kconfig  the fragment merged in
+ *   <cache>/kernels/<arch>-libkrunfw/<key>/fragments.kconfig  the fragments merged in
  *   <cache>/kernels/<arch>-libkrunfw/<key>/provenance.json    (src/vmm/libkrun/runtime.ts Provenance)
  *   <cache>/kernels/<arch>-libkrunfw/<key>/manifest.json      the files, as a runtime bundle's
  *   <cache>/kernels/<arch>-libkrunfw/current                  the key of the last build
@@ -51,7 +51,7 @@ export const LIBKRUNFW_BUILD_FORMAT = 1;
 
 export const LIBKRUNFW_FILES = {
   config: 'kernel.config',
-  fragment: 'openshell.kconfig',
+  fragment: 'fragments.kconfig',
   provenance: 'provenance.json',
   manifest: 'manifest.json',
   current: 'current',
@@ -84,7 +84,49 @@ export interface LibkrunfwBuildResult {
   readonly dir: string;
   readonly key: string;
   readonly library: string;
+  /** provenance.json of the build (src/vmm/libkrun/runtime.ts reads the same file). */
+  readonly provenance: LibkrunfwProvenance;
   readonly elapsedMs: number;
+}
+
+/** What the build writes to provenance.json: runtime.ts's Provenance fields and the build's own. */
+export interface LibkrunfwProvenance {
+  readonly artifact: string;
+  readonly version: string;
+  readonly build_timestamp: string;
+  readonly libkrunfw_repo: string;
+  readonly libkrunfw_ref: string;
+  readonly libkrunfw_commit: string;
+  readonly libkrunfw_version: string;
+  readonly libkrunfw_source_sha256: string;
+  readonly kernel_version: string;
+  readonly kernel_source: string;
+  readonly kernel_source_sha256: string;
+  readonly kernel_config_fragment: string;
+  readonly kernel_config_sha256: string;
+  readonly artifact_sha256: string;
+  readonly abi_version: number;
+  readonly arch: GuestArch;
+  readonly compiler: string;
+  readonly make: string;
+  readonly build_seconds: number;
+  readonly host_os: string;
+  readonly host_arch: string;
+  readonly builder: string;
+  readonly cache_key: string;
+}
+
+/** The lines `openshell-vm kernel build --target libkrunfw` prints for a result. */
+export function describeLibkrunfwBuild(r: LibkrunfwBuildResult): string {
+  const p = r.provenance;
+  return [
+    `${r.built ? 'built' : 'cached'}: ${r.library}`,
+    `  libkrunfw ${p.libkrunfw_version} (${p.libkrunfw_ref}, ABI ${p.abi_version}) with Linux ${p.kernel_version} (${p.kernel_source}), ${p.arch}, every gateway option built in`,
+    `  config ${path.join(r.dir, LIBKRUNFW_FILES.config)} (sha256 ${p.kernel_config_sha256.slice(0, 12)}...)`,
+    `  ${p.compiler}; built ${p.build_timestamp} in ${p.build_seconds} s`,
+    `  use it: a runtime directory with libkrun and gvproxy beside ${path.basename(r.library)}, or OPENSHELL_VM_RUNTIME_DIR=${r.dir} openshell-vm runtime`,
+    '',
+  ].join('\n');
 }
 
 export function libkrunfwTargetDir(env: HostEnvironment, arch: GuestArch): string {
@@ -145,9 +187,9 @@ export async function buildLibkrunfw(
     const src = path.join(work, 'libkrunfw');
     await unpackLibkrunfw(libkrunfwSrc, src, tools.tar, log, failureLog, signal);
     const tree = await readLibkrunfwTree(src, arch);
-    const fragmentText = await fs.readFile(new URL('./openshell.kconfig', import.meta.url), 'utf8');
+    const fragments = await readLibkrunfwFragments();
     const baseText = await fs.readFile(tree.configFile, 'utf8');
-    const merged = buildKernelConfig(baseText, [{ source: LIBKRUNFW_FILES.fragment, text: fragmentText }]);
+    const merged = buildKernelConfig(baseText, fragments);
     if (merged.problems.length)
       throw new HostError(`the kernel config cannot be merged:\n${merged.problems.join('\n')}`, {
         hint: 'fix src/kernel/openshell.kconfig',
@@ -161,10 +203,20 @@ export async function buildLibkrunfw(
     });
     const final = path.join(parent, key);
     const library = path.join(final, `libkrunfw.so.${tree.abiVersion}`);
-    if (await isCompleteBuild(final, library)) {
+    const existing = await completeBuild(final, library);
+    if (existing) {
       say(`libkrunfw ${tree.fullVersion} (${key}) is already built: ${final}`);
       await writeFileAtomic(path.join(parent, LIBKRUNFW_FILES.current), `${key}\n`, 0o644);
-      return { built: false, dir: final, key, library, elapsedMs: performance.now() - t0 };
+      await fs.rm(work, { recursive: true, force: true });
+      await fs.rm(log, { force: true });
+      return {
+        built: false,
+        dir: final,
+        key,
+        library,
+        provenance: existing,
+        elapsedMs: performance.now() - t0,
+      };
     }
 
     // 3. The kernel tree, with libkrunfw's patches, as the Makefile's $(KERNEL_SOURCES) rule does.
@@ -195,7 +247,9 @@ export async function buildLibkrunfw(
     }
 
     // 4. The merged config, resolved by kconfig and checked: every requested option, built in.
-    say(`configuring: config-libkrunfw_${arch} + ${LIBKRUNFW_FILES.fragment} (make olddefconfig)`);
+    say(
+      `configuring: config-libkrunfw_${arch} + ${fragments.map((f) => f.source).join(' + ')} (make olddefconfig)`,
+    );
     const makeVars = archMakeVars(arch, tools.crossPrefix);
     await fs.writeFile(path.join(ksrc, '.config'), merged.config);
     await run(tools.make, ['-C', ksrc, ...makeVars, 'olddefconfig'], { cwd: src, log, failureLog, signal });
@@ -258,8 +312,8 @@ export async function buildLibkrunfw(
     const stagedLib = path.join(stage, path.basename(library));
     await fs.copyFile(built, stagedLib);
     await fs.writeFile(path.join(stage, LIBKRUNFW_FILES.config), resolved);
-    await fs.writeFile(path.join(stage, LIBKRUNFW_FILES.fragment), fragmentText);
-    const provenance = {
+    await fs.writeFile(path.join(stage, LIBKRUNFW_FILES.fragment), fragments.map((f) => f.text).join('\n'));
+    const provenance: LibkrunfwProvenance = {
       artifact: 'libkrunfw-openshell',
       version: `${tree.fullVersion}-openshell`,
       build_timestamp: new Date().toISOString(),
@@ -305,7 +359,7 @@ export async function buildLibkrunfw(
     await fs.rm(work, { recursive: true, force: true });
     await fs.rm(log, { force: true });
     say(`libkrunfw ${tree.fullVersion} with Linux ${kernelVersion} built: ${library}`);
-    return { built: true, dir: final, key, library, elapsedMs: performance.now() - t0 };
+    return { built: true, dir: final, key, library, provenance, elapsedMs: performance.now() - t0 };
   } catch (err) {
     const kept = await fs.rename(log, failureLog).then(
       () => true,
@@ -322,6 +376,19 @@ export async function buildLibkrunfw(
     }
     throw explained;
   }
+}
+
+/**
+ * The fragments merged over libkrunfw's config, in order: libkrunfw-guest.kconfig (what the
+ * gateway's options depend on that libkrunfw's config leaves out), then openshell.kconfig.
+ */
+export async function readLibkrunfwFragments(): Promise<{ source: string; text: string }[]> {
+  return Promise.all(
+    ['libkrunfw-guest.kconfig', 'openshell.kconfig'].map(async (source) => ({
+      source,
+      text: await fs.readFile(new URL(`./${source}`, import.meta.url), 'utf8'),
+    })),
+  );
 }
 
 /** The cache key: both sources, the requested config, the toolchain, the arch and the recipe. */
@@ -344,22 +411,22 @@ export function libkrunfwBuildKey(inputs: {
   return createHash('sha256').update(JSON.stringify(identity)).digest('hex').slice(0, 24);
 }
 
-/** A complete build: the library with the sha256 its provenance names, and its kernel.config. */
-async function isCompleteBuild(dir: string, library: string): Promise<boolean> {
-  let provenance: { artifact_sha256?: unknown; kernel_config_sha256?: unknown };
+/** A complete build's provenance: the library and kernel.config with the sha256s it names; else undefined. */
+async function completeBuild(dir: string, library: string): Promise<LibkrunfwProvenance | undefined> {
+  let provenance: LibkrunfwProvenance;
   try {
     provenance = JSON.parse(await fs.readFile(path.join(dir, LIBKRUNFW_FILES.provenance), 'utf8'));
   } catch (err) {
-    if (isErrno(err, 'ENOENT') || err instanceof SyntaxError) return false;
+    if (isErrno(err, 'ENOENT') || err instanceof SyntaxError) return undefined;
     throw err;
   }
   try {
-    return (
+    const ok =
       (await sha256File(library)) === provenance.artifact_sha256 &&
-      (await sha256File(path.join(dir, LIBKRUNFW_FILES.config))) === provenance.kernel_config_sha256
-    );
+      (await sha256File(path.join(dir, LIBKRUNFW_FILES.config))) === provenance.kernel_config_sha256;
+    return ok ? provenance : undefined;
   } catch (err) {
-    if (isErrno(err, 'ENOENT')) return false;
+    if (isErrno(err, 'ENOENT')) return undefined;
     throw err;
   }
 }
