@@ -265,6 +265,83 @@ describe('kernel build --target libkrunfw: downloads verified against their pins
   });
 });
 
+describe('kernel build --target libkrunfw: bad inputs stop it, naming the problem, nothing half-built', () => {
+  let work: string;
+  const arch = hostArch() ?? 'x86_64';
+  /**
+   * Local sources shaped like the real ones: a libkrunfw tree (its Makefile's facts, the arch's
+   * config, one patch) and a "Linux" tarball whose Makefile stands in for kconfig: its
+   * olddefconfig drops CONFIG_BRIDGE, as kconfig drops an option whose dependencies are unmet.
+   */
+  const sources = (patch: string) => {
+    const dir = fs.mkdtempSync(path.join(work, 'src-'));
+    const src = path.join(dir, 'libkrunfw');
+    fs.mkdirSync(path.join(src, 'patches'), { recursive: true });
+    fs.writeFileSync(
+      path.join(src, 'Makefile'),
+      'KERNEL_VERSION = linux-9.9.9\nABI_VERSION = 5\nFULL_VERSION = 9.9.9\n',
+    );
+    fs.writeFileSync(path.join(src, `config-libkrunfw_${arch}`), '# CONFIG_MODULES is not set\n');
+    fs.writeFileSync(path.join(src, 'patches', '0001-change.patch'), patch);
+    const k = path.join(dir, 'linux-9.9.9');
+    fs.mkdirSync(k);
+    fs.writeFileSync(
+      path.join(k, 'Makefile'),
+      "VERSION = 9\nPATCHLEVEL = 9\nSUBLEVEL = 9\nolddefconfig:\n\tsed -i '/^CONFIG_BRIDGE=y$$/d' .config\n",
+    );
+    fs.writeFileSync(path.join(k, 'Kconfig'), '');
+    fs.writeFileSync(path.join(k, 'file.txt'), 'one\n');
+    const r = spawnSync('tar', ['-cJf', path.join(dir, 'linux-9.9.9.tar.xz'), 'linux-9.9.9'], { cwd: dir });
+    assert.equal(r.status, 0, String(r.stderr));
+    return { libkrunfwSource: src, kernelSource: path.join(dir, 'linux-9.9.9.tar.xz') };
+  };
+  const applies = '--- a/file.txt\n+++ b/file.txt\n@@ -1 +1 @@\n-one\n+two\n';
+  const conflicts = '--- a/file.txt\n+++ b/file.txt\n@@ -1 +1 @@\n-three\n+four\n';
+
+  before(() => {
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-krunfw-bad-'));
+  });
+  after(() => {
+    if (work) fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  const leftovers = (cache: string) =>
+    fs.readdirSync(libkrunfwTargetDir(testEnvironment(cache), arch)).sort();
+
+  test('a patch that does not apply to the kernel is named, with the kernel it was made for', async () => {
+    const cache = fs.mkdtempSync(path.join(work, 'cache-'));
+    const env = testEnvironment(cache, { searchPath: process.env.PATH ?? '' });
+    const warnings: string[] = [];
+    await assert.rejects(
+      buildLibkrunfw(env, { arch, jobs: 1, ...sources(conflicts) }, { onWarning: (m) => warnings.push(m) }),
+      (e: unknown) =>
+        e instanceof HostError &&
+        /^libkrunfw's 0001-change\.patch does not apply to Linux 9\.9\.9/.test(e.message) &&
+        /made for Linux 9\.9\.9/.test(e.hint ?? '') &&
+        /last-failure\.log/.test(e.hint ?? ''),
+    );
+    assert.ok(
+      warnings.some((w) => /--libkrunfw-source .* is not the pinned libkrunfw source/.test(w)),
+      warnings.join('\n'),
+    );
+    assert.deepEqual(leftovers(cache), ['last-failure.log']);
+  });
+
+  test('an option kconfig drops is named (olddefconfig checked), nothing compiled', async () => {
+    const cache = fs.mkdtempSync(path.join(work, 'cache-'));
+    const env = testEnvironment(cache, { searchPath: process.env.PATH ?? '' });
+    await assert.rejects(
+      buildLibkrunfw(env, { arch, jobs: 1, ...sources(applies) }),
+      (e: unknown) =>
+        e instanceof HostError &&
+        /^kconfig could not enable 1 requested option\(s\) in Linux 9\.9\.9:\nCONFIG_BRIDGE=y \(openshell\.kconfig\): dropped by kconfig/.test(
+          e.message,
+        ),
+    );
+    assert.deepEqual(leftovers(cache), ['last-failure.log']);
+  });
+});
+
 const LOCAL_SRC = process.env.OPENSHELL_VM_LIBKRUNFW_SRC;
 const LOCAL_KERNEL = process.env.OPENSHELL_VM_KERNEL_TARBALL;
 
