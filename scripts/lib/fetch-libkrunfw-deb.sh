@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# usage: fetch-libkrunfw-deb.sh [--refresh] CACHE
+# usage: fetch-libkrunfw-deb.sh [--refresh] [--check] CACHE
 #
 # Fetches Debian's binary libkrunfw package (libkrunfw5: libkrunfw built by Debian, the guest
 # kernel as a shared library) with `apt-get download` into CACHE/host/libkrunfw, never installing
@@ -13,6 +13,7 @@
 #                                            librarySha256 (read by test/e2e/libkrunfw.test.ts)
 #
 # Idempotent: with a manifest whose library still has its sha256 it does nothing (no network).
+# --check only says whether it is there (exit 1 when not).
 # Only libkrunfw: Debian has no libkrun package, so this is not a runtime that boots VMs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,8 +21,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/provision-common.sh"
 
 refresh=0
-if [ "${1:-}" = --refresh ]; then refresh=1; shift; fi
-[ $# -eq 1 ] || die "usage: fetch-libkrunfw-deb.sh [--refresh] CACHE"
+check=0
+while [ $# -gt 1 ]; do
+  case $1 in
+    --refresh) refresh=1; shift ;;
+    --check) check=1; shift ;;
+    *) die "usage: fetch-libkrunfw-deb.sh [--refresh] [--check] CACHE" ;;
+  esac
+done
+[ $# -eq 1 ] || die "usage: fetch-libkrunfw-deb.sh [--refresh] [--check] CACHE"
 cache=$1
 pkg=libkrunfw5
 out="$cache/host/libkrunfw"
@@ -37,6 +45,10 @@ cached_ok() {
 if [ $refresh = 0 ] && cached_ok; then
   say "libkrunfw cached ($manifest)"
   exit 0
+fi
+if [ $check = 1 ]; then
+  say "libkrunfw: Debian's $pkg is not in the cache (expected $manifest)"
+  exit 1
 fi
 
 command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 ||
