@@ -237,7 +237,7 @@ export async function buildLibkrunfw(
         signal,
       }).catch((err: unknown) => {
         throw new HostError(
-          `libkrunfw's ${path.basename(patch)} does not apply to Linux ${kernelVersion}${err instanceof CommandError ? `:\n${err.failure.stderrTail}` : ''}`,
+          `libkrunfw's ${path.basename(patch)} does not apply to Linux ${kernelVersion}${err instanceof CommandError ? `:\n${patchFailures(err.failure.stderrTail)}` : ''}`,
           {
             hint: `libkrunfw ${tree.fullVersion}'s patches are made for Linux ${tree.kernelVersion}: use that kernel (leave out --kernel-source to download it)`,
             cause: err,
@@ -530,6 +530,13 @@ async function treeKernelVersion(dir: string): Promise<string> {
   const makefile = await fs.readFile(path.join(dir, 'Makefile'), 'utf8');
   const field = (name: string) => new RegExp(`^${name} = *(\\S*)`, 'm').exec(makefile)?.[1] ?? '';
   return [field('VERSION'), field('PATCHLEVEL'), field('SUBLEVEL')].filter(Boolean).join('.');
+}
+
+/** What `patch` said about the hunks that failed (its other lines are the ones that applied). */
+function patchFailures(output: string): string {
+  const lines = output.split('\n');
+  const failed = lines.filter((l) => /FAILED|saving rejects|can't find file|Reversed|malformed/.test(l));
+  return (failed.length ? failed : lines.slice(-5)).map((l) => `  ${l.trim()}`).join('\n');
 }
 
 function describeInput(input: ResolvedInput, pin: PinnedDownload): string {
