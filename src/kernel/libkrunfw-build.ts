@@ -69,6 +69,8 @@ export interface LibkrunfwBuildRequest {
   readonly pins?: { readonly libkrunfw: PinnedDownload; readonly kernel: PinnedDownload } | undefined;
   /** The compile's niceness (default 19: the machine is shared). */
   readonly niceness?: number | undefined;
+  /** The host's platform (default this one's): the build runs on Linux only. */
+  readonly platform?: NodeJS.Platform | undefined;
 }
 
 export interface LibkrunfwBuildOptions {
@@ -144,6 +146,15 @@ export async function buildLibkrunfw(
   const warn = (m: string) => options.onWarning?.(m);
   const { arch } = request;
   const signal = options.signal;
+  const platform = request.platform ?? process.platform;
+  if (platform !== 'linux') {
+    throw new HostError(`kernel build --target libkrunfw runs on Linux only (this host is ${platform})`, {
+      hint:
+        platform === 'darwin'
+          ? 'build it on a Linux machine (or in a Linux VM with a case-sensitive filesystem) and copy libkrunfw.so.5 + kernel.config + provenance.json; on macOS libkrun wants libkrunfw.5.dylib, linked from the kernel.c the Linux build makes'
+          : 'build it on a Linux machine',
+    });
+  }
   if (!(Number.isInteger(request.jobs) && request.jobs >= 1))
     throw new HostError(`--jobs ${request.jobs}: must be a whole number, 1 or more`, {
       hint: 'pass --jobs N with N >= 1',

@@ -100,3 +100,15 @@ test('the build key changes with each input', () => {
   for (const v of variants) assert.notEqual(libkrunfwBuildKey(v), key);
   assert.equal(libkrunfwBuildKey({ ...inputs }), key);
 });
+
+test('the libkrunfw build refuses another platform than Linux before looking for anything', async () => {
+  const { buildLibkrunfw } = await import('./libkrunfw-build.ts');
+  const { testEnvironment } = await import('../../test/fixtures/env.ts');
+  await assert.rejects(
+    buildLibkrunfw(testEnvironment('/nonexistent'), { arch: 'aarch64', jobs: 1, platform: 'darwin' }),
+    (e: unknown) =>
+      e instanceof HostError &&
+      e.message === 'kernel build --target libkrunfw runs on Linux only (this host is darwin)' &&
+      /libkrunfw\.5\.dylib/.test(e.hint ?? ''),
+  );
+});
