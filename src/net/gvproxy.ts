@@ -1,7 +1,6 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import * as v from 'valibot';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
@@ -9,7 +8,12 @@ import { pathExists, writeFileAtomic } from '../host/fs.ts';
 import { findOnPath } from '../host/toolchain.ts';
 import type { ProcessSpec } from '../supervisor/process.ts';
 
-const execFileAsync = promisify(execFile);
+/** stdout and stderr of `binary args`, whatever its exit status (gvproxy -help exits 2). */
+function outputOf(binary: string, args: readonly string[]): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(binary, [...args], { encoding: 'utf8' }, (_err, stdout, stderr) => resolve({ stdout, stderr }));
+  });
+}
 
 /** gvproxy's fixed virtual network (gvisor-tap-vsock defaults). */
 export const GVPROXY_NET = {
@@ -92,9 +96,7 @@ export function gvproxyArgs(socketDir: string, hasServicesFlag: boolean): string
 
 /** Whether this gvproxy has -services (0.8.2+), from its own usage text (a spawn of `gvproxy -help`). */
 export async function probeServicesFlag(binary: string): Promise<boolean> {
-  const { stdout, stderr } = await execFileAsync(binary, ['-help']).catch(
-    (err: { stdout?: string; stderr?: string }) => ({ stdout: err.stdout ?? '', stderr: err.stderr ?? '' }),
-  );
+  const { stdout, stderr } = await outputOf(binary, ['-help']);
   return /^\s+-services\b/m.test(`${stdout}\n${stderr}`);
 }
 

@@ -1,8 +1,15 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
-import { promisify } from 'node:util';
 
-const execFileAsync = promisify(execFile);
+/**
+ * `ps`'s stdout. Not util.promisify: `import … from 'node:util'` builds util's ES module namespace,
+ * which reads every export and so loads worker_threads (~3 ms, ~2 MB), on exec's path for one call.
+ */
+function psOutput(args: readonly string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile('ps', [...args], { encoding: 'utf8' }, (err, stdout) => (err ? reject(err) : resolve(stdout)));
+  });
+}
 
 /**
  * A process's start time as an opaque string, so that a recorded PID is only treated as ours
@@ -24,8 +31,7 @@ export async function processStartTime(pid: number): Promise<string | undefined>
     }
   }
   try {
-    const { stdout } = await execFileAsync('ps', ['-o', 'lstart=', '-p', String(pid)]);
-    return stdout.trim() || undefined;
+    return (await psOutput(['-o', 'lstart=', '-p', String(pid)])).trim() || undefined;
   } catch {
     return undefined;
   }
