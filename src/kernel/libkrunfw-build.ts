@@ -291,7 +291,10 @@ export async function buildLibkrunfw(
     const bin = path.join(work, 'bin');
     await fs.mkdir(bin);
     await fs.symlink(extra.python, path.join(bin, 'python3'));
-    const makeEnv = { ...process.env, PATH: [bin, env.searchPath].filter(Boolean).join(':') };
+    // libkrunfw's Makefile passes $(MAKEFLAGS) to the kernel's make as words: a MAKEFLAGS inherited
+    // from a make that runs openshell-vm would become targets there.
+    const { MAKEFLAGS: _flags, MFLAGS: _mflags, ...inherited } = process.env;
+    const makeEnv = { ...inherited, PATH: [bin, env.searchPath].filter(Boolean).join(':') };
     const ticker = setInterval(() => say('still building'), 60_000);
     try {
       await run(
