@@ -11,6 +11,7 @@ import { pathExists, writeFileAtomic } from '../host/fs.ts';
 import { findOnPath } from '../host/toolchain.ts';
 import { packageVersion } from '../version.ts';
 import { buildKernelConfig, configSha256, describeUnmet, unmetOptions } from './config-builder.ts';
+import { LIBKRUNFW_FILES, libkrunfwTargetDir } from './libkrunfw-layout.ts';
 import {
   LIBKRUNFW_COMMIT,
   LIBKRUNFW_KERNEL_PIN,
@@ -46,17 +47,10 @@ import { findBuildTools, toolchainVersion } from './tools.ts';
  * renamed into place only when complete; every failure removes it.
  */
 
+export { LIBKRUNFW_FILES, libkrunfwTargetDir } from './libkrunfw-layout.ts';
+
 /** Bump when the recipe changes in a way its inputs do not show. */
 export const LIBKRUNFW_BUILD_FORMAT = 1;
-
-export const LIBKRUNFW_FILES = {
-  config: 'kernel.config',
-  fragment: 'fragments.kconfig',
-  provenance: 'provenance.json',
-  manifest: 'manifest.json',
-  current: 'current',
-  failureLog: 'last-failure.log',
-} as const;
 
 export interface LibkrunfwBuildRequest {
   readonly arch: GuestArch;
@@ -129,10 +123,6 @@ export function describeLibkrunfwBuild(r: LibkrunfwBuildResult): string {
     `  use it: a runtime directory with libkrun and gvproxy beside ${path.basename(r.library)}, or OPENSHELL_VM_RUNTIME_DIR=${r.dir} openshell-vm runtime`,
     '',
   ].join('\n');
-}
-
-export function libkrunfwTargetDir(env: HostEnvironment, arch: GuestArch): string {
-  return path.join(env.cacheDir, 'kernels', `${arch}-libkrunfw`);
 }
 
 export async function buildLibkrunfw(

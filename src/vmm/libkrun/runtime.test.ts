@@ -175,3 +175,24 @@ test('kernel.config of another sha256 than provenance.json names is refused', as
       /kernel build --target libkrunfw/.test(e.hint ?? ''),
   );
 });
+
+test('findLibkrunfwDir: the last libkrunfw build (current) comes before the system directories', async (t) => {
+  const cache = bundle(t, {});
+  const key = 'ab'.repeat(12);
+  const built = path.join(cache, 'kernels', 'x86_64-libkrunfw', key);
+  fs.mkdirSync(built, { recursive: true });
+  fs.writeFileSync(path.join(built, 'libkrunfw.so.5'), 'k');
+  const sys = bundle(t, { 'libkrunfw.so.5': 'k' });
+  const environment = testEnvironment(cache);
+  const opts = { platform: 'linux' as const, systemDirs: [sys], arch: 'x86_64' as const };
+  assert.equal((await findLibkrunfwDir(environment, opts))?.dir, sys, 'no current: the system directory');
+  fs.writeFileSync(path.join(cache, 'kernels', 'x86_64-libkrunfw', 'current'), `${key}\n`);
+  const found = await findLibkrunfwDir(environment, opts);
+  assert.equal(found?.dir, built);
+  assert.equal(found?.source, 'build');
+  assert.ok(
+    describeRuntime(found as NonNullable<typeof found>)[0]?.endsWith(
+      '(the last kernel build --target libkrunfw)',
+    ),
+  );
+});

@@ -4,7 +4,9 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError, isErrno } from '../../errors.ts';
+import { type GuestArch, hostArch } from '../../host/arch.ts';
 import { isExecutableFile, pathExists } from '../../host/fs.ts';
+import { currentLibkrunfwDir } from '../../kernel/libkrunfw-layout.ts';
 
 /**
  * The libkrun runtime: libkrun (the VMM library), libkrunfw (the guest kernel as a library) and,
@@ -48,7 +50,8 @@ export const KERNEL_CONFIG_FILE = 'kernel.config';
  */
 export interface RuntimeDir {
   readonly dir: string;
-  readonly source: 'env' | 'package' | 'system';
+  /** build: the last `kernel build --target libkrunfw` (a libkrunfw-only directory). */
+  readonly source: 'env' | 'package' | 'system' | 'build';
   readonly libkrun: string | undefined;
   /** Every libkrunfw library, sorted; the first is the one whose checksum is reported. */
   readonly libkrunfw: readonly string[];
@@ -65,6 +68,7 @@ export interface RuntimeDir {
 
 /** A runtime that can boot VMs: a RuntimeDir with libkrun (and, in a bundle, gvproxy). */
 export interface RuntimeBundle extends RuntimeDir {
+  readonly source: 'env' | 'package' | 'system';
   readonly libkrun: string;
   /** gvproxy shipped in the bundle (system locations have none: it is looked up elsewhere). */
   readonly gvproxy: string | undefined;
@@ -141,7 +145,7 @@ export async function validateBundle(
   const read = await readRuntimeDir(dir, source, platform);
   if (source !== 'system' && !read.gvproxy)
     throw fail('no executable gvproxy in the bundle', 'add gvproxy to the bundle (chmod +x)');
-  return { ...read, libkrun: path.join(dir, libkrunName) };
+  return { ...read, source, libkrun: path.join(dir, libkrunName) };
 }
 
 /**
@@ -221,15 +225,19 @@ export async function readRuntimeDir(
 
 /**
  * The runtime directory `openshell-vm runtime` reports when no bootable runtime is found: the
- * one OPENSHELL_VM_RUNTIME_DIR names, else the first system library directory with a libkrunfw
- * (a distribution's libkrunfw without libkrun). Undefined when there is none.
+ * one OPENSHELL_VM_RUNTIME_DIR names, else the last `kernel build --target libkrunfw` for this
+ * host's architecture, else the first system library directory with a libkrunfw (a
+ * distribution's libkrunfw without libkrun). Undefined when there is none.
  */
 export async function findLibkrunfwDir(
   env: HostEnvironment,
-  options: DiscoverOptions = {},
+  options: DiscoverOptions & { readonly arch?: GuestArch | undefined } = {},
 ): Promise<RuntimeDir | undefined> {
   const platform = options.platform ?? (process.platform === 'darwin' ? 'darwin' : 'linux');
   if (env.runtimeBundleDir) return readRuntimeDir(env.runtimeBundleDir, 'env', platform);
+  const arch = options.arch ?? hostArch();
+  const built = arch && (await currentLibkrunfwDir(env, arch));
+  if (built) return readRuntimeDir(built, 'build', platform);
   for (const dir of options.systemDirs ?? SYSTEM_DIRS[platform]) {
     const names = await fs.readdir(dir).catch(() => [] as string[]);
     if (names.some((n) => n.startsWith('libkrunfw'))) return readRuntimeDir(dir, 'system', platform);
@@ -242,10 +250,17 @@ function failFor(dir: string, platform: Platform) {
     new HostError(`runtime ${dir}: ${message}`, { hint: hint ?? INSTALL_HINT[platform] });
 }
 
+const RUNTIME_SOURCES: Readonly<Record<RuntimeDir['source'], string>> = {
+  env: 'OPENSHELL_VM_RUNTIME_DIR',
+  package: 'bundled',
+  system: 'system',
+  build: 'the last kernel build --target libkrunfw',
+};
+
 /** The lines printed at start (and by `openshell-vm runtime`). */
 export function describeRuntime(r: RuntimeDir): string[] {
   const lines = [
-    `runtime: ${r.dir} (${r.source === 'env' ? 'OPENSHELL_VM_RUNTIME_DIR' : r.source === 'package' ? 'bundled' : 'system'})`,
+    `runtime: ${r.dir} (${RUNTIME_SOURCES[r.source]})`,
     `libkrun: ${r.libkrun ?? 'missing (this directory cannot boot VMs)'}`,
     ...r.libkrunfw.map((f) => `libkrunfw: ${path.basename(f)}`),
     `sha256: ${r.libkrunfwSha256.slice(0, 12)}...`,
