@@ -371,6 +371,16 @@ test('the full libkrunfw build from local sources: runtime shows it, every gatew
   assert.equal(report.facts.kernel?.release, dir.provenance?.kernel_version);
   assert.equal(report.options.known, true);
   assert.equal(gatewayRefusal(report), undefined, 'every gateway option is built in');
+  // The library alone (no kernel.config beside it): its options come from the kernel's IKCONFIG.
+  const alone = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-krunfw-alone-'));
+  try {
+    fs.copyFileSync(first.library, path.join(alone, path.basename(first.library)));
+    const fromImage = await inspectLibkrunfw(await readRuntimeDir(alone, 'env', 'linux'));
+    assert.equal(fromImage.options.known && fromImage.options.source.endsWith('(IKCONFIG)'), true);
+    assert.equal(gatewayRefusal(fromImage), undefined);
+  } finally {
+    fs.rmSync(alone, { recursive: true, force: true });
+  }
 
   const box = sandbox();
   try {
