@@ -12,6 +12,7 @@ import {
   ownOptionWords,
   parseArgs,
   single,
+  startArgv,
   subcommandArgv,
 } from './args.ts';
 
@@ -154,4 +155,30 @@ test('an unknown option names the closest known one and the command whose help t
   fails(['--cpu', '2'], 'run', /did you mean --cpus\?/, /see openshell-vm run --help/);
   fails(['--memroy', '2G'], 'run', /did you mean --memory\?/, /use --memory/);
   fails(['--frobnicate'], 'run', /^unknown option '--frobnicate'$/, /^see openshell-vm run --help$/);
+});
+
+test('start NAME OPTIONS is the gateway with --name NAME --detach (what --detach starts again)', () => {
+  const none = { name: false, detach: false };
+  assert.deepEqual(startArgv(['gw', '--cpus', '2'], 0, 'gw', none), [
+    '--name',
+    'gw',
+    '--cpus',
+    '2',
+    '--detach',
+  ]);
+  assert.deepEqual(startArgv(['-q', '--cpus', '2', 'gw', '--json'], 3, 'gw', none), [
+    '--name',
+    'gw',
+    '-q',
+    '--cpus',
+    '2',
+    '--json',
+    '--detach',
+  ]);
+  assert.deepEqual(startArgv(['--name', 'gw', '-d'], undefined, 'gw', { name: true, detach: true }), [
+    '--name',
+    'gw',
+    '-d',
+  ]);
+  assert.deepEqual(startArgv([], undefined, 'default', none), ['--name', 'default', '--detach']);
 });

@@ -248,6 +248,21 @@ export function single(args: ParsedArgs, name: string): string | undefined {
 }
 
 /**
+ * `start [NAME] [OPTIONS]` as the main form's argv, which is also what --detach starts again:
+ * the same words without the NAME word (at index `nameAt`), with `--name NAME` unless --name was
+ * given, and `--detach` unless it was.
+ */
+export function startArgv(
+  argv: readonly string[],
+  nameAt: number | undefined,
+  name: string,
+  given: { readonly name: boolean; readonly detach: boolean },
+): string[] {
+  const rest = nameAt === undefined ? argv : [...argv.slice(0, nameAt), ...argv.slice(nameAt + 1)];
+  return [...(given.name ? [] : ['--name', name]), ...rest, ...(given.detach ? [] : ['--detach'])];
+}
+
+/**
  * The words of argv that are openshell-vm's own options, as parseArgs with `specs` reads them but
  * without refusing anything: up to `--`, or up to the first word that is not an option or an
  * option's value (the guest's command), except once the word `resume` (`-q run --json -- ...`).

@@ -10,6 +10,7 @@ import {
   type ParsedArgs,
   parseArgs,
   single,
+  startArgv,
   subcommandArgv,
 } from './args.ts';
 import { commandWords, findCommand, GATEWAY_HELP, HELP, HELP_HELP, RUN_HELP, VERSION_HELP } from './help.ts';
@@ -224,14 +225,10 @@ async function startCommand(argv: readonly string[], word: string): Promise<numb
   const { parseInstanceName } = await import('../instance/runs.ts');
   const name = parseInstanceName(positional ?? flag);
   if (!args.flags.has('supervise') && (await reportRunning(name, args.flags.has('json')))) return 0;
-  // The same argv without the NAME word, with --name and --detach: what --detach starts again.
-  const at = positional === undefined ? -1 : argv.length - first.rest.length;
-  const rest = at < 0 ? argv : [...argv.slice(0, at), ...argv.slice(at + 1)];
-  return mainForm([
-    ...(flag === undefined ? ['--name', name] : []),
-    ...rest,
-    ...(args.flags.has('detach') ? [] : ['--detach']),
-  ]);
+  const nameAt = positional === undefined ? undefined : argv.length - first.rest.length;
+  return mainForm(
+    startArgv(argv, nameAt, name, { name: flag !== undefined, detach: args.flags.has('detach') }),
+  );
 }
 
 /** Whether instance `name` is up already; if so says so (stdout: JSON with --json). */
