@@ -65,8 +65,11 @@ async function assertGone(processes: readonly { name: string; pid: number }[]): 
 }
 
 /** The sandbox's leftovers check (sockets, run directories, processes) for a library start. */
-async function assertClean(processes: CliRun['processes'], instance = 'default'): Promise<void> {
-  await box.assertClean({ processes } as CliRun, instance);
+async function assertClean(
+  processes: readonly { name: string; pid: number }[],
+  instance = 'default',
+): Promise<void> {
+  await box.assertClean({ processes: processes.map(({ name, pid }) => ({ name, pid })) } as CliRun, instance);
   const holder = await readLockHolder(path.join(box.dataDir, 'instances', instance));
   assert.equal(holder, undefined, `instance '${instance}' is still locked`);
 }
@@ -131,7 +134,7 @@ test('run(): bad options are refused before anything starts, naming the library 
 test('startVm: exec gives each command its exit code; mappedPort reaches a guest server; dispose leaves nothing', async () => {
   const recorder = processRecorder();
   let pids: readonly number[] = [];
-  let processes: CliRun['processes'] = [];
+  let processes: readonly { name: string; pid: number }[] = [];
   {
     await using vm = await startVm({
       ...LIGHT,
