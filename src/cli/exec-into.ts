@@ -30,6 +30,7 @@ command's (128+N for signal N; 127 not found, 126 not executable; 125 openshell-
 When stdin is a terminal the command gets a pseudo-terminal (raw mode, window-size changes
 forwarded) and CMD defaults to sh. In a gateway, KUBECONFIG is set: exec -- kubectl get pods -A.
 
+  --name NAME        the instance (or as the first word; default "default")
   --env, -e K=V      environment variable for the command (repeatable)
   --workdir, -w DIR  working directory in the guest (default /)
   --tty, -t          a pseudo-terminal even when stdin is not a terminal

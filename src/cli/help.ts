@@ -23,14 +23,14 @@ export const COMMANDS: readonly CommandInfo[] = [
     name: 'run',
     group: 'run',
     usage: '[OPTIONS] [--] PATH [ARG...]',
-    summary: 'run a command in a fresh microVM; exit with its exit code',
+    summary: 'a command in a fresh microVM; its exit code',
   },
   {
     name: 'start',
     aliases: ['create'],
     group: 'gateway',
     usage: '[NAME] [OPTIONS]',
-    summary: "boot an instance's gateway in the background; return at Ready",
+    summary: 'the gateway in the background, to Ready',
     takesInstance: true,
   },
   {
@@ -92,7 +92,7 @@ export const COMMANDS: readonly CommandInfo[] = [
     aliases: ['rm'],
     group: 'instances',
     usage: '[NAME] [--timeout S] [--json]',
-    summary: 'stop, then remove an instance and its credentials',
+    summary: 'stop, then remove it and its credentials',
     takesInstance: true,
   },
   { name: 'doctor', group: 'host', usage: '[--json]', summary: 'what this host has and lacks, with fixes' },
@@ -100,8 +100,8 @@ export const COMMANDS: readonly CommandInfo[] = [
   {
     name: 'kernel',
     group: 'host',
-    usage: 'check [CONFIG] [--builtin] [--json] | build [--arch ARCH] ...',
-    summary: "a kernel config against the gateway's requirements; build the guest kernel",
+    usage: 'check [CONFIG] [--builtin] [--json] | build ...',
+    summary: "a config against the gateway's needs; build one",
     verbs: ['check', 'build'],
   },
   {
@@ -155,10 +155,10 @@ Usage: openshell-vm COMMAND [OPTIONS]
       const aliases = c.aliases?.length ? ` (also: ${c.aliases.join(', ')})` : '';
       text += line(`${c.name} ${c.usage}`, `${c.summary}${aliases}`);
       if (c.name === 'run') {
-        text += line('--exec PATH [--args ARG...] [OPTIONS]', 'the same, in the seed form');
+        text += line('--exec PATH [--args ARG...] [OPTIONS]', "the same, in the seed's form");
       }
       if (c.name === 'start') {
-        text += line('[OPTIONS]', 'no command: boot the gateway in the foreground');
+        text += line('[OPTIONS]', 'no command: the gateway in the foreground');
       }
     }
   }
