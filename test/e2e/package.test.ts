@@ -98,6 +98,44 @@ console.log(JSON.stringify({ kinds, hint, isError: errors.every((e) => e instanc
       v: pkg.version,
     }),
   },
+  {
+    // A microVM from the library, disposed by `await using`; its processes checked by pid.
+    name: 'vm.ts',
+    source: `import fs from 'node:fs';
+import { type CommandResult, startVm, UsageError, type Vm } from 'openshell-vm';
+
+const isAlive = (pid: number): boolean => fs.existsSync(\`/proc/\${pid}\`);
+let pids: readonly number[] = [];
+let aliveWhileRunning = false;
+let three: CommandResult | undefined;
+let notForwarded = '';
+{
+  await using vm: Vm = await startVm({ cpus: 1, memory: '256MiB', network: 'none', name: 'pkg-ts' });
+  pids = vm.pids;
+  aliveWhileRunning = pids.length > 0 && pids.every(isAlive);
+  three = await vm.exec(['/bin/sh', '-c', 'exit 3']);
+  try {
+    vm.mappedPort(80);
+  } catch (err) {
+    if (err instanceof UsageError) notForwarded = err.message;
+  }
+}
+// @ts-expect-error: memory is a number of MiB or a string, not a boolean (real types, not any)
+void (() => startVm({ memory: true }));
+console.log(JSON.stringify({
+  exitCode: three?.exitCode,
+  aliveWhileRunning,
+  aliveAfterDispose: pids.filter(isAlive),
+  notForwarded,
+}));
+`,
+    expect: JSON.stringify({
+      exitCode: 3,
+      aliveWhileRunning: true,
+      aliveAfterDispose: [],
+      notForwarded: 'mappedPort(80): guest port 80 is not forwarded',
+    }),
+  },
 ];
 
 describe('the npm package: pack, install into a fresh project, use', { timeout: 600_000 }, () => {
@@ -144,6 +182,18 @@ describe('the npm package: pack, install into a fresh project, use', { timeout: 
     figures.installedPackageBytes = duBytes(installed);
     figures.installedNodeModulesBytes = duBytes(path.join(project, 'node_modules'));
   });
+  /** A user's environment with private data and runtime directories for the VMs (the artifact cache shared). */
+  const vmEnv = (): NodeJS.ProcessEnv => {
+    const env = {
+      ...userEnv(),
+      OPENSHELL_VM_DATA_DIR: path.join(work, 'data'),
+      XDG_RUNTIME_DIR: path.join(work, 'rt'),
+      XDG_CONFIG_HOME: path.join(work, 'config'),
+      XDG_CACHE_HOME: process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'),
+    };
+    fs.mkdirSync(env.XDG_RUNTIME_DIR, { recursive: true });
+    return env;
+  };
   after(() => {
     figures.totalMs = Math.round(performance.now() - t0);
     process.stderr.write(`package figures: ${JSON.stringify(figures)}\n`);
@@ -249,14 +299,7 @@ describe('the npm package: pack, install into a fresh project, use', { timeout: 
   });
 
   it('boots a microVM from the installed package: npx openshell-vm run gives the guest’s exit code', () => {
-    const env = {
-      ...userEnv(),
-      OPENSHELL_VM_DATA_DIR: path.join(work, 'data'),
-      XDG_RUNTIME_DIR: path.join(work, 'rt'),
-      XDG_CONFIG_HOME: path.join(work, 'config'),
-      XDG_CACHE_HOME: process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'),
-    };
-    fs.mkdirSync(env.XDG_RUNTIME_DIR, { recursive: true });
+    const env = vmEnv();
     const t = performance.now();
     const r = run(
       [
@@ -309,7 +352,17 @@ console.log(JSON.stringify({
     assert.equal(out.hint, 'apt-get install qemu-system-x86');
     assert.equal(out.kind, 'host');
     assert.equal(out.isOvmError, true);
-    for (const name of ['CommandError', 'HostError', 'OvmError', 'UsageError', 'VmError', 'version']) {
+    for (const name of [
+      'CommandError',
+      'HostError',
+      'OvmError',
+      'UsageError',
+      'VmError',
+      'version',
+      'run',
+      'startVm',
+      'startGateway',
+    ]) {
       assert.ok((out.exports as string[]).includes(name), `exports ${name}`);
     }
     assert.equal(out.url, `file://${path.join(installed, 'dist', 'index.js')}`);
@@ -338,7 +391,9 @@ console.log(JSON.stringify({
     ok([TSC, '-p', 'tsconfig.json'], { cwd: project });
     figures.typeCheckMs = Math.round(performance.now() - t);
     for (const program of TYPESCRIPT_PROGRAMS) {
-      const r = ok([process.execPath, program.name], { cwd: project });
+      const ranAt = performance.now();
+      const r = ok([process.execPath, program.name], { cwd: project, env: vmEnv() });
+      figures[`${program.name}Ms`] = Math.round(performance.now() - ranAt);
       assert.equal(r.stdout.trim(), program.expect, program.name);
       assert.equal(r.stderr, '', program.name);
     }
