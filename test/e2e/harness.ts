@@ -117,9 +117,13 @@ async function runCli(args: readonly string[], options: RunOptions, eventsFile: 
     'logs',
     'delete',
     'exec',
+    'shell',
+    'version',
+    'help',
+    'completion',
   ].includes(args[0] ?? '')
     ? [...args]
-    : args[0] === 'prepare-rootfs'
+    : ['prepare-rootfs', 'start', 'create'].includes(args[0] ?? '')
       ? [args[0], '--events', eventsFile, ...args.slice(1)]
       : ['--events', eventsFile, ...args];
   const child = options.direct
