@@ -5,7 +5,7 @@ import { type GatewayReady, runGateway } from '../presets/gateway.ts';
 import { resetGateway } from '../presets/gateway-cleanup.ts';
 import { eventSink } from './events.ts';
 import { type GatewayOptions, type GatewayStartEvent, LIBRARY_NAMES, rawGatewayOptions } from './options.ts';
-import { type PreparedGateway, prepareGateway } from './prepare.ts';
+import { type PreparedGateway, prepareGateway } from './prepare-gateway.ts';
 import { RunningInstance } from './running.ts';
 
 /** How long a stop gives k3s to wind down before the VM is killed (the CLI's too). */

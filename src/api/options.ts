@@ -11,7 +11,7 @@ import type { BackendName } from '../vmm/select.ts';
 /**
  * The library's options: typed objects, mapped onto the CLI's raw options and validated by the
  * same functions (src/options/), so both front ends accept and refuse the same values. Errors name
- * the option as spelled here (LIBRARY_NAMES): `memory: '4XB' is not a memory size`.
+ * the option as spelled here (LIBRARY_NAMES): `memory: '4XB' is not a whole number of MiB or a size with a unit`.
  */
 
 /** How the library spells each option in its errors. */

@@ -1,5 +1,5 @@
 import { GATEWAY_STOP_TIMEOUT_MS, resetPreparedGateway, runPreparedGateway } from '../api/gateway.ts';
-import { prepareGateway } from '../api/prepare.ts';
+import { prepareGateway } from '../api/prepare-gateway.ts';
 import { CLI_NAMES } from '../options/exec-options.ts';
 import type { RawGatewayOptions } from '../options/gateway-options.ts';
 import { GATEWAY_GUEST_PORT, type GatewayReady } from '../presets/gateway.ts';

@@ -28,9 +28,9 @@ test('values the host cannot honour are clamped with a warning', () => {
 
 test('every bad value names the option, the value and what was expected', () => {
   const cases: [Record<string, string>, RegExp, RegExp][] = [
-    [{ mem: 'abc' }, /--mem: 'abc' is not a memory size/, /from 128 MiB/],
-    [{ mem: '64' }, /--mem: 64 is out of range/, /128 MiB to 1048576 MiB/],
-    [{ mem: '4XB' }, /--mem: '4XB' is not a memory size/, /4GiB/],
+    [{ mem: 'abc' }, /--mem: 'abc' is not a whole number of MiB or a size with a unit/, /MiB from 128 to/],
+    [{ mem: '64' }, /--mem: 64 is out of range/, /MiB from 128 to 1048576/],
+    [{ mem: '4XB' }, /--mem: '4XB' is not a whole number of MiB or a size with a unit/, /4GiB/],
     [{ mem: '0' }, /--mem: 0 is out of range/, /MiB/],
     [{ vcpus: '0' }, /--vcpus: 0 is out of range/, /1 to 255/],
     [{ vcpus: '1.5' }, /--vcpus: '1.5' is not a whole number/, /vCPUs/],
@@ -120,7 +120,7 @@ test('library values go through the same rules, and errors name the library opti
     [{ vcpus: 1.5 }, /^cpus: 1.5 is not a whole number/],
     [{ vcpus: '2' }, /^cpus|^$/],
     [{ mem: 64 }, /^memory: 64 is out of range/],
-    [{ mem: '4XB' }, /^memory: '4XB' is not a memory size/],
+    [{ mem: '4XB' }, /^memory: '4XB' is not a whole number of MiB or a size with a unit/],
     [{ env: [['1X', 'v']] }, /^env: malformed variable '1X'/],
     [{ env: [['X', 3]] }, /^env: malformed variable 'X'/],
     [{ workdir: 'tmp' }, /^workdir: 'tmp' is not an absolute path/],

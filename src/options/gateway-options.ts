@@ -87,7 +87,12 @@ export function resolveGatewayOptions(
   if (gateways.length > 1) {
     throw new UsageError(
       `${names.ports}: guest port ${GATEWAY_GUEST_PORT} (the gateway) is forwarded more than once`,
-      { hint: `give one forward of guest port ${GATEWAY_GUEST_PORT}` },
+      {
+        hint:
+          names.ports === CLI_NAMES.ports
+            ? `give one -p HOST:${GATEWAY_GUEST_PORT}`
+            : `give one forward of guest port ${GATEWAY_GUEST_PORT}`,
+      },
     );
   }
   if (forwards.some((f) => f.guestPort === KUBE_API_GUEST_PORT)) {

@@ -26,19 +26,23 @@ test('memory: a plain number is MiB; binary units in any case; whole-MiB fractio
 
 test('memory: every bad size is a UsageError naming the option, the value and the forms', () => {
   const cases: [string | number, RegExp, RegExp][] = [
-    ['4XB', /--mem: '4XB' is not a memory size$/, /4096M, 4096MiB, 4G, 4GiB/],
-    ['4GB', /--mem: '4GB' is not a memory size \(GB is a decimal unit\)/, /binary units/],
-    ['512MB', /decimal unit/, /binary units/],
-    ['abc', /'abc' is not a memory size/, /from 128 MiB to 1048576 MiB/],
-    ['', /'' is not a memory size/, /MiB/],
-    ['0', /--mem: 0 is out of range/, /from 128 MiB/],
-    ['-2G', /--mem: -2G is out of range/, /from 128 MiB/],
-    [-4096, /--mem: -4096 is out of range/, /from 128 MiB/],
+    ['4XB', /--mem: '4XB' is not a whole number of MiB or a size with a unit$/, /4096M, 4096MiB, 4G, 4GiB/],
+    [
+      '4GB',
+      /--mem: '4GB' is not a whole number of MiB or a size with a binary unit \(GB is decimal\)/,
+      /binary units/,
+    ],
+    ['512MB', /\(MB is decimal\)/, /binary units/],
+    ['abc', /'abc' is not a whole number of MiB or a size with a unit/, /MiB from 128 to 1048576/],
+    ['', /'' is not a whole number of MiB or a size with a unit/, /MiB/],
+    ['0', /--mem: 0 is out of range/, /MiB from 128 to/],
+    ['-2G', /--mem: -2G is out of range/, /MiB from 128 to/],
+    [-4096, /--mem: -4096 is out of range/, /MiB from 128 to/],
     ['100.5', /'100.5' is not a whole number of MiB \(100.5 MiB\)/, /MiB/],
     ['1.3G', /'1.3G' is not a whole number of MiB/, /MiB/],
     [2048.5, /--mem: 2048.5 is not a whole number of MiB/, /MiB/],
-    ['2T', /--mem: 2T is out of range/, /to 1048576 MiB/],
-    ['64', /--mem: 64 is out of range/, /from 128 MiB/],
+    ['2T', /--mem: 2T is out of range/, /to 1048576 as/],
+    ['64', /--mem: 64 is out of range/, /MiB from 128 to/],
   ];
   for (const [value, message, hint] of cases) {
     assert.throws(

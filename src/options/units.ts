@@ -25,7 +25,7 @@ const MIB_PER_UNIT: Readonly<Record<string, number>> = {
   tib: 1024 * 1024,
 };
 
-const MEMORY_FORMS = 'a number of MiB (4096) or a size with a unit (4096M, 4096MiB, 4G, 4GiB)';
+const MEMORY_FORMS = 'a number (4096) or a size with a unit (4096M, 4096MiB, 4G, 4GiB)';
 
 /**
  * A memory size in MiB: a whole number is MiB; a string may carry a binary unit (M, MiB, G, GiB,
@@ -33,7 +33,7 @@ const MEMORY_FORMS = 'a number of MiB (4096) or a size with a unit (4096M, 4096M
  * are decimal units (MB, GB: ambiguous), zero, negative numbers and sizes outside `range`.
  */
 export function parseMemoryMib(option: string, value: string | number, range: Range): number {
-  const expected = `give ${MEMORY_FORMS}, from ${range.min} MiB to ${range.max} MiB`;
+  const expected = `give MiB from ${range.min} to ${range.max} as ${MEMORY_FORMS}`;
   let mib: number;
   if (typeof value === 'number') {
     if (!Number.isInteger(value)) {
@@ -46,7 +46,7 @@ export function parseMemoryMib(option: string, value: string | number, range: Ra
     if (!m || !(unit in MIB_PER_UNIT)) {
       const decimal = m && /^[kmgt]b$/i.test(m[3] ?? '');
       throw new UsageError(
-        `${option}: '${value}' is not a memory size${decimal ? ` (${m?.[3]} is a decimal unit)` : ''}`,
+        `${option}: '${value}' is not a whole number of MiB or a size with a ${decimal ? `binary unit (${m?.[3]} is decimal)` : 'unit'}`,
         { hint: decimal ? `use binary units: ${MEMORY_FORMS}` : expected },
       );
     }

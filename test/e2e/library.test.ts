@@ -122,7 +122,9 @@ test('run(): bad options are refused before anything starts, naming the library 
   const recorder = processRecorder();
   await assert.rejects(
     run({ command: ['/bin/true'], memory: '4XB', onEvent: recorder.onEvent }),
-    (e: unknown) => e instanceof UsageError && /^memory: '4XB' is not a memory size/.test(e.message),
+    (e: unknown) =>
+      e instanceof UsageError &&
+      /^memory: '4XB' is not a whole number of MiB or a size with a unit/.test(e.message),
   );
   await assert.rejects(
     run({ command: ['/bin/true'], cpus: 1.5 }),
