@@ -8,16 +8,22 @@ import { test } from 'node:test';
 // What each command loads: the CLI imports a command's module when that command runs, so the
 // commands people type most (--version, list, exec into an instance) and the detached supervisor
 // never load the Kubernetes client, the x509 stack or the OCI/rootfs code, which cost ~0.3 s and
-// ~100 MB at every start when main.ts imported them all. scripts/bench-startup.ts measures the time.
+// ~100 MB at every start when main.ts imported them all. No timings here (they depend on the
+// machine): scripts/bench-startup.ts measures them. Node's own modules count too: `node:http`
+// imported as an ES module loads Node's bundled undici (~25 ms, ~14 MB), `node:util` loads
+// worker_threads; both are seen in process.moduleLoadList, which the hook also writes.
 
 const MAIN = path.join(import.meta.dirname, 'main.ts');
 
-/** A module hook that writes every module URL the process loads to $OVM_LOADED_FILE at exit. */
+/**
+ * A module hook that writes, at exit, every module URL the process loads and then Node's internal
+ * module list (entries like "NativeModule http") to $OVM_LOADED_FILE.
+ */
 const HOOK = `import { registerHooks } from 'node:module';
 import { writeFileSync } from 'node:fs';
 const urls = new Set();
 registerHooks({ load(url, context, next) { urls.add(url); return next(url, context); } });
-process.on('exit', () => writeFileSync(process.env.OVM_LOADED_FILE, [...urls].join('\\n')));
+process.on('exit', () => writeFileSync(process.env.OVM_LOADED_FILE, [...urls, ...process.moduleLoadList].join('\\n')));
 `;
 
 function loadedBy(args: readonly string[]): { code: number | null; stderr: string; urls: string[] } {
@@ -50,6 +56,17 @@ const HEAVY: readonly RegExp[] = [
   /\/src\/gateway\/pki\.ts$/,
 ];
 
+/** Node's own modules that a command which makes no HTTP request (or runs no worker) must not load. */
+const HEAVY_BUILTINS: readonly string[] = [
+  'NativeModule http',
+  'NativeModule https',
+  'NativeModule internal/deps/undici/undici',
+];
+
+/** The packages (node_modules/NAME/) among `urls`. */
+const packagesIn = (urls: readonly string[]) =>
+  [...new Set(urls.map((u) => /\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(u)?.[1]).filter(Boolean))].sort();
+
 /** `expectCode` undefined: any exit code (doctor's depends on the host). */
 function assertLight(args: readonly string[], expectCode: number | undefined, mustLoad: string): string[] {
   const { code, stderr, urls } = loadedBy(args);
@@ -63,6 +80,9 @@ function assertLight(args: readonly string[], expectCode: number | undefined, mu
   for (const heavy of HEAVY) {
     const hit = urls.find((u) => heavy.test(u));
     assert.equal(hit, undefined, `${args.join(' ')} must not load ${hit}`);
+  }
+  for (const builtin of HEAVY_BUILTINS) {
+    assert.ok(!urls.includes(builtin), `${args.join(' ')} must not load Node's ${builtin.split(' ')[1]}`);
   }
   return urls;
 }
@@ -83,9 +103,25 @@ test('list, status and exec load none of the gateway, x509, Kubernetes or OCI co
   assertLight(['exec', 'nothing-here', '--', '/bin/true'], 125, '/src/cli/exec-into.ts');
 });
 
-test("run's path (what a detached supervisor loads) has none of the gateway's stacks", () => {
+test('list, status and exec load no package but the record validator (valibot), and exec no worker_threads', () => {
+  for (const [args, code, mustLoad] of [
+    [['list'], 0, '/src/cli/instances.ts'],
+    [['status', 'nothing-here'], 125, '/src/cli/instances.ts'],
+    [['exec', 'nothing-here', '--', '/bin/true'], 125, '/src/cli/exec-into.ts'],
+  ] as const) {
+    const urls = assertLight(args, code, mustLoad);
+    assert.deepEqual(packagesIn(urls), ['valibot'], `${args.join(' ')}: packages loaded`);
+  }
+  const exec = assertLight(['exec', 'nothing-here', '--', '/bin/true'], 125, '/src/cli/exec-into.ts');
+  assert.ok(!exec.includes('NativeModule worker_threads'), 'exec must not load worker_threads (node:util)');
+});
+
+test("run's path (what a detached supervisor loads) has none of the gateway's stacks, nor node:http", () => {
   // --vcpus 0 is refused after every module of the run path is loaded, before anything starts.
-  assertLight(['run', '--vcpus', '0', '--', '/bin/true'], 2, '/src/presets/run.ts');
+  const urls = assertLight(['run', '--vcpus', '0', '--', '/bin/true'], 2, '/src/presets/run.ts');
+  // The forwarder client is on the path (vmm/session.ts) but loads node:http on its first request.
+  assert.ok(urls.some((u) => u.endsWith('/src/net/forwarder.ts')));
+  assert.deepEqual(packagesIn(urls), ['valibot']);
 });
 
 test('verify loads the Kubernetes client only to check a gateway; doctor loads neither', () => {

@@ -34,7 +34,7 @@ import {
 import { describeK3s, ensureK3s } from './k3s.ts';
 import { installKernelModules } from './kernel-modules.ts';
 import { cleanRootfsKineDatastore } from './kine.ts';
-import { ROOTFS_PATHS } from './layout.ts';
+import { ROOTFS_PATHS, rootfsDir } from './layout.ts';
 import { RECORD_FORMAT, type RootfsInput, type RootfsRecord, readRootfsRecord } from './record.ts';
 
 export type BaseSpec =
@@ -71,10 +71,9 @@ export interface BuildHooks {
   readonly signal?: AbortSignal | undefined;
 }
 
-/** The instance's rootfs directory. */
-export function rootfsDir(env: HostEnvironment, instance: string): string {
-  return path.join(instanceDir(env, instance), 'rootfs');
-}
+// rootfsDir is in layout.ts (import it from there: this module loads the OCI stack); exported
+// here too until every caller imports it from layout.ts.
+export { rootfsDir };
 
 const TMP_PREFIX = 'rootfs.tmp-';
 const OLD_PREFIX = 'rootfs.old-';

@@ -1,3 +1,7 @@
+import path from 'node:path';
+import type { HostEnvironment } from '../config/environment.ts';
+import { instanceDir } from '../instance/runs.ts';
+
 /**
  * Every path openshell-vm writes inside a gateway rootfs (relative to its root), named once.
  * The guest scripts use the same paths.
@@ -20,3 +24,11 @@ export const ROOTFS_PATHS = {
   /** Busybox applets the guest init needs that a Debian base does not provide. */
   appletDir: 'usr/local/sbin',
 } as const;
+
+/**
+ * The instance's rootfs directory. Here, not in build.ts, so that a command that only needs the
+ * path (booting a gateway, `rootfs info`) does not load the build and with it the OCI stack.
+ */
+export function rootfsDir(env: HostEnvironment, instance: string): string {
+  return path.join(instanceDir(env, instance), 'rootfs');
+}
