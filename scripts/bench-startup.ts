@@ -98,15 +98,24 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
   });
 }
 
-/** VmRSS and VmHWM (KiB) of a pid, from /proc. */
-function residentKiB(pid: number): { rssKiB: number; hwmKiB: number } {
+/**
+ * VmRSS and VmHWM (KiB) of a pid, from /proc, and the RSS split into anonymous memory (heap, JIT
+ * code, buffers: the process's own) and file-backed pages (mostly the node binary's code and
+ * read-only data, shared with every other Node process through the page cache).
+ */
+function residentKiB(pid: number): { rssKiB: number; hwmKiB: number; anonKiB: number; fileKiB: number } {
   const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
   const field = (name: string) => {
     const m = new RegExp(`^${name}:\\s+(\\d+) kB$`, 'm').exec(status);
     if (!m) throw new Error(`/proc/${pid}/status has no ${name}`);
     return Number(m[1]);
   };
-  return { rssKiB: field('VmRSS'), hwmKiB: field('VmHWM') };
+  return {
+    rssKiB: field('VmRSS'),
+    hwmKiB: field('VmHWM'),
+    anonKiB: field('RssAnon'),
+    fileKiB: field('RssFile'),
+  };
 }
 
 function supervisorPid(): number {
@@ -118,6 +127,15 @@ function supervisorPid(): number {
   }
   return pid;
 }
+
+/**
+ * The supervisor's own Node flags (src/cli/detach.ts), which the floor process is run with too;
+ * none for a revision that has no such list.
+ */
+const SUPERVISOR_FLAGS: readonly string[] = await import(path.join(root, 'src', 'cli', 'detach.ts')).then(
+  (m: { SUPERVISOR_NODE_OPTIONS?: readonly string[] }) => m.SUPERVISOR_NODE_OPTIONS ?? [],
+  () => [],
+);
 
 const cases: { readonly name: string; readonly cmd: string; readonly args: readonly string[] }[] = [
   { name: 'node -e 0', cmd: process.execPath, args: ['-e', '0'] },
@@ -132,7 +150,40 @@ type Supervisor = {
   afterStart: ReturnType<typeof residentKiB>;
   afterExec?: ReturnType<typeof residentKiB>;
 };
+/**
+ * Node's own floor for a resident process like the supervisor: `node` with a Unix socket server
+ * that has echoed one connection, a child process and a SHA-256, nothing else loaded; its RSS a
+ * second later. The supervisor's target is read against this.
+ */
+const FLOOR_SCRIPT = `
+const net = require('node:net'), fs = require('node:fs'), path = require('node:path');
+const sock = path.join(require('node:os').tmpdir(), 'ovm-bench-floor-' + process.pid + '.sock');
+const child = require('node:child_process').spawn('sleep', ['600'], { stdio: 'ignore' });
+require('node:crypto').createHash('sha256').update(Buffer.alloc(1 << 20, 7)).digest();
+const server = net.createServer((c) => c.pipe(c)).listen(sock, () => {
+  const c = net.connect(sock, () => c.write('x'.repeat(4096)));
+  c.once('data', () => { c.end(); setTimeout(() => process.stdout.write('ready\\n'), 1000); });
+});
+process.on('SIGTERM', () => { child.kill(); server.close(); fs.rmSync(sock, { force: true }); process.exit(0); });
+`;
+
+async function nodeFloorKiB(): Promise<ReturnType<typeof residentKiB>> {
+  const child = spawn(process.execPath, [...SUPERVISOR_FLAGS, '-e', FLOOR_SCRIPT], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.setEncoding('utf8').on('data', (d: string) => d.includes('ready') && resolve());
+      child.once('exit', (code) => reject(new Error(`the floor process exited ${code} before it was ready`)));
+    });
+    return residentKiB(child.pid as number);
+  } finally {
+    child.kill('SIGTERM');
+  }
+}
+
 let supervisor: Supervisor | undefined;
+let floor: ReturnType<typeof residentKiB> | undefined;
 const samples = new Map<string, Sample[]>(cases.map((c) => [c.name, []]));
 try {
   if (withExec) {
@@ -151,6 +202,7 @@ try {
     if (r.status !== 0) throw new Error(`run --name ${instance} --detach exited ${r.status}: ${r.stderr}`);
     const pid = supervisorPid();
     supervisor = { pid, afterStart: residentKiB(pid) };
+    floor = await nodeFloorKiB();
   }
   // One warm-up of each, not counted (page cache, compile cache).
   for (const c of cases) await measure(c.cmd, c.args);
@@ -224,6 +276,10 @@ const result = {
         rssMiBAfterStart: mib(supervisor.afterStart.rssKiB),
         rssMiBAfterExecs: supervisor.afterExec ? mib(supervisor.afterExec.rssKiB) : null,
         peakRssMiB: mib((supervisor.afterExec ?? supervisor.afterStart).hwmKiB),
+        anonRssMiBAfterExecs: mib((supervisor.afterExec ?? supervisor.afterStart).anonKiB),
+        fileRssMiBAfterExecs: mib((supervisor.afterExec ?? supervisor.afterStart).fileKiB),
+        nodeFloorRssMiB: floor ? mib(floor.rssKiB) : null,
+        nodeFloorAnonRssMiB: floor ? mib(floor.anonKiB) : null,
         targetRssMB: 60,
         met: ((supervisor.afterExec ?? supervisor.afterStart).rssKiB * 1024) / 1e6 <= 60,
       }
@@ -251,6 +307,6 @@ for (const c of cases) {
 if (result.supervisor) {
   const s = result.supervisor;
   console.log(
-    `\nsupervisor (pid ${s.pid}): RSS ${s.rssMiBAfterStart} MiB after start, ${s.rssMiBAfterExecs} MiB after the execs, peak ${s.peakRssMiB} MiB (target <= ${s.targetRssMB} MB: ${s.met ? 'ok' : 'MISS'})`,
+    `\nsupervisor (pid ${s.pid}): RSS ${s.rssMiBAfterStart} MiB after start, ${s.rssMiBAfterExecs} MiB after the execs (${s.anonRssMiBAfterExecs} anonymous, ${s.fileRssMiBAfterExecs} file-backed), peak ${s.peakRssMiB} MiB (target <= ${s.targetRssMB} MB: ${s.met ? 'ok' : 'MISS'}); Node's floor (a socket server, a child, a hash) ${s.nodeFloorRssMiB} MiB (${s.nodeFloorAnonRssMiB} anonymous)`,
   );
 }
