@@ -77,6 +77,11 @@ export async function buildKernel(
   const { arch, target } = request;
   const { signal } = options;
 
+  if (process.platform !== 'linux') {
+    throw new HostError(`kernel build needs a Linux host (a Linux toolchain); this is ${process.platform}`, {
+      hint: 'build on a Linux machine (or VM) and point OPENSHELL_VM_KERNEL at the bzImage/Image it writes',
+    });
+  }
   say(`kernel: checking the build tools (${arch})`);
   const tools = await findBuildTools(env.searchPath, arch);
   const source: KernelSource = request.source
@@ -110,8 +115,10 @@ export async function buildKernel(
   try {
     await fs.mkdir(obj, { recursive: true, mode: 0o755 });
     await fs.mkdir(out, { mode: 0o755 });
-    say(`kernel: unpacking ${path.basename(source.tarball)} (once per source)`);
-    const tree = await ensureSourceTree(env, source, tools.tar, signal);
+    const tree = await ensureSourceTree(env, source, tools.tar, {
+      signal,
+      onUnpack: () => say(`kernel: unpacking ${path.basename(source.tarball)} (once per source)`),
+    });
     const makeArgs = [
       '-C',
       tree.dir,

@@ -127,11 +127,13 @@ export async function ensureSourceTree(
   env: HostEnvironment,
   source: KernelSource,
   tar: string,
-  signal?: AbortSignal,
+  options: { readonly signal?: AbortSignal | undefined; readonly onUnpack?: (() => void) | undefined } = {},
 ): Promise<SourceTree & { unpacked: boolean }> {
+  const { signal } = options;
   const parent = path.join(env.cacheDir, 'kernels', 'source');
   const dir = path.join(parent, source.sha256.slice(0, 24));
   if (await pathExists(path.join(dir, COMPLETE))) return { ...(await readTree(dir)), unpacked: false };
+  options.onUnpack?.();
   await fs.mkdir(parent, { recursive: true, mode: 0o755 });
   await fs.rm(dir, { recursive: true, force: true });
   const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
