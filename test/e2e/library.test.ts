@@ -4,10 +4,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
+import { mtlsHandshake } from '../../src/gateway/readiness.ts';
 import {
   type CommandResult,
   run,
+  startGateway,
   startVm as startLibraryVm,
   UsageError,
   type Vm,
@@ -17,6 +19,7 @@ import {
 } from '../../src/index.ts';
 import { readLockHolder } from '../../src/instance/lock.ts';
 import { processStartTime } from '../../src/supervisor/identity.ts';
+import { mmdebstrapMissing, STAND_IN_BUILD } from '../fixtures/stand-in.ts';
 import { type CliRun, sandbox } from './harness.ts';
 
 const box = sandbox();
@@ -238,6 +241,52 @@ test('startVm: aborting the signal after the start stops the VM', async () => {
   }
   await assertGone(processes);
   await assertClean(processes, 'lib-abort-late');
+});
+
+// The gateway from the library, on a rootfs with the STAND-IN k3s (test/fixtures/k3s-stand-in.sh:
+// not k3s; it serves mTLS on the gateway port with the certificates the host bootstrap injected).
+describe('startGateway with a stand-in k3s', { skip: mmdebstrapMissing }, () => {
+  before(async () => {
+    const build = await box.run(['prepare-rootfs', '--name', 'lib-gw', '-q', ...STAND_IN_BUILD], {
+      timeoutMs: 900_000,
+    });
+    assert.equal(build.code, 0, build.stderr);
+  });
+
+  test('Ready: endpoint on the mapped port answers mTLS with the mtls files; exec; dispose leaves nothing', {
+    timeout: 600_000,
+  }, async () => {
+    const events: string[] = [];
+    let processes: readonly { name: string; pid: number }[] = [];
+    {
+      await using gw = await startGateway({
+        name: 'lib-gw',
+        ports: [{ guestPort: 30051 }],
+        readyTimeoutMs: 300_000,
+        onEvent: (e) => events.push(e.type),
+      });
+      processes = [...gw.processes];
+      const port = gw.mappedPort(30051);
+      assert.equal(gw.endpoint, `https://127.0.0.1:${port}`);
+      assert.notEqual(port, 30051, 'a free port was chosen for the gateway');
+      for (const file of [gw.mtls.ca, gw.mtls.cert, gw.mtls.key, gw.kubeconfigPath]) {
+        assert.ok(fs.existsSync(file), `${file} exists`);
+      }
+      assert.match(fs.readFileSync(gw.kubeconfigPath, 'utf8'), new RegExp(gw.kubeApi.replaceAll('.', '\\.')));
+      const bundle = {
+        caCert: fs.readFileSync(gw.mtls.ca, 'utf8'),
+        clientCert: fs.readFileSync(gw.mtls.cert, 'utf8'),
+        clientKey: fs.readFileSync(gw.mtls.key, 'utf8'),
+      };
+      assert.equal(await mtlsHandshake(port, bundle), true);
+      const five = await gw.exec(['/bin/sh', '-c', 'hostname; exit 5']);
+      assert.deepEqual([five.exitCode, five.stdout], [5, 'gateway\n']);
+      assert.equal(gw.status().phase, 'running');
+    }
+    assert.ok(events.includes('guest'), "the guest init's progress came as events");
+    await assertGone(processes);
+    await assertClean(processes, 'lib-gw');
+  });
 });
 
 function httpGet(port: number): Promise<string> {
