@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import fs from 'node:fs';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { type OptionSpec, parseArgs } from './args.ts';
-import { supervisorArgv, supervisorExitCode } from './detach.ts';
+import { CLI_MAIN, supervisorArgv, supervisorExitCode } from './detach.ts';
 
 // The shapes of main.ts's options that matter here.
 const SPECS: OptionSpec[] = [
@@ -77,4 +79,12 @@ test('--detach: a supervisor that dies of signal N gives 128+N, not 143 for ever
   assert.equal(supervisorExitCode(3, null), 3, "the supervisor's own code is kept");
   assert.equal(supervisorExitCode(0, null), 0);
   assert.equal(supervisorExitCode(null, null), 125, 'neither a code nor a signal is our failure');
+});
+
+test("the detached supervisor runs the CLI's main module beside detach.ts, not process.argv[1]", () => {
+  // process.argv[1] is whatever program loaded this code: here the test file, in a user's program
+  // the user's own script.
+  assert.equal(CLI_MAIN, fileURLToPath(new URL('./main.ts', import.meta.url)));
+  assert.ok(fs.existsSync(CLI_MAIN));
+  assert.notEqual(CLI_MAIN, process.argv[1]);
 });
