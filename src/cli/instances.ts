@@ -14,9 +14,8 @@ import {
 } from '../instance/lifecycle.ts';
 import { instanceDir, parseInstanceName } from '../instance/runs.ts';
 import { LOG_SOURCES, LOGS_DIR, type LogSource, loadState, readState } from '../instance/state.ts';
-import { integer } from '../options/exec-options.ts';
+import { parseCount } from '../options/units.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
-import { backendFeatures } from '../vmm/registry.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
 import { followLog } from './follow-log.ts';
 import { DELETE_HELP, LIST_HELP, LOGS_HELP, STATUS_HELP, STOP_HELP } from './help.ts';
@@ -66,7 +65,7 @@ function help(text: string): number {
 }
 
 function timeoutOf(args: ParsedArgs): number {
-  return integer('--timeout', single(args, 'timeout') ?? '30', { min: 1, max: 3600 }, 'seconds') * 1000;
+  return parseCount('--timeout', single(args, 'timeout') ?? '30', { min: 1, max: 3600 }, 'seconds') * 1000;
 }
 
 export async function statusCommand(argv: readonly string[]): Promise<number> {
@@ -190,7 +189,7 @@ export async function logsCommand(argv: readonly string[]): Promise<number> {
   const dir = await requireInstance(env, name);
   const state = await readState(dir);
   const stopped = path.join(dir, LOGS_DIR);
-  const file = state?.logs[source] ?? path.join(stopped, stoppedLogName(stopped, source));
+  const file = state?.logs[source] ?? path.join(stopped, await stoppedLogName(stopped, source));
   if (!fs.existsSync(file)) {
     throw new HostError(`instance '${name}' has no ${source} log yet (${file})`, {
       hint:
@@ -223,8 +222,10 @@ export async function logsCommand(argv: readonly string[]): Promise<number> {
  * A stopped instance's log file name for `source`: `<source>.log`, and for the VMM's own log the
  * one of whichever backend last ran it (each backend's features name its file).
  */
-function stoppedLogName(stopped: string, source: LogSource): string {
+async function stoppedLogName(stopped: string, source: LogSource): Promise<string> {
   if (source !== 'vmm') return `${source}.log`;
+  // The VMM registry loads every backend's module: only `logs --source vmm` of a stopped instance needs it.
+  const { backendFeatures } = await import('../vmm/registry.ts');
   const names = Object.values(backendFeatures()).map((features) => features.vmmLog);
   return names.find((name) => fs.existsSync(path.join(stopped, name))) ?? (names[0] as string);
 }

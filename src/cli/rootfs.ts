@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { readEnvironment } from '../config/environment.ts';
 import { UsageError } from '../errors.ts';
-import { rootfsDir } from '../rootfs/build.ts';
+import { rootfsDir } from '../rootfs/layout.ts';
 import { type RootfsRecord, readRootfsRecord } from '../rootfs/record.ts';
 import { type OptionSpec, parseArgs, single } from './args.ts';
 

@@ -87,7 +87,7 @@ export class VmSession {
     let network: NetworkSpec = { mode: 'none' };
     if (spec.network === 'gvproxy') {
       gvproxy = await SupervisedProcess.start(
-        await gvproxySpec(await findGvproxy(env), run.dir, run.socketDir),
+        await gvproxySpec(await findGvproxy(env), run.dir, run.socketDir, { cacheDir: env.cacheDir }),
         {
           signal: options.signal,
         },

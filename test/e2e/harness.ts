@@ -124,7 +124,7 @@ async function runCli(args: readonly string[], options: RunOptions, eventsFile: 
   ].includes(args[0] ?? '')
     ? [...args]
     : ['prepare-rootfs', 'start', 'create'].includes(args[0] ?? '')
-      ? [args[0], '--events', eventsFile, ...args.slice(1)]
+      ? [args[0] as string, '--events', eventsFile, ...args.slice(1)]
       : ['--events', eventsFile, ...args];
   const child = options.direct
     ? spawn(process.execPath, [MAIN, ...argv], { env: options.env, stdio: ['ignore', 'pipe', 'pipe'] })
