@@ -11,7 +11,7 @@ import {
   resolveGatewayOptions,
 } from '../options/gateway-options.ts';
 import { KUBE_API_GUEST_PORT } from '../presets/gateway.ts';
-import { rootfsDir } from '../rootfs/build.ts';
+import { rootfsDir } from '../rootfs/layout.ts';
 import { readRootfsRecord } from '../rootfs/record.ts';
 import { assignHostPorts, hostCapacity, type PreparedVm } from './prepare.ts';
 import { chooseVmm, type ProgressSink } from './vmm-choice.ts';
