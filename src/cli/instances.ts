@@ -237,7 +237,7 @@ interface ShownStatus extends InstanceStatus {
 
 async function describeInstance(env: HostEnvironment, name: string): Promise<ShownStatus> {
   const status = await inspectInstance(env, name);
-  // The instance's own rootfs (rootfsDir in src/rootfs/build.ts), built when its record is there.
+  // The instance's own rootfs (rootfsDir in src/rootfs/layout.ts), built when its record is there.
   const record = path.join(instanceDir(env, name), 'rootfs', ROOTFS_PATHS.record);
   return { ...status, hasRootfs: await pathExists(record) };
 }

@@ -99,7 +99,7 @@ export async function ensureInstanceDirAt(
       warn,
       fix: `remove ${d} (or set OPENSHELL_VM_DATA_DIR to a directory of yours)`,
       // A directory that was open may hold another user's entries (in the instance's, its rootfs:
-      // rootfsDir in src/rootfs/build.ts): refused, since we would boot, read or delete them.
+      // rootfsDir in src/rootfs/layout.ts): refused, since we would boot, read or delete them.
       checkInside: i === chain.length - 1 ? [INSTANCE_ROOTFS] : [],
       foreignFix: (entry) =>
         `another user may have planted it: remove it (rm -rf ${entry}) and check the rest of ${d}, or remove ${d} whole`,
@@ -108,7 +108,7 @@ export async function ensureInstanceDirAt(
   return dir;
 }
 
-/** The instance's own rootfs, in its directory (rootfsDir in src/rootfs/build.ts). */
+/** The instance's own rootfs, in its directory (rootfsDir in src/rootfs/layout.ts). */
 const INSTANCE_ROOTFS = 'rootfs';
 
 function privateRules(dir: string): DirRules {

@@ -81,7 +81,7 @@ export function resetGateway(
   rootfs: string,
   warn?: (message: string) => void,
 ): Promise<CleanupReport> {
-  // The instance's own rootfs (rootfsDir in src/rootfs/build.ts).
+  // The instance's own rootfs (rootfsDir in src/rootfs/layout.ts).
   const own = path.resolve(rootfs) === path.join(instanceDir(env, name), 'rootfs');
   return resetInstance(env, name, {
     rootfs,

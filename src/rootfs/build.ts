@@ -71,10 +71,6 @@ export interface BuildHooks {
   readonly signal?: AbortSignal | undefined;
 }
 
-// rootfsDir is in layout.ts (import it from there: this module loads the OCI stack); exported
-// here too until every caller imports it from layout.ts.
-export { rootfsDir };
-
 const TMP_PREFIX = 'rootfs.tmp-';
 const OLD_PREFIX = 'rootfs.old-';
 

@@ -170,7 +170,7 @@ describe('instances', () => {
       assert.match(noCmd.stderr, /no command given/);
       const notRunning = await box.run(['exec', 'nope', '--', 'true']);
       assert.equal(notRunning.code, 125);
-      assert.match(notRunning.stderr, /instance 'nope' is not running/);
+      assert.match(notRunning.stderr, /there is no instance 'nope'/);
       for (const command of ['status', 'stop', 'logs', 'delete']) {
         const none = await box.run([command, 'nope']);
         assert.equal(none.code, 125, `${command}: ${none.stderr}`);
