@@ -83,6 +83,19 @@ test("the reason quotes no value from the file (a planted escape sequence or pat
   }
 });
 
+test("a planted key's control characters are escaped and its length cut; a file that is not JSON is described by its size only", () => {
+  const key = '\u001b]0;owned\u0007\u001b[2J';
+  const keyed = parseRecord(JSON.stringify({ pid: 1, purpose: 'x', [key]: 1 }), lockRecordSchema);
+  assert.equal(keyed.ok, false);
+  const reason = (keyed as { reason: string }).reason;
+  assert.equal(reason, 'does not match its schema (\\x1b]0;owned\\x07\\x1b[2J: unknown field)');
+  const long = parseRecord(JSON.stringify({ pid: 1, purpose: 'x', ['k'.repeat(5000)]: 1 }), lockRecordSchema);
+  assert.match((long as { reason: string }).reason, /^does not match its schema \(k{200}…: unknown field\)$/);
+  const text = '\u001b[31mRED{';
+  const notJson = parseRecord(text, lockRecordSchema);
+  assert.deepEqual(notJson, { ok: false, reason: `is not JSON (${Buffer.byteLength(text)} bytes)` });
+});
+
 test('owner, pid and lock records: exact fields, bounded', () => {
   const ok = [
     [ownerRecordSchema, { pid: 10, extraPaths: ['/tmp/a'] }],

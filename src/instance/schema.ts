@@ -1,4 +1,5 @@
 import * as v from 'valibot';
+import { terminalSafeLine } from '../host/terminal-text.ts';
 import type { PidRecord } from '../supervisor/process.ts';
 
 /**
@@ -79,14 +80,19 @@ export const lockRecordSchema: RecordSchema<LockRecord> = v.pipe(
   v.transform(withStartTime),
 );
 
+/** A field's dotted path in a reason is cut here (its keys are the file's: a planted key may be long). */
+const PATH_MAX_CHARS = 200;
+
 /**
  * The first issue as one line, `where: what` (`where` is the field's dotted path, or "the record"),
  * built from the issue's kind and its expectation only: never from the value received, which is
- * the file's (a planted record's) content.
+ * the file's (a planted record's) content. The path's keys are the file's too (an unknown field is
+ * named): made terminal-safe and cut.
  */
 export function describeIssues(issues: readonly [v.BaseIssue<unknown>, ...v.BaseIssue<unknown>[]]): string {
   const issue = issues[0];
-  return `${v.getDotPath(issue) ?? 'the record'}: ${describeIssue(issue)}`;
+  const where = v.getDotPath(issue);
+  return `${where === null ? 'the record' : terminalSafeLine(where, { maxChars: PATH_MAX_CHARS })}: ${describeIssue(issue)}`;
 }
 
 function describeIssue(issue: v.BaseIssue<unknown>): string {
@@ -119,7 +125,10 @@ function describeIssue(issue: v.BaseIssue<unknown>): string {
   }
 }
 
-/** Parses `text` as JSON matching `schema`; the error is one line saying what is wrong. */
+/**
+ * Parses `text` as JSON matching `schema`; the error is one line saying what is wrong, without
+ * the file's content (JSON.parse's own message quotes it: only its size is said).
+ */
 export function parseRecord<T>(
   text: string,
   schema: RecordSchema<T>,
@@ -127,8 +136,8 @@ export function parseRecord<T>(
   let json: unknown;
   try {
     json = JSON.parse(text);
-  } catch (err) {
-    return { ok: false, reason: `is not JSON (${(err as Error).message})` };
+  } catch {
+    return { ok: false, reason: `is not JSON (${Buffer.byteLength(text)} bytes)` };
   }
   const result = v.safeParse(schema, json);
   if (result.success) return { ok: true, value: result.output };
