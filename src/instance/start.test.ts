@@ -7,11 +7,12 @@ import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { testEnvironment } from '../../test/fixtures/env.ts';
 import { decodeExit, encodeExit, encodeFrame, FRAME, type Frame, FrameDecoder } from '../agent/protocol.ts';
-import type { HostEnvironment } from '../config/environment.ts';
+import { type HostEnvironment, readEnvironment } from '../config/environment.ts';
 import { VmError } from '../errors.ts';
+import { findGvproxy } from '../net/gvproxy.ts';
 import type { BackendFeatures, RunningVm, VmExit, VmmBackend, VmSpec } from '../vmm/backend.ts';
 import { instanceDir } from './runs.ts';
-import { type InstanceSpec, type PresetHooks, startInstance } from './start.ts';
+import { type InstanceEvent, type InstanceSpec, type PresetHooks, startInstance } from './start.ts';
 import { readState } from './state.ts';
 
 /** What the fake guest does: say hello (or not), answer OPEN with `exitCode`, end on SHUTDOWN. */
@@ -309,6 +310,73 @@ describe('startInstance: one lifecycle against a fake backend', () => {
     );
     assert.deepEqual(steps, ['preflight']);
   });
+
+  const isAlive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  /** A real gvproxy (the one a run would use) behind the fake VMM, and its pids as the events give them. */
+  async function withGvproxy(
+    throwOn: 'started' | 'stopped',
+  ): Promise<{ env: HostEnvironment; pids: number[]; emit: (e: InstanceEvent) => void; bug: Error }> {
+    const gvEnv = testEnvironment(dir, { toolOverrides: { gvproxy: await findGvproxy(readEnvironment()) } });
+    const pids: number[] = [];
+    const bug = new Error(`a bug in the caller's emit (on 'process ${throwOn}')`);
+    const emit = (e: InstanceEvent) => {
+      if (e.type !== 'process') return;
+      if (e.action === 'started') pids.push(e.process.pid);
+      if (e.action === throwOn) throw bug;
+    };
+    return { env: gvEnv, pids, emit, bug };
+  }
+
+  it("an emit that throws on gvproxy's 'process started': the start rejects with it, gvproxy is stopped, nothing is left", async () => {
+    const steps: string[] = [];
+    const { env: gvEnv, pids, emit, bug } = await withGvproxy('started');
+    const backend = new FakeBackend(steps, { hello: true, exitCode: 0 });
+    await assert.rejects(
+      startInstance(gvEnv, spec({ network: 'gvproxy' }), hooks(steps), { backend, emit }),
+      (e) => e === bug,
+    );
+    assert.equal(pids.length, 1, 'gvproxy was started');
+    assert.equal(isAlive(pids[0] as number), false, `gvproxy (pid ${pids[0]}) is stopped`);
+    assert.ok(!steps.includes('vmm:start'), 'the VMM was never started');
+    assert.equal(steps.at(-1), 'cleanup');
+    assert.equal(await readState(instanceDir(gvEnv, 'unit')), undefined, 'the state file is removed');
+    const again = await startInstance(gvEnv, spec(), hooks([]), {
+      backend: new FakeBackend([], { hello: true, exitCode: 0 }),
+    });
+    await again.stop();
+  });
+
+  for (const orderly of [true, false]) {
+    it(`an emit that throws on gvproxy's 'process stopped' (${orderly ? 'an orderly stop' : 'a kill: an abort, the VM ending by itself'}): stop() rejects with it once everything is stopped and removed`, async () => {
+      const steps: string[] = [];
+      const { env: gvEnv, pids, emit, bug } = await withGvproxy('stopped');
+      const backend = new FakeBackend(steps, { hello: true, exitCode: 0 });
+      const handle = await startInstance(gvEnv, spec({ network: 'gvproxy' }), hooks(steps), {
+        backend,
+        emit,
+      });
+      const control = handle.state.control;
+      assert.ok(fs.existsSync(control), 'the control socket is there while it runs');
+      await assert.rejects(handle.stop({ orderly }), (e) => e === bug);
+      assert.equal(isAlive(pids[0] as number), false, 'gvproxy is stopped');
+      assert.ok(!fs.existsSync(control), 'the control socket is removed');
+      assert.equal(await readState(instanceDir(gvEnv, 'unit')), undefined, 'the state file is removed');
+      assert.equal(steps.at(-1), 'cleanup');
+      assert.deepEqual(runsLeft(), [], 'the run directory is removed');
+      const again = await startInstance(gvEnv, spec(), hooks([]), {
+        backend: new FakeBackend([], { hello: true, exitCode: 0 }),
+      });
+      await again.stop();
+    });
+  }
 
   it('exit codes come from the agent as they are (decodeExit round trip)', () => {
     for (const code of [0, 2, 125, 126, 127, 137, 143]) assert.equal(decodeExit(encodeExit(code)), code);

@@ -10,7 +10,7 @@ import type { PortForward } from '../net/ports.ts';
 import { tailFile } from '../supervisor/wait.ts';
 import type { NetworkSpec, RunningVm, VmExit, VmmBackend } from '../vmm/backend.ts';
 import type { RunPaths } from '../vmm/run-paths.ts';
-import { type SessionEvent, VmSession } from '../vmm/session.ts';
+import { everyStep, type SessionEvent, VmSession } from '../vmm/session.ts';
 import { takeInstanceLock } from './lock.ts';
 import { describeReap, reapStaleInstance } from './reap.ts';
 import { createRun, finishRun, instanceDir } from './runs.ts';
@@ -249,15 +249,21 @@ export async function startInstance(
     saidStopping = true;
     hooks.stopping?.();
   };
+  // Every step runs whatever the one before did (a session whose close throws must not leave the
+  // control socket and the state file); the first failure is thrown once the lock is released.
   const teardown = async (keepLogs: boolean) => {
     if (tornDown) return;
     tornDown = true;
-    sayStopping();
     try {
-      await session?.close();
-      await supervisor?.close();
-      await hooks.cleanup?.();
-      if (run) await finishRun(run, keepLogs);
+      await everyStep([
+        async () => sayStopping(),
+        async () => session?.close(),
+        async () => supervisor?.close(),
+        async () => hooks.cleanup?.(),
+        async () => {
+          if (run) await finishRun(run, keepLogs);
+        },
+      ]);
     } finally {
       await release();
     }
@@ -319,8 +325,10 @@ export async function startInstance(
     await supervisor.ready(endpoints ?? {});
     return handle;
   } catch (err) {
-    if (handle) await handle.stop({ orderly: false, failed: true });
-    else await teardown(true);
+    // The start's own failure (or the abort) is what the caller gets: the stop has run every
+    // step, and a failure of one of them does not replace it.
+    const stopped = handle ? handle.stop({ orderly: false, failed: true }) : teardown(true);
+    await stopped.catch(() => undefined);
     if (signal?.aborted) throw signal.reason;
     throw err;
   }

@@ -84,34 +84,28 @@ export class VmSession {
     const { emit } = options;
     let gvproxy: SupervisedProcess | undefined;
     let relay: GvproxyRelay | undefined;
+    let vm: RunningVm | undefined;
     let network: NetworkSpec = { mode: 'none' };
-    if (spec.network === 'gvproxy') {
-      gvproxy = await SupervisedProcess.start(
-        await gvproxySpec(await findGvproxy(env), run.dir, run.socketDir, { cacheDir: env.cacheDir }),
-        {
-          signal: options.signal,
-        },
-      );
-      emit({ type: 'process', action: 'started', process: gvproxy.record() });
-      try {
+    // Everything after gvproxy's spawn is inside the try, the events too (the caller's emit may
+    // throw): whatever fails, what was started is stopped before the error goes on.
+    try {
+      if (spec.network === 'gvproxy') {
+        gvproxy = await SupervisedProcess.start(
+          await gvproxySpec(await findGvproxy(env), run.dir, run.socketDir, { cacheDir: env.cacheDir }),
+          { signal: options.signal },
+        );
+        emit({ type: 'process', action: 'started', process: gvproxy.record() });
         relay = await GvproxyRelay.start({
           listenPath: path.join(run.socketDir, GVPROXY_FILES.vmSocket),
           gvproxyPath: path.join(run.socketDir, GVPROXY_FILES.qemuSocket),
           onDrop: onceForGateway((message) => emit({ type: 'warning', message })),
         });
-      } catch (err) {
-        const exit = await gvproxy.stop();
-        emit({ type: 'process', action: 'stopped', process: gvproxy.record(), exit });
-        throw err;
+        network = { mode: 'gvproxy', socketPath: relay.listenPath, mac: GVPROXY_NET.mac };
+      } else if (spec.network === 'user') {
+        network = { mode: 'user', mac: GVPROXY_NET.mac, forwards: spec.forwards };
+      } else if (spec.network === 'tsi') {
+        network = { mode: 'tsi', forwards: spec.forwards };
       }
-      network = { mode: 'gvproxy', socketPath: relay.listenPath, mac: GVPROXY_NET.mac };
-    } else if (spec.network === 'user') {
-      network = { mode: 'user', mac: GVPROXY_NET.mac, forwards: spec.forwards };
-    } else if (spec.network === 'tsi') {
-      network = { mode: 'tsi', forwards: spec.forwards };
-    }
-    let vm: RunningVm | undefined;
-    try {
       const tsc = spec.arch === 'x86_64' && spec.accel.accel === 'tcg' ? await hostTscKhz() : undefined;
       emit({
         type: 'stage',
@@ -151,31 +145,67 @@ export class VmSession {
       }
       return session;
     } catch (err) {
-      if (vm && !vm.hasExited) await vm.stop();
-      await relay?.close();
-      if (gvproxy) {
-        const exit = await gvproxy.stop();
-        emit({ type: 'process', action: 'stopped', process: gvproxy.record(), exit });
-      }
+      const started = { vm, relay, gvproxy };
+      // The start's own failure is the one the caller needs: a cleanup step's failure (the
+      // 'stopped' event's emit, say) does not replace it, and no step skips the next.
+      await everyStep([
+        async () => {
+          if (started.vm && !started.vm.hasExited) await started.vm.stop();
+        },
+        async () => started.relay?.close(),
+        async () => {
+          if (!started.gvproxy) return;
+          const exit = await started.gvproxy.stop();
+          emit({ type: 'process', action: 'stopped', process: started.gvproxy.record(), exit });
+        },
+      ]).catch(() => undefined);
       throw err;
     }
   }
 
-  /** Stops the VM, removes the forwards, closes the frame filter, stops gvproxy. Idempotent. */
+  /**
+   * Stops the VM, removes the forwards, closes the frame filter, stops gvproxy. Idempotent. Every
+   * step runs whatever the one before did (a VM that fails to stop, an emit that throws); the
+   * first failure is thrown once all have run.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#stopWatch?.();
-    if (!this.vm.hasExited) await this.vm.stop();
-    if (this.gvproxy) {
-      if (this.forwarder && !this.gvproxy.hasExited) {
-        for (const f of this.#forwards) await this.forwarder.unexpose(f).catch(() => undefined);
-      }
-      await this.relay?.close();
-      const exit = await this.gvproxy.stop();
-      this.#emit({ type: 'process', action: 'stopped', process: this.gvproxy.record(), exit });
+    const { gvproxy, forwarder, relay } = this;
+    await everyStep([
+      async () => {
+        if (!this.vm.hasExited) await this.vm.stop();
+      },
+      async () => {
+        if (!gvproxy || !forwarder || gvproxy.hasExited) return;
+        for (const f of this.#forwards) await forwarder.unexpose(f).catch(() => undefined);
+      },
+      async () => relay?.close(),
+      async () => {
+        if (!gvproxy) return;
+        const exit = await gvproxy.stop();
+        this.#emit({ type: 'process', action: 'stopped', process: gvproxy.record(), exit });
+      },
+    ]);
+  }
+}
+
+/**
+ * Runs every step in order, whatever the earlier ones did, and throws the first failure once all
+ * have run: the rule of every stop path (a failing or throwing step must not leave a helper, a
+ * socket or a state file behind).
+ */
+export async function everyStep(steps: readonly (() => Promise<unknown>)[]): Promise<void> {
+  let failure: { readonly error: unknown } | undefined;
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (error) {
+      failure ??= { error };
     }
   }
+  if (failure) throw failure.error;
 }
 
 /**
