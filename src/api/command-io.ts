@@ -1,4 +1,6 @@
+import { constants } from 'node:buffer';
 import { Readable, Writable } from 'node:stream';
+import { UsageError, VmError } from '../errors.ts';
 import type { ExecIo } from '../presets/run.ts';
 import type { CommandOptions, CommandResult } from './options.ts';
 
@@ -52,25 +54,97 @@ export function signalOfExitCode(exitCode: number): NodeJS.Signals | undefined {
   return exitCode > 128 ? LINUX_SIGNALS[exitCode - 128] : undefined;
 }
 
-/** A Writable that keeps what it is given. */
+/** The default of maxBuffer: the bytes kept of each buffered stream. */
+export const DEFAULT_MAX_BUFFER_BYTES = 64 * 2 ** 20;
+
+/** The most maxBuffer may be: a buffer of it must still decode to one string. */
+const MAX_BUFFER_LIMIT = constants.MAX_STRING_LENGTH;
+
+/** maxBuffer, validated: a whole number of bytes from 1 to the longest string. */
+export function maxBufferBytes(value: unknown): number {
+  if (value === undefined) return DEFAULT_MAX_BUFFER_BYTES;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_BUFFER_LIMIT) {
+    const range = `a whole number of bytes from 1 to ${MAX_BUFFER_LIMIT}`;
+    throw new UsageError(
+      typeof value === 'number'
+        ? `maxBuffer: ${value} is not ${range}`
+        : `maxBuffer: expected ${range}, not ${value === null ? 'null' : `a ${typeof value}`}`,
+      {
+        hint: `e.g. maxBuffer: ${DEFAULT_MAX_BUFFER_BYTES} (the default, 64 MiB); pass stdout/stderr streams for output of any size`,
+      },
+    );
+  }
+  return value;
+}
+
+type StreamName = 'stdout' | 'stderr';
+
+/**
+ * A Writable that keeps what it is given, up to `maxBytes`. Past that it keeps nothing more and
+ * calls `onOverflow` once (the guest's output is hostile: it may write without end). It never
+ * errors itself: the session writes to it without a listener for 'error'.
+ */
 class Collector extends Writable {
   readonly #chunks: Buffer[] = [];
+  readonly #name: StreamName;
+  readonly #maxBytes: number;
+  readonly #onOverflow: (error: VmError) => void;
+  #bytes = 0;
+  #overflowed = false;
+
+  constructor(name: StreamName, maxBytes: number, onOverflow: (error: VmError) => void) {
+    super();
+    this.#name = name;
+    this.#maxBytes = maxBytes;
+    this.#onOverflow = onOverflow;
+  }
+
   override _write(chunk: Buffer, _encoding: BufferEncoding, done: (error?: Error | null) => void): void {
-    this.#chunks.push(chunk);
+    if (!this.#overflowed && this.#bytes + chunk.length > this.#maxBytes) {
+      // What was kept goes too: the call rejects, and the memory is the point.
+      this.#overflowed = true;
+      this.#chunks.length = 0;
+      this.#onOverflow(
+        new VmError(
+          `the command wrote more than maxBuffer (${this.#maxBytes} bytes) to its ${this.#name}: it was ended`,
+          {
+            hint: `raise maxBuffer (up to ${MAX_BUFFER_LIMIT}), or pass a ${this.#name} stream to take output of any size`,
+          },
+        ),
+      );
+    }
+    if (!this.#overflowed) {
+      this.#bytes += chunk.length;
+      this.#chunks.push(chunk);
+    }
     done();
   }
+
   text(): string {
     return Buffer.concat(this.#chunks).toString('utf8');
   }
 }
 
-/** The session's streams for `options`, and the result once the command's exit code is known. */
-export function commandIo(options: CommandOptions): {
+/**
+ * The session's streams for `options`, the signal to end it by (the caller's, and a buffered
+ * stream's overflow: its reason is then the VmError naming the stream), and the result once the
+ * command's exit code is known (it throws that VmError after an overflow). A bad maxBuffer is
+ * refused here, before anything starts.
+ */
+export function commandIo(options: CommandOptions & { readonly signal?: AbortSignal | undefined }): {
   readonly io: ExecIo;
+  readonly signal: AbortSignal;
   result(exitCode: number): CommandResult;
 } {
-  const stdout = options.stdout ? undefined : new Collector();
-  const stderr = options.stderr ? undefined : new Collector();
+  const maxBytes = maxBufferBytes(options.maxBuffer);
+  const overflow = new AbortController();
+  let overflowError: VmError | undefined;
+  const onOverflow = (error: VmError) => {
+    overflowError ??= error;
+    overflow.abort(overflowError);
+  };
+  const stdout = options.stdout ? undefined : new Collector('stdout', maxBytes, onOverflow);
+  const stderr = options.stderr ? undefined : new Collector('stderr', maxBytes, onOverflow);
   const { stdin } = options;
   const io: ExecIo = {
     stdin:
@@ -84,11 +158,15 @@ export function commandIo(options: CommandOptions): {
   };
   return {
     io,
-    result: (exitCode) => ({
-      exitCode,
-      signal: signalOfExitCode(exitCode),
-      stdout: stdout?.text() ?? '',
-      stderr: stderr?.text() ?? '',
-    }),
+    signal: options.signal ? AbortSignal.any([options.signal, overflow.signal]) : overflow.signal,
+    result: (exitCode) => {
+      if (overflowError) throw overflowError;
+      return {
+        exitCode,
+        signal: signalOfExitCode(exitCode),
+        stdout: stdout?.text() ?? '',
+        stderr: stderr?.text() ?? '',
+      };
+    },
   };
 }

@@ -92,6 +92,13 @@ export interface CommandOptions {
   readonly stdout?: Writable | undefined;
   /** Where the command's stderr goes as it runs; the result's stderr is then ''. Default: buffered. */
   readonly stderr?: Writable | undefined;
+  /**
+   * The most bytes kept of each buffered stream (stdout, stderr; default 64 MiB, 67108864): a
+   * command that writes more is ended and the call rejects with a VmError naming the stream and
+   * this option (run() stops its VM; vm.exec() only the command). Streams given as stdout or stderr
+   * are not limited.
+   */
+  readonly maxBuffer?: number | undefined;
 }
 
 export interface ExecOptions extends CommandOptions {

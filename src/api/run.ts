@@ -21,14 +21,15 @@ import { prepareExec } from './prepare.ts';
 export async function run(options: RunOptions): Promise<CommandResult> {
   options.signal?.throwIfAborted();
   const sink = eventSink<VmEvent>(options.onEvent);
+  const { io, signal, result } = commandIo(options);
   const prepared = await prepareExec(rawRunOptions(options), LIBRARY_NAMES, sink);
   options.signal?.throwIfAborted();
-  const { io, result } = commandIo(options);
+  // `signal` is the caller's and the output's overflow: either stops the VM.
   const ran = await runExec(
     prepared.env,
     { ...prepared.options, accel: prepared.accel, keepLogs: options.keepLogs ?? false },
     io,
-    { backend: prepared.backend, signal: options.signal, onEvent: sink.emit },
+    { backend: prepared.backend, signal, onEvent: sink.emit },
   );
   return result(ran.exitCode);
 }

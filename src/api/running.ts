@@ -85,8 +85,8 @@ export class RunningInstance {
         hint: 'commands run only while the VM runs: start another one',
       });
     }
-    const { io, result } = commandIo(options);
-    return result(await execInGuest(this.handle, request, io, options.signal));
+    const { io, signal, result } = commandIo(options);
+    return result(await execInGuest(this.handle, request, io, signal));
   }
 
   /** The host port that forwards `guestPort` (given in the start's `ports`). */
