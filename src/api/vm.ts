@@ -37,7 +37,10 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
 export class Vm extends RunningInstance implements AsyncDisposable {
   #stopping: Promise<void> | undefined;
   readonly #signal: AbortSignal | undefined;
-  readonly #onAbort = () => void this.#end(false, false);
+  // A stop nobody awaits (an abort, `openshell-vm stop`, the VM's own end) may fail too (a full
+  // disk as the run directory is finished): its error is kept for stop() and dispose to throw,
+  // never an unhandled rejection that would end the caller's process.
+  readonly #onAbort = () => this.#endInBackground(false, false);
 
   constructor(handle: InstanceHandle, forwards: readonly PortForward[], signal: AbortSignal | undefined) {
     super(handle, forwards);
@@ -45,16 +48,17 @@ export class Vm extends RunningInstance implements AsyncDisposable {
     signal?.addEventListener('abort', this.#onAbort, { once: true });
     if (signal?.aborted) this.#onAbort();
     // `openshell-vm stop NAME` from elsewhere: an orderly stop with the timeout it asks for.
-    void handle.stopRequested.then((ms) => this.#end(true, false, ms));
+    void handle.stopRequested.then((ms) => this.#endInBackground(true, false, ms));
     // The VM ended by itself (the guest powered off, the VMM died): its helpers, state and lock go
     // too; its logs are kept.
-    void handle.exited.then(() => this.#end(false, true));
+    void handle.exited.then(() => this.#endInBackground(false, true));
   }
 
   /**
    * Stops the VM in order (the guest is asked to power off and gets `timeoutMs`, then the VM, its
    * helpers, the state file, the run directory and the lock). Idempotent: every call settles when
-   * the first one's stop is done.
+   * the first one's stop is done, and rejects with its failure, also when that stop began without
+   * a call (the signal's abort, `openshell-vm stop`, the VM's own end).
    */
   stop(options: StopOptions = {}): Promise<void> {
     return this.#end(true, false, options.timeoutMs ?? STOP_TIMEOUT_MS);
@@ -64,6 +68,11 @@ export class Vm extends RunningInstance implements AsyncDisposable {
     await this.stop();
   }
 
+  #endInBackground(orderly: boolean, failed: boolean, timeoutMs?: number): void {
+    this.#end(orderly, failed, timeoutMs).catch(() => undefined);
+  }
+
+  /** The one stop: every caller gets its promise (a rejection included). */
   #end(orderly: boolean, failed: boolean, timeoutMs = STOP_TIMEOUT_MS): Promise<void> {
     this.#stopping ??= (async () => {
       this.#signal?.removeEventListener('abort', this.#onAbort);
