@@ -243,6 +243,60 @@ test('startVm: aborting the signal after the start stops the VM', async () => {
   await assertClean(processes, 'lib-abort-late');
 });
 
+test("startVm: an onEvent that throws on every process start (gvproxy's, the VMM's) breaks nothing: the VM runs, one process warning, dispose leaves nothing", async () => {
+  const recorder = processRecorder();
+  const warnings: Error[] = [];
+  const onWarning = (w: Error) => {
+    if (w.name === 'OpenShellVmWarning') warnings.push(w);
+  };
+  process.on('warning', onWarning);
+  let processes: readonly { name: string; pid: number }[] = [];
+  try {
+    await using vm = await startVm({
+      ...LIGHT,
+      name: 'lib-onevent',
+      onEvent: (e) => {
+        recorder.onEvent(e);
+        if (e.type === 'process' && e.action === 'started') throw new Error("a bug in the caller's onEvent");
+      },
+    });
+    processes = [...vm.processes];
+    assert.ok(
+      processes.some((p) => p.name === 'gvproxy'),
+      `gvproxy is one of the VM's processes (${processes.map((p) => p.name)})`,
+    );
+    assert.equal((await vm.exec(['/bin/sh', '-c', 'exit 4'])).exitCode, 4);
+  } finally {
+    process.off('warning', onWarning);
+  }
+  assert.equal(warnings.length, 1, 'the first throw is reported, once');
+  assert.match(
+    warnings[0]?.message ?? '',
+    /onEvent threw on a 'process' event \(a bug in the caller's onEvent\)/,
+  );
+  await assertGone(recorder.started);
+  await assertClean(recorder.started, 'lib-onevent');
+});
+
+test('run(): a command that writes past maxBuffer is ended; run rejects with a VmError naming the stream and the option; nothing is left', async () => {
+  const recorder = processRecorder();
+  const t0 = performance.now();
+  await assert.rejects(
+    run({
+      ...LIGHT,
+      name: 'lib-flood',
+      command: ['/bin/sh', '-c', 'yes'],
+      maxBuffer: 2 ** 20,
+      onEvent: recorder.onEvent,
+    }),
+    (e: unknown) =>
+      e instanceof VmError && /more than maxBuffer \(1048576 bytes\) to its stdout/.test(e.message),
+  );
+  assert.ok(performance.now() - t0 < 120_000, 'the run ended at the limit, not at a timeout');
+  await assertGone(recorder.started);
+  await assertClean(recorder.started, 'lib-flood');
+});
+
 // The gateway from the library, on a rootfs with the STAND-IN k3s (test/fixtures/k3s-stand-in.sh:
 // not k3s; it serves mTLS on the gateway port with the certificates the host bootstrap injected).
 describe('startGateway with a stand-in k3s', { skip: mmdebstrapMissing }, () => {
