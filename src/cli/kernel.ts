@@ -22,14 +22,15 @@ const BUILD_OPTIONS: readonly OptionSpec[] = [
   { name: 'arch', kind: 'value' },
   { name: 'target', kind: 'value' },
   { name: 'jobs', short: 'j', kind: 'value' },
-  { name: 'source', kind: 'value' },
+  { name: 'source', kind: 'value', aliases: ['kernel-source'] },
+  { name: 'libkrunfw-source', kind: 'value' },
   { name: 'json', kind: 'flag' },
   { name: 'quiet', short: 'q', kind: 'flag' },
   { name: 'help', short: 'h', kind: 'flag' },
 ];
 
-export const KERNEL_BUILD_HELP = `Usage: openshell-vm kernel build [--arch x86_64|aarch64] [--target qemu] [--jobs N]
-                                [--source TARBALL] [--json] [-q]
+export const KERNEL_BUILD_HELP = `Usage: openshell-vm kernel build [--arch x86_64|aarch64] [--target qemu|libkrunfw|all] [--jobs N]
+                                [--source TARBALL] [--libkrunfw-source PATH] [--json] [-q]
 
 Builds the QEMU backend's guest kernel from Debian's kernel source (linux-source-6.12, fetched by
 scripts/provision-host.sh with its sha256, checked before every build) with openshell-vm's own
@@ -43,14 +44,17 @@ so a second build with the same inputs does nothing. Runs then boot it (OPENSHEL
 the default: the built kernel when there is one for the guest architecture, else Debian's;
 debian; built; or a PATH to a kernel image). The compile runs at nice 15.
   --arch      guest architecture (default: the host's)
-  --target    qemu (the only target built here)
+  --target    qemu (default; the above), libkrunfw (libkrun's kernel library, libkrunfw's own
+              build with the gateway's options built in: src/kernel/libkrunfw-build.ts), or all
   --jobs N    parallel compile jobs (default: the number of CPUs)
-  --source    a kernel source tarball to build instead of the provisioned one
+  --source    (or --kernel-source) a kernel source tarball to build instead of the provisioned
+              (qemu) or pinned (libkrunfw) one
+  --libkrunfw-source  libkrunfw's source (a release tarball or a checkout) instead of the pinned one
   --json      print the result (key, paths, provenance) as JSON on stdout
 `;
 
 export const KERNEL_HELP = `Usage: openshell-vm kernel check [CONFIG] [--builtin] [--json]
-       openshell-vm kernel build [--arch ARCH] [--target qemu] [--jobs N] [--source TARBALL]
+       openshell-vm kernel build [--arch ARCH] [--target qemu|libkrunfw|all] [--jobs N] [--source TARBALL]
 
 Checks a kernel config against the options the gateway needs (src/kernel/openshell.kconfig:
 bridge, netfilter/nftables, conntrack, IPVS, cgroups, Landlock, seccomp, ...) and reports each as
@@ -100,11 +104,15 @@ async function kernelBuildCommand(argv: readonly string[]): Promise<number> {
   const one = (name: string) => args.values.get(name)?.at(-1);
   const arch = one('arch') ? parseGuestArch(one('arch') as string) : defaultGuestArch();
   const target = one('target') ?? 'qemu';
-  if (target !== 'qemu') {
+  if (target !== 'qemu' && target !== 'libkrunfw' && target !== 'all') {
     throw new UsageError(`kernel build --target ${target}: unknown target`, {
-      hint: "use --target qemu (the QEMU backend's guest kernel)",
+      hint: "use --target qemu (the QEMU backend's guest kernel), libkrunfw (libkrun's kernel library) or all",
     });
   }
+  if (one('libkrunfw-source') !== undefined && target === 'qemu')
+    throw new UsageError('--libkrunfw-source is for --target libkrunfw (or all)', {
+      hint: 'drop it, or add --target libkrunfw',
+    });
   const { buildKernel, defaultJobs } = await import('../kernel/build.ts');
   let jobs = defaultJobs();
   const jobsText = one('jobs');
@@ -118,25 +126,56 @@ async function kernelBuildCommand(argv: readonly string[]): Promise<number> {
   const { Reporter } = await import('./reporter.ts');
   const reporter = new Reporter({ stderr: process.stderr, quiet: args.flags.has('quiet') });
   const { withSignals } = await import('./signals.ts');
-  const result = await withSignals(
-    reporter,
-    'stopping the kernel build (nothing is left half-built)',
-    (signal) =>
-      buildKernel(
-        readEnvironment(),
-        { arch, target, jobs, source: one('source') },
+  const env = readEnvironment();
+  const outputs: { json: Record<string, unknown>; text: string }[] = [];
+  await withSignals(reporter, 'stopping the kernel build (nothing is left half-built)', async (signal) => {
+    if (target === 'qemu' || target === 'all') {
+      const result = await buildKernel(
+        env,
+        { arch, target: 'qemu', jobs, source: one('source') },
         { signal, onProgress: (m) => reporter.progress(m) },
-      ),
-  );
-  const p = result.kernel.provenance;
+      );
+      const p = result.kernel.provenance;
+      outputs.push({
+        json: {
+          target: 'qemu',
+          built: result.built,
+          key: result.kernel.key,
+          dir: result.kernel.dir,
+          image: result.kernel.image,
+          config: result.kernel.config,
+          elapsedMs: Math.round(result.elapsedMs),
+          provenance: p,
+        },
+        text: `${result.built ? 'built' : 'cached'}: ${result.kernel.image}\n  Linux ${p.version} (${p.kernel_source}), ${p.arch}, everything built in\n  config ${result.kernel.config} (sha256 ${p.kernel_config_sha256.slice(0, 12)}...)\n  ${p.compiler}; built ${p.build_timestamp} in ${p.build_seconds} s\n`,
+      });
+    }
+    if (target === 'libkrunfw' || target === 'all') {
+      const { buildLibkrunfw, describeLibkrunfwBuild } = await import('../kernel/libkrunfw-build.ts');
+      const result = await buildLibkrunfw(
+        env,
+        { arch, jobs, libkrunfwSource: one('libkrunfw-source'), kernelSource: one('source') },
+        { signal, onProgress: (m) => reporter.progress(m), onWarning: (m) => reporter.warn(m) },
+      );
+      outputs.push({
+        json: {
+          target: 'libkrunfw',
+          built: result.built,
+          key: result.key,
+          dir: result.dir,
+          library: result.library,
+          elapsedMs: Math.round(result.elapsedMs),
+          provenance: result.provenance,
+        },
+        text: describeLibkrunfwBuild(result),
+      });
+    }
+  });
   if (args.flags.has('json')) {
-    process.stdout.write(
-      `${JSON.stringify({ built: result.built, key: result.kernel.key, dir: result.kernel.dir, image: result.kernel.image, config: result.kernel.config, elapsedMs: Math.round(result.elapsedMs), provenance: p }, null, 2)}\n`,
-    );
+    const json = outputs.length === 1 ? outputs[0]?.json : outputs.map((o) => o.json);
+    process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
   } else {
-    process.stdout.write(
-      `${result.built ? 'built' : 'cached'}: ${result.kernel.image}\n  Linux ${p.version} (${p.kernel_source}), ${p.arch}, everything built in\n  config ${result.kernel.config} (sha256 ${p.kernel_config_sha256.slice(0, 12)}...)\n  ${p.compiler}; built ${p.build_timestamp} in ${p.build_seconds} s\n`,
-    );
+    for (const o of outputs) process.stdout.write(o.text);
   }
   return 0;
 }
