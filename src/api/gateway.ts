@@ -46,6 +46,7 @@ export async function runPreparedGateway(
       memMib: o.memMib,
       instance: o.instance,
       rootfs,
+      kernel: o.kernel,
       gateway: o.gateway,
       api: prepared.api,
       extraForwards: o.extraForwards,

@@ -26,6 +26,7 @@ export const LIBRARY_NAMES: OptionNames = {
   ports: 'ports',
   net: 'network',
   rootfs: 'rootfs',
+  kernel: 'kernel',
   apiPort: 'apiPort',
   readyTimeout: 'readyTimeoutMs',
   tlsSans: 'tlsSans',
@@ -75,6 +76,8 @@ export interface VmOptions extends MachineOptions {
   readonly network?: NetworkMode | undefined;
   /** A rootfs built by prepare-rootfs, under a throwaway overlay (default: the embedded one). */
   readonly rootfs?: string | undefined;
+  /** The guest kernel under QEMU: 'auto' (default: the one `openshell-vm kernel build` made, if any), 'debian', 'built', or a path. */
+  readonly kernel?: string | undefined;
   /** Deadline for the guest agent to connect (boot + init), in ms (default 180 000). */
   readonly bootTimeoutMs?: number | undefined;
   readonly onEvent?: ((event: VmEvent) => void) | undefined;
@@ -116,6 +119,8 @@ export interface RunOptions extends VmOptions, CommandOptions {
 export interface GatewayOptions extends MachineOptions {
   /** The instance's rootfs built by prepare-rootfs (default: the instance's own). */
   readonly rootfs?: string | undefined;
+  /** The guest kernel under QEMU: 'auto' (default), 'debian', 'built', or a path. */
+  readonly kernel?: string | undefined;
   /** Host port of the Kubernetes API (default: the one this instance used last, else a free one). */
   readonly apiPort?: number | undefined;
   /** Deadline for the gateway to answer mTLS, in ms (default 600 000). */
@@ -177,6 +182,7 @@ export function rawVmOptions(options: VmOptions): Omit<RawExecOptions, 'exec' | 
     net: options.network,
     backend: options.backend,
     rootfs: options.rootfs,
+    kernel: options.kernel,
   };
 }
 
@@ -197,6 +203,7 @@ export function rawGatewayOptions(options: GatewayOptions): RawGatewayOptions {
   return {
     name: options.name,
     rootfs: options.rootfs,
+    kernel: options.kernel,
     ports: options.ports,
     apiPort: options.apiPort,
     vcpus: options.cpus,

@@ -48,6 +48,7 @@ export const MAIN_OPTIONS: readonly OptionSpec[] = [
   { name: 'net', kind: 'value' },
   { name: 'backend', kind: 'value' },
   { name: 'rootfs', kind: 'value' },
+  { name: 'kernel', kind: 'value' },
   { name: 'events', kind: 'value' },
   { name: 'api-port', kind: 'value' },
   { name: 'ready-timeout', kind: 'value' },

@@ -66,7 +66,11 @@ test('bash can source the script, and it completes commands, options, values and
   assert.deepEqual(bashComplete(env, ['openshell-vm', 'completion', '']), ['bash', 'fish', 'zsh']);
   assert.deepEqual(bashComplete(env, ['openshell-vm', '--debug', 'kernel', '']), ['build', 'check']);
   assert.deepEqual(bashComplete(env, ['openshell-vm', 'kernel', 'check', '--b']), ['--builtin']);
-  assert.deepEqual(bashComplete(env, ['openshell-vm', 'kernel', 'build', '--target', '']), ['qemu']);
+  assert.deepEqual(bashComplete(env, ['openshell-vm', 'kernel', 'build', '--target', '']), [
+    'all',
+    'libkrunfw',
+    'qemu',
+  ]);
   // --source is a log's name for logs, a tarball (files: bash's default) for kernel build.
   assert.deepEqual(bashComplete(env, ['openshell-vm', 'kernel', 'build', '--source', 'c']), []);
   assert.deepEqual(bashComplete(env, ['openshell-vm', 'run', '--cp']), ['--cpus']);

@@ -23,7 +23,8 @@ const VALUE_KINDS: Readonly<Record<string, ValueKind>> = {
   backend: BACKENDS,
   net: NETWORKS,
   source: LOG_SOURCES,
-  target: ['qemu'],
+  target: ['qemu', 'libkrunfw', 'all'],
+  kernel: ['auto', 'debian', 'built'],
   rootfs: 'file',
   events: 'file',
   kubeconfig: 'file',
@@ -90,7 +91,14 @@ export const COMMAND_OPTIONS: Readonly<Record<string, readonly OptionSpec[]>> = 
   runtime: [flag('json')],
   kernel: [],
   'kernel check': [flag('json'), flag('builtin')],
-  'kernel build': [value('arch'), value('target'), value('jobs', 'j'), value('source'), flag('json')],
+  'kernel build': [
+    value('arch'),
+    value('target'),
+    value('jobs', 'j'),
+    value('source'),
+    value('libkrunfw-source'),
+    flag('json'),
+  ],
   rootfs: [],
   'rootfs info': [value('name'), value('rootfs'), flag('json')],
   version: [flag('json')],
@@ -109,7 +117,7 @@ function words(spec: OptionSpec): string[] {
 
 /** What the value of option `word` of command `key` completes to. */
 function valueKind(key: string, spec: OptionSpec): ValueKind {
-  if (key === 'kernel build' && spec.name === 'source') return 'file';
+  if (key === 'kernel build' && (spec.name === 'source' || spec.name === 'libkrunfw-source')) return 'file';
   return VALUE_KINDS[spec.name] ?? 'any';
 }
 

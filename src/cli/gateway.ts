@@ -17,6 +17,7 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
   const raw: RawGatewayOptions = {
     name: single(args, 'name'),
     rootfs: single(args, 'rootfs'),
+    kernel: single(args, 'kernel'),
     ports: args.values.get('port'),
     apiPort: single(args, 'api-port'),
     vcpus: single(args, 'vcpus'),

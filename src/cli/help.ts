@@ -187,6 +187,9 @@ const MACHINE = `Machine:
                          than the host's runs under TCG (software emulation)
   --accel kvm|hvf|tcg    accelerator (default: KVM or HVF when it really works here, else TCG)
   --name NAME            the instance (default "default")
+  --kernel auto|debian|built|PATH
+                         the guest kernel under QEMU (default auto: the one kernel build made for
+                         this architecture if present, else Debian's; OPENSHELL_VM_KERNEL too)
 
 Backend:
   --backend qemu|libkrun  the VMM (default: libkrun where a libkrun runtime is found and KVM/HVF

@@ -104,12 +104,19 @@ async function kernelBuildCommand(argv: readonly string[]): Promise<number> {
   const one = (name: string) => args.values.get(name)?.at(-1);
   const arch = one('arch') ? parseGuestArch(one('arch') as string) : defaultGuestArch();
   const target = one('target') ?? 'qemu';
-  if (target !== 'qemu' && target !== 'libkrunfw' && target !== 'all') {
+  // What each --target builds (kernel targets, not VMM backends).
+  const TARGETS: Readonly<Record<string, readonly ('qemu' | 'libkrunfw')[]>> = {
+    qemu: ['qemu'],
+    libkrunfw: ['libkrunfw'],
+    all: ['qemu', 'libkrunfw'],
+  };
+  const builds = new Set(Object.hasOwn(TARGETS, target) ? TARGETS[target] : []);
+  if (builds.size === 0) {
     throw new UsageError(`kernel build --target ${target}: unknown target`, {
       hint: "use --target qemu (the QEMU backend's guest kernel), libkrunfw (libkrun's kernel library) or all",
     });
   }
-  if (one('libkrunfw-source') !== undefined && target === 'qemu')
+  if (one('libkrunfw-source') !== undefined && !builds.has('libkrunfw'))
     throw new UsageError('--libkrunfw-source is for --target libkrunfw (or all)', {
       hint: 'drop it, or add --target libkrunfw',
     });
@@ -129,7 +136,7 @@ async function kernelBuildCommand(argv: readonly string[]): Promise<number> {
   const env = readEnvironment();
   const outputs: { json: Record<string, unknown>; text: string }[] = [];
   await withSignals(reporter, 'stopping the kernel build (nothing is left half-built)', async (signal) => {
-    if (target === 'qemu' || target === 'all') {
+    if (builds.has('qemu')) {
       const result = await buildKernel(
         env,
         { arch, target: 'qemu', jobs, source: one('source') },
@@ -150,7 +157,7 @@ async function kernelBuildCommand(argv: readonly string[]): Promise<number> {
         text: `${result.built ? 'built' : 'cached'}: ${result.kernel.image}\n  Linux ${p.version} (${p.kernel_source}), ${p.arch}, everything built in\n  config ${result.kernel.config} (sha256 ${p.kernel_config_sha256.slice(0, 12)}...)\n  ${p.compiler}; built ${p.build_timestamp} in ${p.build_seconds} s\n`,
       });
     }
-    if (target === 'libkrunfw' || target === 'all') {
+    if (builds.has('libkrunfw')) {
       const { buildLibkrunfw, describeLibkrunfwBuild } = await import('../kernel/libkrunfw-build.ts');
       const result = await buildLibkrunfw(
         env,

@@ -37,6 +37,7 @@ export async function execCommand(
     net: single(args, 'net'),
     backend: single(args, 'backend'),
     rootfs: single(args, 'rootfs'),
+    kernel: single(args, 'kernel'),
   };
   const reporter = new Reporter({
     stderr: process.stderr,

@@ -86,6 +86,7 @@ const LIB: OptionNames = {
   ports: 'ports',
   net: 'network',
   rootfs: 'rootfs',
+  kernel: 'kernel',
   apiPort: 'apiPort',
   readyTimeout: 'readyTimeoutMs',
   tlsSans: 'tlsSans',

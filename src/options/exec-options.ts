@@ -5,6 +5,7 @@ import { UsageError } from '../errors.ts';
 import { mergeEnv, type WorkloadRequest } from '../exec/request.ts';
 import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
 import { parseInstanceName } from '../instance/runs.ts';
+import { type KernelChoice, parseKernelChoice } from '../kernel/selection.ts';
 import { checkDuplicates, type PortForward, parsePortSpec } from '../net/ports.ts';
 import { type BackendName, parseBackend } from '../vmm/select.ts';
 import { parseCount, parseMemoryMib, type Range } from './units.ts';
@@ -38,6 +39,8 @@ export interface RawExecOptions {
   readonly net?: string | undefined;
   readonly backend?: string | undefined;
   readonly rootfs?: string | undefined;
+  /** The guest kernel (QEMU): `auto`, `debian`, `built` or a path (src/kernel/selection.ts). */
+  readonly kernel?: string | undefined;
 }
 
 /** A port forward as the library takes it. */
@@ -62,6 +65,7 @@ export type OptionKey =
   | 'ports'
   | 'net'
   | 'rootfs'
+  | 'kernel'
   | 'apiPort'
   | 'readyTimeout'
   | 'tlsSans'
@@ -79,6 +83,7 @@ export const CLI_NAMES: OptionNames = {
   ports: '-p',
   net: '--net',
   rootfs: '--rootfs',
+  kernel: '--kernel',
   apiPort: '--api-port',
   readyTimeout: '--ready-timeout',
   tlsSans: '--tls-san',
@@ -104,6 +109,8 @@ export interface VmOptions {
   readonly backend: BackendName | undefined;
   /** A rootfs built by prepare-rootfs to run the command in (under a throwaway overlay); default: the embedded one. */
   readonly rootfs: string | undefined;
+  /** The guest kernel (QEMU); undefined: OPENSHELL_VM_KERNEL, else auto (the built one if present). */
+  readonly kernel: KernelChoice | undefined;
 }
 
 export interface ExecOptions extends VmOptions {
@@ -183,6 +190,7 @@ export function resolveVmOptions(
     forwards,
     backend: raw.backend === undefined ? undefined : parseBackend(raw.backend),
     rootfs: parseRootfsOption(raw.rootfs, names.rootfs),
+    kernel: raw.kernel === undefined ? undefined : parseKernelChoice(raw.kernel, names.kernel),
   };
   return { options: Object.freeze(options), warnings };
 }

@@ -3,6 +3,7 @@ import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
 import { UsageError } from '../errors.ts';
 import { defaultGuestArch, type GuestArch, parseGuestArch } from '../host/arch.ts';
 import { parseInstanceName } from '../instance/runs.ts';
+import { type KernelChoice, parseKernelChoice } from '../kernel/selection.ts';
 import { checkDuplicates, type PortForward } from '../net/ports.ts';
 import { GATEWAY_GUEST_PORT, KUBE_API_GUEST_PORT } from '../presets/gateway.ts';
 import { type BackendName, parseBackend } from '../vmm/select.ts';
@@ -23,6 +24,8 @@ import { parseCount } from './units.ts';
 export interface RawGatewayOptions {
   readonly name?: string | undefined;
   readonly rootfs?: string | undefined;
+  /** The guest kernel (QEMU): `auto`, `debian`, `built` or a path. */
+  readonly kernel?: string | undefined;
   readonly ports?: readonly (string | PortForwardInput)[] | undefined;
   readonly apiPort?: string | number | undefined;
   readonly vcpus?: string | number | undefined;
@@ -45,6 +48,8 @@ export interface GatewayOptions {
   readonly instance: string;
   /** undefined: the instance's own rootfs. */
   readonly rootfs: string | undefined;
+  /** The guest kernel (QEMU); undefined: OPENSHELL_VM_KERNEL, else auto. */
+  readonly kernel: KernelChoice | undefined;
   readonly gateway: PortForward;
   /** undefined: the port this instance used last time while it is free, else a new free loopback port (stableApiPort). */
   readonly apiPort: number | undefined;
@@ -146,6 +151,7 @@ export function resolveGatewayOptions(
   const options: GatewayOptions = {
     instance,
     rootfs: parseRootfsOption(raw.rootfs, names.rootfs),
+    kernel: raw.kernel === undefined ? undefined : parseKernelChoice(raw.kernel, names.kernel),
     gateway,
     apiPort,
     extraForwards,

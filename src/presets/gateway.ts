@@ -15,6 +15,7 @@ import { ensureRootLocation } from '../instance/root-location.ts';
 import { instanceDir } from '../instance/runs.ts';
 import { CONSOLE_LINE_MAX_CHARS, type InstanceHandle, startInstance } from '../instance/start.ts';
 import type { SupervisorEvent } from '../instance/supervisor.ts';
+import type { KernelChoice } from '../kernel/selection.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { prepareRootfsForBoot } from '../rootfs/boot-prep.ts';
@@ -36,6 +37,8 @@ export interface GatewayPlan {
   readonly memMib: number;
   readonly instance: string;
   readonly rootfs: string;
+  /** The guest kernel (QEMU); undefined: OPENSHELL_VM_KERNEL, else auto. */
+  readonly kernel?: KernelChoice | undefined;
   /** The gateway's forward (guest port 30051); its host port is the endpoint's. */
   readonly gateway: PortForward;
   /** The Kubernetes API's forward (guest port 6443) to a loopback port. */
@@ -149,7 +152,9 @@ export async function runGateway(
       preflight: async () => {
         // Only where no other local user can reach it (the guest's root owns it); booted from its real path.
         plan = { ...plan, rootfs: await ensureRootLocation(plan.rootfs) };
-        artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch));
+        artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch), {
+          kernel: plan.kernel,
+        });
       },
       prepare: async () => {
         // Before anything is written outside the instance directory (the bootstrap's OpenShell
@@ -157,7 +162,7 @@ export async function runGateway(
         await recordPreset(dir, GATEWAY_PRESET);
         const prep = await prepareRootfsForBoot(plan.rootfs, {
           kernelRelease:
-            options.backend.features.guestKernel === 'openshell' ? artifacts?.kernelRelease : undefined,
+            options.backend.features.guestKernel === 'openshell' ? artifacts?.modulesRelease : undefined,
           agent: await ensureAgent(env, plan.arch),
         });
         emit({

@@ -12,6 +12,7 @@ import type { GuestArch } from '../host/arch.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { ensureRootLocation, refuseWritableRunRoot } from '../instance/root-location.ts';
 import { type InstanceHandle, raceAbort, startInstance } from '../instance/start.ts';
+import type { KernelChoice } from '../kernel/selection.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { verifyRootfsForBoot } from '../rootfs/record.ts';
@@ -39,6 +40,8 @@ export interface VmPlan {
   readonly forwards: readonly PortForward[];
   /** A prepared rootfs (verified against its build record before boot); default: the embedded one. */
   readonly rootfs?: string | undefined;
+  /** The guest kernel (QEMU); undefined: OPENSHELL_VM_KERNEL, else auto (the built one if present). */
+  readonly kernel?: KernelChoice | undefined;
   /** Run by a detached supervisor (openshell-vm run --detach), for the state file. */
   readonly detached?: boolean | undefined;
 }
@@ -198,13 +201,16 @@ export async function startExecVm(
         // other local user can reach it (booted from its real path).
         refuseWritableRunRoot(backend, plan.rootfs);
         if (plan.rootfs) plan = { ...plan, rootfs: await ensureRootLocation(plan.rootfs) };
-        artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch));
+        artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch), {
+          kernel: plan.kernel,
+        });
         if (artifacts.rebuiltBecause)
           emit({ type: 'warning', message: `${artifacts.rebuiltBecause}: rebuilt them` });
+        if (artifacts.kernelNote) emit({ type: 'warning', message: artifacts.kernelNote });
         emit({
           type: 'stage',
           stage: 'artifacts',
-          message: `guest artifacts ${artifacts.built ? 'built' : 'cached'} (${plan.arch}, kernel ${artifacts.kernelRelease})`,
+          message: `guest artifacts ${artifacts.built ? 'built' : 'cached'} (${plan.arch}, kernel ${artifacts.kernelDescription})`,
         });
         tArtifacts = now();
       },
@@ -212,7 +218,7 @@ export async function startExecVm(
         if (!plan.rootfs || !artifacts) return;
         // A prepared rootfs must be this tool's build: guest scripts and (QEMU) kernel modules.
         const record = await verifyRootfsForBoot(plan.rootfs, {
-          kernelRelease: backend.features.guestKernel === 'openshell' ? artifacts.kernelRelease : undefined,
+          kernelRelease: backend.features.guestKernel === 'openshell' ? artifacts.modulesRelease : undefined,
         });
         await installAgent(plan.rootfs, await ensureAgent(env, plan.arch));
         emit({
