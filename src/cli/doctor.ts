@@ -65,7 +65,9 @@ export async function doctorChecks(): Promise<DoctorCheck[]> {
     checks.push(
       await check(`guest kernel (${guest})`, optional, async () => {
         const g = await loadGuestInputs(env, guest);
-        return `${g.kernel.package} ${g.kernel.version}, busybox ${g.busybox.version}`;
+        const { kernelChoiceFromEnvironment, resolveBootKernel } = await import('../kernel/selection.ts');
+        const boot = await resolveBootKernel(env, g, kernelChoiceFromEnvironment());
+        return `${boot.description}${boot.note ? ` (${boot.note})` : ''}, busybox ${g.busybox.version}`;
       }),
     );
   }
