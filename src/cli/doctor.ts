@@ -2,6 +2,7 @@ import { chooseAccelerator, readHostAccelFacts } from '../accel/probe.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { OvmError } from '../errors.ts';
 import { GUEST_ARCHES, hostArch } from '../host/arch.ts';
+import { provisionCommand } from '../host/provision.ts';
 import { findQemu, findVirtiofsd, loadGuestInputs } from '../host/toolchain.ts';
 import { findGvproxy } from '../net/gvproxy.ts';
 import { hasHypervisorEntitlement, signedNodePath } from '../vmm/libkrun/macos.ts';
@@ -56,7 +57,7 @@ export async function doctorChecks(): Promise<DoctorCheck[]> {
           name: 'node',
           status: 'missing',
           detail: `Node.js ${process.version} is older than 24`,
-          fix: 'run scripts/provision-host.sh',
+          fix: `run ${provisionCommand()}`,
         },
   );
   for (const guest of GUEST_ARCHES) {

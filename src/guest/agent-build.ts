@@ -8,6 +8,7 @@ import { HostError, isErrno } from '../errors.ts';
 import { DEB_ARCH, type GuestArch, hostArch } from '../host/arch.ts';
 import { pathExists } from '../host/fs.ts';
 import { GuestRoot } from '../host/guest-root.ts';
+import { provisionCommand } from '../host/provision.ts';
 import { findOnPath } from '../host/toolchain.ts';
 import { runCommand } from '../supervisor/command.ts';
 
@@ -209,7 +210,7 @@ async function findCompiler(env: HostEnvironment, arch: GuestArch): Promise<stri
     if (found) return found;
   }
   throw new HostError(`no C compiler for ${arch} guests: the guest agent (ovm-agent) cannot be built`, {
-    hint: `run scripts/provision-host.sh, or: apt-get install ${hostArch() === arch ? 'gcc libc6-dev' : cross.packages}`,
+    hint: `run ${provisionCommand()}, or: apt-get install ${hostArch() === arch ? 'gcc libc6-dev' : cross.packages}`,
   });
 }
 

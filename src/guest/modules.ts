@@ -4,6 +4,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { HostError, isErrno } from '../errors.ts';
+import { provisionCommand } from '../host/provision.ts';
 
 /** The kernel modules the initramfs loads: virtio transport, virtio-fs root, serial ports, overlay, NIC. */
 export const INITRAMFS_MODULES = [
@@ -145,7 +146,7 @@ export async function readModule(
     } catch (err) {
       if (isErrno(err, 'ENOENT')) {
         throw new HostError(`cannot decompress ${file}: ${xz} is not installed`, {
-          hint: 'apt-get install xz-utils (scripts/provision-host.sh installs it)',
+          hint: `apt-get install xz-utils (${provisionCommand()} installs it)`,
           cause: err,
         });
       }
@@ -165,7 +166,7 @@ function damaged(file: string, cause: unknown): HostError {
         ? `: ${cause.message}`
         : '';
   return new HostError(`cannot decompress ${file}${stderr}`, {
-    hint: 'the cached guest kernel is damaged: run scripts/provision-host.sh --refresh',
+    hint: `the cached guest kernel is damaged: run ${provisionCommand('--refresh')}`,
     cause,
   });
 }

@@ -4,6 +4,7 @@ import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno } from '../errors.ts';
 import { DEB_ARCH, type GuestArch } from './arch.ts';
 import { isExecutableFile as isExecutable, pathExists } from './fs.ts';
+import { provisionCommand } from './provision.ts';
 
 /** What scripts/provision-host.sh recorded for one guest architecture. */
 export interface GuestInputs {
@@ -25,8 +26,7 @@ export interface GuestInputs {
   };
 }
 
-const provisionHint = (arch: GuestArch) =>
-  `run scripts/provision-host.sh --arch ${arch} (from the openshell-vm checkout) to fetch it`;
+const provisionHint = (arch: GuestArch) => `run ${provisionCommand(`--arch ${arch}`)} to fetch it`;
 
 export async function loadGuestInputs(env: HostEnvironment, arch: GuestArch): Promise<GuestInputs> {
   const manifestPath = path.join(env.cacheDir, 'host', DEB_ARCH[arch], 'manifest.json');
@@ -76,7 +76,7 @@ export async function findQemu(env: HostEnvironment, arch: GuestArch): Promise<s
       hint:
         process.platform === 'darwin'
           ? 'brew install qemu'
-          : `apt-get install ${QEMU_PACKAGE[arch]} (or run scripts/provision-host.sh)`,
+          : `apt-get install ${QEMU_PACKAGE[arch]} (or run ${provisionCommand()})`,
     });
   }
   return found;

@@ -5,6 +5,7 @@ import * as v from 'valibot';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
 import { pathExists, writeFileAtomic } from '../host/fs.ts';
+import { provisionCommand } from '../host/provision.ts';
 import { findOnPath } from '../host/toolchain.ts';
 import type { ProcessSpec } from '../supervisor/process.ts';
 
@@ -70,7 +71,7 @@ export async function findGvproxy(env: HostEnvironment): Promise<string> {
     // not provisioned
   }
   throw new HostError('gvproxy not found (the default network, --net gvproxy, needs it)', {
-    hint: 'run scripts/provision-host.sh, or use --net user (QEMU user networking) or --net none',
+    hint: `run ${provisionCommand()}, or use --net user (QEMU user networking) or --net none`,
   });
 }
 

@@ -4,6 +4,7 @@ import * as v from 'valibot';
 import { HostError } from '../errors.ts';
 import { GUEST_ARCHES, type GuestArch } from '../host/arch.ts';
 import { GuestRoot } from '../host/guest-root.ts';
+import { provisionCommand } from '../host/provision.ts';
 import { isTerminalSafe, terminalSafeLine } from '../host/terminal-text.ts';
 import { INSTANCE_NAME } from '../instance/runs.ts';
 import { describeIssues, exactObject, type RecordSchema, recordOf } from '../instance/schema.ts';
@@ -232,7 +233,7 @@ export async function verifyRootfsForBoot(
     throw new HostError(
       `${rootfs} has no kernel modules for the QEMU backend's kernel (${options.kernelRelease})`,
       {
-        hint: `provision the guest kernel (scripts/provision-host.sh), then rebuild: ${rebuild}`,
+        hint: `provision the guest kernel (${provisionCommand()}), then rebuild: ${rebuild}`,
       },
     );
   }

@@ -173,7 +173,7 @@ test('bad input: no guest kernel in the cache', async () => {
   });
   assert.equal(r.code, 125, r.stderr);
   assert.match(r.stderr, /error: no guest kernel for aarch64/);
-  assert.match(r.stderr, /hint: run scripts\/provision-host.sh --arch aarch64/);
+  assert.match(r.stderr, /hint: run bash \/\S+\/scripts\/provision-host\.sh --arch aarch64 to fetch it/);
   assert.deepEqual(r.processes, []);
 });
 
@@ -187,7 +187,7 @@ test('bad input: gvproxy missing for the default network', async () => {
   });
   assert.equal(r.code, 125, r.stderr);
   assert.match(r.stderr, /error: gvproxy not found \(the default network, --net gvproxy, needs it\)/);
-  assert.match(r.stderr, /hint: run scripts\/provision-host.sh, or use --net user/);
+  assert.match(r.stderr, /hint: run bash \/\S+\/scripts\/provision-host\.sh, or use --net user/);
   assert.deepEqual(r.processes, []);
 });
 
