@@ -3,8 +3,9 @@ import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
-import { HostError, isErrno } from '../errors.ts';
+import { isErrno } from '../errors.ts';
 import { DEB_ARCH, type GuestArch } from '../host/arch.ts';
+import { ensureTrustedCacheDir } from '../host/dir-trust.ts';
 import { pathExists } from '../host/fs.ts';
 import type { GuestInputs } from '../host/toolchain.ts';
 import type { KernelProvenance } from '../kernel/provenance.ts';
@@ -129,8 +130,9 @@ export async function ensureGuestArtifacts(
   });
   const busybox = await fs.readFile(guest.busybox.binary);
   const rootfs = defaultRootfsEntries(busybox, scripts.ovmInit, agent.bytes);
-  await fs.mkdir(parent, { recursive: true, mode: 0o755 });
-  await requirePrivateDir(parent);
+  // Another user who can write the directory that holds the builds could swap a build for one of
+  // their own between the check and the boot: every directory from <cache>/artifacts down is ours.
+  await ensureTrustedCacheDir(path.join(env.cacheDir, 'artifacts'), parent);
 
   let rebuiltBecause: string | undefined;
   if (await isComplete(dir)) {
@@ -229,21 +231,6 @@ async function discard(dir: string): Promise<void> {
     throw err;
   }
   await fs.rm(aside, { recursive: true, force: true });
-}
-
-/**
- * The directory that holds the builds: another user who can write it could swap a build for one
- * of their own between the check and the boot.
- */
-async function requirePrivateDir(dir: string): Promise<void> {
-  const uid = process.getuid?.() ?? 0;
-  const st = await fs.lstat(dir);
-  if (!st.isDirectory() || st.uid !== uid) {
-    throw new HostError(`${dir} is not a directory owned by uid ${uid}`, {
-      hint: `remove it (openshell-vm rebuilds the guest artifacts there)`,
-    });
-  }
-  if (st.mode & 0o022) await fs.chmod(dir, st.mode & 0o755);
 }
 
 async function readSmallFile(file: string, maxBytes: number): Promise<Buffer> {

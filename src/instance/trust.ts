@@ -3,58 +3,20 @@ import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { HostError, isErrno } from '../errors.ts';
+import { distrust, modeText as mode, myUid } from '../host/dir-trust.ts';
 
 /**
  * Directories and records that only we may write. Everything openshell-vm acts on (a run record
  * that names processes to stop and paths to remove, a state file, a lock) is trusted only when the
  * file and every directory of ours above it belong to this user and are not writable by group or
  * others: another local user who could plant or change one could otherwise make us signal or
- * delete what they choose.
+ * delete what they choose. The checks themselves are src/host/dir-trust.ts's (the caches use them
+ * too); they are re-exported here for the instance modules.
  */
+export { distrust, type Untrusted, untrustedDir } from '../host/dir-trust.ts';
 
 /** Largest record file (state.json, owner.json, a pid file, the lock) we read. */
 export const RECORD_MAX_BYTES = 256 * 1024;
-
-function myUid(): number {
-  return typeof process.getuid === 'function' ? process.getuid() : 0;
-}
-
-function mode(st: Stats): string {
-  return `0${(st.mode & 0o7777).toString(8)}`;
-}
-
-/** Why `st` (a directory or file we are about to trust) is not ours alone, or undefined when it is. */
-export function distrust(st: Stats, kind: 'directory' | 'file'): string | undefined {
-  if (st.isSymbolicLink()) return 'is a symlink';
-  if (kind === 'directory' && !st.isDirectory()) return 'is not a directory';
-  if (kind === 'file' && !st.isFile()) return st.isDirectory() ? 'is a directory' : 'is not a regular file';
-  if (st.uid !== myUid()) return `belongs to uid ${st.uid}, not to us (uid ${myUid()})`;
-  if (st.mode & 0o022) return `is writable by ${st.mode & 0o020 ? 'its group' : 'others'} (mode ${mode(st)})`;
-  return undefined;
-}
-
-/** A file or directory that failed a trust check: what, why, and how to fix it. */
-export interface Untrusted {
-  readonly path: string;
-  readonly reason: string;
-}
-
-/**
- * Checks each directory (lstat, no symlink followed; with `followFirst`, the first may be a symlink
- * to a directory of ours: a data dir the user placed elsewhere); the first that is not ours alone
- * is returned.
- */
-export async function untrustedDir(
-  dirs: readonly string[],
-  options: { readonly followFirst?: boolean } = {},
-): Promise<Untrusted | undefined> {
-  for (const [i, dir] of dirs.entries()) {
-    const st = i === 0 && options.followFirst ? await fs.stat(dir) : await fs.lstat(dir);
-    const reason = distrust(st, 'directory');
-    if (reason) return { path: dir, reason };
-  }
-  return undefined;
-}
 
 export type RecordRead =
   | { readonly kind: 'missing' }

@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { explainHostCondition, HostError, isErrno } from '../errors.ts';
 import type { GuestArch } from '../host/arch.ts';
+import { ensureTrustedCacheDir } from '../host/dir-trust.ts';
 import { packageVersion } from '../version.ts';
 import {
   type BuiltKernel,
@@ -12,6 +13,7 @@ import {
   KERNEL_FILES,
   type KernelTarget,
   kernelBuildKey,
+  kernelCacheRoot,
   readBuild,
   setCurrentBuild,
   targetDir,
@@ -95,13 +97,13 @@ export async function buildKernel(
   const parent = targetDir(env, arch, target);
   const final = path.join(parent, key);
 
-  const existing = await readBuild(final, arch);
+  const existing = await readBuild(env, final, arch);
   if (existing && 'build' in existing) {
     await setCurrentBuild(env, arch, target, key);
     say(`kernel: already built with these inputs (${final}): nothing to do`);
     return { built: false, kernel: existing.build, elapsedMs: performance.now() - t0 };
   }
-  await fs.mkdir(parent, { recursive: true, mode: 0o755 });
+  await ensureTrustedCacheDir(kernelCacheRoot(env), parent);
   if (existing) {
     say(`kernel: the cached build is damaged (${existing.problem}): building it again`);
     await discard(final);
@@ -113,8 +115,9 @@ export async function buildKernel(
   const log = path.join(tmp, 'build.log');
   const keptLog = path.join(parent, KERNEL_FILES.failureLog);
   try {
-    await fs.mkdir(obj, { recursive: true, mode: 0o755 });
-    await fs.mkdir(out, { mode: 0o755 });
+    await fs.mkdir(tmp, { mode: 0o700 });
+    await fs.mkdir(obj, { mode: 0o700 });
+    await fs.mkdir(out, { mode: 0o700 });
     const tree = await ensureSourceTree(env, source, tools.tar, {
       signal,
       onUnpack: () => say(`kernel: unpacking ${path.basename(source.tarball)} (once per source)`),
@@ -213,7 +216,7 @@ export async function buildKernel(
     await fs.rm(tmp, { recursive: true, force: true });
     throw explainHostCondition(err) ?? err;
   }
-  const done = await readBuild(final, arch);
+  const done = await readBuild(env, final, arch);
   if (!done || !('build' in done))
     throw new HostError(`the kernel build in ${final} did not check out: ${done?.problem ?? 'missing'}`);
   return { built: true, kernel: done.build, elapsedMs: performance.now() - t0 };

@@ -2,8 +2,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
-import { isErrno } from '../errors.ts';
 import type { GuestArch } from '../host/arch.ts';
+import { requireTrustedCachePath, requireTrustedEntry } from '../host/dir-trust.ts';
 import { writeFileAtomic } from '../host/fs.ts';
 import { type KernelProvenance, parseProvenance } from './provenance.ts';
 import { sha256File } from './source.ts';
@@ -80,37 +80,47 @@ export interface BuiltKernel {
 }
 
 /**
- * The build in `dir`, checked: its provenance parses and names the image's sha256, which the image
- * still has. Undefined when it is absent; a reason when it is damaged.
+ * <cache>/kernels: everything below it is what `kernel build` runs (the unpacked source's
+ * Makefile) and what `auto` boots, so each directory from here down, and each file used, must be
+ * ours alone (src/host/dir-trust.ts); the libkrunfw builds below it are checked the same way.
+ */
+export function kernelCacheRoot(env: HostEnvironment): string {
+  return path.join(env.cacheDir, 'kernels');
+}
+
+/** `path` (a directory, or `kind` 'file') below <cache>/kernels, checked as kernelCacheRoot says. */
+export function requireTrustedKernelPath(
+  env: HostEnvironment,
+  target: string,
+  kind: 'directory' | 'file' = 'directory',
+): Promise<'trusted' | 'missing'> {
+  return requireTrustedCachePath(kernelCacheRoot(env), target, kind);
+}
+
+/**
+ * The build in `dir` (below <cache>/kernels), checked: every directory down to it and each of its
+ * files ours alone (else a HostError naming the one that is not, and the fix), its provenance
+ * parses and names the image's sha256, which the image still has. Undefined when it is absent; a
+ * reason when it is damaged.
  */
 export async function readBuild(
+  env: HostEnvironment,
   dir: string,
   arch: GuestArch,
 ): Promise<{ build: BuiltKernel } | { problem: string } | undefined> {
-  let text: string;
-  try {
-    text = await fs.readFile(path.join(dir, KERNEL_FILES.provenance), 'utf8');
-  } catch (err) {
-    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return undefined;
-    throw err;
-  }
-  const provenance = parseProvenance(text);
-  if (typeof provenance === 'string') return { problem: `${dir}/${KERNEL_FILES.provenance}: ${provenance}` };
+  if ((await requireTrustedKernelPath(env, dir)) === 'missing') return undefined;
+  const provenanceFile = path.join(dir, KERNEL_FILES.provenance);
+  if ((await requireTrustedEntry(provenanceFile, 'file')) === 'missing') return undefined;
+  const provenance = parseProvenance(await fs.readFile(provenanceFile, 'utf8'));
+  if (typeof provenance === 'string') return { problem: `${provenanceFile}: ${provenance}` };
   const image = path.join(dir, imageName(arch));
-  let sha: string;
-  try {
-    sha = await sha256File(image);
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return { problem: `${image} is missing` };
-    throw err;
-  }
+  if ((await requireTrustedEntry(image, 'file')) === 'missing') return { problem: `${image} is missing` };
+  const sha = await sha256File(image);
   if (sha !== provenance.artifact_sha256)
     return { problem: `${image} has sha256 ${sha}, its provenance.json says ${provenance.artifact_sha256}` };
   const config = path.join(dir, KERNEL_FILES.config);
-  const configSha = await sha256File(config).catch((err: unknown) => {
-    if (isErrno(err, 'ENOENT')) return 'missing';
-    throw err;
-  });
+  const configSha =
+    (await requireTrustedEntry(config, 'file')) === 'missing' ? 'missing' : await sha256File(config);
   if (configSha !== provenance.kernel_config_sha256)
     return {
       problem: `${config} is ${configSha === 'missing' ? 'missing' : 'not the config it was built with'}`,
@@ -120,24 +130,23 @@ export async function readBuild(
   };
 }
 
-/** The build `current` names for (arch, target), if any (a damaged one is reported, not used). */
+/**
+ * The build `current` names for (arch, target), if any (a damaged one is reported, not used; one
+ * in a directory another user could write, or not ours, is a HostError: see readBuild).
+ */
 export async function currentBuild(
   env: HostEnvironment,
   arch: GuestArch,
   target: KernelTarget,
 ): Promise<{ build: BuiltKernel } | { problem: string } | undefined> {
   const parent = targetDir(env, arch, target);
-  let key: string;
-  try {
-    key = (await fs.readFile(path.join(parent, KERNEL_FILES.current), 'utf8')).trim();
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return undefined;
-    throw err;
-  }
-  if (!/^[0-9a-f]{24}$/.test(key))
-    return { problem: `${path.join(parent, KERNEL_FILES.current)} names no build` };
+  if ((await requireTrustedKernelPath(env, parent)) === 'missing') return undefined;
+  const currentFile = path.join(parent, KERNEL_FILES.current);
+  if ((await requireTrustedEntry(currentFile, 'file')) === 'missing') return undefined;
+  const key = (await fs.readFile(currentFile, 'utf8')).trim();
+  if (!/^[0-9a-f]{24}$/.test(key)) return { problem: `${currentFile} names no build` };
   return (
-    (await readBuild(path.join(parent, key), arch)) ?? { problem: `the current build ${key} is missing` }
+    (await readBuild(env, path.join(parent, key), arch)) ?? { problem: `the current build ${key} is missing` }
   );
 }
 

@@ -5,6 +5,12 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { CommandError, explainHostCondition, HostError, isErrno } from '../errors.ts';
+import {
+  ensureTrustedCacheDir,
+  requireTrustedEntry,
+  untrustedEntryIn,
+  untrustedError,
+} from '../host/dir-trust.ts';
 import { pathExists } from '../host/fs.ts';
 
 /** A kernel source tarball and what is known about it. */
@@ -121,7 +127,12 @@ const COMPLETE = '.openshell-vm-complete';
 
 /**
  * The tarball unpacked once into <cache>/kernels/source/<sha256>/ (unpacked beside it and renamed
- * into place, so a half-unpacked tree is never used), reused by every later build.
+ * into place, so a half-unpacked tree is never used), reused by every later build. The build runs
+ * that tree's Makefile, so a tree is used only when every directory from <cache>/kernels down to
+ * it, and everything in it, is ours and not writable by group or others: a tree another user
+ * planted or could change is a HostError naming it (src/host/dir-trust.ts), and nothing in it runs.
+ * A tree is never removed from under another build: one that is there without its marker (left by
+ * an interrupted older version) is renamed aside before ours takes its place.
  */
 export async function ensureSourceTree(
   env: HostEnvironment,
@@ -130,19 +141,23 @@ export async function ensureSourceTree(
   options: { readonly signal?: AbortSignal | undefined; readonly onUnpack?: (() => void) | undefined } = {},
 ): Promise<SourceTree & { unpacked: boolean }> {
   const { signal } = options;
-  const parent = path.join(env.cacheDir, 'kernels', 'source');
+  // <cache>/kernels, the root of trust (kernelCacheRoot in cache.ts, which imports this module).
+  const root = path.join(env.cacheDir, 'kernels');
+  const parent = path.join(root, 'source');
   const dir = path.join(parent, source.sha256.slice(0, 24));
-  if (await pathExists(path.join(dir, COMPLETE))) return { ...(await readTree(dir)), unpacked: false };
+  await ensureTrustedCacheDir(root, parent);
+  if (await isCompleteTree(dir)) return { ...(await readTrustedTree(dir)), unpacked: false };
   options.onUnpack?.();
-  await fs.mkdir(parent, { recursive: true, mode: 0o755 });
-  await fs.rm(dir, { recursive: true, force: true });
   const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  await fs.mkdir(tmp, { mode: 0o755 });
+  await fs.mkdir(tmp, { mode: 0o700 });
   try {
-    await run(tar, ['-xf', source.tarball, '-C', tmp, '--no-same-owner', '--no-same-permissions'], signal);
+    await unpack(tar, source.tarball, tmp, signal);
     const top = (await fs.readdir(tmp)).filter((n) => !n.startsWith('.'));
-    const root = top.length === 1 ? path.join(tmp, top[0] as string) : tmp;
-    if (!(await pathExists(path.join(root, 'Makefile'))) || !(await pathExists(path.join(root, 'Kconfig'))))
+    const treeRoot = top.length === 1 ? path.join(tmp, top[0] as string) : tmp;
+    if (
+      !(await pathExists(path.join(treeRoot, 'Makefile'))) ||
+      !(await pathExists(path.join(treeRoot, 'Kconfig')))
+    )
       throw new HostError(
         `${source.tarball} is not a Linux source tarball (no top-level Makefile and Kconfig)`,
         {
@@ -150,22 +165,18 @@ export async function ensureSourceTree(
         },
       );
     // The tree's root becomes the directory itself.
-    if (root !== tmp) {
+    if (treeRoot !== tmp) {
       const moved = `${tmp}.root`;
-      await fs.rename(root, moved);
+      await fs.rename(treeRoot, moved);
       await fs.rm(tmp, { recursive: true, force: true });
       await fs.rename(moved, tmp);
     }
-    await fs.writeFile(path.join(tmp, COMPLETE), `${source.sha256}\n`);
-    try {
-      await fs.rename(tmp, dir);
-    } catch (err) {
-      if (
-        !(isErrno(err, 'ENOTEMPTY') || isErrno(err, 'EEXIST')) ||
-        !(await pathExists(path.join(dir, COMPLETE)))
-      )
-        throw err;
+    await fs.chmod(tmp, 0o700);
+    await fs.writeFile(path.join(tmp, COMPLETE), `${source.sha256}\n`, { mode: 0o644 });
+    if (!(await placeTree(tmp, dir))) {
+      // Another build put the same tree in place first: use it (checked like any other).
       await fs.rm(tmp, { recursive: true, force: true });
+      return { ...(await readTrustedTree(dir)), unpacked: false };
     }
   } catch (err) {
     await fs.rm(tmp, { recursive: true, force: true });
@@ -173,6 +184,71 @@ export async function ensureSourceTree(
     throw explainHostCondition(err) ?? err;
   }
   return { ...(await readTree(dir)), unpacked: true };
+}
+
+/** Whether `dir` is there with its marker; a `dir` or marker that is not ours alone is a HostError. */
+async function isCompleteTree(dir: string): Promise<boolean> {
+  if ((await requireTrustedEntry(dir, 'directory')) === 'missing') return false;
+  return (await requireTrustedEntry(path.join(dir, COMPLETE), 'file')) === 'trusted';
+}
+
+/** A tree already in place, used only when nothing in it is another user's or writable by others. */
+async function readTrustedTree(dir: string): Promise<SourceTree> {
+  const bad = await untrustedEntryIn(dir);
+  if (bad) throw untrustedError(bad.path, bad.st, bad.reason);
+  return readTree(dir);
+}
+
+/**
+ * Renames the complete tree `tmp` to `dir`. False when a complete tree is already there (another
+ * build's). One there without the marker is renamed aside (never removed in place: a build may
+ * still be reading a tree that was renamed in a moment ago) and the rename tried again once; the
+ * one aside is removed unless it turns out to have the marker after all.
+ */
+async function placeTree(tmp: string, dir: string): Promise<boolean> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await fs.rename(tmp, dir);
+      return true;
+    } catch (err) {
+      if (!(isErrno(err, 'ENOTEMPTY') || isErrno(err, 'EEXIST'))) throw err;
+    }
+    if (await isCompleteTree(dir)) return false;
+    if (attempt > 0) break;
+    const aside = `${dir}.stale-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      await fs.rename(dir, aside);
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT')) throw err;
+      continue;
+    }
+    if (!(await pathExists(path.join(aside, COMPLETE)))) await fs.rm(aside, { recursive: true, force: true });
+  }
+  throw new HostError(`cannot put the unpacked kernel source in place: ${dir} keeps coming back incomplete`, {
+    hint: `stop other kernel builds, remove ${dir} and build again`,
+  });
+}
+
+/**
+ * tar -xf into `into`, under umask 022 (so nothing in the tree is writable by group or others
+ * whatever this process's umask; --no-same-permissions applies it).
+ */
+function unpack(tar: string, tarball: string, into: string, signal?: AbortSignal): Promise<void> {
+  return run(
+    '/bin/sh',
+    [
+      '-c',
+      'umask 022 && exec "$0" "$@"',
+      tar,
+      '-xf',
+      tarball,
+      '-C',
+      into,
+      '--no-same-owner',
+      '--no-same-permissions',
+    ],
+    signal,
+  );
 }
 
 async function readTree(dir: string): Promise<SourceTree> {
