@@ -27,9 +27,13 @@ export function distrust(st: Stats, kind: 'directory' | 'file'): string | undefi
   if (kind === 'directory' && !st.isDirectory()) return 'is not a directory';
   if (kind === 'file' && !st.isFile()) return st.isDirectory() ? 'is a directory' : 'is not a regular file';
   if (st.uid !== myUid()) return `belongs to uid ${st.uid}, not to us (uid ${myUid()})`;
-  if (st.mode & 0o022)
-    return `is writable by ${st.mode & 0o020 ? 'its group' : 'others'} (mode ${modeText(st)})`;
-  return undefined;
+  return writableBy(st);
+}
+
+/** 'is writable by ...' when group or others can write `st`. */
+function writableBy(st: Stats): string | undefined {
+  const who = ['its group', 'others'].filter((_, i) => st.mode & (i === 0 ? 0o020 : 0o002));
+  return who.length ? `is writable by ${who.join(' and ')} (mode ${modeText(st)})` : undefined;
 }
 
 /** A file or directory that failed a trust check: what, why, and how to fix it. */
@@ -176,13 +180,8 @@ export async function untrustedEntryIn(
           if (st.isDirectory()) next.push(entry);
           if (st.uid !== myUid())
             return { path: entry, st, reason: `belongs to uid ${st.uid}, not to us (uid ${myUid()})` };
-          if (!st.isSymbolicLink() && st.mode & 0o022)
-            return {
-              path: entry,
-              st,
-              reason: `is writable by ${st.mode & 0o020 ? 'its group' : 'others'} (mode ${modeText(st)})`,
-            };
-          return undefined;
+          const writable = st.isSymbolicLink() ? undefined : writableBy(st);
+          return writable ? { path: entry, st, reason: writable } : undefined;
         }),
       );
       const bad = found.find((f) => f !== undefined);
