@@ -96,7 +96,8 @@ export async function ensureAgent(
   const dir = path.join(env.cacheDir, 'agent', DEB_ARCH[arch], sourceSha256.slice(0, 16));
   const binary = path.join(dir, 'ovm-agent');
   if (!(await pathExists(binary))) {
-    await fs.mkdir(dir, { recursive: true });
+    // 0700 on every level it creates (the cache too, whatever the umask): what is in it is run.
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
     await compileAgent(env, arch, sourcePath, binary);
   }
   const bytes = await fs.readFile(binary);
