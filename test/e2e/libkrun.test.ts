@@ -47,8 +47,10 @@ function pidMarker() {
   return {
     file,
     async read(): Promise<{ pid: number; startTime: string | undefined }> {
-      for (let i = 0; i < 500 && !fs.existsSync(file); i++) await new Promise((r) => setTimeout(r, 20));
-      const pid = Number(fs.readFileSync(file, 'utf8'));
+      // The shell creates the file (its redirection) before it writes the pid: wait for the whole line.
+      const line = () => (fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '');
+      for (let i = 0; i < 500 && !/^\d+\n$/.test(line()); i++) await new Promise((r) => setTimeout(r, 20));
+      const pid = Number(line());
       return { pid, startTime: await processStartTime(pid) };
     },
   };
