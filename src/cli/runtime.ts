@@ -47,7 +47,8 @@ export async function runtimeCommand(argv: readonly string[]): Promise<number> {
   } catch (err) {
     if (!(err instanceof HostError)) throw err;
     // No bootable runtime: report the libkrunfw there is, if any, and end with the error.
-    const libkrunfwOnly = await findLibkrunfwDir(env).catch(() => undefined);
+    // Its own errors (a libkrunfw build in a cache others could write, refused) are the news.
+    const libkrunfwOnly = await findLibkrunfwDir(env);
     if (!libkrunfwOnly) throw err;
     dir = libkrunfwOnly;
     problem = err;

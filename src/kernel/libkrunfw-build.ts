@@ -7,9 +7,11 @@ import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { CommandError, explainHostCondition, HostError, isErrno } from '../errors.ts';
 import { type GuestArch, hostArch } from '../host/arch.ts';
+import { ensureTrustedCacheDir } from '../host/dir-trust.ts';
 import { pathExists, writeFileAtomic } from '../host/fs.ts';
 import { findOnPath } from '../host/toolchain.ts';
 import { packageVersion } from '../version.ts';
+import { kernelCacheRoot } from './cache.ts';
 import { buildKernelConfig, configSha256, describeUnmet, unmetOptions } from './config-builder.ts';
 import { LIBKRUNFW_FILES, libkrunfwTargetDir } from './libkrunfw-layout.ts';
 import {
@@ -156,7 +158,7 @@ export async function buildLibkrunfw(
   const extra = await requireLibkrunfwTools(env.searchPath);
   if (extra.note) say(extra.note);
   const toolchain = await toolchainVersion(tools);
-  const downloads = path.join(env.cacheDir, 'kernels', 'downloads');
+  const downloads = path.join(kernelCacheRoot(env), 'downloads');
   const progressOf = (what: string) => (received: number, total: number | undefined) =>
     say(`downloading the ${what}: ${mb(received)}${total ? ` of ${mb(total)}` : ''}`);
   const libkrunfwSrc = await resolveInput(pins.libkrunfw, request.libkrunfwSource, downloads, {
@@ -176,14 +178,14 @@ export async function buildLibkrunfw(
   say(`sources: ${describeInput(libkrunfwSrc, pins.libkrunfw)}; ${describeInput(kernelSrc, pins.kernel)}`);
 
   const parent = libkrunfwTargetDir(env, arch);
-  await fs.mkdir(parent, { recursive: true, mode: 0o755 });
+  await ensureTrustedCacheDir(kernelCacheRoot(env), parent);
   const work = path.join(parent, `build.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   // The log sits beside the work directory: kept as last-failure.log when the build fails.
   const log = `${work}.log`;
   const failureLog = path.join(parent, LIBKRUNFW_FILES.failureLog);
   const stage = `${work}.out`;
   try {
-    await fs.mkdir(work, { mode: 0o755 });
+    await fs.mkdir(work, { mode: 0o700 });
     // 2. libkrunfw's source, read for its kernel version, patches and base config.
     const src = path.join(work, 'libkrunfw');
     await unpackLibkrunfw(libkrunfwSrc, src, tools.tar, log, failureLog, signal);
@@ -573,6 +575,9 @@ function run(
     let tail = '';
     const child = spawn(command, args, {
       cwd: options.cwd,
+      // The build's own environment (the python3 with pyelftools first on PATH, no inherited
+      // MAKEFLAGS) when one is given.
+      ...(options.env ? { env: options.env } : {}),
       stdio: ['ignore', 'pipe', 'pipe'],
       signal: options.signal,
     });

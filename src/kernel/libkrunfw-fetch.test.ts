@@ -37,7 +37,8 @@ after(() => server.close());
 function dir(t: { after: (fn: () => void) => void }): string {
   const d = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-fetch-'));
   t.after(() => fs.rmSync(d, { recursive: true, force: true }));
-  return d;
+  // As in the cache: <cache>/kernels/downloads, below a directory of ours alone (mkdtemp's 0700).
+  return path.join(d, 'downloads');
 }
 const pin = (p: Partial<PinnedDownload>): PinnedDownload => ({
   what: 'test source',

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { explainHostCondition, HostError, isErrno } from '../errors.ts';
+import { ensureTrustedCacheDir } from '../host/dir-trust.ts';
 import type { PinnedDownload } from './libkrunfw-pins.ts';
 import { sha256File } from './source.ts';
 
@@ -38,6 +39,8 @@ export async function fetchPinned(
       },
     );
   }
+  // A verified file is used by path later: its directory must be ours alone (<cache>/kernels down).
+  await ensureTrustedCacheDir(path.dirname(dir), dir);
   const file = path.join(dir, pin.fileName);
   try {
     if ((await sha256File(file)) === pin.sha256) return { file, downloaded: false };
@@ -45,7 +48,6 @@ export async function fetchPinned(
   } catch (err) {
     if (!isErrno(err, 'ENOENT')) throw err;
   }
-  await fs.mkdir(dir, { recursive: true, mode: 0o755 });
   const tmp = `${file}.part-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
     const sha256 = await download(pin, tmp, options);

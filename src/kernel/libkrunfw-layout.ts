@@ -3,6 +3,8 @@ import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { isErrno } from '../errors.ts';
 import type { GuestArch } from '../host/arch.ts';
+import { requireTrustedEntry, untrustedEntryIn, untrustedError } from '../host/dir-trust.ts';
+import { requireTrustedKernelPath } from './cache.ts';
 
 /**
  * Where `kernel build --target libkrunfw` keeps its builds (see src/kernel/libkrunfw-build.ts):
@@ -22,12 +24,20 @@ export function libkrunfwTargetDir(env: HostEnvironment, arch: GuestArch): strin
   return path.join(env.cacheDir, 'kernels', `${arch}-libkrunfw`);
 }
 
-/** The directory of the build `current` names, or undefined when there is none (or it is gone). */
+/**
+ * The directory of the build `current` names, or undefined when there is none (or it is gone).
+ * Its library is loaded into this process: every directory from <cache>/kernels down, `current`
+ * and everything in the build must be this user's and not writable by others (else a HostError
+ * naming the entry and the fix), so no other local user can plant a library there.
+ */
 export async function currentLibkrunfwDir(
   env: HostEnvironment,
   arch: GuestArch,
 ): Promise<string | undefined> {
   const parent = libkrunfwTargetDir(env, arch);
+  if ((await requireTrustedKernelPath(env, parent)) === 'missing') return undefined;
+  if ((await requireTrustedEntry(path.join(parent, LIBKRUNFW_FILES.current), 'file')) === 'missing')
+    return undefined;
   let key: string;
   try {
     key = (await fs.readFile(path.join(parent, LIBKRUNFW_FILES.current), 'utf8')).trim();
@@ -37,10 +47,8 @@ export async function currentLibkrunfwDir(
   }
   if (!/^[0-9a-f]{24}$/.test(key)) return undefined;
   const dir = path.join(parent, key);
-  return (await fs.stat(dir).then(
-    (s) => s.isDirectory(),
-    () => false,
-  ))
-    ? dir
-    : undefined;
+  if ((await requireTrustedKernelPath(env, dir)) === 'missing') return undefined;
+  const planted = await untrustedEntryIn(dir);
+  if (planted) throw untrustedError(planted.path, planted.st, planted.reason);
+  return dir;
 }
