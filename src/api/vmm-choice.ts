@@ -66,12 +66,35 @@ export async function chooseVmm(
     if (!(err instanceof HostError) || env.runtimeBundleDir) throw err;
     runtimeProblem = { why: err.message, hint: err.hint };
   }
-  const choice = chooseBackend(
-    facts,
-    runtime ? { found: true, dir: runtime.dir } : { found: false, ...runtimeProblem },
-    options.backend,
-    options.purpose,
-  );
+  let choice: ReturnType<typeof chooseBackend>;
+  try {
+    choice = chooseBackend(
+      facts,
+      runtime ? { found: true, dir: runtime.dir } : { found: false, ...runtimeProblem },
+      options.backend,
+      options.purpose,
+    );
+  } catch (err) {
+    // The gateway asked of a libkrunfw backend: say also what its kernel lacks (options unknown or
+    // missing), with kernel build as the fix. Loaded only here: koffi stays off run's path.
+    const requested = options.backend === undefined ? undefined : backendFeatures()[options.backend];
+    if (
+      err instanceof UsageError &&
+      options.purpose === 'gateway' &&
+      requested?.guestKernel === 'libkrunfw' &&
+      runtime
+    ) {
+      const { libkrunfwGatewayRefusal } = await import('../vmm/libkrun/krunfw.ts');
+      const kernel = await libkrunfwGatewayRefusal(runtime);
+      if (kernel) {
+        throw new UsageError(`${err.message}; and its libkrunfw: ${kernel.message}`, {
+          hint: `${err.hint}; for libkrun: ${kernel.hint}`,
+          cause: kernel,
+        });
+      }
+    }
+    throw err;
+  }
   checkOptionsFit(choice.backend, options);
   const backend = createBackend(choice.backend, env, runtime, events);
   await backend.preflight?.(options);

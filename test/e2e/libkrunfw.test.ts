@@ -119,7 +119,6 @@ describe("Debian's libkrunfw5 through the FFI", () => {
 
   test('the gateway on it is refused: kernel options unknown, kernel build --target libkrunfw the fix; nothing started', {
     skip,
-    todo: skip ? false : 'needs the libkrun gateway preflight in src/api/vmm-choice.ts (helper E report)',
   }, async () => {
     fs.mkdirSync(path.join(box.dataDir, 'instances', 'gw'), { recursive: true, mode: 0o700 });
     await writeGatewayRootfs(path.join(box.dataDir, 'instances', 'gw', 'rootfs'), { instance: 'gw' });
