@@ -142,10 +142,10 @@ find_virtiofsd() {
 # python3: the exec tests drive `openshell-vm exec` from a pseudo-terminal with its pty module.
 # xz-utils: Debian 13's kernel modules are .ko.xz; openshell-vm decompresses the initramfs's
 #   modules with xz (zstd-compressed ones with Node's own zlib: no tool needed).
-# make flex bison bc cpio libelf-dev libssl-dev python3-pyelftools: `openshell-vm kernel build`
+# make flex bison bc cpio libelf-dev libssl-dev python3-pyelftools patch: `openshell-vm kernel build`
 #   compiles the guest kernel from Debian's source (src/kernel/tools.ts lists what each is for).
 packages=(kmod xz-utils gcc libc6-dev mmdebstrap debian-archive-keyring docker-registry openssl python3
-  make flex bison bc cpio libelf-dev libssl-dev python3-pyelftools)
+  make flex bison bc cpio libelf-dev libssl-dev python3-pyelftools patch)
 host_deb=$(dpkg --print-architecture)
 for d in "${deb_arches[@]}"; do
   packages+=("$(qemu_package "$d")")
@@ -302,6 +302,20 @@ if ! bash "$root/scripts/lib/fetch-linux-source.sh" "${ksrc_flags[@]}" "$cache";
     missing+=("the guest kernel's source (linux-source-6.12, for openshell-vm kernel build)")
   else
     say "warning: no guest kernel source: openshell-vm kernel build cannot run until it is fetched (runs use Debian's cloud kernel)"
+  fi
+fi
+
+# 3c. Debian's binary libkrunfw5 (the real library `openshell-vm runtime` reads through the FFI,
+#     and the libkrunfw tests use): scripts/lib/fetch-libkrunfw-deb.sh, from this release or a
+#     later one. Optional: nothing boots with it alone (libkrun is in no Debian suite).
+krunfw_flags=()
+[ $refresh = 1 ] && krunfw_flags+=(--refresh)
+[ $check_only = 1 ] && krunfw_flags+=(--check)
+if ! bash "$root/scripts/lib/fetch-libkrunfw-deb.sh" "${krunfw_flags[@]}" "$cache"; then
+  if [ $check_only = 1 ]; then
+    missing+=("Debian's libkrunfw5 (optional: for test/e2e/libkrunfw.test.ts)")
+  else
+    say "warning: Debian's libkrunfw5 not fetched (optional: test/e2e/libkrunfw.test.ts skips its real-library part)"
   fi
 fi
 
