@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { LIBRARY_NAMES } from '../api/options.ts';
 import { UsageError } from '../errors.ts';
-import { ANY_HOST_PORT, type OptionNames, resolveExecOptions } from './exec-options.ts';
+import { ANY_HOST_PORT, resolveExecOptions } from './exec-options.ts';
 import { resolveGatewayOptions } from './gateway-options.ts';
 
 const HOST = { cpus: 4, memMib: 8192 };
@@ -74,25 +75,8 @@ test('--mem takes units: 4GiB, 4096M, 2G are MiB counts', () => {
   }
 });
 
-/** The library's spelling of each option (src/api/options.ts passes its own). */
-const LIB: OptionNames = {
-  exec: 'command',
-  args: 'command',
-  env: 'env',
-  workdir: 'workdir',
-  vcpus: 'cpus',
-  mem: 'memory',
-  bootTimeout: 'bootTimeoutMs',
-  ports: 'ports',
-  net: 'network',
-  rootfs: 'rootfs',
-  kernel: 'kernel',
-  apiPort: 'apiPort',
-  readyTimeout: 'readyTimeoutMs',
-  tlsSans: 'tlsSans',
-  useContext: 'useContext',
-  mergeKubeconfig: 'mergeKubeconfig',
-};
+/** The library's spelling of each option, as src/api/options.ts passes it. */
+const LIB = LIBRARY_NAMES;
 
 test('library values go through the same rules, and errors name the library option', () => {
   const { options } = resolveExecOptions(
