@@ -13,19 +13,9 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { scriptArgs } from './lib/script-args.ts';
 
-const argv = process.argv.slice(2);
-const option = (name: string): string | undefined => {
-  const i = argv.indexOf(name);
-  if (i < 0) return undefined;
-  const value = argv[i + 1];
-  if (value === undefined || value.startsWith('--')) fail(`${name} needs a value`);
-  return value;
-};
-function fail(message: string): never {
-  process.stderr.write(`bench-kernel: ${message}\n`);
-  process.exit(2);
-}
+const { option, fail } = scriptArgs('bench-kernel');
 const runs = Number(option('--runs') ?? 1);
 if (!Number.isInteger(runs) || runs < 1 || runs > 100)
   fail(`--runs: expected 1..100, got ${option('--runs')}`);

@@ -14,19 +14,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { scriptArgs } from './lib/script-args.ts';
 
-const argv = process.argv.slice(2);
-const option = (name: string): string | undefined => {
-  const i = argv.indexOf(name);
-  if (i < 0) return undefined;
-  const value = argv[i + 1];
-  if (value === undefined || value.startsWith('--')) fail(`${name} needs a value`);
-  return value;
-};
-function fail(message: string): never {
-  process.stderr.write(`bench-startup: ${message}\n`);
-  process.exit(2);
-}
+const { argv, option, fail } = scriptArgs('bench-startup');
 const runs = Number(option('--runs') ?? 20);
 if (!Number.isInteger(runs) || runs < 1 || runs > 1000)
   fail(`--runs: expected 1..1000, got ${option('--runs')}`);
