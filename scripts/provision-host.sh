@@ -258,14 +258,10 @@ fetch_gvproxy_next() {
   next=$(ovm_next_codename "$codename") || die "gvproxy is not packaged for '$codename' and no next release is known" \
     "install gvproxy by hand (podman's, or a gvisor-tap-vsock release) and put it on PATH"
   st="$cache/apt/gvproxy-$next"
-  ovm_private_apt_state "$st" "$codename" "$next" "$(dpkg --print-architecture)"
-  local -a opts=("${OVM_APT_OPTS[@]}")
   say "gvproxy: not in $codename; fetching $next's package"
-  apt-get "${opts[@]}" -qq update || die "apt-get update for $next failed" "check network access to this system's apt sources"
-  (cd "$st/archives" && apt-get "${opts[@]}" -qq download gvproxy 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
-  local deb ver tmp out="$cache/host/gvproxy"
-  deb=$(ls "$st/archives"/gvproxy_*.deb 2>/dev/null | head -n1)
-  [ -f "$deb" ] || die "apt-get download gvproxy from $next failed" "install gvproxy by hand"
+  LABEL=gvproxy ovm_download_deb "$st" "$codename" gvproxy "$(dpkg --print-architecture)" "$next"
+  local deb=$OVM_DEB ver tmp out="$cache/host/gvproxy"
+  [ -f "$deb" ] || die "$next has no gvproxy package" "install gvproxy by hand (podman's, or a gvisor-tap-vsock release) and put it on PATH"
   ver=$(dpkg-deb -f "$deb" Version)
   tmp="$out.tmp.$$"
   rm -rf "$tmp" && mkdir -p "$tmp/root" && dpkg-deb -x "$deb" "$tmp/root"

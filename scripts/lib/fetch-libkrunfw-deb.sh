@@ -68,23 +68,9 @@ deb_arch=$(dpkg --print-architecture)
 st="$cache/apt/libkrunfw"
 trap 'rm -rf "$st" "$out.tmp.$$"' EXIT
 
-deb=""
-release=""
-for rel in "${suites[@]}"; do
-  ovm_private_apt_state "$st" "$codename" "$rel" "$deb_arch"
-  opts=("${OVM_APT_OPTS[@]}")
-  say "libkrunfw: looking for $pkg in $rel"
-  apt-get "${opts[@]}" -qq update || die "apt-get update for $rel failed" "check network access to this system's apt sources"
-  if ! apt-cache "${opts[@]}" show "$pkg" >/dev/null 2>&1; then
-    say "libkrunfw: $rel has no $pkg"
-    continue
-  fi
-  (cd "$st/archives" && apt-get "${opts[@]}" -qq download "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
-  deb=$(ls "$st/archives/${pkg}"_*.deb 2>/dev/null | head -n1)
-  [ -f "$deb" ] || die "apt-get download $pkg from $rel failed" "re-run with network access"
-  release=$rel
-  break
-done
+LABEL=libkrunfw ovm_download_deb "$st" "$codename" "$pkg" "$deb_arch" "${suites[@]}"
+deb=$OVM_DEB
+release=$OVM_DEB_RELEASE
 [ -n "$deb" ] || die "no Debian release among ${suites[*]} has $pkg" \
   "build libkrunfw instead: openshell-vm kernel build --target libkrunfw"
 

@@ -65,24 +65,9 @@ st="$cache/apt/linux-source"
 tmp="$out.tmp.$$"
 trap 'rm -rf "$st" "$tmp"' EXIT
 
-deb=""
-release=""
-for rel in "${suites[@]}"; do
-  ovm_private_apt_state "$st" "$codename" "$rel" "$(dpkg --print-architecture)"
-  opts=("${OVM_APT_OPTS[@]}")
-  say "kernel source: looking for $pkg in $rel"
-  apt-get "${opts[@]}" -qq update || die "apt-get update for $rel failed" "check network access to this system's apt sources"
-  if ! apt-cache "${opts[@]}" show "$pkg" >/dev/null 2>&1; then
-    say "kernel source: $rel has no $pkg"
-    continue
-  fi
-  say "kernel source: downloading $pkg from $rel"
-  (cd "$st/archives" && apt-get "${opts[@]}" -qq download "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
-  deb=$(ls "$st/archives/${pkg}"_*.deb 2>/dev/null | head -n1)
-  [ -f "$deb" ] || die "apt-get download $pkg from $rel failed" "re-run with network access"
-  release=$rel
-  break
-done
+LABEL="kernel source" ovm_download_deb "$st" "$codename" "$pkg" "$(dpkg --print-architecture)" "${suites[@]}"
+deb=$OVM_DEB
+release=$OVM_DEB_RELEASE
 [ -n "$deb" ] || die "no Debian release among ${suites[*]} has $pkg" \
   "pass a kernel source tarball to openshell-vm kernel build --source PATH"
 

@@ -48,3 +48,29 @@ ovm_private_apt_state() {
     -o "Dir::Cache=$st" -o "Dir::Cache::archives=$st/archives" -o "Dir::State::status=$st/status" \
     -o "Debug::NoLocking=1" -o "APT::Sandbox::User=$(id -un)")
 }
+
+# Downloads package $3 of Debian architecture $4 from the first of releases $5... that has it,
+# through private apt states in directory $1 (this system is release $2): the
+# `apt-get download` of a package this release may lack, for the fetch scripts (what: $LABEL).
+# Sets OVM_DEB (the .deb's path, in $1/archives) and OVM_DEB_RELEASE, or leaves OVM_DEB empty
+# when no release has it. A failed update or download ends the script.
+ovm_download_deb() {
+  local st=$1 codename=$2 pkg=$3 arch=$4 rel label=${LABEL:-$3}
+  shift 4
+  OVM_DEB="" OVM_DEB_RELEASE=""
+  for rel in "$@"; do
+    ovm_private_apt_state "$st" "$codename" "$rel" "$arch"
+    say "$label: looking for $pkg in $rel"
+    apt-get "${OVM_APT_OPTS[@]}" -qq update || die "apt-get update for $rel failed" "check network access to this system's apt sources"
+    if ! apt-cache "${OVM_APT_OPTS[@]}" show "$pkg" >/dev/null 2>&1; then
+      say "$label: $rel has no $pkg"
+      continue
+    fi
+    say "$label: downloading $pkg from $rel"
+    (cd "$st/archives" && apt-get "${OVM_APT_OPTS[@]}" -qq download "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
+    OVM_DEB=$(ls "$st/archives/${pkg}"_*.deb 2>/dev/null | head -n1)
+    [ -f "$OVM_DEB" ] || die "apt-get download $pkg from $rel failed" "re-run with network access"
+    OVM_DEB_RELEASE=$rel
+    return 0
+  done
+}
