@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { scriptArgs } from './lib/script-args.ts';
+import { scriptArgs } from './bench-args.ts';
 
 const { option, fail } = scriptArgs('bench-kernel');
 const runs = Number(option('--runs') ?? 1);

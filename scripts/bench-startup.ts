@@ -14,7 +14,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { scriptArgs } from './lib/script-args.ts';
+import { scriptArgs } from './bench-args.ts';
 
 const { argv, option, fail } = scriptArgs('bench-startup');
 const runs = Number(option('--runs') ?? 20);

@@ -1,4 +1,4 @@
-// The argument reading the benchmark scripts share: `--name VALUE` options and a usage failure
+// The argument reading the benchmark scripts share (beside them, not in scripts/lib/, which the package ships): `--name VALUE` options and a usage failure
 // (exit 2) that names the script.
 
 /** `option('--runs')`: the word after it (a missing or flag-like value fails), undefined without it. */
