@@ -15,7 +15,7 @@ import type { NetworkMode } from '../options/exec-options.ts';
 import type { BackendFeatures, ProcessEvents, VmmBackend } from '../vmm/backend.ts';
 import { discoverRuntime, type RuntimeBundle } from '../vmm/libkrun/runtime.ts';
 import { backendFeatures, backendsWith, createBackend } from '../vmm/registry.ts';
-import { type BackendName, chooseBackend } from '../vmm/select.ts';
+import { type BackendName, chooseBackend, type GatewayKernelFact } from '../vmm/select.ts';
 
 /**
  * Where a start's progress goes: the CLI's Reporter (stderr, --events), or the library's onEvent.
@@ -39,7 +39,7 @@ export async function chooseVmm(
     readonly backend: BackendName | undefined;
     readonly network: NetworkMode;
     readonly forwards: readonly PortForward[];
-    /** What the VM is for: a command (`run`), or the gateway (QEMU only). */
+    /** What the VM is for: a command (`run`), or the gateway (its kernel needs every option). */
     readonly purpose?: 'command' | 'gateway' | undefined;
     /** A command's prepared rootfs (`run --rootfs`): only on a backend with a read-only lower layer. */
     readonly rootfs?: string | undefined;
@@ -66,35 +66,21 @@ export async function chooseVmm(
     if (!(err instanceof HostError) || env.runtimeBundleDir) throw err;
     runtimeProblem = { why: err.message, hint: err.hint };
   }
-  let choice: ReturnType<typeof chooseBackend>;
-  try {
-    choice = chooseBackend(
-      facts,
-      runtime ? { found: true, dir: runtime.dir } : { found: false, ...runtimeProblem },
-      options.backend,
-      options.purpose,
-    );
-  } catch (err) {
-    // The gateway asked of a libkrunfw backend: say also what its kernel lacks (options unknown or
-    // missing), with kernel build as the fix. Loaded only here: koffi stays off run's path.
-    const requested = options.backend === undefined ? undefined : backendFeatures()[options.backend];
-    if (
-      err instanceof UsageError &&
-      options.purpose === 'gateway' &&
-      requested?.guestKernel === 'libkrunfw' &&
-      runtime
-    ) {
-      const { libkrunfwGatewayRefusal } = await import('../vmm/libkrun/krunfw.ts');
-      const kernel = await libkrunfwGatewayRefusal(runtime);
-      if (kernel) {
-        throw new UsageError(`${err.message}; and its libkrunfw: ${kernel.message}`, {
-          hint: `${err.hint}; for libkrun: ${kernel.hint}`,
-          cause: kernel,
-        });
-      }
-    }
-    throw err;
+  // The gateway on libkrun needs its libkrunfw's kernel to have every option built in: checked
+  // before anything starts (koffi, which reads libkrunfw, is loaded only here: not on run's path).
+  let gatewayKernel: GatewayKernelFact | undefined;
+  const requested = options.backend === undefined ? undefined : backendFeatures()[options.backend];
+  if (options.purpose === 'gateway' && runtime && (requested?.guestKernel ?? 'libkrunfw') === 'libkrunfw') {
+    const { libkrunfwGatewayRefusal } = await import('../vmm/libkrun/krunfw.ts');
+    const refusal = await libkrunfwGatewayRefusal(runtime);
+    gatewayKernel = refusal ? { why: refusal.message, hint: refusal.hint } : 'ok';
   }
+  const choice = chooseBackend(
+    facts,
+    runtime ? { found: true, dir: runtime.dir, gatewayKernel } : { found: false, ...runtimeProblem },
+    options.backend,
+    options.purpose,
+  );
   checkOptionsFit(choice.backend, options);
   const backend = createBackend(choice.backend, env, runtime, events);
   await backend.preflight?.(options);

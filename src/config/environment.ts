@@ -1,5 +1,6 @@
 import os from 'node:os';
 import path from 'node:path';
+import { UsageError } from '../errors.ts';
 
 /**
  * Everything openshell-vm reads from the process environment, read in this one place.
@@ -30,7 +31,18 @@ export interface HostEnvironment {
   readonly kubeDir: string;
   /** OPENSHELL_VM_CLOCK_CHECK_MS: how often a running instance checks its guest's clock (default 10 s). */
   readonly clockCheckMs: number;
+  /**
+   * OPENSHELL_VM_GUEST_HANDOFF: how QEMU hands the guest init its mode. 'cmdline' (default):
+   * ovm.* words on the kernel command line. 'krun': as libkrun does, KEY=VALUE environment words
+   * (the kernel gives them to init as its environment) and the initramfs standing in for
+   * libkrun's init (its mounts, then the init exec'd as PID 1): the libkrun guest path, tested on
+   * a host without libkrun.
+   */
+  readonly guestHandoff: GuestHandoff;
 }
+
+export const GUEST_HANDOFFS = ['cmdline', 'krun'] as const;
+export type GuestHandoff = (typeof GUEST_HANDOFFS)[number];
 
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvironment {
   const home = env.HOME || os.homedir();
@@ -64,7 +76,16 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvir
     k3sBaseUrl: env.OPENSHELL_VM_K3S_BASE_URL || 'https://github.com/k3s-io/k3s/releases/download',
     openshellConfigDir: path.join(env.XDG_CONFIG_HOME || path.join(home, '.config'), 'openshell'),
     kubeDir: path.join(home, '.kube'),
+    guestHandoff: guestHandoff(env.OPENSHELL_VM_GUEST_HANDOFF),
   };
+}
+
+function guestHandoff(value: string | undefined): GuestHandoff {
+  if (!value) return 'cmdline';
+  if ((GUEST_HANDOFFS as readonly string[]).includes(value)) return value as GuestHandoff;
+  throw new UsageError(`OPENSHELL_VM_GUEST_HANDOFF: unknown value '${value}'`, {
+    hint: `use one of: ${GUEST_HANDOFFS.join(', ')}, or unset it`,
+  });
 }
 
 function positiveNumber(value: string | undefined): number | undefined {

@@ -130,7 +130,7 @@ function hooks(steps: string[], extra: Partial<PresetHooks> = {}): PresetHooks {
         initramfs: '/i',
         rootDir: '/r',
         rootMode: 'overlay',
-        kernelArgs: ['ovm.mode=exec'],
+        kernelArgs: [],
       };
     },
     started: () => {

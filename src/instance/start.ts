@@ -56,6 +56,7 @@ export interface BootSpec {
   readonly initramfs: string;
   readonly rootDir: string;
   readonly rootMode: 'overlay' | 'rw';
+  /** Extra kernel command-line words (QEMU); the init's mode follows the instance's mode. */
   readonly kernelArgs: readonly string[];
 }
 
@@ -304,6 +305,7 @@ export async function startInstance(
         memMib: spec.memMib,
         kernel: boot.kernel,
         initramfs: boot.initramfs,
+        guestMode: spec.mode === 'gateway' ? 'gateway' : 'exec',
         kernelArgs: boot.kernelArgs,
         rootDir: boot.rootDir,
         rootMode: boot.rootMode,

@@ -196,7 +196,7 @@ export async function runGateway(
           initramfs: artifacts.initramfs,
           rootDir: plan.rootfs,
           rootMode: 'rw',
-          kernelArgs: ['ovm.mode=gateway'],
+          kernelArgs: [],
         };
       },
       started: () => {

@@ -1,6 +1,7 @@
 import type { Accelerator } from '../accel/probe.ts';
 import type { GuestArch } from '../host/arch.ts';
 import type { ExitResult, PidRecord } from '../supervisor/process.ts';
+import type { GuestMode } from './guest-handoff.ts';
 
 /**
  * The guest's network: gvproxy's stream socket (started by the caller, shared by every backend),
@@ -36,7 +37,9 @@ export interface VmSpec {
   readonly memMib: number;
   readonly kernel: string;
   readonly initramfs: string;
-  /** Extra kernel command-line words (ovm.mode=...). Never secrets: /proc/cmdline is world-readable. */
+  /** What the guest init runs (guest-handoff.ts: each backend hands it over its own way). */
+  readonly guestMode: GuestMode;
+  /** Extra kernel command-line words (QEMU). Never secrets: /proc/cmdline is world-readable. */
   readonly kernelArgs: readonly string[];
   /** Host directory shared over virtio-fs and mounted as the guest's root. */
   readonly rootDir: string;

@@ -24,18 +24,53 @@ test('libkrun by default where a runtime is found and KVM/HVF works, QEMU otherw
   assert.equal(chooseBackend({ ...kvm, kvmDevice: 'absent' }, found).backend, 'qemu');
 });
 
-test('the gateway runs on QEMU; --backend libkrun for it is refused with the fix', () => {
-  const gateway = chooseBackend(kvm, found, undefined, 'gateway');
-  assert.equal(gateway.backend, 'qemu');
-  assert.match(gateway.reason, /the gateway runs on QEMU/);
+test('the gateway on libkrun only with a libkrunfw whose kernel has every option; else QEMU, or the refusal with the fix', () => {
+  const lacking = {
+    ...found,
+    gatewayKernel: {
+      why: 'its kernel lacks CONFIG_NETFILTER',
+      hint: 'openshell-vm kernel build --target libkrunfw',
+    },
+  };
+  assert.equal(
+    chooseBackend(kvm, { ...found, gatewayKernel: 'ok' }, undefined, 'gateway').backend,
+    'libkrun',
+  );
+  assert.equal(
+    chooseBackend(
+      { ...kvm, platform: 'darwin', hvfSupported: true },
+      { ...found, gatewayKernel: 'ok' },
+      undefined,
+      'gateway',
+    ).backend,
+    'libkrun',
+  );
+  const fallback = chooseBackend(kvm, lacking, undefined, 'gateway');
+  assert.equal(fallback.backend, 'qemu');
+  assert.match(fallback.reason, /the gateway cannot run on it: its kernel lacks CONFIG_NETFILTER/);
+  // Not checked is not a pass.
+  assert.match(chooseBackend(kvm, found, undefined, 'gateway').reason, /were not checked/);
+  assert.equal(
+    chooseBackend({ ...kvm, kvmIsPvm: true }, { ...found, gatewayKernel: 'ok' }, undefined, 'gateway')
+      .backend,
+    'qemu',
+  );
   assert.equal(chooseBackend(kvm, missing, 'qemu', 'gateway').backend, 'qemu');
+  assert.equal(
+    chooseBackend(kvm, { ...found, gatewayKernel: 'ok' }, 'libkrun', 'gateway').backend,
+    'libkrun',
+  );
   assert.throws(
-    () => chooseBackend(kvm, found, 'libkrun', 'gateway'),
+    () => chooseBackend(kvm, lacking, 'libkrun', 'gateway'),
     (e: unknown) =>
       e instanceof UsageError &&
-      /the gateway does not run on libkrun yet/.test(e.message) &&
-      /--backend qemu/.test(e.hint ?? ''),
+      /--backend libkrun: the gateway cannot run on this runtime: its kernel lacks CONFIG_NETFILTER/.test(
+        e.message,
+      ) &&
+      /kernel build --target libkrunfw/.test(e.hint ?? ''),
   );
+  // A command does not need the gateway's options.
+  assert.equal(chooseBackend(kvm, lacking, undefined, 'command').backend, 'libkrun');
 });
 
 test('--backend forces a choice; libkrun without a runtime is an error with the hint', () => {

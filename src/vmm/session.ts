@@ -9,6 +9,7 @@ import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvp
 import type { PortForward } from '../net/ports.ts';
 import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
 import type { NetworkSpec, RunningVm, VmmBackend } from './backend.ts';
+import type { GuestMode } from './guest-handoff.ts';
 import type { RunPaths } from './run-paths.ts';
 
 /** What a session reports while it starts and runs (the CLI shows them, --events records them). */
@@ -29,6 +30,7 @@ export interface SessionSpec {
   readonly memMib: number;
   readonly kernel: string;
   readonly initramfs: string;
+  readonly guestMode: GuestMode;
   readonly kernelArgs: readonly string[];
   readonly rootDir: string;
   readonly rootMode: 'overlay' | 'rw';
@@ -120,6 +122,7 @@ export class VmSession {
           memMib: spec.memMib,
           kernel: spec.kernel,
           initramfs: spec.initramfs,
+          guestMode: spec.guestMode,
           kernelArgs: [...spec.kernelArgs, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
           rootDir: spec.rootDir,
           rootMode: spec.rootMode,

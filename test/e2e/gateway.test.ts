@@ -13,6 +13,7 @@ import { generatePki } from '../../src/gateway/pki.ts';
 import { mtlsHandshake } from '../../src/gateway/readiness.ts';
 import { findGvproxy } from '../../src/net/gvproxy.ts';
 import { buildLibkrunDouble } from '../fixtures/libkrun-double.ts';
+import { buildFakeLibkrunfw, fakeKernelImage } from '../fixtures/libkrunfw/fake-libkrunfw.ts';
 import { mmdebstrapMissing, STAND_IN_BUILD } from '../fixtures/stand-in.ts';
 import { type CliRun, type Sandbox, sandbox } from './harness.ts';
 
@@ -93,18 +94,42 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
     }
   });
 
-  test('--backend libkrun is refused for the gateway, naming the fix; nothing is started', async () => {
+  test('--backend libkrun: a libkrunfw whose kernel lacks an option, or cannot be read, is refused naming it, before any libkrun call', async () => {
     const bundle = fs.mkdtempSync(path.join(box.dataDir, 'krun-'));
     buildLibkrunDouble(bundle);
     fs.symlinkSync(await findGvproxy(readEnvironment()), path.join(bundle, 'gvproxy'));
-    const r = await box.run(['--name', 'gw', '--backend', 'libkrun'], {
-      env: { OPENSHELL_VM_RUNTIME_DIR: bundle },
+    const calls = path.join(bundle, 'calls.ndjson');
+    const env = { OPENSHELL_VM_RUNTIME_DIR: bundle, KRUN_DOUBLE_LOG: calls };
+    // The double's stand-in libkrunfw has no kernel to read.
+    const unreadable = await box.run(['--name', 'gw', '--backend', 'libkrun'], { env });
+    assert.equal(unreadable.code, 2, unreadable.stderr);
+    assert.match(
+      unreadable.stderr,
+      /--backend libkrun: the gateway cannot run on this runtime: its libkrunfw cannot be read/,
+    );
+    assert.match(unreadable.stderr, /openshell-vm kernel build --target libkrunfw/);
+    assert.deepEqual(unreadable.processes, []);
+    await box.assertClean(unreadable, 'gw');
+    // A kernel whose configuration (IKCONFIG) lacks CONFIG_NETFILTER: named, with the fix.
+    const fragment = fs.readFileSync(new URL('../../src/kernel/openshell.kconfig', import.meta.url), 'utf8');
+    const config = fragment
+      .split('\n')
+      .filter((l) => /^CONFIG_\w+=/.test(l) && !l.startsWith('CONFIG_NETFILTER='))
+      .map((l) => l.replace(/=m$/, '=y'))
+      .join('\n');
+    buildFakeLibkrunfw(path.join(bundle, 'libkrunfw.so.5'), {
+      kernel: fakeKernelImage({ release: '6.12.118-standin', ikconfig: `${config}\n` }),
     });
-    assert.equal(r.code, 2, r.stderr);
-    assert.match(r.stderr, /--backend libkrun: the gateway does not run on libkrun yet/);
-    assert.match(r.stderr, /--backend qemu/);
-    assert.deepEqual(r.processes, []);
-    await box.assertClean(r, 'gw');
+    const lacking = await box.run(['--name', 'gw', '--backend', 'libkrun'], { env });
+    assert.equal(lacking.code, 2, lacking.stderr);
+    assert.match(
+      lacking.stderr,
+      /the gateway cannot run on this runtime: libkrunfw libkrunfw\.so\.5: its kernel lacks 1 option\(s\) the gateway needs built in: CONFIG_NETFILTER/,
+    );
+    assert.match(lacking.stderr, /openshell-vm kernel build --target libkrunfw/);
+    assert.deepEqual(lacking.processes, []);
+    assert.equal(fs.existsSync(calls), false, 'no libkrun call was made');
+    await box.assertClean(lacking, 'gw');
   });
 
   test('readiness: the deadline ends the boot with the console lines, leaving nothing', {

@@ -8,6 +8,11 @@
 # read-write still cannot change it. On any failure it says why on the console and powers off: the
 # host then sees the VM end before the guest agent connected and reports it with the console's
 # last lines.
+# With KRUN_INIT in its environment (OPENSHELL_VM_GUEST_HANDOFF=krun: the kernel gives init the
+# command line's KEY=VALUE words as its environment, which is how libkrun hands its init the
+# workload) it stands in for libkrun's init: it mounts what libkrun's init mounts (/dev, /proc,
+# /sys, /sys/fs/cgroup, /dev/pts, /dev/shm) in the new root and execs $KRUN_INIT there as PID 1
+# (KRUN_INIT_PID1=1), its environment passed on; no ovm.init word is read.
 export PATH=/bin
 
 mount -t proc proc /proc
@@ -63,8 +68,21 @@ case $rootmode in
   *) fail "unknown ovm.root=$rootmode (expected rw or overlay)" ;;
 esac
 
+[ -n "$KRUN_INIT" ] && init=$KRUN_INIT
 [ -x "/newroot$init" ] || fail "the root filesystem has no executable $init"
 
 umount /proc /sys
 umount /dev 2>/dev/null
+if [ -n "$KRUN_INIT" ]; then
+  [ "$KRUN_INIT_PID1" = 1 ] || fail "KRUN_INIT without KRUN_INIT_PID1=1: openshell-vm's init runs as PID 1"
+  mkdir -p /newroot/dev /newroot/proc /newroot/sys
+  mount -t devtmpfs devtmpfs /newroot/dev || fail "cannot mount /dev"
+  mount -t proc proc /newroot/proc || fail "cannot mount /proc"
+  mount -t sysfs sysfs /newroot/sys || fail "cannot mount /sys"
+  mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup || fail "cannot mount /sys/fs/cgroup"
+  mkdir -p /newroot/dev/pts /newroot/dev/shm
+  mount -t devpts devpts /newroot/dev/pts || fail "cannot mount /dev/pts"
+  mount -t tmpfs tmpfs /newroot/dev/shm || fail "cannot mount /dev/shm"
+  ln -sf /proc/self/fd /newroot/dev/fd 2>/dev/null
+fi
 exec switch_root /newroot "$init"

@@ -2,14 +2,19 @@
 # openshell-vm guest init (PID 1 of the embedded default rootfs). POSIX sh, busybox applets.
 #
 # It only prepares the guest (mounts, hostname, network) and keeps the guest agent
-# (/sbin/ovm-agent, on the virtio-serial port org.openshell.agent) running; every command reaches
-# the guest as an agent session, never through this script.
-# Mode exec (ovm.mode=exec): the host waits for the agent, runs `openshell-vm run`'s command as an
+# (/sbin/ovm-agent: on the virtio-serial port org.openshell.agent under QEMU, on a vsock port under
+# libkrun) running; every command reaches the guest as an agent session, never through this script.
+# Its words (src/vmm/guest-handoff.ts): OVM_MODE, OVM_NET and OVM_AGENT in its environment (libkrun:
+# krun_set_exec's environment, with KRUN_INIT_PID1=1 so libkrun's init execs this script as PID 1),
+# else ovm.mode= and ovm.net= on the kernel command line (QEMU).
+# Mode exec: the host waits for the agent, runs `openshell-vm run`'s command as an
 #   agent session (the agent alone looks the executable up in PATH and gives 127/126/125), then
 #   asks for a shutdown.
-# Mode gateway (ovm.mode=gateway): after the mounts and the network below, exec
+# Mode gateway: after the mounts and the network below, exec
 #   /sbin/ovm-gateway-init, which starts k3s (a rootfs from openshell-vm prepare-rootfs).
-# The console (kernel and this script's progress lines) goes to the host's console log only.
+# What libkrun's init already mounted (/proc, /sys, /sys/fs/cgroup, /dev, /dev/pts, /dev/shm) is
+# left as it is. The console (kernel and this script's progress lines) goes to the host's console
+# log only.
 # SIGTERM to PID 1 (the agent's shutdown request) stops every process (exec mode) or k3s (gateway
 # mode), then the VM. Anything this init cannot do ends the VM at once: the host then sees the VM
 # end before the agent connected and reports it with the console's last lines.
@@ -31,25 +36,39 @@ poweroff_now() {
   sleep 60
 }
 
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
+# The words first, and out of the environment before anything else starts: nothing this init
+# starts inherits them (nor libkrun's, such as KRUN_INIT_PID1).
+mode=${OVM_MODE:-}
+net=${OVM_NET:-}
+agent=${OVM_AGENT:-virtio-serial}
+words_from=environment
+[ -n "$mode" ] || words_from='kernel command line'
+unset OVM_MODE OVM_NET OVM_AGENT KRUN_INIT KRUN_INIT_PID1 KRUN_WORKDIR KRUN_RLIMITS KRUN_TERM KRUN_CONFIG
+
+mounted() { # PATH: a mount point already (libkrun's init mounts some)
+  grep -q "^[^ ]* $1 " /proc/mounts 2>/dev/null
+}
+mounted /proc || mount -t proc proc /proc
+mounted /sys || mount -t sysfs sysfs /sys
+mounted /dev || mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+mounted /dev/pts || mount -t devpts devpts /dev/pts
+mounted /dev/shm || mount -t tmpfs tmpfs /dev/shm
+mounted /tmp || mount -t tmpfs tmpfs /tmp
+mounted /run || mount -t tmpfs tmpfs /run
 hostname openshell-vm
 ts "started"
 
-mode=
-net=none
-for word in $(cat /proc/cmdline); do
-  case $word in
-    ovm.mode=*) mode=${word#ovm.mode=} ;;
-    ovm.net=*) net=${word#ovm.net=} ;;
-  esac
-done
+if [ -z "$mode" ]; then
+  for word in $(cat /proc/cmdline); do
+    case $word in
+      ovm.mode=*) mode=${word#ovm.mode=} ;;
+      ovm.net=*) net=${word#ovm.net=} ;;
+    esac
+  done
+fi
+: "${net:=none}"
+ts "mode ${mode:-none} (from the $words_from), network $net, agent $agent"
 
 # Networking. eth0 gets its address by DHCP from gvproxy (192.168.127.2 for the fixed MAC
 # 5a:94:ef:e4:0c:ee) or from QEMU's user network (10.0.2.15); with gvproxy, a failed DHCP falls
@@ -121,13 +140,18 @@ find_port() { # NAME -> /dev/vportNpM
 # The agent, restarted if it dies, with the environment `openshell-vm exec` commands start from.
 start_agent() {
   [ -x /sbin/ovm-agent ] || return 0
-  find_port org.openshell.agent >/dev/null || return 0
+  channel=
+  case $agent in
+    vsock:*) channel="--vsock ${agent#vsock:}" ;;
+    *) find_port org.openshell.agent >/dev/null || return 0 ;;
+  esac
   kubeconfig=
   [ "$mode" = gateway ] && kubeconfig=/etc/rancher/k3s/k3s.yaml
   (
     trap - TERM
     while :; do
-      env -i PATH="$PATH" HOME=/root TERM=xterm ${kubeconfig:+KUBECONFIG=$kubeconfig} /sbin/ovm-agent
+      # shellcheck disable=SC2086 # $channel is two words or none
+      env -i PATH="$PATH" HOME=/root TERM=xterm ${kubeconfig:+KUBECONFIG=$kubeconfig} /sbin/ovm-agent $channel
       ts "agent exited with status $?; restarting it"
       sleep 1
     done
@@ -140,7 +164,10 @@ start_agent() {
 # The trap is set before the agent starts: a TERM that came before it would be lost (PID 1).
 serve_exec() {
   [ -x /sbin/ovm-agent ] || fail "no guest agent (/sbin/ovm-agent)"
-  find_port org.openshell.agent >/dev/null || fail "no virtio-serial port org.openshell.agent"
+  case $agent in
+    vsock:*) ;;
+    *) find_port org.openshell.agent >/dev/null || fail "no virtio-serial port org.openshell.agent" ;;
+  esac
   stopping=
   trap 'stopping=1' TERM
   start_agent

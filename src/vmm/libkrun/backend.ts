@@ -4,12 +4,14 @@ import type { HostEnvironment } from '../../config/environment.ts';
 import { HostError } from '../../errors.ts';
 import { AGENT_GUEST_PATH, AGENT_VSOCK_PORT } from '../../guest/agent-build.ts';
 import { AGENT_ENV } from '../../guest/agent-env.ts';
+import { GUEST_INIT_PATH } from '../../guest/default-rootfs.ts';
 import { type GuestArch, hostArch } from '../../host/arch.ts';
 import { siblingModulePath } from '../../host/module-path.ts';
 import { type PidRecord, SupervisedProcess } from '../../supervisor/process.ts';
 import type { BackendFeatures, ProcessEvents, RunningVm, VmExit, VmmBackend, VmSpec } from '../backend.ts';
+import { initEnvironment, KRUN_INIT_PID1 } from '../guest-handoff.ts';
 import { runnerNode } from './macos.ts';
-import type { LibkrunConfig, LibkrunNet } from './plan.ts';
+import { KRUN_LOG_LEVEL_DEFAULT, type LibkrunConfig, type LibkrunNet } from './plan.ts';
 import { describeRuntime, type RuntimeBundle } from './runtime.ts';
 
 /** Files the libkrun backend writes in a run directory. */
@@ -23,12 +25,15 @@ const RUNNER = siblingModulePath(import.meta.url, 'runner');
 
 /**
  * The libkrun config for a VM spec (pure). libkrun's init runs one workload and ends the VM when
- * it exits: that is always the guest agent (--workload), which dials the vsock port libkrun
- * connects to the host's agent socket; every command is an agent session, its environment and
- * working directory in the session's request. The guest console (kernel, init, agent) goes to the
+ * it exits. Exec mode: the workload is the guest agent (--workload), which dials the vsock port
+ * libkrun connects to the host's agent socket; every command is an agent session, its environment
+ * and working directory in the session's request. Gateway mode: the workload is openshell-vm's
+ * guest init, exec'd as PID 1 by libkrun's init (KRUN_INIT_PID1=1), with its mode, network and
+ * agent port in its environment (libkrun has no kernel command line for it); the init starts the
+ * agent on the same vsock port and then k3s. The guest console (kernel, init, agent) goes to the
  * console log, as under QEMU.
  */
-export function libkrunConfig(spec: VmSpec, logLevel = 1): LibkrunConfig {
+export function libkrunConfig(spec: VmSpec, logLevel: number = KRUN_LOG_LEVEL_DEFAULT): LibkrunConfig {
   if (!spec.agentSocket) {
     throw new HostError('the libkrun backend needs the guest agent socket (VmSpec.agentSocket)', {
       hint: 'this is a bug in openshell-vm: every command reaches the guest through the agent',
@@ -49,17 +54,34 @@ export function libkrunConfig(spec: VmSpec, logLevel = 1): LibkrunConfig {
       hint: 'use --net gvproxy',
     });
   }
+  const agentEnv = AGENT_ENV.map(([name, value]) => `${name}=${value}`);
+  const exec =
+    spec.guestMode === 'gateway'
+      ? {
+          path: GUEST_INIT_PATH,
+          args: [],
+          env: [
+            KRUN_INIT_PID1,
+            ...initEnvironment({
+              mode: 'gateway',
+              network: spec.network.mode,
+              agentVsockPort: AGENT_VSOCK_PORT,
+            }),
+            ...agentEnv,
+          ],
+        }
+      : {
+          path: `/${AGENT_GUEST_PATH}`,
+          args: ['--vsock', String(AGENT_VSOCK_PORT), '--workload'],
+          env: agentEnv,
+        };
   return {
     logLevel,
     vcpus: spec.vcpus,
     memMib: spec.memMib,
     rootDir: spec.rootDir,
     workdir: '/',
-    exec: {
-      path: `/${AGENT_GUEST_PATH}`,
-      args: ['--vsock', String(AGENT_VSOCK_PORT), '--workload'],
-      env: AGENT_ENV.map(([name, value]) => `${name}=${value}`),
-    },
+    exec,
     net,
     vsockPorts: [{ port: AGENT_VSOCK_PORT, socketPath: spec.agentSocket, listen: false }],
     consoleOutput: spec.consoleLog,

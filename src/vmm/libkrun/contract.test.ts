@@ -10,7 +10,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { buildLibkrunDouble } from '../../../test/fixtures/libkrun-double.ts';
+import { AGENT_VSOCK_PORT } from '../../guest/agent-build.ts';
 import { isSameProcess, processStartTime } from '../../supervisor/identity.ts';
+import type { VmSpec } from '../backend.ts';
+import { libkrunConfig } from './backend.ts';
 import { COMPAT_NET_FEATURES, type KrunCall, krunCalls, type LibkrunConfig } from './plan.ts';
 
 const ROOT = new URL('../../../', import.meta.url).pathname;
@@ -314,5 +317,112 @@ test('a negative return from any call stops there, naming the function and the e
       created ? [['krun_free_ctx', [7]]] : [],
       `calls after ${call.fn}`,
     );
+  }
+});
+
+test("the gateway preset's libkrun config: the root, openshell-vm's init as PID 1 with its words in its environment, console, stream net, the agent's vsock port, vCPUs/RAM", async () => {
+  // The double runs the workload from the root: a script standing in for /sbin/ovm-init prints
+  // what it was given (the real init is booted under QEMU's krun handoff: test/e2e/gateway-krun.test.ts).
+  fs.mkdirSync(path.join(guestRoot, 'sbin'), { recursive: true });
+  fs.copyFileSync(path.join(guestRoot, WORKLOAD), path.join(guestRoot, 'sbin', 'ovm-init'));
+  const spec: VmSpec = {
+    arch: 'x86_64',
+    accel: 'kvm',
+    vcpus: 4,
+    memMib: 8192,
+    kernel: '/unused/by/libkrun',
+    initramfs: '/unused/by/libkrun',
+    guestMode: 'gateway',
+    kernelArgs: [],
+    rootDir: guestRoot,
+    rootMode: 'rw',
+    agentSocket: '/run/ovm/agent.sock',
+    network: { mode: 'gvproxy', socketPath: '/run/ovm/relay.sock', mac: '5a:94:ef:e4:0c:ee' },
+    runDir: '/run/ovm',
+    socketDir: '/run/ovm',
+    consoleLog: '/run/ovm/console.log',
+  };
+  const config = libkrunConfig(spec);
+  const r = await runRunner(config);
+  assert.equal(r.code, 0, r.output);
+  assert.deepEqual(
+    r.calls.map((c) => [c.fn, c.args]),
+    [
+      ['krun_init_log', [-1, 1, 0, 1]],
+      ['krun_create_ctx', []],
+      ['krun_set_vm_config', [7, 4, 8192]],
+      ['krun_set_root', [7, guestRoot]],
+      ['krun_set_workdir', [7, '/']],
+      ['krun_disable_implicit_vsock', [7]],
+      ['krun_add_vsock', [7, 0]],
+      [
+        'krun_add_net_unixstream',
+        [7, '/run/ovm/relay.sock', -1, '5a:94:ef:e4:0c:ee', COMPAT_NET_FEATURES, 0],
+      ],
+      ['krun_add_vsock_port2', [7, AGENT_VSOCK_PORT, '/run/ovm/agent.sock', false]],
+      ['krun_set_console_output', [7, r.config.consoleOutput]],
+      [
+        'krun_set_exec',
+        [
+          7,
+          '/sbin/ovm-init',
+          [],
+          [
+            'KRUN_INIT_PID1=1',
+            'OVM_MODE=gateway',
+            'OVM_NET=gvproxy',
+            `OVM_AGENT=vsock:${AGENT_VSOCK_PORT}`,
+            ...GUEST_ENV,
+          ],
+        ],
+      ],
+      ['krun_start_enter', [7]],
+    ],
+  );
+  // The init got exactly that environment and no argument (no command-line mode words).
+  assert.deepEqual(
+    printedEnv(r.console),
+    ['KRUN_INIT_PID1=1', 'OVM_AGENT=vsock:10000', 'OVM_MODE=gateway', 'OVM_NET=gvproxy', ...GUEST_ENV].sort(),
+  );
+  assert.deepEqual(
+    r.console.split('\n').filter((l) => l.startsWith('arg:')),
+    [],
+  );
+  // macOS takes the same stream transport (the frame filter relays streams only): the config has
+  // no platform in it, and exec mode keeps the agent as the workload on the same port.
+  const exec = libkrunConfig({ ...spec, guestMode: 'exec', rootMode: 'overlay' });
+  assert.deepEqual(exec.net, config.net);
+  assert.deepEqual(exec.exec.path, '/sbin/ovm-agent');
+  assert.deepEqual(exec.exec.args, ['--vsock', String(AGENT_VSOCK_PORT), '--workload']);
+  assert.ok(!exec.exec.env.some((e) => e.startsWith('OVM_') || e.startsWith('KRUN_')));
+});
+
+test('a refused call in the gateway config frees the context and starts nothing', async () => {
+  fs.mkdirSync(path.join(guestRoot, 'sbin'), { recursive: true });
+  fs.copyFileSync(path.join(guestRoot, WORKLOAD), path.join(guestRoot, 'sbin', 'ovm-init'));
+  const config = libkrunConfig({
+    arch: 'x86_64',
+    accel: 'kvm',
+    vcpus: 2,
+    memMib: 4096,
+    kernel: '',
+    initramfs: '',
+    guestMode: 'gateway',
+    kernelArgs: [],
+    rootDir: guestRoot,
+    rootMode: 'rw',
+    agentSocket: '/run/ovm/agent.sock',
+    network: { mode: 'gvproxy', socketPath: '/run/ovm/relay.sock', mac: '5a:94:ef:e4:0c:ee' },
+    runDir: '/run/ovm',
+    socketDir: '/run/ovm',
+    consoleLog: '/run/ovm/console.log',
+  });
+  for (const fn of ['krun_set_root', 'krun_add_net_unixstream', 'krun_add_vsock_port2', 'krun_set_exec']) {
+    const r = await runRunner(config, { env: { KRUN_DOUBLE_FAIL: `${fn}:-2` } });
+    assert.equal(r.code, 125, fn);
+    assert.match(r.output, new RegExp(`${fn} failed: -2 \\(ENOENT\\)`));
+    assert.deepEqual(r.calls.at(-1)?.fn, 'krun_free_ctx', fn);
+    assert.ok(!r.calls.some((c) => c.fn === 'krun_start_enter'), fn);
+    assert.equal(r.console, '', 'the init did not run');
   }
 });

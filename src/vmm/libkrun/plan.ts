@@ -8,6 +8,9 @@
 export const COMPAT_NET_FEATURES = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 10) | (1 << 11) | (1 << 14);
 export const KRUN_LOG_TARGET_DEFAULT = -1;
 export const KRUN_LOG_STYLE_AUTO = 0;
+/** libkrun's log level (0 off, 1 error, 2 warn, 3 info, 4 debug, 5 trace): errors by default. */
+export const KRUN_LOG_LEVEL_DEFAULT = 1;
+export const KRUN_LOG_LEVEL_MAX = 5;
 /** Ignore libkrun's own environment variables for logging. */
 export const KRUN_LOG_OPTION_NO_ENV = 1;
 

@@ -10,7 +10,8 @@ const spec: VmSpec = {
   memMib: 512,
   kernel: '/k/vmlinuz',
   initramfs: '/k/initrd',
-  kernelArgs: ['ovm.mode=exec', 'loglevel=4'],
+  guestMode: 'exec',
+  kernelArgs: ['loglevel=4'],
   rootDir: '/root fs',
   rootMode: 'overlay',
   agentSocket: '/run,dir/agent.sock',
@@ -59,9 +60,24 @@ test('aarch64: the virt machine with a cortex-a72 under TCG and -cpu host with a
 test('the kernel command line names the console, the root share and the mode', () => {
   assert.equal(
     kernelCommandLine(spec),
-    'console=ttyS0 reboot=t panic=-1 ovm.tag=ovmroot ovm.root=overlay ovm.net=none ovm.mode=exec loglevel=4',
+    'console=ttyS0 reboot=t panic=-1 ovm.tag=ovmroot ovm.root=overlay ovm.mode=exec ovm.net=none loglevel=4',
   );
   assert.match(kernelCommandLine({ ...spec, arch: 'aarch64' }), /^console=ttyAMA0 panic=-1 /);
+});
+
+test("handoff 'krun': no ovm.mode/ovm.net words; libkrun's environment words instead (the kernel gives them to init)", () => {
+  const gateway: VmSpec = { ...spec, guestMode: 'gateway', rootMode: 'rw' };
+  const line = kernelCommandLine(
+    { ...gateway, network: { mode: 'gvproxy', socketPath: '/g', mac: '5a:94:ef:e4:0c:ee' } },
+    'krun',
+  );
+  assert.equal(
+    line,
+    'console=ttyS0 reboot=t panic=-1 ovm.tag=ovmroot ovm.root=rw KRUN_INIT=/sbin/ovm-init KRUN_INIT_PID1=1 OVM_MODE=gateway OVM_NET=gvproxy loglevel=4',
+  );
+  assert.doesNotMatch(line, /ovm\.(mode|net)=/);
+  // Through qemuArgs too: -append carries the same line.
+  assert.ok(qemuArgs(gateway, { virtiofsSocket: '/s' }, 'krun').some((a) => a.includes('OVM_MODE=gateway')));
 });
 
 test('virtiofsd argv for the C and the Rust implementations', () => {

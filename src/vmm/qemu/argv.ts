@@ -1,6 +1,8 @@
+import type { GuestHandoff } from '../../config/environment.ts';
 import { AGENT_PORT_NAME } from '../../guest/agent-build.ts';
 import type { VmSpec } from '../backend.ts';
 import { ROOT_SHARE_TAG } from '../backend.ts';
+import { initKernelWords } from '../guest-handoff.ts';
 
 /** Paths of the sockets and files QEMU is pointed at. */
 export interface QemuPaths {
@@ -13,7 +15,7 @@ export function optValue(value: string): string {
 }
 
 /** The kernel command line, each default explained. */
-export function kernelCommandLine(spec: VmSpec): string {
+export function kernelCommandLine(spec: VmSpec, handoff: GuestHandoff = 'cmdline'): string {
   const words = [
     // The boot console: the serial port QEMU writes to the console log.
     spec.arch === 'x86_64' ? 'console=ttyS0' : 'console=ttyAMA0',
@@ -26,8 +28,9 @@ export function kernelCommandLine(spec: VmSpec): string {
     // The virtio-fs tag of the root share, and whether it is the root or an overlay's lower layer.
     `ovm.tag=${ROOT_SHARE_TAG}`,
     `ovm.root=${spec.rootMode}`,
-    // How the guest init configures eth0: DHCP, with gvproxy's static address as the fallback.
-    `ovm.net=${spec.network.mode}`,
+    // The guest init's mode and how it configures eth0 (DHCP, with gvproxy's static address as
+    // the fallback): ovm.* words, or (handoff 'krun') libkrun's environment words.
+    ...initKernelWords({ mode: spec.guestMode, network: spec.network.mode }, handoff),
     ...spec.kernelArgs,
   ];
   return words.join(' ');
@@ -37,7 +40,7 @@ export function kernelCommandLine(spec: VmSpec): string {
  * QEMU's argv for `spec` (without the binary). Pure: the same spec gives the same argv.
  * x86_64: the microvm machine (virtio-mmio only, no PCI, no firmware). aarch64: the virt machine.
  */
-export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
+export function qemuArgs(spec: VmSpec, paths: QemuPaths, handoff: GuestHandoff = 'cmdline'): string[] {
   const hardware = spec.accel !== 'tcg';
   const machine =
     spec.arch === 'x86_64'
@@ -74,7 +77,7 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths): string[] {
     '-initrd',
     spec.initramfs,
     '-append',
-    kernelCommandLine(spec),
+    kernelCommandLine(spec, handoff),
     '-serial',
     `file:${spec.consoleLog}`,
     '-chardev',

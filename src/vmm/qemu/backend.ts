@@ -115,7 +115,7 @@ export class QemuBackend implements VmmBackend {
         {
           name: 'qemu',
           command: qemu,
-          args: qemuArgs(spec, { virtiofsSocket: sock }),
+          args: qemuArgs(spec, { virtiofsSocket: sock }, this.#env.guestHandoff),
           logFile: path.join(spec.runDir, QEMU_FILES.qemuLog),
           pidFile: path.join(spec.runDir, QEMU_FILES.qemuPid),
           graceMs: 3_000,
