@@ -39,6 +39,11 @@ export interface HostEnvironment {
    * a host without libkrun.
    */
   readonly guestHandoff: GuestHandoff;
+  /**
+   * OPENSHELL_VM_KRUN_LOG_LEVEL: libkrun's log level, 0 (off) to 5 (trace), into libkrun.log in
+   * the run's directory (`openshell-vm logs NAME --source vmm`); default 1 (errors).
+   */
+  readonly krunLogLevel: number;
 }
 
 export const GUEST_HANDOFFS = ['cmdline', 'krun'] as const;
@@ -77,7 +82,16 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): HostEnvir
     openshellConfigDir: path.join(env.XDG_CONFIG_HOME || path.join(home, '.config'), 'openshell'),
     kubeDir: path.join(home, '.kube'),
     guestHandoff: guestHandoff(env.OPENSHELL_VM_GUEST_HANDOFF),
+    krunLogLevel: krunLogLevel(env.OPENSHELL_VM_KRUN_LOG_LEVEL),
   };
+}
+
+function krunLogLevel(value: string | undefined): number {
+  if (!value) return 1;
+  if (/^[0-5]$/.test(value)) return Number(value);
+  throw new UsageError(`OPENSHELL_VM_KRUN_LOG_LEVEL: '${value}' is not a log level`, {
+    hint: 'use 0 (off), 1 (error), 2 (warn), 3 (info), 4 (debug) or 5 (trace), or unset it',
+  });
 }
 
 function guestHandoff(value: string | undefined): GuestHandoff {

@@ -137,7 +137,7 @@ export class LibkrunBackend implements VmmBackend {
       JSON.stringify({
         libkrun: this.runtime.libkrun,
         libkrunfw: this.runtime.libkrunfw,
-        config: libkrunConfig(spec),
+        config: libkrunConfig(spec, this.#env.krunLogLevel),
       }),
     );
     // libkrun finds libkrunfw through the loader path too (the runner also preloads it).

@@ -45,7 +45,7 @@ export class KrunError extends HostError {
   constructor(fn: string, code: number) {
     const name = Object.entries(os.constants.errno).find(([, n]) => n === -code)?.[0];
     super(`${fn} failed: ${code}${name ? ` (${name})` : ''}`, {
-      hint: "libkrun's own messages are in libkrun.log in the run's directory",
+      hint: "libkrun's own messages are in libkrun.log in the run's directory (`openshell-vm logs NAME --source vmm`); OPENSHELL_VM_KRUN_LOG_LEVEL=4 makes libkrun say more there",
     });
     this.fn = fn;
     this.code = code;

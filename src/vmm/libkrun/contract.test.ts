@@ -426,3 +426,17 @@ test('a refused call in the gateway config frees the context and starts nothing'
     assert.equal(r.console, '', 'the init did not run');
   }
 });
+
+test("OPENSHELL_VM_KRUN_LOG_LEVEL reaches krun_init_log (clamped to libkrun's 0..5)", () => {
+  const spec = {
+    ...({} as VmSpec),
+    guestMode: 'exec' as const,
+    agentSocket: '/a.sock',
+    network: { mode: 'none' as const },
+    rootDir: '/r',
+    consoleLog: '/c',
+  } as VmSpec;
+  assert.deepEqual(krunCalls(libkrunConfig(spec, 4))[0], { fn: 'krun_init_log', args: [-1, 4, 0, 1] });
+  assert.deepEqual(krunCalls(libkrunConfig(spec, 9))[0]?.args[1], 5);
+  assert.deepEqual(krunCalls(libkrunConfig(spec))[0]?.args[1], 1);
+});
