@@ -42,10 +42,13 @@ test('libkrun: the version from the file its links end at; absent: the platform 
     platform: 'darwin',
     needed: false,
     libkrun: undefined,
-    problem: { message: 'no libkrun runtime found', hint: 'x' },
   });
   assert.equal(none.status, 'optional');
-  assert.equal(none.detail, 'not found (no libkrun runtime found)');
+  assert.equal(none.detail, 'not found (see libkrun runtime)');
+  assert.equal(
+    libkrunCheck({ platform: 'linux', needed: false, libkrun: undefined, runtimeDir: '/d' }).detail,
+    'not in /d',
+  );
   assert.match(none.fix ?? '', /^brew install libkrun\b/);
   assert.equal(libkrunCheck({ platform: 'linux', needed: true, libkrun: undefined }).status, 'missing');
 });

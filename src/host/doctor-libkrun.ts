@@ -60,17 +60,13 @@ export function libkrunCheck(input: {
   readonly platform: LibkrunPlatform;
   readonly needed: boolean;
   readonly libkrun: FoundLibrary | undefined;
-  /** Why there is none: the runtime search's error (what was looked at, and its hint). */
-  readonly problem?: { readonly message: string; readonly hint: string | undefined } | undefined;
+  /** The runtime directory found without it (a libkrunfw-only one), if any. */
+  readonly runtimeDir?: string | undefined;
 }): DoctorCheck {
   const { libkrun } = input;
   if (!libkrun) {
-    return failed(
-      'libkrun',
-      input.needed,
-      `not found${input.problem ? ` (${input.problem.message})` : ''}`,
-      LIBKRUN_INSTALL[input.platform],
-    );
+    const where = input.runtimeDir ? `not in ${input.runtimeDir}` : 'not found (see libkrun runtime)';
+    return failed('libkrun', input.needed, where, LIBKRUN_INSTALL[input.platform]);
   }
   const version = versionOf(libkrun, 'libkrun');
   return passed(
@@ -192,7 +188,7 @@ export function loaderCheck(input: {
   }
   // glibc's dlopen returns a loaded library whose soname matches: the preload covers a missing link.
   const found = there ? 'there' : 'not there, the preloaded library answers to its soname';
-  return passed(name, `${how}; libkrun dlopens ${wanted}: ${found} (${search})`);
+  return passed(name, `${how}; libkrun dlopens ${wanted}: ${found}`);
 }
 
 /** What codesign said of the runner (parsed by src/vmm/libkrun/macos.ts). */
