@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { test } from 'node:test';
 import type { HostEnvironment } from '../../config/environment.ts';
 import {
@@ -7,6 +9,7 @@ import {
   ENTITLEMENTS_PLIST,
   grantsHypervisor,
   HYPERVISOR_ENTITLEMENT,
+  hasHypervisorEntitlement,
   parseCodesignEntitlements,
   parseCodesignSignature,
   runnerNode,
@@ -160,4 +163,35 @@ test('codesign signature: ad hoc without the hardened runtime (our runner) vs a 
     hardenedRuntime: true,
   });
   assert.equal(parseCodesignSignature(UNSIGNED).signed, false);
+});
+
+test('hasHypervisorEntitlement runs codesign -d --entitlements - FILE and reads it with the parser (a codesign double on PATH)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-codesign-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // The double prints the sample named by the file it is asked about, and its argv to a log.
+  for (const [name, text] of Object.entries({
+    granted: TEXT_GRANTED,
+    false: TEXT_FALSE,
+    nested: TEXT_NESTED,
+  })) {
+    fs.writeFileSync(path.join(dir, `${name}.out`), text);
+  }
+  fs.writeFileSync(
+    path.join(dir, 'codesign'),
+    `#!/bin/sh\necho "$@" >> "${dir}/argv.log"\nfor last; do :; done\ncat "${dir}/$(basename "$last").out"\n`,
+    { mode: 0o755 },
+  );
+  const saved = process.env.PATH;
+  process.env.PATH = `${dir}:${saved}`;
+  t.after(() => {
+    process.env.PATH = saved;
+  });
+  assert.equal(await hasHypervisorEntitlement('/x/granted'), true);
+  // The entitlement named with the value false, or inside another one's dictionary, grants nothing.
+  assert.equal(await hasHypervisorEntitlement('/x/false'), false);
+  assert.equal(await hasHypervisorEntitlement('/x/nested'), false);
+  assert.equal(
+    fs.readFileSync(path.join(dir, 'argv.log'), 'utf8').split('\n')[0],
+    '-d --entitlements - /x/granted',
+  );
 });
