@@ -67,6 +67,46 @@ export function supervisorExitCode(code: number | null, signal: NodeJS.Signals |
 /** What a detached supervisor tells the command that started it. */
 export type DetachMessage = { readonly type: 'ready'; readonly text: string };
 
+/** What the starting command sends a detached supervisor first: what it prepared for it (runDetached). */
+export type HandoffMessage = { readonly type: 'handoff'; readonly value: unknown };
+
+/** How long a detached supervisor waits for its starting command's handoff (sent as it starts). */
+const HANDOFF_TIMEOUT_MS = 30_000;
+
+/**
+ * In a detached supervisor: the value its starting command handed over (runDetached's `handoff`),
+ * as it came through the IPC channel (JSON: to be validated by the caller). Undefined when this
+ * process has no such channel (`--supervise` started by hand). A starting command that goes away
+ * or sends nothing within 30 s is a HostError.
+ */
+export function receiveHandoff(): Promise<unknown> {
+  if (!process.send) return Promise.resolve(undefined);
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      process.off('message', onMessage);
+      process.off('disconnect', onDisconnect);
+    };
+    const onMessage = (m: HandoffMessage) => {
+      if (m?.type !== 'handoff') return;
+      done();
+      resolve(m.value);
+    };
+    const fail = (why: string) => {
+      done();
+      reject(
+        new HostError(`the detached supervisor got nothing from the command that started it: ${why}`, {
+          hint: 'start the instance again (openshell-vm run --detach ...)',
+        }),
+      );
+    };
+    const onDisconnect = () => fail('it went away');
+    const timer = setTimeout(() => fail(`nothing within ${HANDOFF_TIMEOUT_MS / 1000} s`), HANDOFF_TIMEOUT_MS);
+    process.on('message', onMessage);
+    process.once('disconnect', onDisconnect);
+  });
+}
+
 /** In a detached supervisor: tells the starting command that the instance is up, then lets it go. */
 export function reportDetachedReady(text: string): void {
   if (!process.send) return;
@@ -82,7 +122,9 @@ export function reportDetachedReady(text: string): void {
  * instance ready (the gateway answers; the command has started): exit 0 with its Ready text on
  * stdout. If it fails first, its error is shown and its exit code returned. Ctrl-C while waiting
  * stops it, and leaves nothing running. `guestWords`: how many words at the end of `argv` are the
- * guest's command (see supervisorArgv).
+ * guest's command (see supervisorArgv). `handoff` (JSON-serialisable), when given, is sent to the
+ * supervisor as it starts (receiveHandoff): what this command prepared for it, so that the
+ * long-lived supervisor does not load and run that code itself.
  */
 export async function runDetached(
   env: HostEnvironment,
@@ -90,8 +132,9 @@ export async function runDetached(
   argv: readonly string[],
   reporter: Reporter,
   quiet: boolean,
-  guestWords = 0,
+  more: { readonly guestWords?: number; readonly handoff?: unknown } = {},
 ): Promise<number> {
+  const { guestWords = 0 } = more;
   const dir = instanceDir(env, instance);
   const holder = await readLockHolder(dir);
   if (holder && (await isSameProcess(holder.pid, holder.startTime))) {
@@ -120,6 +163,10 @@ export async function runDetached(
   );
   fs.closeSync(err);
   fs.closeSync(out);
+  if ('handoff' in more) {
+    // A failure to send is the supervisor's early end, which 'exit' below reports.
+    child.send({ type: 'handoff', value: more.handoff } satisfies HandoffMessage, () => undefined);
+  }
   const stopFollow = followFile(supervisorLog, (line) => {
     if (!quiet || /error|hint|warning/.test(line)) process.stderr.write(`${line}\n`);
   });

@@ -1,8 +1,17 @@
+import * as v from 'valibot';
 import { prepareExec } from '../api/prepare.ts';
+import { HostError } from '../errors.ts';
+import { describeIssues } from '../instance/schema.ts';
 import { CLI_NAMES, type RawExecOptions } from '../options/exec-options.ts';
-import { COMMAND_STARTED, runExec } from '../presets/run.ts';
+import {
+  COMMAND_STARTED,
+  type ExecEvent,
+  type PreparedGuest,
+  prepareGuest,
+  runExec,
+} from '../presets/run.ts';
 import { type ParsedArgs, single } from './args.ts';
-import { reportDetachedReady, runDetached } from './detach.ts';
+import { receiveHandoff, reportDetachedReady, runDetached } from './detach.ts';
 import { Reporter } from './reporter.ts';
 import { withSignals } from './signals.ts';
 
@@ -48,13 +57,33 @@ export async function execCommand(
   const { env, options, backend, accel } = await prepareExec(raw, CLI_NAMES, reporter);
   const supervise = args.flags.has('supervise');
   if (args.flags.has('detach') && !supervise) {
-    return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'), guestWords);
+    // The guest artifacts are prepared (checked, or built) here, and the supervisor is handed the
+    // result: it stays resident for the instance's life, and would keep the memory that work took.
+    const handoff = await withSignals(reporter, 'stopping before the instance starts', async (signal) => {
+      const events: ExecEvent[] = [];
+      const prepared = await prepareGuest(env, options, { backend, onEvent: (e) => events.push(e) });
+      signal.throwIfAborted();
+      return { prepared, events } satisfies Handoff;
+    });
+    return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'), {
+      guestWords,
+      handoff,
+    });
   }
+  const handoff = supervise ? parseHandoff(await receiveHandoff()) : undefined;
+  // Said by the supervisor (its log is what the starting command shows, its events file is the one).
+  for (const e of handoff?.events ?? []) reporter.event({ ...e, elapsedMs: Math.round(performance.now()) });
 
   return withSignals(reporter, 'stopping the microVM', async (signal) => {
     const result = await runExec(
       env,
-      { ...options, accel, keepLogs: args.flags.has('keep-logs'), detached: supervise },
+      {
+        ...options,
+        accel,
+        keepLogs: args.flags.has('keep-logs'),
+        detached: supervise,
+        prepared: handoff?.prepared,
+      },
       { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
       {
         backend,
@@ -81,4 +110,48 @@ export async function execCommand(
     });
     return result.exitCode;
   });
+}
+
+/** What a detached run's CLI hands its supervisor: the prepared guest and the progress it made. */
+interface Handoff {
+  readonly prepared: PreparedGuest;
+  readonly events: readonly ExecEvent[];
+}
+
+const HANDOFF_SCHEMA = v.strictObject({
+  prepared: v.strictObject({
+    artifacts: v.strictObject({
+      kernel: v.string(),
+      initramfs: v.string(),
+      rootfs: v.string(),
+      modulesRelease: v.optional(v.string()),
+    }),
+    rootfs: v.optional(v.string()),
+  }),
+  events: v.array(
+    v.variant('type', [
+      v.strictObject({
+        type: v.literal('stage'),
+        stage: v.literal('artifacts'),
+        message: v.string(),
+        elapsedMs: v.number(),
+      }),
+      v.strictObject({ type: v.literal('warning'), message: v.string(), elapsedMs: v.number() }),
+    ]),
+  ),
+});
+
+/**
+ * The handoff a detached supervisor received (receiveHandoff), checked; undefined when it was
+ * started without one (then it prepares the guest itself). It comes from the CLI process of the
+ * same user through a private socket pair: the check is against a mismatched build, not an attacker.
+ */
+export function parseHandoff(value: unknown): Handoff | undefined {
+  if (value === undefined) return undefined;
+  const result = v.safeParse(HANDOFF_SCHEMA, value);
+  if (result.success) return result.output;
+  throw new HostError(
+    `the detached supervisor's handoff from its starting command is not what this version sends (${describeIssues(result.issues)})`,
+    { hint: 'start the instance again with this openshell-vm (openshell-vm run --detach ...)' },
+  );
 }

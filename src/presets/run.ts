@@ -7,15 +7,13 @@ import { VmError } from '../errors.ts';
 import { agentRequest, type WorkloadRequest } from '../exec/request.ts';
 import { attachTerminal, stdinIsTerminal, terminalSize } from '../exec/terminal.ts';
 import { ensureAgent, installAgent } from '../guest/agent-build.ts';
-import { ensureGuestArtifacts, type GuestArtifacts } from '../guest/artifacts.ts';
+import type { GuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
-import { loadGuestInputs } from '../host/toolchain.ts';
 import { ensureRootLocation, refuseWritableRunRoot } from '../instance/root-location.ts';
 import { type InstanceHandle, raceAbort, startInstance } from '../instance/start.ts';
 import type { KernelChoice } from '../kernel/selection.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
-import { verifyRootfsForBoot } from '../rootfs/record.ts';
 import type { ExitResult, PidRecord } from '../supervisor/process.ts';
 import type { NetworkSpec, VmmBackend } from '../vmm/backend.ts';
 
@@ -44,6 +42,26 @@ export interface VmPlan {
   readonly kernel?: KernelChoice | undefined;
   /** Run by a detached supervisor (openshell-vm run --detach), for the state file. */
   readonly detached?: boolean | undefined;
+  /**
+   * What to boot from, when the process that started this one prepared it (prepareGuest: a
+   * detached run's CLI, before it started the supervisor); else startExecVm prepares it itself.
+   */
+  readonly prepared?: PreparedGuest | undefined;
+}
+
+/** The guest artifacts' files a boot uses: GuestArtifacts less what only progress output shows. */
+export interface BootArtifacts {
+  readonly kernel: GuestArtifacts['kernel'];
+  readonly initramfs: GuestArtifacts['initramfs'];
+  readonly rootfs: GuestArtifacts['rootfs'];
+  readonly modulesRelease?: GuestArtifacts['modulesRelease'];
+}
+
+/** What a VM on the exec preset boots from, decided before its instance is touched (prepareGuest). */
+export interface PreparedGuest {
+  readonly artifacts: BootArtifacts;
+  /** The prepared rootfs's real path (checked for where it lives); undefined: the default rootfs. */
+  readonly rootfs?: string | undefined;
 }
 
 /** A validated exec run: the VM and its one command. */
@@ -153,10 +171,45 @@ export async function runExec(
 }
 
 function emitter(
-  options: ExecOptions,
+  options: Pick<ExecOptions, 'onEvent'>,
   now: () => number,
 ): (event: DistributiveOmit<ExecEvent, 'elapsedMs'>) => void {
   return (event) => options.onEvent?.({ ...event, elapsedMs: Math.round(now()) } as ExecEvent);
+}
+
+/**
+ * The preflight of a VM on the exec preset: a prepared rootfs is refused on a backend without a
+ * read-only lower layer and where another local user could reach it; the guest artifacts (kernel,
+ * initramfs, default rootfs) are taken from the cache after their integrity check, or built. The
+ * expensive part of a start (it reads and hashes the initramfs, the default rootfs's files and the
+ * agent), so a detached run does it in the CLI before it starts the supervisor: the long-lived
+ * supervisor then never loads this code nor holds the buffers it read (src/cli/run.ts).
+ */
+export async function prepareGuest(
+  env: HostEnvironment,
+  plan: Pick<VmPlan, 'arch' | 'rootfs' | 'kernel'>,
+  options: Pick<ExecOptions, 'backend' | 'onEvent' | 'now'>,
+): Promise<PreparedGuest> {
+  const emit = emitter(options, options.now ?? (() => performance.now()));
+  refuseWritableRunRoot(options.backend, plan.rootfs);
+  const rootfs = plan.rootfs ? await ensureRootLocation(plan.rootfs) : undefined;
+  const [{ ensureGuestArtifacts }, { loadGuestInputs }] = await Promise.all([
+    import('../guest/artifacts.ts'),
+    import('../host/toolchain.ts'),
+  ]);
+  const artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch), {
+    kernel: plan.kernel,
+  });
+  if (artifacts.rebuiltBecause)
+    emit({ type: 'warning', message: `${artifacts.rebuiltBecause}: rebuilt them` });
+  if (artifacts.kernelNote) emit({ type: 'warning', message: artifacts.kernelNote });
+  emit({
+    type: 'stage',
+    stage: 'artifacts',
+    message: `guest artifacts ${artifacts.built ? 'built' : 'cached'} (${plan.arch}, kernel ${artifacts.kernelDescription})`,
+  });
+  const { kernel, initramfs, modulesRelease } = artifacts;
+  return { artifacts: { kernel, initramfs, rootfs: artifacts.rootfs, modulesRelease }, rootfs };
 }
 
 /**
@@ -174,7 +227,8 @@ export async function startExecVm(
   const now = options.now ?? (() => performance.now());
   const emit = emitter(options, now);
   const { backend, signal } = options;
-  let artifacts: GuestArtifacts | undefined;
+  let artifacts: BootArtifacts | undefined;
+  let rootfs: string | undefined;
   let tArtifacts = now();
   let share: string | undefined;
 
@@ -197,42 +251,29 @@ export async function startExecVm(
     },
     {
       preflight: async () => {
-        // A prepared rootfs: only on a backend with a read-only lower layer, and only where no
-        // other local user can reach it (booted from its real path).
-        refuseWritableRunRoot(backend, plan.rootfs);
-        if (plan.rootfs) plan = { ...plan, rootfs: await ensureRootLocation(plan.rootfs) };
-        artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch), {
-          kernel: plan.kernel,
-        });
-        if (artifacts.rebuiltBecause)
-          emit({ type: 'warning', message: `${artifacts.rebuiltBecause}: rebuilt them` });
-        if (artifacts.kernelNote) emit({ type: 'warning', message: artifacts.kernelNote });
-        emit({
-          type: 'stage',
-          stage: 'artifacts',
-          message: `guest artifacts ${artifacts.built ? 'built' : 'cached'} (${plan.arch}, kernel ${artifacts.kernelDescription})`,
-        });
+        ({ artifacts, rootfs } = plan.prepared ?? (await prepareGuest(env, plan, { ...options, now })));
         tArtifacts = now();
       },
       prepare: async () => {
-        if (!plan.rootfs || !artifacts) return;
+        if (!rootfs || !artifacts) return;
         // A prepared rootfs must be this tool's build: guest scripts and (QEMU) kernel modules.
-        const record = await verifyRootfsForBoot(plan.rootfs, {
+        const { verifyRootfsForBoot } = await import('../rootfs/record.ts');
+        const record = await verifyRootfsForBoot(rootfs, {
           kernelRelease: backend.features.guestKernel === 'openshell' ? artifacts.modulesRelease : undefined,
         });
-        await installAgent(plan.rootfs, await ensureAgent(env, plan.arch));
+        await installAgent(rootfs, await ensureAgent(env, plan.arch));
         emit({
           type: 'stage',
           stage: 'artifacts',
-          message: `rootfs ${plan.rootfs} (${record.base.source}, built ${record.builtAt})`,
+          message: `rootfs ${rootfs} (${record.base.source}, built ${record.builtAt})`,
         });
       },
       boot: async (run) => {
         if (!artifacts) throw new Error('the guest artifacts were not prepared');
-        let rootDir = plan.rootfs ?? artifacts.rootfs;
+        let rootDir = rootfs ?? artifacts.rootfs;
         // The default rootfs is shared by every run of every instance: a backend whose guest
         // would write into the directory itself (no read-only lower layer) boots a private copy.
-        if (!plan.rootfs && backend.features.overlayRoot === 'writable') {
+        if (!rootfs && backend.features.overlayRoot === 'writable') {
           share = path.join(run.dir, 'share');
           await fs.mkdir(share, { mode: 0o700 });
           rootDir = await privateRootCopy(artifacts.rootfs, path.join(share, 'rootfs'));
