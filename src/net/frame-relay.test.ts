@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -164,4 +165,23 @@ test('relay: gvproxy not there is a HostError naming its socket', async () => {
   );
   assert.equal(fs.existsSync(path.join(dir, 'vm.sock')), false);
   fs.rmSync(dir, { recursive: true });
+});
+
+test('relay: a gvproxy socket that is bound but not yet listening (its start-up window) is waited for, not refused', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-relay-'));
+  const upstream = path.join(dir, 'gv.sock');
+  // bind() now, listen() 400 ms later: what gvproxy's start looks like from outside.
+  const late = spawn('python3', [
+    '-c',
+    'import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\nprint("bound",flush=True)\ntime.sleep(0.4)\ns.listen(1)\nc,_=s.accept()\nc.recv(1)\n',
+    upstream,
+  ]);
+  try {
+    await new Promise((r) => late.stdout.once('data', r));
+    const relay = await GvproxyRelay.start({ listenPath: path.join(dir, 'vm.sock'), gvproxyPath: upstream });
+    await relay.close();
+  } finally {
+    late.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

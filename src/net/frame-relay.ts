@@ -190,21 +190,37 @@ export class GvproxyRelay implements AsyncDisposable {
   }
 }
 
-function connect(socketPath: string): Promise<net.Socket> {
+/**
+ * Connects to gvproxy's VM socket. gvproxy's socket file appears when it binds, a moment before it
+ * listens: a refused connection (ECONNREFUSED) in that window is tried again, for up to
+ * `retryMs`; anything else (no such socket) fails at once.
+ */
+async function connect(socketPath: string, retryMs = 3_000): Promise<net.Socket> {
+  const t0 = performance.now();
+  for (;;) {
+    try {
+      return await connectOnce(socketPath);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ECONNREFUSED' || performance.now() - t0 >= retryMs) {
+        throw new HostError(`cannot connect to gvproxy's VM socket ${socketPath}`, {
+          hint: "see the run's gvproxy.log",
+          cause: err,
+        });
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+}
+
+function connectOnce(socketPath: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket = net.connect(socketPath);
     socket.once('connect', () => {
       socket.off('error', reject);
       resolve(socket);
     });
-    socket.once('error', (err) =>
-      reject(
-        new HostError(`cannot connect to gvproxy's VM socket ${socketPath}`, {
-          hint: "see the run's gvproxy.log",
-          cause: err,
-        }),
-      ),
-    );
+    socket.once('error', reject);
   });
 }
 
