@@ -82,10 +82,11 @@ for a in "${arch_list[@]}"; do [ -n "$a" ] && deb_arches+=("$(deb_arch "$a")"); 
 # macOS: print what to run.
 if [ "$(uname -s)" = Darwin ]; then
   say "macOS host: openshell-vm does not install Homebrew packages itself. Run:"
-  echo "  brew install qemu node@24"
-  echo "  brew tap slp/krun && brew install libkrun    # the libkrun backend (macOS Hypervisor.framework)"
-  echo "  brew install podman                            # provides gvproxy (networking): /opt/homebrew/opt/podman/libexec/podman/gvproxy"
-  say "QEMU on macOS cannot share a virtio-fs root (vhost-user needs Linux); the libkrun backend is the macOS path."
+  echo "  brew install node@24"
+  echo "  brew install libkrun    # the libkrun backend (Hypervisor.framework), with a stock libkrunfw"
+  echo "  brew install podman     # provides gvproxy (networking): /opt/homebrew/opt/podman/libexec/podman/gvproxy"
+  echo "  npx openshell-vm doctor # says what is still missing, one fix per line"
+  say "QEMU on macOS cannot share a virtio-fs root (vhost-user needs Linux); libkrun is the macOS backend."
   exit 0
 fi
 

@@ -96,7 +96,7 @@ const SYSTEM_DIRS: Readonly<Record<Platform, readonly string[]>> = {
 
 const INSTALL_HINT: Readonly<Record<Platform, string>> = {
   darwin:
-    'brew tap slp/krun && brew install libkrun libkrunfw, or set OPENSHELL_VM_RUNTIME_DIR to a runtime bundle',
+    'brew install libkrun (Homebrew core; it brings a stock libkrunfw, which runs commands; the gateway needs one from openshell-vm kernel build --target libkrunfw), or set OPENSHELL_VM_RUNTIME_DIR to a runtime bundle',
   linux:
     'install libkrun and libkrunfw (Fedora: dnf install libkrun; elsewhere build them), or set OPENSHELL_VM_RUNTIME_DIR to a runtime bundle',
 };
