@@ -5,7 +5,10 @@
 //     the agent's source, the entitlements plist) copied beside its module, same relative path;
 //  3. the static guest agent for each guest architecture (host gcc, the cross gcc) into
 //     dist/guest/agent/, with agents.json (the source's sha256, each binary's sha256) written last;
-//  4. a check that every `new URL('./…', import.meta.url)` in dist/ names a file that exists there
+//  4. Debian's static busybox of each guest architecture (from host provisioning's cache,
+//     verified against its manifest) into dist/guest/busybox/, with busybox.json written last: the
+//     default rootfs of `run` on libkrun needs nothing of the Linux host's provisioning;
+//  5. a check that every `new URL('./…', import.meta.url)` in dist/ names a file that exists there
 //     (a module to run as a process must be named with siblingModulePath, not as `./x.ts`).
 // dist/ is removed first: nothing from an earlier build (a deleted module, an old agent) survives.
 // usage: node scripts/build.ts
@@ -14,6 +17,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readEnvironment } from '../src/config/environment.ts';
 import { buildPrebuiltAgents } from '../src/guest/agent-build.ts';
+import {
+  hostBusybox,
+  PACKAGED_BUSYBOX_MANIFEST,
+  type PackagedBusybox,
+  packagedBusyboxName,
+} from '../src/guest/busybox-source.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 const src = path.join(root, 'src');
@@ -60,6 +69,26 @@ try {
   const e = err as Error & { hint?: string };
   fail(`building the prebuilt guest agents: ${e.message}`, e.hint ?? 'see the error above');
 }
+
+const busyboxDir = path.join(dist, 'guest', 'busybox');
+fs.mkdirSync(busyboxDir, { recursive: true });
+const busyboxes: Partial<Record<'x86_64' | 'aarch64', PackagedBusybox['busybox']['x86_64']>> = {};
+for (const arch of ['x86_64', 'aarch64'] as const) {
+  try {
+    const found = await hostBusybox(readEnvironment(), arch);
+    const file = packagedBusyboxName(arch);
+    fs.writeFileSync(path.join(busyboxDir, file), found.bytes, { mode: 0o755 });
+    busyboxes[arch] = { file, sha256: found.sha256, package: 'busybox-static', version: found.version };
+  } catch (err) {
+    const e = err as Error & { hint?: string };
+    fail(`the ${arch} busybox for the package: ${e.message}`, e.hint ?? 'run scripts/provision-host.sh');
+  }
+}
+const busyboxManifest = { format: 1, busybox: busyboxes } as PackagedBusybox;
+fs.writeFileSync(
+  path.join(busyboxDir, PACKAGED_BUSYBOX_MANIFEST),
+  `${JSON.stringify(busyboxManifest, null, 2)}\n`,
+);
 
 const LITERAL_URL = /new URL\(\s*(['"`])(\.{1,2}\/[^'"`$]*)\1\s*,\s*import\.meta\.url\s*\)/g;
 const missing: string[] = [];

@@ -16,6 +16,7 @@ import {
   resolveBootKernel,
 } from '../kernel/selection.ts';
 import { ensureAgent } from './agent-build.ts';
+import type { BusyboxBinary } from './busybox-source.ts';
 import { defaultRootfsEntries } from './default-rootfs.ts';
 import { buildInitramfs, INITRAMFS_MODULES, loadInitramfsInputs } from './initramfs.ts';
 import { readModuleIndex, resolveLoadOrder } from './modules.ts';
@@ -30,8 +31,11 @@ export interface GuestArtifacts {
   /** The kernel image to boot. */
   readonly kernel: string;
   readonly kernelRelease: string;
-  /** Which kernel: Debian's (modules loaded by the initramfs), the built one, or a given file. */
-  readonly kernelKind: BootKernel['kind'];
+  /**
+   * Which kernel: Debian's (modules loaded by the initramfs), the built one, a given file, or
+   * (libkrun) the one in the runtime's libkrunfw, when there is no kernel or initramfs here at all.
+   */
+  readonly kernelKind: BootKernel['kind'] | 'libkrunfw';
   /** One line naming the kernel and its provenance, for progress output and doctor. */
   readonly kernelDescription: string;
   readonly kernelProvenance: KernelProvenance | undefined;
@@ -42,6 +46,7 @@ export interface GuestArtifacts {
    * loads them), or undefined when the kernel has everything built in and loads none.
    */
   readonly modulesRelease: string | undefined;
+  /** The initramfs ('' for libkrunfw: libkrun boots no initramfs). */
   readonly initramfs: string;
   /** The embedded default rootfs (shared read-only; runs write to an overlay over it). */
   readonly rootfs: string;
@@ -91,7 +96,8 @@ export function artifactKey(
 interface BuildRecord {
   readonly key: string;
   readonly modules: readonly string[];
-  readonly initramfsSha256: string;
+  /** Unset in a root-only build (libkrunfw), which has no initramfs. */
+  readonly initramfsSha256?: string | undefined;
 }
 
 /**
@@ -130,22 +136,7 @@ export async function ensureGuestArtifacts(
   });
   const busybox = await fs.readFile(guest.busybox.binary);
   const rootfs = defaultRootfsEntries(busybox, scripts.ovmInit, agent.bytes);
-  // Another user who can write the directory that holds the builds could swap a build for one of
-  // their own between the check and the boot: every directory from <cache>/artifacts down is ours.
-  await ensureTrustedCacheDir(path.join(env.cacheDir, 'artifacts'), parent);
-
-  let rebuiltBecause: string | undefined;
-  if (await isComplete(dir)) {
-    const problems = await artifactProblems(dir, key, rootfs);
-    if (problems.length === 0) return result(false);
-    rebuiltBecause = `the cached guest artifacts in ${dir} failed their integrity check (${problems.join('; ')})`;
-    await discard(dir);
-  }
-
-  const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  await fs.mkdir(tmp, { mode: 0o755 });
-  try {
-    await fs.chmod(tmp, 0o755);
+  const outcome = await buildOrReuse(env, guest.arch, key, rootfs, async () => {
     // A kernel with everything built in loads nothing: its initramfs only mounts the root.
     const order =
       boot.modules === 'loadable'
@@ -156,15 +147,92 @@ export async function ensureGuestArtifacts(
           )
         : [];
     const inputs = await loadInitramfsInputs(guest, scripts.initramfsInit, order);
-    const initramfs = buildInitramfs(inputs);
-    await fs.writeFile(path.join(tmp, INITRAMFS_FILE), initramfs, { mode: 0o644, flag: 'wx' });
-    await fs.chmod(path.join(tmp, INITRAMFS_FILE), 0o644);
+    return { bytes: buildInitramfs(inputs), modules: order.map((m) => m.name) };
+  });
+  return result(outcome.built, outcome.rebuiltBecause);
+}
+
+/**
+ * The default rootfs alone, for a backend whose kernel is libkrunfw's (libkrun): no kernel, no
+ * initramfs, no modules, so nothing of the Linux host's provisioning is needed. Its busybox is the
+ * package's (findBusybox). Cached and checked before use exactly as ensureGuestArtifacts does.
+ */
+export async function ensureRootArtifacts(
+  env: HostEnvironment,
+  busybox: BusyboxBinary,
+): Promise<GuestArtifacts> {
+  const scripts = await readGuestScripts();
+  const agent = await ensureAgent(env, busybox.arch);
+  const key = createHash('sha256')
+    .update(
+      JSON.stringify({
+        rootOnly: true,
+        format: ARTIFACT_FORMAT,
+        agent: agent.sha256,
+        busybox: busybox.sha256,
+        ovmInit: createHash('sha256').update(scripts.ovmInit).digest('hex'),
+      }),
+    )
+    .digest('hex')
+    .slice(0, 20);
+  const rootfs = defaultRootfsEntries(busybox.bytes, scripts.ovmInit, agent.bytes);
+  const outcome = await buildOrReuse(env, busybox.arch, key, rootfs, undefined);
+  const dir = path.join(env.cacheDir, 'artifacts', DEB_ARCH[busybox.arch], key);
+  return {
+    arch: busybox.arch,
+    key,
+    kernel: '',
+    kernelRelease: '',
+    kernelKind: 'libkrunfw',
+    kernelDescription: `the runtime's libkrunfw (busybox ${busybox.version} from the ${busybox.origin === 'package' ? 'package' : 'host cache'})`,
+    kernelProvenance: undefined,
+    kernelNote: undefined,
+    modulesRelease: undefined,
+    initramfs: '',
+    rootfs: path.join(dir, ROOTFS_DIR),
+    built: outcome.built,
+    rebuiltBecause: outcome.rebuiltBecause,
+  };
+}
+
+/**
+ * The build named `key` in the artifact cache: reused when complete and intact, else (or when it
+ * failed its check: rebuiltBecause) built into a temporary directory and renamed into place (safe
+ * against concurrent builds). `initramfs` undefined: a root-only build, which has none.
+ */
+async function buildOrReuse(
+  env: HostEnvironment,
+  arch: GuestArch,
+  key: string,
+  rootfs: readonly TreeEntry[],
+  initramfs: (() => Promise<{ bytes: Uint8Array; modules: string[] }>) | undefined,
+): Promise<{ built: boolean; rebuiltBecause: string | undefined }> {
+  const parent = path.join(env.cacheDir, 'artifacts', DEB_ARCH[arch]);
+  const dir = path.join(parent, key);
+  // Another user who can write the directory that holds the builds could swap a build for one of
+  // their own between the check and the boot: every directory from <cache>/artifacts down is ours.
+  await ensureTrustedCacheDir(path.join(env.cacheDir, 'artifacts'), parent);
+
+  let rebuiltBecause: string | undefined;
+  if (await isComplete(dir)) {
+    const problems = await artifactProblems(dir, key, rootfs, { initramfs: initramfs !== undefined });
+    if (problems.length === 0) return { built: false, rebuiltBecause: undefined };
+    rebuiltBecause = `the cached guest artifacts in ${dir} failed their integrity check (${problems.join('; ')})`;
+    await discard(dir);
+  }
+
+  const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  await fs.mkdir(tmp, { mode: 0o755 });
+  try {
+    await fs.chmod(tmp, 0o755);
+    let record: BuildRecord = { key, modules: [] };
+    if (initramfs) {
+      const built = await initramfs();
+      await fs.writeFile(path.join(tmp, INITRAMFS_FILE), built.bytes, { mode: 0o644, flag: 'wx' });
+      await fs.chmod(path.join(tmp, INITRAMFS_FILE), 0o644);
+      record = { key, modules: built.modules, initramfsSha256: sha256(built.bytes) };
+    }
     await writeTree(path.join(tmp, ROOTFS_DIR), rootfs);
-    const record: BuildRecord = {
-      key,
-      modules: order.map((m) => m.name),
-      initramfsSha256: sha256(initramfs),
-    };
     await fs.writeFile(path.join(tmp, COMPLETE_FILE), `${JSON.stringify(record)}\n`, { mode: 0o644 });
     try {
       await fs.rename(tmp, dir);
@@ -177,7 +245,7 @@ export async function ensureGuestArtifacts(
     await fs.rm(tmp, { recursive: true, force: true });
     throw err;
   }
-  return result(true, rebuiltBecause);
+  return { built: true, rebuiltBecause };
 }
 
 /** File names in one build's directory. */
@@ -190,6 +258,7 @@ export async function artifactProblems(
   dir: string,
   key: string,
   rootfs: readonly TreeEntry[],
+  expect: { readonly initramfs: boolean } = { initramfs: true },
 ): Promise<string[]> {
   const uid = process.getuid?.() ?? 0;
   const problems: string[] = [];
@@ -205,17 +274,22 @@ export async function artifactProblems(
     problems.push(`${COMPLETE_FILE} is unreadable`);
   }
   if (record.key !== key) problems.push(`${COMPLETE_FILE} names another build`);
-  try {
-    const initramfs = path.join(dir, INITRAMFS_FILE);
-    const st = await fs.lstat(initramfs);
-    if (!st.isFile() || st.uid !== uid || (st.mode & 0o7777) !== 0o644 || st.nlink !== 1) {
-      problems.push(`${INITRAMFS_FILE} is not a 0644 file owned by uid ${uid}`);
-    } else if (sha256(await readSmallFile(initramfs, 512 * 1024 * 1024)) !== record.initramfsSha256) {
-      problems.push(`${INITRAMFS_FILE} has changed`);
+  if (!expect.initramfs) {
+    // A root-only build has none: one that appeared there was not put there by this build.
+    if (await pathExists(path.join(dir, INITRAMFS_FILE)))
+      problems.push(`${INITRAMFS_FILE} should not be there`);
+  } else
+    try {
+      const initramfs = path.join(dir, INITRAMFS_FILE);
+      const st = await fs.lstat(initramfs);
+      if (!st.isFile() || st.uid !== uid || (st.mode & 0o7777) !== 0o644 || st.nlink !== 1) {
+        problems.push(`${INITRAMFS_FILE} is not a 0644 file owned by uid ${uid}`);
+      } else if (sha256(await readSmallFile(initramfs, 512 * 1024 * 1024)) !== record.initramfsSha256) {
+        problems.push(`${INITRAMFS_FILE} has changed`);
+      }
+    } catch {
+      problems.push(`${INITRAMFS_FILE} is unreadable`);
     }
-  } catch {
-    problems.push(`${INITRAMFS_FILE} is unreadable`);
-  }
   for (const p of await treeDifferences(path.join(dir, ROOTFS_DIR), rootfs, uid))
     problems.push(`rootfs: ${p}`);
   return problems;

@@ -152,6 +152,8 @@ export async function runGateway(
       preflight: async () => {
         // Only where no other local user can reach it (the guest's root owns it); booted from its real path.
         plan = { ...plan, rootfs: await ensureRootLocation(plan.rootfs) };
+        // libkrun boots libkrunfw's kernel and no initramfs: nothing of ours to prepare.
+        if (options.backend.features.guestKernel === 'libkrunfw') return;
         artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch), {
           kernel: plan.kernel,
         });
@@ -172,7 +174,8 @@ export async function runGateway(
         });
       },
       boot: async (run) => {
-        if (!artifacts) throw new Error('the guest artifacts were not prepared');
+        if (!artifacts && options.backend.features.guestKernel !== 'libkrunfw')
+          throw new Error('the guest artifacts were not prepared');
         stopFollow = followFile(run.consoleLog, (line) => {
           const m = /ovm-gateway: (.*)$/.exec(line);
           if (!m?.[1]) return;
@@ -192,8 +195,8 @@ export async function runGateway(
         });
         bootstrapping.catch(() => undefined);
         return {
-          kernel: artifacts.kernel,
-          initramfs: artifacts.initramfs,
+          kernel: artifacts?.kernel ?? '',
+          initramfs: artifacts?.initramfs ?? '',
           rootDir: plan.rootfs,
           rootMode: 'rw',
           kernelArgs: [],

@@ -193,13 +193,22 @@ export async function prepareGuest(
   const emit = emitter(options, options.now ?? (() => performance.now()));
   refuseWritableRunRoot(options.backend, plan.rootfs);
   const rootfs = plan.rootfs ? await ensureRootLocation(plan.rootfs) : undefined;
-  const [{ ensureGuestArtifacts }, { loadGuestInputs }] = await Promise.all([
-    import('../guest/artifacts.ts'),
-    import('../host/toolchain.ts'),
-  ]);
-  const artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch), {
-    kernel: plan.kernel,
-  });
+  const { ensureGuestArtifacts, ensureRootArtifacts } = await import('../guest/artifacts.ts');
+  // A backend whose kernel is libkrunfw's (libkrun) boots no kernel or initramfs of ours: only the
+  // default rootfs, its busybox from the package, so nothing of the Linux host's provisioning.
+  const artifacts =
+    options.backend.features.guestKernel === 'libkrunfw'
+      ? await ensureRootArtifacts(
+          env,
+          await (await import('../guest/busybox-source.ts')).findBusybox(env, plan.arch),
+        )
+      : await ensureGuestArtifacts(
+          env,
+          await (await import('../host/toolchain.ts')).loadGuestInputs(env, plan.arch),
+          {
+            kernel: plan.kernel,
+          },
+        );
   if (artifacts.rebuiltBecause)
     emit({ type: 'warning', message: `${artifacts.rebuiltBecause}: rebuilt them` });
   if (artifacts.kernelNote) emit({ type: 'warning', message: artifacts.kernelNote });

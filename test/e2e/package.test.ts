@@ -221,6 +221,9 @@ describe('the npm package: pack, install into a fresh project, use', { timeout: 
       'dist/guest/agent/ovm-agent-x86_64',
       'dist/guest/agent/ovm-agent-aarch64',
       `dist/guest/agent/${PREBUILT_MANIFEST_NAME}`,
+      'dist/guest/busybox/busybox-x86_64',
+      'dist/guest/busybox/busybox-aarch64',
+      'dist/guest/busybox/busybox.json',
       'dist/kernel/openshell.kconfig',
       'dist/rootfs/manifests/openshell-helmchart.yaml',
       'dist/vmm/libkrun/entitlements.plist',
@@ -409,6 +412,51 @@ console.log(JSON.stringify({
     const refused = run([TSC, '-p', 'tsconfig.wrong.json'], { cwd: project });
     assert.notEqual(refused.status, 0, 'tsc refuses wrong.ts');
     assert.match(refused.stdout, /wrong\.ts\(2,\d+\): error TS2345/);
+  });
+
+  it("builds libkrun's default rootfs from the package alone: its busybox and agent, no host provisioning, no kernel (as on a Mac)", () => {
+    const cache = path.join(work, 'cache-krun');
+    fs.writeFileSync(
+      path.join(project, 'root.mjs'),
+      `import { pathToFileURL } from 'node:url';
+const dist = ${JSON.stringify(path.join(installed, 'dist'))};
+const { readEnvironment } = await import(pathToFileURL(dist + '/config/environment.js'));
+const { findBusybox } = await import(pathToFileURL(dist + '/guest/busybox-source.js'));
+const { ensureRootArtifacts } = await import(pathToFileURL(dist + '/guest/artifacts.js'));
+const env = readEnvironment({ HOME: ${JSON.stringify(work)}, OPENSHELL_VM_CACHE_DIR: ${JSON.stringify(cache)}, PATH: '' });
+const out = {};
+for (const arch of ['x86_64', 'aarch64']) {
+  const busybox = await findBusybox(env, arch);
+  const a = await ensureRootArtifacts(env, busybox);
+  out[arch] = { origin: busybox.origin, kernel: a.kernel, initramfs: a.initramfs, kind: a.kernelKind, rootfs: a.rootfs };
+}
+console.log(JSON.stringify(out));
+`,
+    );
+    const sha256 = (file: string) => createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+    const r = ok([process.execPath, 'root.mjs'], { cwd: project });
+    const out = JSON.parse(r.stdout) as Record<
+      string,
+      { origin: string; kernel: string; initramfs: string; kind: string; rootfs: string }
+    >;
+    for (const arch of ['x86_64', 'aarch64']) {
+      const a = out[arch];
+      assert.ok(a, arch);
+      assert.deepEqual([a.origin, a.kernel, a.initramfs, a.kind], ['package', '', '', 'libkrunfw'], arch);
+      const busybox = path.join(a.rootfs, 'bin', 'busybox');
+      assert.equal(
+        sha256(busybox),
+        sha256(path.join(installed, 'dist', 'guest', 'busybox', `busybox-${arch}`)),
+        `${arch}: the rootfs's busybox is the package's`,
+      );
+      assert.ok(fs.existsSync(path.join(a.rootfs, 'sbin', 'ovm-init')));
+    }
+    assert.ok(!fs.existsSync(path.join(cache, 'host')), 'nothing of host provisioning was needed');
+    // A damaged packaged busybox is refused with the fix, never replaced by another.
+    fs.appendFileSync(path.join(installed, 'dist', 'guest', 'busybox', 'busybox-aarch64'), '\0');
+    const damaged = run([process.execPath, 'root.mjs'], { cwd: project });
+    assert.equal(damaged.status, 1);
+    assert.match(damaged.stderr, /busybox-aarch64 has sha256 [0-9a-f]{64}, but busybox\.json records/);
   });
 
   it('uses the packaged agent on a host without a C compiler (as on a Mac)', () => {
