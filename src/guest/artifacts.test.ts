@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { testEnvironment } from '../../test/fixtures/env.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import type { GuestInputs } from '../host/toolchain.ts';
-import { ensureGuestArtifacts } from './artifacts.ts';
+import { ensureGuestArtifacts, ensureRootArtifacts } from './artifacts.ts';
 import { INITRAMFS_MODULES } from './modules.ts';
 
 /** A fake provisioned kernel (modules.dep + tiny .ko files) and a fake busybox with an applet table. */
@@ -123,4 +123,35 @@ test('the default rootfs has nothing setuid or writable by others, whatever the 
   assert.ok(!fs.existsSync(path.join(rootfs, '.ovm-host')));
   // No handoff directory any more (every command is an agent session).
   assert.ok(!fs.existsSync(path.join(rootfs, '.ovm')));
+});
+
+test('root-only artifacts (libkrunfw): a rootfs and no initramfs or kernel; cached; a planted initramfs or a changed file is rebuilt', async (t) => {
+  const { env, guest } = fakeGuest(t);
+  const bytes = fs.readFileSync(guest.busybox.binary);
+  const busybox = {
+    arch: 'x86_64' as const,
+    path: guest.busybox.binary,
+    bytes,
+    sha256: guest.busybox.binarySha256,
+    origin: 'package' as const,
+    version: '1',
+  };
+  const first = await ensureRootArtifacts(env, busybox);
+  assert.deepEqual(
+    [first.built, first.kernel, first.initramfs, first.kernelKind],
+    [true, '', '', 'libkrunfw'],
+  );
+  assert.equal(first.modulesRelease, undefined);
+  const dir = path.dirname(first.rootfs);
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['complete', 'rootfs']);
+  assert.equal((await ensureRootArtifacts(env, busybox)).built, false);
+  fs.writeFileSync(path.join(dir, 'initramfs.cpio.gz'), 'planted', { mode: 0o644 });
+  const again = await ensureRootArtifacts(env, busybox);
+  assert.equal(again.built, true);
+  assert.match(again.rebuiltBecause ?? '', /initramfs\.cpio\.gz should not be there/);
+  fs.writeFileSync(path.join(again.rootfs, 'sbin', 'ovm-init'), '#!/bin/sh\nevil\n');
+  const third = await ensureRootArtifacts(env, busybox);
+  assert.match(third.rebuiltBecause ?? '', /rootfs: /);
+  // Not the key of a QEMU build of the same busybox: the two never share a directory.
+  assert.notEqual(third.key, (await ensureGuestArtifacts(env, guest)).key);
 });
