@@ -54,6 +54,14 @@ function archSuite(arch: GuestArch, skip: string | undefined) {
       box = sandbox();
     });
     after(() => box.cleanup());
+    /** The stand-in gateway rootfs 'kgw' (built once; prepare-rootfs finds it the second time). */
+    const prepareGatewayRootfs = async () => {
+      const prepared = await box.run(['prepare-rootfs', '--name', 'kgw', '--arch', arch, ...STAND_IN_BUILD], {
+        env: cliEnv,
+        timeoutMs: 600_000,
+      });
+      assert.equal(prepared.code, 0, prepared.stderr);
+    };
 
     test('builds (or finds by its key) bzImage/Image, kernel.config and provenance.json', {
       timeout: BUILD_TIMEOUT_MS,
@@ -162,11 +170,7 @@ function archSuite(arch: GuestArch, skip: string | undefined) {
       timeout: 900_000,
       skip: mmdebstrapMissing ?? foreignRootfsMissing(arch),
     }, async () => {
-      const prepared = await box.run(['prepare-rootfs', '--name', 'kgw', '--arch', arch, ...STAND_IN_BUILD], {
-        env: cliEnv,
-        timeoutMs: 600_000,
-      });
-      assert.equal(prepared.code, 0, prepared.stderr);
+      await prepareGatewayRootfs();
       const rootfs = path.join(box.dataDir, 'instances', 'kgw', 'rootfs');
       const run = await box.run(
         [
@@ -213,11 +217,7 @@ function archSuite(arch: GuestArch, skip: string | undefined) {
       timeout: 900_000,
       skip: mmdebstrapMissing ?? foreignRootfsMissing(arch),
     }, async () => {
-      const prepared = await box.run(['prepare-rootfs', '--name', 'kgw', '--arch', arch, ...STAND_IN_BUILD], {
-        env: cliEnv,
-        timeoutMs: 600_000,
-      });
-      assert.equal(prepared.code, 0, prepared.stderr);
+      await prepareGatewayRootfs();
       const krunEnv = { ...cliEnv, OPENSHELL_VM_KERNEL: 'built', OPENSHELL_VM_GUEST_HANDOFF: 'krun' };
       let ready: ((kill: (s: NodeJS.Signals) => void) => void) | undefined;
       const readyP = new Promise<(s: NodeJS.Signals) => void>((r) => (ready = r));

@@ -320,16 +320,17 @@ test('a negative return from any call stops there, naming the function and the e
   }
 });
 
-test("the gateway preset's libkrun config: the root, openshell-vm's init as PID 1 with its words in its environment, console, stream net, the agent's vsock port, vCPUs/RAM", async () => {
-  // The double runs the workload from the root: a script standing in for /sbin/ovm-init prints
-  // what it was given (the real init is booted under QEMU's krun handoff: test/e2e/gateway-krun.test.ts).
+/** The gateway preset's VM spec (vCPUs/RAM as given), its /sbin/ovm-init a script printing what it got. */
+function gatewaySpec(vcpus = 4, memMib = 8192): VmSpec {
+  // The double runs the workload from the root: the real init is booted under QEMU's krun
+  // handoff instead (test/e2e/kernel-build.test.ts, "libkrun's guest handoff under QEMU").
   fs.mkdirSync(path.join(guestRoot, 'sbin'), { recursive: true });
   fs.copyFileSync(path.join(guestRoot, WORKLOAD), path.join(guestRoot, 'sbin', 'ovm-init'));
-  const spec: VmSpec = {
+  return {
     arch: 'x86_64',
     accel: 'kvm',
-    vcpus: 4,
-    memMib: 8192,
+    vcpus,
+    memMib,
     kernel: '/unused/by/libkrun',
     initramfs: '/unused/by/libkrun',
     guestMode: 'gateway',
@@ -342,6 +343,10 @@ test("the gateway preset's libkrun config: the root, openshell-vm's init as PID 
     socketDir: '/run/ovm',
     consoleLog: '/run/ovm/console.log',
   };
+}
+
+test("the gateway preset's libkrun config: the root, openshell-vm's init as PID 1 with its words in its environment, console, stream net, the agent's vsock port, vCPUs/RAM", async () => {
+  const spec = gatewaySpec();
   const config = libkrunConfig(spec);
   const r = await runRunner(config);
   assert.equal(r.code, 0, r.output);
@@ -398,25 +403,7 @@ test("the gateway preset's libkrun config: the root, openshell-vm's init as PID 
 });
 
 test('a refused call in the gateway config frees the context and starts nothing', async () => {
-  fs.mkdirSync(path.join(guestRoot, 'sbin'), { recursive: true });
-  fs.copyFileSync(path.join(guestRoot, WORKLOAD), path.join(guestRoot, 'sbin', 'ovm-init'));
-  const config = libkrunConfig({
-    arch: 'x86_64',
-    accel: 'kvm',
-    vcpus: 2,
-    memMib: 4096,
-    kernel: '',
-    initramfs: '',
-    guestMode: 'gateway',
-    kernelArgs: [],
-    rootDir: guestRoot,
-    rootMode: 'rw',
-    agentSocket: '/run/ovm/agent.sock',
-    network: { mode: 'gvproxy', socketPath: '/run/ovm/relay.sock', mac: '5a:94:ef:e4:0c:ee' },
-    runDir: '/run/ovm',
-    socketDir: '/run/ovm',
-    consoleLog: '/run/ovm/console.log',
-  });
+  const config = libkrunConfig(gatewaySpec(2, 4096));
   for (const fn of ['krun_set_root', 'krun_add_net_unixstream', 'krun_add_vsock_port2', 'krun_set_exec']) {
     const r = await runRunner(config, { env: { KRUN_DOUBLE_FAIL: `${fn}:-2` } });
     assert.equal(r.code, 125, fn);
@@ -428,14 +415,7 @@ test('a refused call in the gateway config frees the context and starts nothing'
 });
 
 test("OPENSHELL_VM_KRUN_LOG_LEVEL reaches krun_init_log (clamped to libkrun's 0..5)", () => {
-  const spec = {
-    ...({} as VmSpec),
-    guestMode: 'exec' as const,
-    agentSocket: '/a.sock',
-    network: { mode: 'none' as const },
-    rootDir: '/r',
-    consoleLog: '/c',
-  } as VmSpec;
+  const spec: VmSpec = { ...gatewaySpec(), guestMode: 'exec', rootMode: 'overlay' };
   assert.deepEqual(krunCalls(libkrunConfig(spec, 4))[0], { fn: 'krun_init_log', args: [-1, 4, 0, 1] });
   assert.deepEqual(krunCalls(libkrunConfig(spec, 9))[0]?.args[1], 5);
   assert.deepEqual(krunCalls(libkrunConfig(spec))[0]?.args[1], 1);
