@@ -4,8 +4,10 @@ import { UsageError } from '../errors.ts';
 import { defaultGuestArch, parseGuestArch } from '../host/arch.ts';
 import { parseInstanceName } from '../instance/runs.ts';
 import { parseImageReference } from '../oci/reference.ts';
+import type { BuilderVmRunner } from '../rootfs/base-vm.ts';
 import { type BaseSpec, type ImageSpec, prepareRootfs } from '../rootfs/build.ts';
 import { DEFAULT_CHART, parseChartSpec } from '../rootfs/chart.ts';
+import { parseBuilderImage, parseDebianBuilder } from '../rootfs/debian-builder.ts';
 import { type OptionSpec, parseArgs, single } from './args.ts';
 import { Reporter } from './reporter.ts';
 import { withSignals } from './signals.ts';
@@ -16,6 +18,8 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'arch', kind: 'value' },
   { name: 'base', kind: 'value' },
   { name: 'mirror', kind: 'value' },
+  { name: 'debian-builder', kind: 'value' },
+  { name: 'builder-image', kind: 'value' },
   { name: 'k3s', kind: 'value' },
   { name: 'k3s-sha256', kind: 'value' },
   { name: 'chart', kind: 'value' },
@@ -45,6 +49,11 @@ Options:
   --base oci:REF         an image pulled from a registry (default elsewhere)
   --base archive:PATH    a docker save or OCI layout tarball (.tar, .tar.gz, .tar.zst)
   --mirror URL           Debian mirror for --base debian (default: this host's sources)
+  --debian-builder host|vm|auto
+                         who runs mmdebstrap for --base debian: this host, or a microVM that
+                         openshell-vm boots (default auto: host when it has mmdebstrap, else vm)
+  --builder-image oci:REF|archive:PATH
+                         the vm builder's Debian image (default: oci:docker.io/library/debian:REL)
   --k3s PATH             a local k3s binary instead of downloading the pinned release
   --k3s-sha256 HEX       the SHA-256 the --k3s binary must have
   --chart SPEC           chart directory, chart .tgz, or oci:REF (default: ${DEFAULT_CHART})
@@ -69,7 +78,10 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
   const instance = parseInstanceName(single(args, 'name'));
   const archText = single(args, 'arch');
   const arch = archText === undefined ? defaultGuestArch() : parseGuestArch(archText);
-  const base = await parseBase(single(args, 'base'), single(args, 'mirror'));
+  const base = await parseBase(single(args, 'base'), single(args, 'mirror'), {
+    builder: single(args, 'debian-builder'),
+    image: single(args, 'builder-image'),
+  });
   const chart = await parseChartSpec(single(args, 'chart') ?? DEFAULT_CHART);
   const images = (args.values.get('image') ?? []).map(parseImageSpec);
   const gatewayImage = single(args, 'gateway-image');
@@ -108,7 +120,12 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
           manifests: args.values.get('manifest') ?? [],
           gateway: { ...(image ? { image } : {}), ...(sandboxImage ? { sandboxImage } : {}) },
         },
-        { progress: (m) => reporter.progress(m), warn: (m) => reporter.warn(m), signal },
+        {
+          progress: (m) => reporter.progress(m),
+          warn: (m) => reporter.warn(m),
+          signal,
+          runBuilderVm: runBuilderVm,
+        },
       ),
   );
   if (!result.built) {
@@ -122,8 +139,26 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
   return 0;
 }
 
-async function parseBase(text: string | undefined, mirror: string | undefined): Promise<BaseSpec> {
+async function parseBase(
+  text: string | undefined,
+  mirror: string | undefined,
+  builderArgs: { readonly builder: string | undefined; readonly image: string | undefined },
+): Promise<BaseSpec> {
   const value = text ?? (await defaultBase());
+  const builder = parseDebianBuilder(builderArgs.builder);
+  const builderImage = builderArgs.image === undefined ? undefined : parseBuilderImage(builderArgs.image);
+  const isDebian = value === 'debian' || value.startsWith('debian:');
+  if (!isDebian && (builderArgs.builder !== undefined || builderImage)) {
+    throw new UsageError(
+      `--${builderArgs.builder !== undefined ? 'debian-builder' : 'builder-image'} applies to --base debian only`,
+      { hint: 'drop it, or use --base debian[:RELEASE]' },
+    );
+  }
+  if (builderImage && builder === 'host') {
+    throw new UsageError("--builder-image is the vm builder's image, and --debian-builder is host", {
+      hint: 'drop --builder-image, or use --debian-builder vm',
+    });
+  }
   if (value === 'debian' || value.startsWith('debian:')) {
     const release = value.slice('debian:'.length) || (await hostDebianCodename()) || 'bookworm';
     if (!/^[a-z][a-z0-9-]{1,30}$/.test(release)) {
@@ -131,7 +166,7 @@ async function parseBase(text: string | undefined, mirror: string | undefined): 
         hint: 'use a codename such as bookworm or trixie',
       });
     }
-    return { kind: 'debian', release, mirror };
+    return { kind: 'debian', release, mirror, builder, builderImage };
   }
   if (mirror)
     throw new UsageError('--mirror applies to --base debian only', {
@@ -147,6 +182,27 @@ async function parseBase(text: string | undefined, mirror: string | undefined): 
     hint: 'use debian[:RELEASE], oci:REF or archive:PATH',
   });
 }
+
+/** The Debian vm builder's microVM: the library's run(), the same lifecycle as `openshell-vm run`. */
+const runBuilderVm: BuilderVmRunner = async (request) => {
+  const { run } = await import('../api/run.ts');
+  const result = await run({
+    command: request.command,
+    name: request.instance,
+    rootfs: request.rootfs,
+    arch: request.arch,
+    network: 'gvproxy',
+    memory: request.memoryMib,
+    stdout: request.stdout,
+    stderr: request.stderr,
+    signal: request.signal,
+    onEvent: (e) => {
+      if (e.type === 'stage' || e.type === 'progress') request.progress(`builder VM: ${e.message}`);
+      else if (e.type === 'warning') request.progress(`builder VM warning: ${e.message}`);
+    },
+  });
+  return result.exitCode;
+};
 
 function parseImageSpec(text: string): ImageSpec {
   if (text.startsWith('oci:')) {

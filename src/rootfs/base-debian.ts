@@ -8,6 +8,14 @@ import { pathExists } from '../host/fs.ts';
 import type { ProgressFn } from '../oci/image.ts';
 import { runCommand } from '../supervisor/command.ts';
 import { debianSourcesFor, readHostAptSources } from './apt-sources.ts';
+import type { BuilderVmRunner } from './base-vm.ts';
+import {
+  type BuilderImage,
+  chooseDebianBuilder,
+  type DebianBuilderKind,
+  defaultBuilderImage,
+  hostHasMmdebstrap,
+} from './debian-builder.ts';
 
 /** What the gateway needs in its base system, beyond Debian's required packages. */
 export const GATEWAY_PACKAGES = [
@@ -33,7 +41,22 @@ export interface DebianBaseSpec {
   readonly packages: readonly string[];
   /** A Debian mirror URL; default: the host's own Debian apt sources, aimed at `release`. */
   readonly mirror?: string | undefined;
+  /** host (mmdebstrap here), vm (mmdebstrap in a microVM) or auto (default: host when it has mmdebstrap). */
+  readonly builder?: DebianBuilderKind | 'auto' | undefined;
+  /** The vm builder's image (default: Debian's image of the release). */
+  readonly builderImage?: BuilderImage | undefined;
 }
+
+/** mmdebstrap's options that shape the tar, the same on both builders (so the key holds for both). */
+export const MMDEBSTRAP_SHAPE = [
+  '--skip=output/dev',
+  // Documentation and translations have no use in the guest.
+  '--dpkgopt=path-exclude=/usr/share/man/*',
+  '--dpkgopt=path-exclude=/usr/share/doc/*',
+  '--dpkgopt=path-include=/usr/share/doc/*/copyright',
+  '--dpkgopt=path-exclude=/usr/share/locale/*',
+  '--dpkgopt=path-exclude=/usr/share/info/*',
+] as const;
 
 export interface DebianBase {
   /** A tar of the root filesystem, as mmdebstrap made it. */
@@ -43,7 +66,11 @@ export interface DebianBase {
   readonly sha256: string;
   readonly built: boolean;
   readonly buildMs: number;
+  /** What made the tar: 'host mmdebstrap', or the builder microVM's image and digest. */
+  readonly builder: string;
 }
+
+const HOST_BUILDER = 'host mmdebstrap';
 
 const RELEASE = /^[a-z][a-z0-9-]{1,30}$/;
 
@@ -121,7 +148,12 @@ async function hostAptOptions(): Promise<string[]> {
 export async function ensureDebianBase(
   env: HostEnvironment,
   spec: DebianBaseSpec,
-  options: { readonly progress?: ProgressFn | undefined; readonly signal?: AbortSignal | undefined } = {},
+  options: {
+    readonly progress?: ProgressFn | undefined;
+    readonly signal?: AbortSignal | undefined;
+    /** Boots the vm builder's microVM (the CLI passes the library's run()). */
+    readonly runVm?: BuilderVmRunner | undefined;
+  } = {},
 ): Promise<DebianBase> {
   const { sources, aptOptions } = await resolveDebianSources(spec);
   const packages = [...new Set(spec.packages)].sort();
@@ -133,6 +165,7 @@ export async function ensureDebianBase(
   const dir = path.join(env.cacheDir, 'rootfs-bases');
   const tarball = path.join(dir, `debian-${spec.release}-${debArch}-${key}.tar`);
   const shaFile = `${tarball}.sha256`;
+  const builderFile = `${tarball}.builder`;
   if ((await pathExists(tarball)) && (await pathExists(shaFile))) {
     return {
       tarball,
@@ -141,7 +174,55 @@ export async function ensureDebianBase(
       sha256: (await fs.readFile(shaFile, 'utf8')).trim(),
       built: false,
       buildMs: 0,
+      builder: (await fs.readFile(builderFile, 'utf8').catch(() => HOST_BUILDER)).trim(),
     };
+  }
+  const kind = chooseDebianBuilder({
+    requested: spec.builder ?? 'auto',
+    platform: process.platform,
+    hostHasMmdebstrap: await hostHasMmdebstrap(),
+  });
+  if (kind === 'vm') {
+    await fs.mkdir(dir, { recursive: true });
+    const tmp = `${tarball}.tmp-${process.pid}-${randomBytes(4).toString('hex')}.tar`;
+    const image = spec.builderImage ?? defaultBuilderImage(spec.release);
+    const t0 = performance.now();
+    options.progress?.(
+      `building the Debian ${spec.release} ${debArch} base in a microVM (${packages.length} extra packages)`,
+    );
+    try {
+      const { buildBaseInVm } = await import('./base-vm.ts');
+      const vm = await buildBaseInVm(
+        env,
+        {
+          release: spec.release,
+          debArch,
+          packages,
+          sources,
+          aptOptions,
+          shape: MMDEBSTRAP_SHAPE,
+          arch: spec.arch,
+          image,
+        },
+        tmp,
+        options,
+      );
+      const builder = `microVM from ${vm.builder}`;
+      await fs.writeFile(builderFile, `${builder}\n`);
+      await fs.writeFile(shaFile, `${vm.sha256}\n`);
+      await fs.rename(tmp, tarball);
+      return {
+        tarball,
+        key,
+        sources,
+        sha256: vm.sha256,
+        built: true,
+        buildMs: Math.round(performance.now() - t0),
+        builder,
+      };
+    } finally {
+      await fs.rm(tmp, { force: true });
+    }
   }
   if (spec.arch !== hostArch() && !(await pathExists(`/proc/sys/fs/binfmt_misc/qemu-${spec.arch}`))) {
     throw new HostError(
@@ -159,13 +240,7 @@ export async function ensureDebianBase(
     `--architectures=${debArch}`,
     `--include=${packages.join(',')}`,
     '--format=tar',
-    '--skip=output/dev',
-    // Documentation and translations have no use in the guest.
-    '--dpkgopt=path-exclude=/usr/share/man/*',
-    '--dpkgopt=path-exclude=/usr/share/doc/*',
-    '--dpkgopt=path-include=/usr/share/doc/*/copyright',
-    '--dpkgopt=path-exclude=/usr/share/locale/*',
-    '--dpkgopt=path-exclude=/usr/share/info/*',
+    ...MMDEBSTRAP_SHAPE,
     ...aptOptions.map((o) => `--aptopt=${o}`),
     spec.release,
     tmp,
@@ -185,9 +260,18 @@ export async function ensureDebianBase(
       },
     });
     const sha256 = await hashFile(tmp);
+    await fs.writeFile(builderFile, `${HOST_BUILDER}\n`);
     await fs.writeFile(shaFile, `${sha256}\n`);
     await fs.rename(tmp, tarball);
-    return { tarball, key, sources, sha256, built: true, buildMs: Math.round(performance.now() - t0) };
+    return {
+      tarball,
+      key,
+      sources,
+      sha256,
+      built: true,
+      buildMs: Math.round(performance.now() - t0),
+      builder: HOST_BUILDER,
+    };
   } finally {
     await fs.rm(tmp, { force: true });
   }

@@ -23,7 +23,14 @@ import { unpackImage } from '../oci/unpack.ts';
 import { isAlive } from '../supervisor/identity.ts';
 import { packageVersion } from '../version.ts';
 import { ensureDebianBase, GATEWAY_PACKAGES, hashFile, installedPackages } from './base-debian.ts';
+import type { BuilderVmRunner } from './base-vm.ts';
 import { type ChartSpec, type PackagedChart, packageChartDir, pullChart, readChartTgz } from './chart.ts';
+import {
+  type BuilderImage,
+  type DebianBuilderKind,
+  missingNetworkTools,
+  missingToolsError,
+} from './debian-builder.ts';
 import { installGuestScripts, readGatewayGuestScripts } from './guest-scripts.ts';
 import {
   defaultGatewayValues,
@@ -38,7 +45,14 @@ import { ROOTFS_PATHS, rootfsDir } from './layout.ts';
 import { RECORD_FORMAT, type RootfsInput, type RootfsRecord, readRootfsRecord } from './record.ts';
 
 export type BaseSpec =
-  | { readonly kind: 'debian'; readonly release: string; readonly mirror?: string | undefined }
+  | {
+      readonly kind: 'debian';
+      readonly release: string;
+      readonly mirror?: string | undefined;
+      /** Who runs mmdebstrap: host, vm (a microVM) or auto (host when it has mmdebstrap). */
+      readonly builder?: DebianBuilderKind | 'auto' | undefined;
+      readonly builderImage?: BuilderImage | undefined;
+    }
   | { readonly kind: 'oci'; readonly ref: string }
   | { readonly kind: 'archive'; readonly path: string };
 
@@ -69,6 +83,8 @@ export interface BuildHooks {
   readonly progress?: ProgressFn | undefined;
   readonly warn?: ((message: string) => void) | undefined;
   readonly signal?: AbortSignal | undefined;
+  /** Boots the Debian vm builder's microVM (--debian-builder vm); the CLI passes one. */
+  readonly runBuilderVm?: BuilderVmRunner | undefined;
 }
 
 const TMP_PREFIX = 'rootfs.tmp-';
@@ -176,8 +192,15 @@ export async function prepareRootfs(
     if (base.kind === 'debian') {
       const built = await ensureDebianBase(
         env,
-        { release: base.release, arch: request.arch, packages: GATEWAY_PACKAGES, mirror: base.mirror },
-        { progress, signal },
+        {
+          release: base.release,
+          arch: request.arch,
+          packages: GATEWAY_PACKAGES,
+          mirror: base.mirror,
+          builder: base.builder,
+          builderImage: base.builderImage,
+        },
+        { progress, signal, runVm: hooks.runBuilderVm },
       );
       progress(
         `unpacking the Debian ${base.release} base${built.built ? ` (built in ${(built.buildMs / 1000).toFixed(1)} s)` : ' (cached)'}`,
@@ -187,7 +210,7 @@ export async function prepareRootfs(
       baseSource = `debian:${base.release}`;
       inputs.push({
         kind: 'base',
-        source: `mmdebstrap ${base.release} (${built.sources.join('; ')})`,
+        source: `mmdebstrap ${base.release} by ${built.builder} (${built.sources.join('; ')})`,
         version: base.release,
         sha256: built.sha256,
       });
@@ -203,6 +226,9 @@ export async function prepareRootfs(
         baseSource = `archive:${path.resolve(base.path)}`;
       }
       await unpackImage(image, store, tmp, { owners, signal, progress });
+      // The gateway's network needs these; a base without them is refused here, not warned about.
+      const missing = await missingNetworkTools(tmp);
+      if (missing.length) throw missingToolsError(baseSource, missing);
       packages = await installedPackages(tmp);
       inputs.push({
         kind: 'base',

@@ -263,6 +263,15 @@ describe('prepare-rootfs with an OCI base from a registry on loopback', {
   before(async () => {
     box = sandbox();
     registry = await startRegistry();
+    // A base without the gateway's network tools: refused.
+    await pushImage(
+      registry.host,
+      'test/bare',
+      [await buildLayer([{ name: 'etc/os-release', type: 'file', data: 'ID=stand-in\n' }], 'gzip')],
+      'amd64',
+      '1',
+    );
+    const tool = (name: string) => ({ name: `usr/sbin/${name}`, type: 'file' as const, data: '#!/bin/sh\n' });
     const layers = [
       await buildLayer(
         [
@@ -271,6 +280,9 @@ describe('prepare-rootfs with an OCI base from a registry on loopback', {
           { name: 'etc/motd', type: 'file', data: 'removed by the next layer' },
           { name: 'sbin', type: 'symlink', linkname: '/usr/sbin' },
           { name: 'usr/sbin/', type: 'directory' },
+          tool('ip'),
+          tool('nft'),
+          tool('iptables'),
         ],
         'gzip',
       ),
@@ -281,6 +293,24 @@ describe('prepare-rootfs with an OCI base from a registry on loopback', {
   after(async () => {
     await registry?.stop();
     box?.cleanup();
+  });
+
+  test('a base without ip, nft and iptables is refused, naming each and the fix; nothing is left', async () => {
+    const run = await box.run([
+      'prepare-rootfs',
+      '--name',
+      'bare',
+      '--base',
+      `oci:${registry.host}/test/bare:1`,
+      ...STAND_IN_BUILD,
+    ]);
+    assert.notEqual(run.code, 0);
+    assert.match(
+      run.stderr,
+      /lacks what the gateway's network needs: ip \(iproute2\), nft \(nftables\), iptables \(iptables\)/,
+    );
+    assert.match(run.stderr, /--base debian/);
+    assert.equal(fs.existsSync(path.join(box.dataDir, 'instances', 'bare')), false);
   });
 
   test('the image is pulled, unpacked (whiteouts applied, absolute symlinks kept inside) and recorded', async () => {
@@ -297,10 +327,7 @@ describe('prepare-rootfs with an OCI base from a registry on loopback', {
     const record = JSON.parse(run.stdout.toString()) as RootfsRecord;
     assert.equal(record.base.kind, 'oci');
     assert.equal(record.base.source, `oci:${registry.host}/test/base:1`);
-    assert.ok(
-      record.warnings.some((w) => /has no ip: the gateway's guest init needs it/.test(w)),
-      record.warnings.join('\n'),
-    );
+    assert.ok(!record.warnings.some((w) => /has no ip/.test(w)), record.warnings.join('\n'));
     const rootfs = path.join(box.dataDir, 'instances', 'oci', 'rootfs');
     assert.equal(fs.readFileSync(path.join(rootfs, 'etc/os-release'), 'utf8'), 'ID=stand-in\n');
     assert.equal(fs.existsSync(path.join(rootfs, 'etc/motd')), false);
