@@ -1,8 +1,9 @@
 // The layering rule (`npm run check`): a module may import its own layer and the layers below
-// it, never one above. From the top: cli → api → options → presets → gateway/rootfs/exec →
+// it, never one above. From the top: cli → pool → api → options → presets → gateway/rootfs/exec →
 // instance → vmm/net/guest/agent → oci/archive/kernel/accel → supervisor/host/config (+ src/*.ts).
 const LAYERS = [
   ['cli'],
+  ['pool'],
   ['api', 'index'],
   ['options'],
   ['presets'],

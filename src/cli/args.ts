@@ -59,6 +59,7 @@ export const MAIN_OPTIONS: readonly OptionSpec[] = [
   { name: 'quiet', short: 'q', kind: 'flag' },
   { name: 'keep-logs', kind: 'flag' },
   { name: 'detach', short: 'd', kind: 'flag' },
+  { name: 'no-pool', kind: 'flag' },
   { name: 'reset', kind: 'flag' },
   // Internal: this process is the background supervisor --detach started.
   { name: 'supervise', kind: 'flag' },
@@ -68,7 +69,7 @@ export const MAIN_OPTIONS: readonly OptionSpec[] = [
 ];
 
 /** Options of a command run (`run`, `--exec`) that the gateway refuses. */
-export const EXEC_ONLY = ['args', 'env', 'workdir', 'boot-timeout'] as const;
+export const EXEC_ONLY = ['args', 'env', 'workdir', 'boot-timeout', 'no-pool'] as const;
 /** Options of the gateway that a command run refuses. */
 export const GATEWAY_ONLY = [
   'api-port',

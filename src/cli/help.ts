@@ -95,6 +95,13 @@ export const COMMANDS: readonly CommandInfo[] = [
     summary: 'stop, then remove it and its credentials',
     takesInstance: true,
   },
+  {
+    name: 'pool',
+    group: 'run',
+    usage: 'start [--size N] [VM OPTIONS] | status [--json] | stop',
+    summary: 'a warm pool of booted microVMs that run takes from',
+    verbs: ['start', 'status', 'stop'],
+  },
   { name: 'doctor', group: 'host', usage: '[--json]', summary: 'what this host has and lacks, with fixes' },
   { name: 'runtime', group: 'host', usage: '[--json]', summary: 'the libkrun runtime in use' },
   {
@@ -225,6 +232,7 @@ Command:
                          record first; writes go to a throwaway overlay) instead of the busybox root
   --boot-timeout S       seconds for the guest to start the command (default 180)
   -d, --detach           return once the command has started (its stdout: logs NAME --source output)
+  --no-pool              boot cold even when a warm pool (openshell-vm pool) has these VM options
 
 ${MACHINE.replace('%CPUS%', '2').replace('%MEM%', '2048 MiB')}
 Network:

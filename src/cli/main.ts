@@ -67,6 +67,7 @@ const SUBCOMMANDS: Readonly<Record<string, { readonly run: Command; readonly ver
   rm: { run: async (a) => (await import('./instances.ts')).deleteCommand(a) },
   exec: { run: async (a) => (await import('./exec-into.ts')).execIntoCommand(a) },
   shell: { run: async (a) => (await import('./exec-into.ts')).shellCommand(a) },
+  pool: { run: async (a) => (await import('./pool.ts')).poolCommand(a), verb: true },
 };
 
 function subcommandOf(word: string | undefined) {

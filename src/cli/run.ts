@@ -53,9 +53,16 @@ export async function execCommand(
     quiet: args.flags.has('quiet'),
     eventsFile: single(args, 'events'),
   });
+  const supervise = args.flags.has('supervise');
+  // A warm pool with these VM options (openshell-vm pool start) runs the command on one of its VMs.
+  if (!args.flags.has('no-pool') && !args.flags.has('detach') && !supervise) {
+    const { runFromPool } = await import('../pool/take.ts');
+    const io = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr };
+    const code = await runFromPool(raw, io, reporter);
+    if (code !== undefined) return code;
+  }
   // Everything that can fail without starting a process fails here, before anything starts.
   const { env, options, backend, accel } = await prepareExec(raw, CLI_NAMES, reporter);
-  const supervise = args.flags.has('supervise');
   if (args.flags.has('detach') && !supervise) {
     // The guest artifacts are prepared (checked, or built) here, and the supervisor is handed the
     // result: it stays resident for the instance's life, and would keep the memory that work took.
