@@ -4,7 +4,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { inRoot } from '../archive/root-path.ts';
+import { dirInRoot, inRoot } from '../archive/root-path.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
 import { ensureAgent, installAgent } from '../guest/agent-build.ts';
@@ -30,8 +30,18 @@ import { RECORD_FORMAT, type RootfsInput, type RootfsRecord, verifyRootfsForBoot
 export const BUILDER_INSTANCE = 'debian-builder';
 /** The builder VM's memory: mmdebstrap's chroot lives in the guest's tmpfs. */
 const BUILDER_MEMORY_MIB = 3072;
-/** Busybox applets the guest init needs that a Debian image lacks (no iproute2, no DHCP client). */
-const BUILDER_APPLETS = ['ip', 'udhcpc', 'modprobe', 'reboot', 'poweroff', 'halt'] as const;
+/** Busybox applets the guest init needs that a Debian image may lack (iproute2, a DHCP client; mount, not essential). */
+const BUILDER_APPLETS = [
+  'mount',
+  'umount',
+  'hostname',
+  'ip',
+  'udhcpc',
+  'modprobe',
+  'reboot',
+  'poweroff',
+  'halt',
+] as const;
 const STDERR_TAIL_LINES = 20;
 
 /** What the builder VM runs: a `run`-style microVM on `rootfs`, with gvproxy networking. */
@@ -211,6 +221,8 @@ async function ensureBuilderRoot(
     }
     await installAgent(tmp, await ensureAgent(env, arch));
     await installBusybox(tmp, guest.busybox.binary);
+    // Mount points the init uses (an image made with mmdebstrap --skip=output/dev has no /dev).
+    for (const d of ['proc', 'sys', 'dev', 'run', 'tmp']) await dirInRoot(tmp, d);
     const modules = await installKernelModules(guest, tmp);
     inputs.push({
       kind: 'kernel-modules',
