@@ -160,7 +160,6 @@ interface GatewaySample {
   readonly k3sStartingUptimeS: number;
   /** The guest-side interval start of init → k3s started. */
   readonly initToK3sS: number;
-  readonly kernelLine: string | undefined;
 }
 
 const INSTANCE = 'bench-gw';
@@ -212,7 +211,6 @@ async function gatewayOnce(kernel: Kernel, n: number): Promise<GatewaySample> {
     initStartedUptimeS: init,
     k3sStartingUptimeS: k3s,
     initToK3sS: Math.round((k3s - init) * 1000) / 1000,
-    kernelLine: kernelOf(r.events),
   };
 }
 
