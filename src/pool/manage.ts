@@ -12,7 +12,7 @@ import { readPool } from './record.ts';
 /** A pool as `pool status` reports it, derived from disk and the processes each time. */
 export interface PoolStatus {
   readonly id: string;
-  readonly status: 'running' | 'recovered' | 'broken';
+  readonly status: 'running' | 'starting' | 'recovered' | 'broken';
   readonly size?: number | undefined;
   readonly key?: PoolKey | undefined;
   readonly supervisor?: { readonly pid: number; readonly startTime: string | undefined } | undefined;
@@ -63,12 +63,27 @@ export async function recoverPool(env: HostEnvironment, id: string): Promise<str
   return lines.length ? lines.join('\n') : undefined;
 }
 
+/** How long a pool directory without its record counts as a pool being started. */
+const RECORD_GRACE_MS = 30_000;
+
+async function isYoung(dir: string): Promise<boolean> {
+  const stat = await fs.stat(dir).catch((err: unknown) => {
+    if (isErrno(err, 'ENOENT')) return undefined;
+    throw err;
+  });
+  return stat !== undefined && Date.now() - stat.mtimeMs < RECORD_GRACE_MS;
+}
+
 /** One pool's status; a pool whose supervisor is gone is recovered first (and reported so). */
 export async function poolStatus(env: HostEnvironment, id: string): Promise<PoolStatus> {
   const dir = poolDir(env, id);
   const read = await readPool(dir);
   if (read.kind === 'broken') {
     return { id, status: 'broken', reason: `${read.path} ${read.reason}`, ready: [], inUse: [], booting: [] };
+  }
+  if (read.kind === 'none' && (await isYoung(dir))) {
+    // `pool start` made the directory and its supervisor is about to write the record.
+    return { id, status: 'starting', ready: [], inUse: [], booting: [] };
   }
   if (read.kind === 'none' || !read.alive) {
     const recovered = await recoverPool(env, id);

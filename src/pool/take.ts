@@ -87,12 +87,21 @@ export async function runFromPool(
     }
     sink.progress(`command started in the guest (warm pool ${id}: ${member})`);
     const tty = stdinIsTerminal(io);
-    const session = await ExecSession.start(
-      state.control,
-      member,
-      agentRequest(options.request, { tty, ...terminalSize(io) }),
-      io,
-    );
+    let session: ExecSession;
+    try {
+      session = await ExecSession.start(
+        state.control,
+        member,
+        agentRequest(options.request, { tty, ...terminalSize(io) }),
+        io,
+      );
+    } catch (err) {
+      // Its supervisor is not answering (the member ended before the pool noticed): nothing of
+      // the command ran, so a cold boot is still the run asked for.
+      if (!(err instanceof HostError)) throw err;
+      sink.warn(`the warm pool's microVM '${member}' did not answer (${err.message}): booting cold`);
+      return undefined;
+    }
     const restore = tty ? attachTerminal(io, (rows, cols) => session.resize(rows, cols)) : () => undefined;
     const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
     const forward = (sig: NodeJS.Signals) => session.signal(sig.slice(3));
