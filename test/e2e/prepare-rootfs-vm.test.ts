@@ -80,7 +80,10 @@ describe('prepare-rootfs builds its Debian base inside a microVM', { skip: gate 
     const record = JSON.parse(run.stdout.toString('utf8')) as RootfsRecord;
     const base = record.inputs.find((i) => i.kind === 'base');
     assert.ok(base);
-    assert.match(base.source, /^mmdebstrap bookworm by microVM from \S+\.docker\.tar \(sha256:[0-9a-f]{64}\) \(deb /);
+    assert.match(
+      base.source,
+      /^mmdebstrap bookworm by microVM from \S+\.docker\.tar \(sha256:[0-9a-f]{64}\) \(deb /,
+    );
     const rootfs = path.join(box.dataDir, 'instances', 'gw', 'rootfs');
     assert.deepEqual(await missingNetworkTools(rootfs), []);
     for (const pkg of ['iproute2', 'nftables', 'iptables', 'busybox-static'])
