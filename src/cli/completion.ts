@@ -69,6 +69,8 @@ export const COMMAND_OPTIONS: Readonly<Record<string, readonly OptionSpec[]>> = 
     value('arch'),
     value('base'),
     value('mirror'),
+    value('debian-builder'),
+    value('builder-image'),
     value('k3s'),
     value('k3s-sha256'),
     value('chart'),
