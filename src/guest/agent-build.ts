@@ -11,13 +11,9 @@ import { GuestRoot } from '../host/guest-root.ts';
 import { provisionCommand } from '../host/provision.ts';
 import { findOnPath } from '../host/toolchain.ts';
 import { runCommand } from '../supervisor/command.ts';
+import { AGENT_GUEST_PATH } from './paths.ts';
 
-/** Where the agent lives in every rootfs openshell-vm builds. */
-export const AGENT_GUEST_PATH = 'sbin/ovm-agent';
-/** The virtio-serial port the agent talks on (QEMU). */
-export const AGENT_PORT_NAME = 'org.openshell.agent';
-/** The vsock port the agent dials (libkrun maps it to the host's agent socket). */
-export const AGENT_VSOCK_PORT = 10_000;
+export { AGENT_GUEST_PATH, AGENT_PORT_NAME, AGENT_VSOCK_PORT } from './paths.ts';
 
 /**
  * The directory of the agent's source, and in the built package (dist/guest/agent/) of the

@@ -1,9 +1,8 @@
-import { AGENT_GUEST_PATH } from './agent-build.ts';
 import { busyboxApplets } from './busybox.ts';
+import { AGENT_GUEST_PATH, GUEST_INIT_PATH } from './paths.ts';
 import type { TreeEntry } from './tree.ts';
 
-/** Where the guest init lives inside every rootfs openshell-vm builds. */
-export const GUEST_INIT_PATH = '/sbin/ovm-init';
+export { GUEST_INIT_PATH } from './paths.ts';
 
 /**
  * The embedded default rootfs as data: busybox with every applet linked in /bin, the guest init

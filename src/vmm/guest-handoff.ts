@@ -11,7 +11,7 @@
  * Never secrets in any of them: /proc/cmdline is world-readable in the guest.
  */
 import type { GuestHandoff } from '../config/environment.ts';
-import { GUEST_INIT_PATH } from '../guest/default-rootfs.ts';
+import { GUEST_INIT_PATH } from '../guest/paths.ts';
 
 /** What the guest init runs: commands from the host (exec), or the gateway's k3s (gateway). */
 export type GuestMode = 'exec' | 'gateway';

@@ -1,5 +1,5 @@
 import type { GuestHandoff } from '../../config/environment.ts';
-import { AGENT_PORT_NAME } from '../../guest/agent-build.ts';
+import { AGENT_PORT_NAME } from '../../guest/paths.ts';
 import type { VmSpec } from '../backend.ts';
 import { ROOT_SHARE_TAG } from '../backend.ts';
 import { initKernelWords } from '../guest-handoff.ts';
