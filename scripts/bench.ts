@@ -3,7 +3,7 @@
 // run time; the guest agent's port served by a few lines of Python that run /bin/true as an agent
 // session, then ask for the shutdown, as the tool does). Runs alternate between the two so that
 // drift in host load affects both alike.
-// Prints a JSON document and a table. usage: node scripts/bench.ts [--runs N] [--arch A] [--no-net]
+// Prints a JSON document and a table. usage: node scripts/bench.ts [--runs N] [--arch A] [--no-net] [--no-pool]
 // Both sides use the default network (gvproxy). Then, per network (gvproxy, user): time from launch
 // until a forwarded port answers HTTP, TCP connect and small-request latency, and download rate.
 import { spawnSync } from 'node:child_process';
@@ -23,6 +23,7 @@ import { EXEC_DEFAULTS } from '../src/options/exec-options.ts';
 import { qemuArgs, virtiofsdArgs } from '../src/vmm/qemu/argv.ts';
 import { virtiofsdFlavour } from '../src/vmm/qemu/backend.ts';
 import { benchForwarding } from './bench-net.ts';
+import { benchPool, poolTable } from './bench-pool.ts';
 
 const argv = process.argv.slice(2);
 const flag = (name: string) => {
@@ -148,6 +149,8 @@ const stats = (xs: number[]) => {
   return { min: Math.round(s[0] as number), median: Math.round(median), max: Math.round(s.at(-1) as number) };
 };
 const forwarding = process.argv.includes('--no-net') ? undefined : await benchForwarding(root, arch);
+// run /bin/true from a warm pool of 2 vs cold, paired, and the idle pool's host RSS (bench-pool.ts).
+const pool = process.argv.includes('--no-pool') ? undefined : await benchPool(root, { runs, arch });
 
 const result = {
   benchmark: 'exec round trip: --exec /bin/true, process start to exit',
@@ -163,6 +166,7 @@ const result = {
   targetPercent: 10,
   samples: { tool: tool.map(Math.round), plainQemu: plain.map(Math.round) },
   forwarding,
+  pool,
 };
 console.log(JSON.stringify(result, null, 2));
 const row = (name: string, s: { min: number; median: number; max: number }) =>
@@ -180,3 +184,4 @@ if (forwarding) {
 |---|---|---|---|---|
 ${forwarding.map((f) => `| --net ${f.net} | ${f.launchToAnswerMs} | ${f.connectMs.median} | ${f.requestMs.median} | ${f.downloadMBps} |`).join('\n')}`);
 }
+if (pool) console.log(poolTable(pool));
