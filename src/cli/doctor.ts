@@ -40,6 +40,7 @@ import {
   type RuntimeBundle,
   type RuntimeDir,
 } from '../vmm/libkrun/runtime.ts';
+import { backendFeatures } from '../vmm/registry.ts';
 import { chooseBackend } from '../vmm/select.ts';
 import { type OptionSpec, parseArgs } from './args.ts';
 
@@ -275,7 +276,11 @@ export async function doctorChecks(): Promise<DoctorCheck[]> {
     libkrun.bundle ? { found: true, dir: libkrun.bundle.dir } : { found: false, why: libkrun.why },
   );
   // libkrun's checks fail doctor when a run would use it, or the user named a runtime.
-  checks.push(...(await libkrun.checks(choice.backend === 'libkrun' || Boolean(env.runtimeBundleDir))));
+  checks.push(
+    ...(await libkrun.checks(
+      backendFeatures()[choice.backend].guestKernel === 'libkrunfw' || Boolean(env.runtimeBundleDir),
+    )),
+  );
   checks.push(passed('default backend', `${choice.backend} (${choice.reason})`));
   return checks;
 }
