@@ -21,7 +21,7 @@ import { RegistryClient } from '../oci/registry.ts';
 import { unpackImage } from '../oci/unpack.ts';
 import { packageVersion } from '../version.ts';
 import { type BuilderImage, type InVmBuild, inVmBuildCommand, rootHasCommand } from './debian-builder.ts';
-import { installGuestScripts, readGatewayGuestScripts } from './guest-scripts.ts';
+import { installRecordedGuestScripts } from './guest-scripts.ts';
 import { installKernelModules } from './kernel-modules.ts';
 import { ROOTFS_PATHS, rootfsDir } from './layout.ts';
 import { RECORD_FORMAT, type RootfsInput, type RootfsRecord, verifyRootfsForBoot } from './record.ts';
@@ -208,17 +208,7 @@ async function ensureBuilderRoot(
         sha256: image.manifest.digest.slice(7),
       },
     ];
-    const scripts = await readGatewayGuestScripts();
-    await installGuestScripts(tmp, scripts);
-    for (const s of scripts) {
-      inputs.push({
-        kind: 'guest-script',
-        source: 'openshell-vm',
-        version: packageVersion(),
-        sha256: s.sha256,
-        path: s.dest,
-      });
-    }
+    inputs.push(...(await installRecordedGuestScripts(tmp)));
     await installAgent(tmp, await ensureAgent(env, arch));
     await installBusybox(tmp, guest.busybox.binary);
     // Mount points the init uses (an image made with mmdebstrap --skip=output/dev has no /dev).

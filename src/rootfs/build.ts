@@ -31,7 +31,7 @@ import {
   missingNetworkTools,
   missingToolsError,
 } from './debian-builder.ts';
-import { installGuestScripts, readGatewayGuestScripts } from './guest-scripts.ts';
+import { installRecordedGuestScripts } from './guest-scripts.ts';
 import {
   defaultGatewayValues,
   type GatewayValues,
@@ -257,16 +257,7 @@ export async function prepareRootfs(
     });
 
     // 3. Guest scripts (from this package, as they are) and the busybox applets they need.
-    const scripts = await readGatewayGuestScripts();
-    await installGuestScripts(tmp, scripts);
-    for (const s of scripts)
-      inputs.push({
-        kind: 'guest-script',
-        source: 'openshell-vm',
-        version: packageVersion(),
-        sha256: s.sha256,
-        path: s.dest,
-      });
+    inputs.push(...(await installRecordedGuestScripts(tmp)));
     await installAgent(tmp, await ensureAgent(env, request.arch));
     await linkBusyboxApplets(tmp, warn);
     for (const d of [

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { inRoot } from '../archive/root-path.ts';
+import { packageVersion } from '../version.ts';
 
 /** The guest scripts a gateway rootfs carries, from this package, each at a fixed path. */
 export const GATEWAY_GUEST_SCRIPTS = [
@@ -32,4 +33,22 @@ export async function installGuestScripts(root: string, scripts: readonly GuestS
     await fs.writeFile(file, s.text, { mode: 0o755 });
     await fs.chmod(file, 0o755);
   }
+}
+
+/**
+ * Installs this package's gateway guest scripts into `root` and returns their build-record inputs
+ * (one per script, with its sha256): what every rootfs build records of them.
+ */
+export async function installRecordedGuestScripts(
+  root: string,
+): Promise<{ kind: 'guest-script'; source: string; version: string; sha256: string; path: string }[]> {
+  const scripts = await readGatewayGuestScripts();
+  await installGuestScripts(root, scripts);
+  return scripts.map((s) => ({
+    kind: 'guest-script' as const,
+    source: 'openshell-vm',
+    version: packageVersion(),
+    sha256: s.sha256,
+    path: s.dest,
+  }));
 }
