@@ -36,7 +36,7 @@ describe('an image layer planting symlinks where prepare-rootfs writes', {
     box = sandbox();
     registry = await startRegistry();
     decoys = fs.mkdtempSync(path.join(box.dataDir, '..', 'host-decoys-'));
-    const dirs = new Set<string>();
+    const dirs = new Set<string>(['usr/', 'usr/sbin/']);
     for (const rel of PLANTED) {
       for (let d = path.dirname(rel); d !== '.'; d = path.dirname(d)) dirs.add(`${d}/`);
     }
@@ -44,6 +44,12 @@ describe('an image layer planting symlinks where prepare-rootfs writes', {
       ...[...dirs].sort().map((name) => ({ name, type: 'directory' as const })),
       { name: 'etc/', type: 'directory' as const },
       { name: 'etc/os-release', type: 'file' as const, data: 'ID=hostile\n' },
+      // The gateway's network tools, so the build gets past its check to the writes under test.
+      ...['ip', 'nft', 'iptables'].map((tool) => ({
+        name: `usr/sbin/${tool}`,
+        type: 'file' as const,
+        data: '#!/bin/sh\n',
+      })),
       ...PLANTED.map((rel, i) => {
         const decoy = path.join(decoys, `decoy-${i}`);
         fs.writeFileSync(decoy, `host file ${i}\n`, { mode: 0o600 });
