@@ -4,7 +4,7 @@ import { lexists } from '../host/fs.ts';
 import { ensureRootLocation } from '../instance/root-location.ts';
 import { ensureInstanceDir, instanceDir } from '../instance/runs.ts';
 import { checkHostPortsFree, type PortForward } from '../net/ports.ts';
-import type { OptionNames } from '../options/exec-options.ts';
+import { hostCapacity, type OptionNames } from '../options/exec-options.ts';
 import {
   type GatewayOptions,
   type RawGatewayOptions,
@@ -13,7 +13,7 @@ import {
 import { KUBE_API_GUEST_PORT } from '../presets/gateway.ts';
 import { rootfsDir } from '../rootfs/layout.ts';
 import { readRootfsRecord } from '../rootfs/record.ts';
-import { assignHostPorts, hostCapacity, type PreparedVm } from './prepare.ts';
+import { assignHostPorts, type PreparedVm } from './prepare.ts';
 import { chooseVmm, type ProgressSink } from './vmm-choice.ts';
 
 /**

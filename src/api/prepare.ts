@@ -1,5 +1,4 @@
 import net from 'node:net';
-import os from 'node:os';
 import type { AccelChoice } from '../accel/probe.ts';
 import { type HostEnvironment, readEnvironment } from '../config/environment.ts';
 import { UsageError } from '../errors.ts';
@@ -7,7 +6,7 @@ import { checkHostPortsFree, type PortForward } from '../net/ports.ts';
 import {
   ANY_HOST_PORT,
   type ExecOptions,
-  type HostCapacity,
+  hostCapacity,
   type OptionNames,
   type RawExecOptions,
   resolveExecOptions,
@@ -29,11 +28,6 @@ export interface PreparedVm<O> {
   readonly options: O;
   readonly backend: VmmBackend;
   readonly accel: AccelChoice;
-}
-
-/** The host's CPUs and memory, which the options are fitted to. */
-export function hostCapacity(): HostCapacity {
-  return { cpus: os.availableParallelism(), memMib: Math.floor(os.totalmem() / (1024 * 1024)) };
 }
 
 /** A run's command and VM (`openshell-vm run`, the library's run()). */

@@ -151,8 +151,7 @@ async function mainForm(argv: readonly string[]): Promise<number> {
       throw new UsageError('run: no command given', {
         hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]',
       });
-    const { execCommand } = await import('./run.ts');
-    return execCommand(args, args.rest[0] as string, args.rest.slice(1), argv, args.rest.length);
+    return runCommand(args, args.rest[0] as string, args.rest.slice(1), argv, args.rest.length);
   }
   if (exec === undefined) {
     refuse(args, EXEC_ONLY, (o) => [
@@ -165,8 +164,26 @@ async function mainForm(argv: readonly string[]): Promise<number> {
     `--${o} is a gateway option; it does nothing with --exec`,
     `drop --${o}, or drop --exec to boot the gateway`,
   ]);
+  return runCommand(args, exec, args.values.get('args') ?? [], argv, 0);
+}
+
+/**
+ * A run: on a VM of a matching warm pool when there is one (loading the pool client alone), else
+ * booted cold by run.ts (the VMM backends, the guest build, the rootfs code).
+ */
+async function runCommand(
+  args: ParsedArgs,
+  exec: string,
+  guestArgs: readonly string[],
+  argv: readonly string[],
+  guestWords: number,
+): Promise<number> {
+  const { runPooled, runReporter } = await import('./run-options.ts');
+  const reporter = runReporter(args);
+  const pooled = await runPooled(args, exec, guestArgs, reporter);
+  if (pooled !== undefined) return pooled;
   const { execCommand } = await import('./run.ts');
-  return execCommand(args, exec, args.values.get('args') ?? [], argv, 0);
+  return execCommand(reporter, args, exec, guestArgs, argv, guestWords);
 }
 
 function refuse(

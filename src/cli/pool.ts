@@ -1,9 +1,8 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import { hostCapacity } from '../api/prepare.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { HostError, UsageError } from '../errors.ts';
-import { CLI_NAMES, type RawExecOptions, resolveVmOptions } from '../options/exec-options.ts';
+import { CLI_NAMES, hostCapacity, type RawExecOptions, resolveVmOptions } from '../options/exec-options.ts';
 import { describeKey, POOL_FILES, poolDir, poolIdOf, poolKeyOf } from '../pool/layout.ts';
 import { allPoolStatus, listPoolIds, type PoolStatus, recoverPool, stopPool } from '../pool/manage.ts';
 import { createPoolRecord, readPool } from '../pool/record.ts';

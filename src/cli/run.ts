@@ -2,7 +2,7 @@ import * as v from 'valibot';
 import { prepareExec } from '../api/prepare.ts';
 import { HostError } from '../errors.ts';
 import { describeIssues } from '../instance/schema.ts';
-import { CLI_NAMES, type RawExecOptions } from '../options/exec-options.ts';
+import { CLI_NAMES } from '../options/exec-options.ts';
 import {
   COMMAND_STARTED,
   type ExecEvent,
@@ -10,9 +10,10 @@ import {
   prepareGuest,
   runExec,
 } from '../presets/run.ts';
-import { type ParsedArgs, single } from './args.ts';
+import type { ParsedArgs } from './args.ts';
 import { receiveHandoff, reportDetachedReady, runDetached } from './detach.ts';
-import { Reporter } from './reporter.ts';
+import type { Reporter } from './reporter.ts';
+import { execRawOptions } from './run-options.ts';
 import { withSignals } from './signals.ts';
 
 /**
@@ -24,6 +25,7 @@ import { withSignals } from './signals.ts';
  * guest build and the rootfs code (src/cli/main.ts imports it when a command runs).
  */
 export async function execCommand(
+  reporter: Reporter,
   args: ParsedArgs,
   exec: string,
   guestArgs: readonly string[],
@@ -31,36 +33,8 @@ export async function execCommand(
   /** How many words at the end of argv are the guest's command (run's), kept whole by --detach. */
   guestWords: number,
 ): Promise<number> {
-  const raw: RawExecOptions = {
-    exec,
-    args: guestArgs,
-    env: args.values.get('env'),
-    workdir: single(args, 'workdir'),
-    vcpus: single(args, 'vcpus'),
-    mem: single(args, 'mem'),
-    arch: single(args, 'arch'),
-    accel: single(args, 'accel'),
-    bootTimeout: single(args, 'boot-timeout'),
-    name: single(args, 'name'),
-    ports: args.values.get('port'),
-    net: single(args, 'net'),
-    backend: single(args, 'backend'),
-    rootfs: single(args, 'rootfs'),
-    kernel: single(args, 'kernel'),
-  };
-  const reporter = new Reporter({
-    stderr: process.stderr,
-    quiet: args.flags.has('quiet'),
-    eventsFile: single(args, 'events'),
-  });
+  const raw = execRawOptions(args, exec, guestArgs);
   const supervise = args.flags.has('supervise');
-  // A warm pool with these VM options (openshell-vm pool start) runs the command on one of its VMs.
-  if (!args.flags.has('no-pool') && !args.flags.has('detach') && !supervise) {
-    const { runFromPool } = await import('../pool/take.ts');
-    const io = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr };
-    const code = await runFromPool(raw, io, reporter);
-    if (code !== undefined) return code;
-  }
   // Everything that can fail without starting a process fails here, before anything starts.
   const { env, options, backend, accel } = await prepareExec(raw, CLI_NAMES, reporter);
   if (args.flags.has('detach') && !supervise) {

@@ -117,10 +117,26 @@ test('list, status and exec load no package but the record validator (valibot), 
 });
 
 test("run's path (what a detached supervisor loads) has none of the gateway's stacks, nor node:http", () => {
-  // --vcpus 0 is refused after every module of the run path is loaded, before anything starts.
-  const urls = assertLight(['run', '--vcpus', '0', '--', '/bin/true'], 2, '/src/presets/run.ts');
+  // --vcpus 0 is refused after every module of the run path is loaded, before anything starts
+  // (--no-pool: the cold path; without it, the warm pool's client refuses it first, see below).
+  const urls = assertLight(['run', '--no-pool', '--vcpus', '0', '--', '/bin/true'], 2, '/src/presets/run.ts');
   // The forwarder client is on the path (vmm/session.ts) but loads node:http on its first request.
   assert.ok(urls.some((u) => u.endsWith('/src/net/forwarder.ts')));
+  assert.deepEqual(packagesIn(urls), ['valibot']);
+});
+
+test('a run that may take a warm pool VM loads the pool client, not the VMM backends, the guest build or the rootfs code', () => {
+  // The pool client validates the options (the one validator) before it looks for a pool: --vcpus 0
+  // is refused there, with every module of the pooled path loaded and none of the cold boot's.
+  const urls = assertLight(['run', '--vcpus', '0', '--', '/bin/true'], 2, '/src/pool/take.ts');
+  for (const cold of [
+    '/src/cli/run.ts',
+    '/src/presets/run.ts',
+    '/src/vmm/registry.ts',
+    '/src/guest/agent-build.ts',
+  ]) {
+    assert.ok(!urls.some((u) => u.endsWith(cold)), `a pooled run must not load ${cold}`);
+  }
   assert.deepEqual(packagesIn(urls), ['valibot']);
 });
 

@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { type Accelerator, parseAccelerator } from '../accel/probe.ts';
 import { UsageError } from '../errors.ts';
@@ -120,6 +121,11 @@ export interface ExecOptions extends VmOptions {
 export interface HostCapacity {
   readonly cpus: number;
   readonly memMib: number;
+}
+
+/** The host's CPUs and memory, which the options are fitted to. */
+export function hostCapacity(): HostCapacity {
+  return { cpus: os.availableParallelism(), memMib: Math.floor(os.totalmem() / (1024 * 1024)) };
 }
 
 /** Defaults of the seed's exec mode. */

@@ -1,7 +1,6 @@
 import type { Readable, Writable } from 'node:stream';
 import { controlRequest, ExecSession } from '../agent/client.ts';
 import { FRAME } from '../agent/protocol.ts';
-import { hostCapacity } from '../api/prepare.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
 import { agentRequest } from '../exec/request.ts';
@@ -11,9 +10,8 @@ import { readState } from '../instance/state.ts';
 import { exposeAll, ForwarderClient } from '../net/forwarder.ts';
 import { GVPROXY_FILES } from '../net/gvproxy.ts';
 import { checkHostPortsFree } from '../net/ports.ts';
-import { CLI_NAMES, type RawExecOptions, resolveExecOptions } from '../options/exec-options.ts';
+import { CLI_NAMES, hostCapacity, type RawExecOptions, resolveExecOptions } from '../options/exec-options.ts';
 import { poolDir, poolIdOf, poolKeyOf } from './layout.ts';
-import { recoverPool } from './manage.ts';
 import { claimMember } from './members.ts';
 import { readPool } from './record.ts';
 
@@ -48,13 +46,14 @@ export async function runFromPool(
   io: PoolRunIo,
   sink: PoolRunSink,
 ): Promise<number | undefined> {
-  const { options } = resolveExecOptions(raw, hostCapacity(), CLI_NAMES);
+  const { options, warnings } = resolveExecOptions(raw, hostCapacity(), CLI_NAMES);
   const env = readEnvironment();
   const id = poolIdOf(poolKeyOf(options));
   const dir = poolDir(env, id);
   const pool = await readPool(dir);
   if (pool.kind !== 'ok') return undefined;
   if (!pool.alive) {
+    const { recoverPool } = await import('./manage.ts');
     const said = await recoverPool(env, id);
     sink.warn(
       `the warm pool ${id} had lost its supervisor: recovered${said ? ` (${said})` : ''}; booting cold`,
@@ -85,6 +84,8 @@ export async function runFromPool(
       }
       await exposeAll(new ForwarderClient(api), options.forwards, { deadlineMs: FORWARD_DEADLINE_MS });
     }
+    // Said here, once the run is the pool's (a cold boot says them itself).
+    for (const warning of warnings) sink.warn(warning);
     sink.progress(`command started in the guest (warm pool ${id}: ${member})`);
     const tty = stdinIsTerminal(io);
     let session: ExecSession;
