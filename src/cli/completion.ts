@@ -76,6 +76,7 @@ export const COMMAND_OPTIONS: Readonly<Record<string, readonly OptionSpec[]>> = 
     value('chart'),
     value('image'),
     value('manifest'),
+    flag('no-agent-sandbox'),
     value('gateway-image'),
     value('sandbox-image'),
     flag('json'),

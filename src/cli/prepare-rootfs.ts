@@ -25,6 +25,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'chart', kind: 'value' },
   { name: 'image', kind: 'value', repeatable: true },
   { name: 'manifest', kind: 'value', repeatable: true },
+  { name: 'no-agent-sandbox', kind: 'flag' },
   { name: 'gateway-image', kind: 'value' },
   { name: 'sandbox-image', kind: 'value' },
   { name: 'json', kind: 'flag' },
@@ -37,8 +38,9 @@ const OPTIONS: readonly OptionSpec[] = [
 export const PREPARE_HELP = `Usage: openshell-vm prepare-rootfs [OPTIONS]
 
 Builds the gateway root filesystem of an instance (<data>/instances/NAME/rootfs): base system,
-k3s, guest scripts, kernel modules, Helm chart, HelmChart manifest, pre-loaded images, and the
-build record /opt/openshell/rootfs.json. The build happens beside the old rootfs and replaces it
+k3s, guest scripts, kernel modules, Helm chart, HelmChart manifest (every value it sets must be
+in the chart's values.yaml), the agent-sandbox controller, pre-loaded images, and the build
+record /opt/openshell/rootfs.json. The build happens beside the old rootfs and replaces it
 only when complete: an interrupted or failed build leaves the previous rootfs as it was.
 
 Options:
@@ -59,6 +61,9 @@ Options:
   --chart SPEC           chart directory, chart .tgz, or oci:REF (default: ${DEFAULT_CHART})
   --image SPEC           pre-load an image: a .tar/.tar.zst archive or oci:REF (repeatable)
   --manifest FILE        also deploy this Kubernetes manifest (repeatable)
+  --no-agent-sandbox     leave out the agent-sandbox controller (its Sandbox CRD and StatefulSet,
+                         registry.k8s.io/agent-sandbox/agent-sandbox-controller:v0.1.0), which
+                         OpenShell's sandboxes need and which is shipped by default
   --gateway-image R:T    the gateway image the chart runs (default: ghcr.io/nvidia/openshell/gateway:latest)
   --sandbox-image REF    the sandbox image (default: ghcr.io/nvidia/openshell-community/sandboxes/base:latest)
   --json                 print the build record as JSON on stdout
@@ -118,6 +123,7 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
           chart,
           images,
           manifests: args.values.get('manifest') ?? [],
+          agentSandbox: !args.flags.has('no-agent-sandbox'),
           gateway: { ...(image ? { image } : {}), ...(sandboxImage ? { sandboxImage } : {}) },
         },
         {

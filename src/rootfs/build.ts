@@ -22,9 +22,22 @@ import { RegistryClient } from '../oci/registry.ts';
 import { unpackImage } from '../oci/unpack.ts';
 import { isAlive } from '../supervisor/identity.ts';
 import { packageVersion } from '../version.ts';
+import {
+  AGENT_SANDBOX_FILE,
+  agentSandboxInput,
+  agentSandboxManifest,
+  resolveAgentSandbox,
+} from './agent-sandbox.ts';
 import { ensureDebianBase, GATEWAY_PACKAGES, hashFile, installedPackages } from './base-debian.ts';
 import type { BuilderVmRunner } from './base-vm.ts';
-import { type ChartSpec, type PackagedChart, packageChartDir, pullChart, readChartTgz } from './chart.ts';
+import {
+  type ChartSpec,
+  checkChartValues,
+  type PackagedChart,
+  packageChartDir,
+  pullChart,
+  readChartTgz,
+} from './chart.ts';
 import {
   type BuilderImage,
   type DebianBuilderKind,
@@ -69,6 +82,11 @@ export interface PrepareRequest {
   readonly chart: ChartSpec;
   readonly images: readonly ImageSpec[];
   readonly manifests: readonly string[];
+  /**
+   * Ship the agent-sandbox controller (its CRD, RBAC and StatefulSet), which OpenShell's sandboxes
+   * need: default true; the CLI's --no-agent-sandbox makes it false.
+   */
+  readonly agentSandbox?: boolean | undefined;
   readonly gateway?: Partial<Pick<GatewayValues, 'image' | 'sandboxImage'>> | undefined;
 }
 
@@ -149,6 +167,7 @@ export async function prepareRootfs(
         });
       }
     }
+    const agentSandbox = resolveAgentSandbox(request);
     // The QEMU backend's kernel (cached by provisioning) needs its modules in the rootfs; a host
     // without it (macOS, libkrun only) builds without them, and a QEMU boot then refuses the rootfs.
     const guest = await loadGuestInputs(env, request.arch).catch((err: unknown) => {
@@ -178,6 +197,8 @@ export async function prepareRootfs(
       return c;
     };
     const chart = await resolveChart(request.chart, store, client, progress);
+    const template = await fs.readFile(HELMCHART_TEMPLATE, 'utf8');
+    checkChartValues(chart, template);
 
     await fs.mkdir(tmp, { mode: 0o755 });
     const owners = process.getuid?.() === 0;
@@ -303,7 +324,6 @@ export async function prepareRootfs(
       sha256: chart.sha256,
       path: `${ROOTFS_PATHS.k3sCharts}/${chart.fileName}`,
     });
-    const template = await fs.readFile(HELMCHART_TEMPLATE, 'utf8');
     await fs.writeFile(await freshPathInRoot(tmp, ROOTFS_PATHS.stagedHelmChart), template, { flag: 'wx' });
     const values: GatewayValues = {
       ...defaultGatewayValues(chart.fileName, chart.sha256),
@@ -315,6 +335,14 @@ export async function prepareRootfs(
       { flag: 'wx' },
     );
     await writeGatewayManifest(tmp);
+    if (agentSandbox) {
+      // Staged, and deployed now as gateway-init deploys staged manifests (a cold boot copies it again).
+      const text = await agentSandboxManifest();
+      for (const dir of [ROOTFS_PATHS.stagedManifests, ROOTFS_PATHS.k3sManifests]) {
+        await fs.writeFile(await freshPathInRoot(tmp, `${dir}/${AGENT_SANDBOX_FILE}`), text, { flag: 'wx' });
+      }
+      inputs.push(agentSandboxInput(text));
+    }
     for (const m of request.manifests) {
       const name = path.basename(m);
       const excl = fsConstants.COPYFILE_EXCL;

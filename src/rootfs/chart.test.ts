@@ -7,18 +7,21 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 import tar from 'tar-stream';
+import YAML from 'yaml';
 import { bufferStream } from '../archive/tar-pack.ts';
-import { HostError } from '../errors.ts';
+import { HostError, UsageError } from '../errors.ts';
 import { BlobStore } from '../oci/blob-store.ts';
 import { RegistryClient } from '../oci/registry.ts';
 import {
   CHART_UNREACHABLE_HINT,
+  checkChartValues,
   helmIgnoreMatcher,
   packageChartDir,
   parseChartSpec,
   pullChart,
   readChartTgz,
 } from './chart.ts';
+import { HELMCHART_TEMPLATE } from './helmchart.ts';
 
 const FIXTURE = new URL('../../test/fixtures/chart/openshell/', import.meta.url).pathname;
 
@@ -110,5 +113,50 @@ test("a chart the registry does not have keeps the registry's own hint (the refe
     pullChart(new RegistryClient(registry), `${registry}/openshell/helm-chart:9.9.9`, new BlobStore(dir)),
     (e: unknown) =>
       e instanceof HostError && /not found/.test(e.message) && /check the name/.test(e.hint ?? ''),
+  );
+});
+
+test('a packaged chart carries its values.yaml, from a directory and from a .tgz alike', async () => {
+  const chart = await packageChartDir(FIXTURE);
+  const want = await fs.readFile(path.join(FIXTURE, 'values.yaml'), 'utf8');
+  assert.equal(chart.valuesYaml, want);
+  assert.equal((await readChartTgz(chart.tgz, 'x.tgz', 'tgz')).valuesYaml, want);
+  const template = await fs.readFile(HELMCHART_TEMPLATE, 'utf8');
+  checkChartValues(chart, template); // the fixture follows the real chart: nothing missing
+});
+
+test('a chart that drifted (a value the HelmChart sets is gone) is refused, naming each key and the fix', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-chart-drift-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  await fs.cp(FIXTURE, dir, { recursive: true });
+  const values = YAML.parse(await fs.readFile(path.join(dir, 'values.yaml'), 'utf8'));
+  delete values.supervisor;
+  delete values.server.dbUrl;
+  await fs.writeFile(path.join(dir, 'values.yaml'), YAML.stringify(values));
+  const template = await fs.readFile(HELMCHART_TEMPLATE, 'utf8');
+  for (const chart of [
+    await packageChartDir(dir),
+    await readChartTgz((await packageChartDir(dir)).tgz, 'drift.tgz', 'tgz'),
+  ]) {
+    assert.throws(
+      () => checkChartValues(chart, template),
+      (e: unknown) => {
+        assert.ok(e instanceof UsageError, String(e));
+        assert.match(
+          e.message,
+          /^chart openshell-0\.1\.0 \(.*\) has no values supervisor\.image\.repository, supervisor\.image\.tag, supervisor\.image\.pullPolicy, server\.dbUrl in its values\.yaml/,
+        );
+        assert.match(e.hint ?? '', /--chart .*openshell-helmchart\.yaml/);
+        return true;
+      },
+    );
+  }
+  // No values.yaml at all: every key is missing, none silently dropped.
+  await fs.rm(path.join(dir, 'values.yaml'));
+  const bare = await packageChartDir(dir);
+  assert.equal(bare.valuesYaml, undefined);
+  assert.throws(
+    () => checkChartValues(bare, template),
+    /has no values image\.repository, .*pkiInitJob\.enabled in/,
   );
 });

@@ -11,6 +11,7 @@ import { type ProgressFn, parseJson } from '../oci/image.ts';
 import { type ImageManifest, MEDIA } from '../oci/media-types.ts';
 import { formatReference, parseImageReference } from '../oci/reference.ts';
 import type { RegistryClient } from '../oci/registry.ts';
+import { helmChartValueKeys, missingValueKeys } from './helmchart.ts';
 
 /** OpenShell's chart as published (an OCI artifact), the default for --chart. */
 export const DEFAULT_CHART = 'oci:ghcr.io/nvidia/openshell/helm-chart:0.0.116';
@@ -22,6 +23,8 @@ export interface PackagedChart {
   readonly fileName: string;
   readonly tgz: Buffer;
   readonly sha256: string;
+  /** The chart's values.yaml as packaged (undefined: it has none). */
+  readonly valuesYaml: string | undefined;
   /** dir | tgz | oci, and where from. */
   readonly kind: 'dir' | 'tgz' | 'oci';
   readonly source: string;
@@ -122,7 +125,8 @@ export async function packageChartDir(dir: string): Promise<PackagedChart> {
   }
   await walk('');
   const tgz = gzipSync(await packTarBuffer(entries), { level: 9 });
-  return finish(meta, tgz, 'dir', path.resolve(dir));
+  const values = entries.find((e) => e.name === `${meta.name}/values.yaml`)?.data;
+  return finish(meta, tgz, 'dir', path.resolve(dir), values === undefined ? undefined : String(values));
 }
 
 /** Reads a packaged chart (.tgz) and checks it is one: NAME/Chart.yaml inside, name and version. */
@@ -143,14 +147,27 @@ export async function readChartTgz(tgz: Buffer, source: string, kind: 'tgz' | 'o
   });
   bufferStream(tarBytes).pipe(extract);
   let meta: ChartMeta | undefined;
+  /** Every top directory's values.yaml: the chart's is the one under its name. */
+  const valuesByDir = new Map<string, string>();
+  const readEntry = async (entry: AsyncIterable<unknown>, what: string) => {
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    for await (const c of entry) {
+      bytes += (c as Buffer).length;
+      if (bytes > CHART_TEXT_MAX_BYTES)
+        throw new UsageError(`${source}: ${what} is larger than ${CHART_TEXT_MAX_BYTES} bytes`);
+      chunks.push(c as Buffer);
+    }
+    return Buffer.concat(chunks).toString('utf8');
+  };
   for await (const entry of extract) {
     const parts = entry.header.name.split('/');
     if (parts.length === 2 && parts[1] === 'Chart.yaml' && !meta) {
-      const chunks: Buffer[] = [];
-      for await (const c of entry) chunks.push(c as Buffer);
-      meta = chartMeta(Buffer.concat(chunks).toString('utf8'), source);
+      meta = chartMeta(await readEntry(entry, 'Chart.yaml'), source);
       if (parts[0] !== meta.name)
         throw new UsageError(`${source}: Chart.yaml of ${meta.name} is under ${parts[0]}/`);
+    } else if (parts.length === 2 && parts[1] === 'values.yaml' && !valuesByDir.has(parts[0] ?? '')) {
+      valuesByDir.set(parts[0] ?? '', await readEntry(entry, 'values.yaml'));
     } else entry.resume();
   }
   await done.catch(() => undefined);
@@ -158,18 +175,58 @@ export async function readChartTgz(tgz: Buffer, source: string, kind: 'tgz' | 'o
     throw new UsageError(`${source}: no NAME/Chart.yaml inside`, {
       hint: 'give a chart .tgz made by helm package',
     });
-  return finish(meta, tgz, kind, source);
+  return finish(meta, tgz, kind, source, valuesByDir.get(meta.name));
 }
 
-function finish(meta: ChartMeta, tgz: Buffer, kind: PackagedChart['kind'], source: string): PackagedChart {
+/** Chart.yaml and values.yaml are text of a few KiB (OpenShell's values.yaml: about 20 KiB). */
+const CHART_TEXT_MAX_BYTES = 4 * 1024 * 1024;
+
+function finish(
+  meta: ChartMeta,
+  tgz: Buffer,
+  kind: PackagedChart['kind'],
+  source: string,
+  valuesYaml: string | undefined,
+): PackagedChart {
   return {
     ...meta,
     fileName: `${meta.name}-${meta.version}.tgz`,
     tgz,
     sha256: createHash('sha256').update(tgz).digest('hex'),
+    valuesYaml,
     kind,
     source,
   };
+}
+
+/**
+ * Refuses a chart that lacks a value the HelmChart `manifest` (the template) sets: Helm would
+ * ignore the value without a word, and the gateway would run without it (a chart that drifted
+ * from the one the template was written for).
+ */
+export function checkChartValues(chart: PackagedChart, manifest: string): void {
+  let values: unknown = {};
+  if (chart.valuesYaml !== undefined) {
+    try {
+      values = YAML.parse(chart.valuesYaml) ?? {};
+    } catch (err) {
+      throw new UsageError(
+        `chart ${chart.name}-${chart.version} (${chart.source}): values.yaml is not valid YAML`,
+        {
+          hint: (err as Error).message,
+          cause: err,
+        },
+      );
+    }
+  }
+  const missing = missingValueKeys(values, helmChartValueKeys(manifest));
+  if (missing.length === 0) return;
+  throw new UsageError(
+    `chart ${chart.name}-${chart.version} (${chart.source}) has no ${missing.length === 1 ? 'value' : 'values'} ${missing.join(', ')} in its values.yaml, which openshell-vm's HelmChart sets: the chart would ignore ${missing.length === 1 ? 'it' : 'them'}`,
+    {
+      hint: `use a chart that has ${missing.length === 1 ? 'it' : 'them'} (the default is ${DEFAULT_CHART}; --chart DIR, FILE.tgz or oci:REF), or, if the chart renamed ${missing.length === 1 ? 'it' : 'them'}, update src/rootfs/manifests/openshell-helmchart.yaml to the chart's names`,
+    },
+  );
 }
 
 /** Failures to reach a registry at all (not an answer from it): what an offline build meets. */

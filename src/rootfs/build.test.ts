@@ -1,0 +1,127 @@
+// prepare-rootfs end to end but fast: the base is a tiny image from a local registry (no mmdebstrap,
+// no VM), k3s the stand-in, the chart the fixture. What is checked: the agent-sandbox controller is
+// staged by default and left out with --no-agent-sandbox, the record says which, and a chart that
+// lacks a value the HelmChart sets is refused before anything is built.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import YAML from 'yaml';
+import { type Sandbox, sandbox } from '../../test/e2e/harness.ts';
+import {
+  buildLayer,
+  pushImage,
+  registryMissing,
+  startRegistry,
+  type TestRegistry,
+} from '../../test/fixtures/registry.ts';
+import { CHART, STAND_IN, STAND_IN_SHA } from '../../test/fixtures/stand-in.ts';
+import { AGENT_SANDBOX_FILE, agentSandboxManifest } from './agent-sandbox.ts';
+import { ROOTFS_PATHS } from './layout.ts';
+import type { RootfsRecord } from './record.ts';
+
+describe('prepare-rootfs: agent-sandbox and the chart values check', {
+  skip: await registryMissing(),
+}, () => {
+  let box: Sandbox;
+  let registry: TestRegistry;
+  let work: string;
+  let build: (extra: readonly string[], chart?: string) => ReturnType<Sandbox['run']>;
+  const rootfs = () => path.join(box.dataDir, 'instances', 'gw', 'rootfs');
+  const at = (rel: string) => path.join(rootfs(), rel);
+  const record = () => JSON.parse(fs.readFileSync(at(ROOTFS_PATHS.record), 'utf8')) as RootfsRecord;
+  const staged = [
+    `${ROOTFS_PATHS.stagedManifests}/${AGENT_SANDBOX_FILE}`,
+    `${ROOTFS_PATHS.k3sManifests}/${AGENT_SANDBOX_FILE}`,
+  ];
+
+  before(async () => {
+    box = sandbox();
+    registry = await startRegistry();
+    work = fs.mkdtempSync(path.join(box.dataDir, '..', 'work-'));
+    const layer = await buildLayer(
+      [
+        { name: 'etc/', type: 'directory' },
+        { name: 'etc/os-release', type: 'file', data: 'ID=tiny\n' },
+        { name: 'usr/', type: 'directory' },
+        { name: 'usr/sbin/', type: 'directory' },
+        // The gateway's network tools, so the build gets past its check.
+        ...['ip', 'nft', 'iptables'].map((tool) => ({
+          name: `usr/sbin/${tool}`,
+          type: 'file' as const,
+          data: '#!/bin/sh\n',
+        })),
+      ],
+      'gzip',
+    );
+    await pushImage(registry.host, 'tiny/base', [layer], 'amd64', '1');
+    build = (extra, chart = CHART) =>
+      box.run([
+        'prepare-rootfs',
+        '--name',
+        'gw',
+        '--force',
+        '--base',
+        `oci:${registry.host}/tiny/base:1`,
+        '--k3s',
+        STAND_IN,
+        '--k3s-sha256',
+        STAND_IN_SHA,
+        '--chart',
+        chart,
+        ...extra,
+      ]);
+  });
+  after(async () => {
+    await registry?.stop();
+    box?.cleanup();
+  });
+
+  test('by default the controller is staged and deployed, and the record lists it', async () => {
+    const run = await build([]);
+    assert.equal(run.code, 0, run.stderr);
+    const want = await agentSandboxManifest();
+    for (const rel of staged) assert.equal(fs.readFileSync(at(rel), 'utf8'), want, rel);
+    const inputs = record().inputs.filter((i) => i.path === staged[1]);
+    assert.equal(inputs.length, 1);
+    assert.equal(inputs[0]?.kind, 'manifest');
+    assert.match(inputs[0]?.source ?? '', /agent-sandbox-controller:v0\.1\.0/);
+  });
+
+  test('--no-agent-sandbox leaves it out, and the record says so by not listing it', async () => {
+    const run = await build(['--no-agent-sandbox']);
+    assert.equal(run.code, 0, run.stderr);
+    for (const rel of staged) assert.equal(fs.existsSync(at(rel)), false, rel);
+    assert.deepEqual(
+      record().inputs.filter((i) => i.path?.endsWith(AGENT_SANDBOX_FILE)),
+      [],
+    );
+    // The rest of the gateway is still there.
+    assert.ok(fs.existsSync(at(`${ROOTFS_PATHS.k3sManifests}/openshell-helmchart.yaml`)));
+  });
+
+  test('a --manifest named agent-sandbox.yaml is refused unless --no-agent-sandbox', async () => {
+    const own = path.join(work, AGENT_SANDBOX_FILE);
+    fs.writeFileSync(own, 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mine\n');
+    const refused = await build(['--manifest', own]);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, /agent-sandbox\.yaml is the name of the agent-sandbox controller/);
+    const run = await build(['--manifest', own, '--no-agent-sandbox']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(fs.readFileSync(at(staged[1] ?? ''), 'utf8'), /name: mine/);
+  });
+
+  test('a chart without a value the HelmChart sets is refused, naming it; the previous rootfs stays', async () => {
+    const before = fs.readFileSync(at(ROOTFS_PATHS.record), 'utf8');
+    const drifted = path.join(work, 'chart');
+    fs.cpSync(CHART, drifted, { recursive: true });
+    const values = YAML.parse(fs.readFileSync(path.join(drifted, 'values.yaml'), 'utf8'));
+    delete values.server.sandboxImagePullPolicy;
+    fs.writeFileSync(path.join(drifted, 'values.yaml'), YAML.stringify(values));
+    const run = await build([], drifted);
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(run.stderr, /has no value server\.sandboxImagePullPolicy in its values\.yaml/);
+    assert.match(run.stderr, /openshell-helmchart\.yaml/);
+    assert.equal(fs.readFileSync(at(ROOTFS_PATHS.record), 'utf8'), before);
+  });
+});
