@@ -100,6 +100,21 @@ describe('prepare-rootfs: agent-sandbox and the chart values check', {
     assert.ok(fs.existsSync(at(`${ROOTFS_PATHS.k3sManifests}/openshell-helmchart.yaml`)));
   });
 
+  test('--gateway-image R:T runs the supervisor of the same tag, as the chart pairs them', async () => {
+    const run = await build(['--gateway-image', 'example.test/own/gateway:v9']);
+    assert.equal(run.code, 0, run.stderr);
+    const values = JSON.parse(fs.readFileSync(at(ROOTFS_PATHS.gatewayValues), 'utf8'));
+    assert.deepEqual(values.image, { repository: 'example.test/own/gateway', tag: 'v9' });
+    assert.deepEqual(values.supervisorImage, {
+      repository: 'ghcr.io/nvidia/openshell/supervisor',
+      tag: 'v9',
+    });
+    const helm = YAML.parse(
+      fs.readFileSync(at(`${ROOTFS_PATHS.k3sManifests}/openshell-helmchart.yaml`), 'utf8'),
+    );
+    assert.equal(YAML.parse(helm.spec.valuesContent).supervisor.image.tag, 'v9');
+  });
+
   test('a --manifest named agent-sandbox.yaml is refused unless --no-agent-sandbox', async () => {
     const own = path.join(work, AGENT_SANDBOX_FILE);
     fs.writeFileSync(own, 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mine\n');

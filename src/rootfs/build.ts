@@ -325,8 +325,14 @@ export async function prepareRootfs(
       path: `${ROOTFS_PATHS.k3sCharts}/${chart.fileName}`,
     });
     await fs.writeFile(await freshPathInRoot(tmp, ROOTFS_PATHS.stagedHelmChart), template, { flag: 'wx' });
+    const defaults = defaultGatewayValues(chart.fileName, chart.sha256);
     const values: GatewayValues = {
-      ...defaultGatewayValues(chart.fileName, chart.sha256),
+      ...defaults,
+      // The supervisor's tag follows the gateway's, as in the chart (its supervisor tag defaults to
+      // the gateway's appVersion): --gateway-image R:v1 runs supervisor:v1 with it.
+      ...(request.gateway?.image
+        ? { supervisorImage: { ...defaults.supervisorImage, tag: request.gateway.image.tag } }
+        : {}),
       ...request.gateway,
     };
     await fs.writeFile(

@@ -127,18 +127,18 @@ export function missingValueKeys(chartValues: unknown, keys: readonly string[]):
   });
 }
 
-const str = (maxChars: number) => v.pipe(v.string(), v.maxLength(maxChars));
-const imageName = exactObject({ repository: str(512), tag: str(128) });
+const bounded = (maxChars: number) => v.pipe(v.string(), v.maxLength(maxChars));
+const imageName = exactObject({ repository: bounded(512), tag: bounded(128) });
 /** gateway-values.json as written by prepare-rootfs; the guest can edit it, so it is checked. */
 const gatewayValuesSchema = exactObject({
-  chartFile: str(256),
-  chartSha256: str(64),
+  chartFile: bounded(256),
+  chartSha256: bounded(64),
   image: imageName,
   supervisorImage: imageName,
-  sandboxImage: str(640),
+  sandboxImage: bounded(640),
   pullPolicy: v.picklist(['IfNotPresent', 'Always', 'Never']),
-  dbUrl: str(1024),
-  hostGatewayIp: str(64),
+  dbUrl: bounded(1024),
+  hostGatewayIp: bounded(64),
   disableTls: v.boolean(),
 });
 
