@@ -496,3 +496,42 @@ describe('the agent against hostile host frames (--stdio)', () => {
     }
   });
 });
+
+describe('the agent reports its own crash', () => {
+  it('a fatal signal writes one line on stderr (signal, code, sender or address, pc) and still kills it', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-agent-crash-'));
+    try {
+      const binary = await ensureAgent(
+        testEnvironment(dir, { searchPath: process.env.PATH ?? '' }),
+        defaultGuestArch(),
+      );
+      for (const signal of ['SIGSEGV', 'SIGBUS'] as const) {
+        const agent = spawn(binary.path, ['--stdio'], { stdio: ['pipe', 'pipe', 'pipe'] });
+        let stderr = '';
+        agent.stderr?.on('data', (chunk: Buffer) => {
+          stderr += chunk.toString();
+        });
+        // After its hello, the agent is in its main loop (the crash report is installed).
+        await new Promise<void>((resolve) => agent.stdout?.once('data', () => resolve()));
+        const exited = new Promise<[number | null, string | null]>((resolve) =>
+          agent.once('exit', (c, s) => resolve([c, s])),
+        );
+        agent.kill(signal);
+        assert.deepEqual(await exited, [null, signal], 'the default action still ends it');
+        await new Promise<void>((resolve) =>
+          agent.stderr?.readableEnded ? resolve() : agent.stderr?.once('end', resolve),
+        );
+        const number = os.constants.signals[signal];
+        assert.match(
+          stderr,
+          new RegExp(
+            `^ovm-agent: fatal signal ${number} code 0 from pid ${process.pid} pc 0x[0-9a-f]+ `,
+            'm',
+          ),
+        );
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
