@@ -97,6 +97,13 @@ describe('prepare-rootfs builds a Debian gateway rootfs with mmdebstrap and a st
       /static\/charts\/openshell-0\.1\.0\.tgz/,
     );
     assert.ok(fs.existsSync(at('var/lib/rancher/k3s/server/manifests/extra.yaml')));
+    // The agent-sandbox controller is shipped by default: staged, and deployed like the others.
+    for (const dir of ['opt/openshell/manifests', 'var/lib/rancher/k3s/server/manifests']) {
+      assert.match(
+        fs.readFileSync(at(`${dir}/agent-sandbox.yaml`), 'utf8'),
+        /agent-sandbox-controller:v0\.1\.0/,
+      );
+    }
     assert.ok(fs.existsSync(at('var/lib/rancher/k3s/agent/images/hello.tar')));
     assert.equal(fs.statSync(at('tmp')).mode & 0o7777, 0o1777);
     const modules = fs.readdirSync(at('lib/modules'));
@@ -321,6 +328,7 @@ describe('prepare-rootfs with an OCI base from a registry on loopback', {
       '--base',
       `oci:${registry.host}/test/base:1`,
       ...STAND_IN_BUILD,
+      '--no-agent-sandbox',
       '--json',
     ]);
     assert.equal(run.code, 0, run.stderr);
@@ -334,5 +342,10 @@ describe('prepare-rootfs with an OCI base from a registry on loopback', {
     // /sbin -> /usr/sbin is absolute: the init went to the rootfs's /usr/sbin, not the host's.
     assert.ok(fs.existsSync(path.join(rootfs, 'usr/sbin/ovm-init')));
     assert.equal(fs.existsSync('/usr/sbin/ovm-init'), false);
+    // --no-agent-sandbox: neither staged nor deployed, and not in the record.
+    for (const dir of ['opt/openshell/manifests', 'var/lib/rancher/k3s/server/manifests']) {
+      assert.equal(fs.existsSync(path.join(rootfs, dir, 'agent-sandbox.yaml')), false, dir);
+    }
+    assert.ok(!record.inputs.some((i) => i.path?.endsWith('agent-sandbox.yaml')));
   });
 });
