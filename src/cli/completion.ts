@@ -77,6 +77,7 @@ export const COMMAND_OPTIONS: Readonly<Record<string, readonly OptionSpec[]>> = 
     value('image'),
     value('manifest'),
     flag('no-agent-sandbox'),
+    value('package'),
     value('gateway-image'),
     value('sandbox-image'),
     flag('json'),

@@ -26,6 +26,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'image', kind: 'value', repeatable: true },
   { name: 'manifest', kind: 'value', repeatable: true },
   { name: 'no-agent-sandbox', kind: 'flag' },
+  { name: 'package', kind: 'value', repeatable: true },
   { name: 'gateway-image', kind: 'value' },
   { name: 'sandbox-image', kind: 'value' },
   { name: 'json', kind: 'flag' },
@@ -61,6 +62,10 @@ Options:
   --chart SPEC           chart directory, chart .tgz, or oci:REF (default: ${DEFAULT_CHART})
   --image SPEC           pre-load an image: a .tar/.tar.zst archive or oci:REF (repeatable)
   --manifest FILE        also deploy this Kubernetes manifest (repeatable)
+  --package NAME         also install this Debian package in the base (repeatable; --base debian
+                         only): a name by Debian's rule (a-z 0-9 + - ., two characters or more,
+                         starting with a letter or digit), no =VERSION; a different list is a
+                         different cached base, and the build record lists them
   --no-agent-sandbox     leave out the agent-sandbox controller (its Sandbox CRD and StatefulSet,
                          registry.k8s.io/agent-sandbox/agent-sandbox-controller:v0.1.0), which
                          OpenShell's sandboxes need and which is shipped by default
@@ -124,6 +129,7 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
           images,
           manifests: args.values.get('manifest') ?? [],
           agentSandbox: !args.flags.has('no-agent-sandbox'),
+          packages: args.values.get('package') ?? [],
           gateway: { ...(image ? { image } : {}), ...(sandboxImage ? { sandboxImage } : {}) },
         },
         {

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
-import { HostError, UsageError } from '../errors.ts';
+import { CommandError, HostError, UsageError } from '../errors.ts';
 import { DEB_ARCH, type GuestArch, hostArch } from '../host/arch.ts';
 import { pathExists } from '../host/fs.ts';
 import type { ProgressFn } from '../oci/image.ts';
@@ -10,11 +10,13 @@ import { runCommand } from '../supervisor/command.ts';
 import { debianSourcesFor, readHostAptSources } from './apt-sources.ts';
 import type { BuilderVmRunner } from './base-vm.ts';
 import {
+  aptMissingPackage,
   type BuilderImage,
   chooseDebianBuilder,
   type DebianBuilderKind,
   defaultBuilderImage,
   hostHasMmdebstrap,
+  missingPackageError,
 } from './debian-builder.ts';
 
 /** What the gateway needs in its base system, beyond Debian's required packages. */
@@ -158,10 +160,7 @@ export async function ensureDebianBase(
   const { sources, aptOptions } = await resolveDebianSources(spec);
   const packages = [...new Set(spec.packages)].sort();
   const debArch = DEB_ARCH[spec.arch];
-  const key = createHash('sha256')
-    .update(JSON.stringify({ format: BASE_FORMAT, release: spec.release, debArch, packages, sources }))
-    .digest('hex')
-    .slice(0, 16);
+  const key = debianBaseKey({ release: spec.release, debArch, packages, sources });
   const dir = path.join(env.cacheDir, 'rootfs-bases');
   const tarball = path.join(dir, `debian-${spec.release}-${debArch}-${key}.tar`);
   const shaFile = `${tarball}.sha256`;
@@ -234,18 +233,7 @@ export async function ensureDebianBase(
   }
   await fs.mkdir(dir, { recursive: true });
   const tmp = `${tarball}.tmp-${process.pid}-${randomBytes(4).toString('hex')}.tar`;
-  const argv = [
-    'mmdebstrap',
-    '--variant=minbase',
-    `--architectures=${debArch}`,
-    `--include=${packages.join(',')}`,
-    '--format=tar',
-    ...MMDEBSTRAP_SHAPE,
-    ...aptOptions.map((o) => `--aptopt=${o}`),
-    spec.release,
-    tmp,
-    ...sources,
-  ];
+  const argv = hostMmdebstrapArgv({ release: spec.release, debArch, packages, sources, aptOptions }, tmp);
   const t0 = performance.now();
   options.progress?.(
     `building the Debian ${spec.release} ${debArch} base with mmdebstrap (${packages.length} extra packages)`,
@@ -258,6 +246,11 @@ export async function ensureDebianBase(
       onStderrLine: (line) => {
         if (/^[IEW]: /.test(line)) options.progress?.(`mmdebstrap: ${line.slice(3)}`);
       },
+    }).catch((err: unknown) => {
+      if (!(err instanceof CommandError)) throw err;
+      const tail = err.failure.stderrTail.split('\n');
+      const missing = aptMissingPackage(tail, packages);
+      throw missing ? missingPackageError(missing, spec.release, tail) : err;
     });
     const sha256 = await hashFile(tmp);
     await fs.writeFile(builderFile, `${HOST_BUILDER}\n`);
@@ -275,6 +268,50 @@ export async function ensureDebianBase(
   } finally {
     await fs.rm(tmp, { force: true });
   }
+}
+
+/**
+ * The base's cache key: everything that changes its content. The package list is sorted and
+ * deduplicated first, so the same set in another order (or with repeats) is the same base, and
+ * any other set (an extra --package) is another.
+ */
+export function debianBaseKey(facts: {
+  readonly release: string;
+  readonly debArch: string;
+  readonly packages: readonly string[];
+  readonly sources: readonly string[];
+}): string {
+  const packages = [...new Set(facts.packages)].sort();
+  const { release, debArch, sources } = facts;
+  return createHash('sha256')
+    .update(JSON.stringify({ format: BASE_FORMAT, release, debArch, packages, sources }))
+    .digest('hex')
+    .slice(0, 16);
+}
+
+/** The host build's mmdebstrap command, writing the tar to `output`. */
+export function hostMmdebstrapArgv(
+  build: {
+    readonly release: string;
+    readonly debArch: string;
+    readonly packages: readonly string[];
+    readonly sources: readonly string[];
+    readonly aptOptions: readonly string[];
+  },
+  output: string,
+): readonly string[] {
+  return [
+    'mmdebstrap',
+    '--variant=minbase',
+    `--architectures=${build.debArch}`,
+    `--include=${build.packages.join(',')}`,
+    '--format=tar',
+    ...MMDEBSTRAP_SHAPE,
+    ...build.aptOptions.map((o) => `--aptopt=${o}`),
+    build.release,
+    output,
+    ...build.sources,
+  ];
 }
 
 export async function hashFile(file: string): Promise<string> {

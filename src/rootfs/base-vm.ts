@@ -20,7 +20,14 @@ import { parseImageReference } from '../oci/reference.ts';
 import { RegistryClient } from '../oci/registry.ts';
 import { unpackImage } from '../oci/unpack.ts';
 import { packageVersion } from '../version.ts';
-import { type BuilderImage, type InVmBuild, inVmBuildCommand, rootHasCommand } from './debian-builder.ts';
+import {
+  aptMissingPackage,
+  type BuilderImage,
+  type InVmBuild,
+  inVmBuildCommand,
+  missingPackageError,
+  rootHasCommand,
+} from './debian-builder.ts';
 import { installRecordedGuestScripts } from './guest-scripts.ts';
 import { installKernelModules } from './kernel-modules.ts';
 import { ROOTFS_PATHS, rootfsDir } from './layout.ts';
@@ -141,6 +148,8 @@ export async function buildBaseInVm(
     await finished(file).catch(() => undefined);
   }
   if (exitCode !== 0) {
+    const missing = aptMissingPackage(tail, build.packages);
+    if (missing) throw missingPackageError(missing, build.release, tail);
     throw new HostError(
       `building the Debian ${build.release} base in the builder microVM failed: mmdebstrap exited with ${exitCode}\n${tail.join('\n')}`,
       {

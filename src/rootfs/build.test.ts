@@ -126,6 +126,25 @@ describe('prepare-rootfs: agent-sandbox and the chart values check', {
     assert.match(fs.readFileSync(at(staged[1] ?? ''), 'utf8'), /name: mine/);
   });
 
+  test('--package: refused with an oci: base (fix: --base debian), a bad name refused naming it; the rootfs stays', async () => {
+    const ok = await build([]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(record().extraPackages, undefined, 'no --package, no extraPackages in the record');
+    const before = fs.readFileSync(at(ROOTFS_PATHS.record), 'utf8');
+    const refused = await build(['--package', 'hello']);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, /--package hello: a --base oci: image is unpacked as it is/);
+    assert.match(refused.stderr, /--base debian/);
+    const bad = await build(['--package', 'Hello_World']);
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /--package "Hello_World": not a Debian package name: lowercase letters/);
+    // Checked even when the rootfs is already prepared (no --force): never ignored.
+    const kept = await box.run(['prepare-rootfs', '--name', 'gw', '--package', 'x']);
+    assert.equal(kept.code, 2, kept.stderr);
+    assert.match(kept.stderr, /--package "x": not a Debian package name/);
+    assert.equal(fs.readFileSync(at(ROOTFS_PATHS.record), 'utf8'), before);
+  });
+
   test('a chart without a value the HelmChart sets is refused, naming it; the previous rootfs stays', async () => {
     const before = fs.readFileSync(at(ROOTFS_PATHS.record), 'utf8');
     const drifted = path.join(work, 'chart');

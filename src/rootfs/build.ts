@@ -43,6 +43,7 @@ import {
   type DebianBuilderKind,
   missingNetworkTools,
   missingToolsError,
+  resolveExtraPackages,
 } from './debian-builder.ts';
 import { installRecordedGuestScripts } from './guest-scripts.ts';
 import {
@@ -87,6 +88,11 @@ export interface PrepareRequest {
    * need: default true; the CLI's --no-agent-sandbox makes it false.
    */
   readonly agentSandbox?: boolean | undefined;
+  /**
+   * Extra Debian packages for the base (the CLI's repeatable --package): names only, checked
+   * against Debian's rule; a --base debian build only. Part of the base's cache key and recorded.
+   */
+  readonly packages?: readonly string[] | undefined;
   readonly gateway?: Partial<Pick<GatewayValues, 'image' | 'sandboxImage'>> | undefined;
 }
 
@@ -133,6 +139,8 @@ export async function prepareRootfs(
     hooks.warn?.(m);
   };
   const signal = hooks.signal;
+  // Checked before anything else, an already prepared rootfs included: a bad name is never ignored.
+  const extraPackages = resolveExtraPackages(request);
   const dir = instanceDir(env, request.instance);
   const dest = rootfsDir(env, request.instance);
   const createdDir = !(await lexists(dir));
@@ -216,7 +224,7 @@ export async function prepareRootfs(
         {
           release: base.release,
           arch: request.arch,
-          packages: GATEWAY_PACKAGES,
+          packages: [...GATEWAY_PACKAGES, ...extraPackages],
           mirror: base.mirror,
           builder: base.builder,
           builderImage: base.builderImage,
@@ -231,7 +239,7 @@ export async function prepareRootfs(
       baseSource = `debian:${base.release}`;
       inputs.push({
         kind: 'base',
-        source: `mmdebstrap ${base.release} by ${built.builder} (${built.sources.join('; ')})`,
+        source: `mmdebstrap ${base.release} by ${built.builder}${extraPackages.length ? `, with --package ${extraPackages.join(' ')}` : ''} (${built.sources.join('; ')})`,
         version: base.release,
         sha256: built.sha256,
       });
@@ -417,6 +425,7 @@ export async function prepareRootfs(
       kernelRelease,
       inputs,
       packages,
+      ...(extraPackages.length ? { extraPackages } : {}),
       warnings,
     };
     await fs.writeFile(

@@ -6,15 +6,18 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { UsageError } from '../errors.ts';
 import {
+  aptMissingPackage,
   aptOptionAssignment,
   chooseDebianBuilder,
   defaultBuilderImage,
   hostHasMmdebstrap,
   inVmBuildCommand,
   missingNetworkTools,
+  missingPackageError,
   missingToolsError,
   parseBuilderImage,
   parseDebianBuilder,
+  resolveExtraPackages,
   shellWord,
 } from './debian-builder.ts';
 
@@ -171,4 +174,91 @@ test('hostHasMmdebstrap looks on PATH', async () => {
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }
+});
+
+test('extra packages: Debian names pass, deduplicated and sorted; none is an empty list', () => {
+  const debian = { kind: 'debian' };
+  assert.deepEqual(resolveExtraPackages({ base: debian }), []);
+  assert.deepEqual(
+    resolveExtraPackages({
+      base: debian,
+      packages: ['python3-grpcio', 'g++', 'libc6.1', 'hello', 'python3-grpcio', '0ad', 'xz-utils'],
+    }),
+    ['0ad', 'g++', 'hello', 'libc6.1', 'python3-grpcio', 'xz-utils'],
+  );
+});
+
+test('extra packages: a name outside Debian rule is a UsageError naming it and the rule', () => {
+  const bad = [
+    'a', // one character
+    'Python3', // uppercase
+    '-foo', // starts with -
+    '.foo',
+    'foo_bar',
+    'foo,bar', // would split mmdebstrap's --include
+    'foo bar',
+    'foo=1.0', // versions are not taken
+    'foo/bookworm',
+    'iptables-', // apt-get install reads a trailing - as remove
+    './x.deb',
+    '',
+    'fo\x1bo',
+  ];
+  for (const name of bad) {
+    assert.throws(
+      () => resolveExtraPackages({ base: { kind: 'debian' }, packages: ['hello', name] }),
+      (e: unknown) => {
+        assert.ok(e instanceof UsageError, name);
+        assert.ok(e.message.includes(`--package ${JSON.stringify(name)}`), e.message);
+        assert.match(e.message, /lowercase letters, digits, \+ - and \., at least two characters/);
+        return true;
+      },
+    );
+  }
+  for (const packages of ['hello', [1], { 0: 'hello' }]) {
+    assert.throws(() => resolveExtraPackages({ base: { kind: 'debian' }, packages }), UsageError);
+  }
+});
+
+test('extra packages with an oci: or archive: base are refused with the fix; none is fine', () => {
+  for (const kind of ['oci', 'archive']) {
+    assert.deepEqual(resolveExtraPackages({ base: { kind }, packages: [] }), []);
+    assert.throws(
+      () => resolveExtraPackages({ base: { kind }, packages: ['hello', 'hello'] }),
+      (e: unknown) => {
+        assert.ok(e instanceof UsageError);
+        assert.match(e.message, new RegExp(`^--package hello: a --base ${kind}: image`));
+        assert.match(e.hint ?? '', /--base debian/);
+        return true;
+      },
+    );
+  }
+});
+
+test("apt's missing package is found in mmdebstrap's tail, only among the build's own names", () => {
+  const tail = [
+    'I: running apt-get update...',
+    'Reading package lists...',
+    'E: Unable to locate package no-such-pkg',
+    'E: apt-get --yes install failed',
+  ];
+  assert.deepEqual(aptMissingPackage(tail, ['hello', 'no-such-pkg']), {
+    name: 'no-such-pkg',
+    line: 'E: Unable to locate package no-such-pkg',
+  });
+  assert.equal(aptMissingPackage(tail, ['hello']), undefined);
+  assert.equal(aptMissingPackage(['E: Failed to fetch http://x/y 404'], ['hello']), undefined);
+  assert.deepEqual(
+    aptMissingPackage(["E: Package 'hello' has no installation candidate"], ['hello'])?.name,
+    'hello',
+  );
+  const err = missingPackageError(
+    { name: 'no-such-pkg', line: 'E: Unable to locate package no-such-pkg' },
+    'bookworm',
+    tail,
+  );
+  assert.ok(err instanceof UsageError);
+  assert.match(err.message, /^the Debian bookworm sources have no package 'no-such-pkg' \(apt: E: Unable/);
+  assert.match(err.message, /apt-get --yes install failed/);
+  assert.match(err.hint ?? '', /previous rootfs was left as it was/);
 });

@@ -170,3 +170,85 @@ export function missingToolsError(
     hint: `use --base debian (its build includes them), or a base image with ${missing.map((t) => t.package).join(' ')} installed`,
   });
 }
+
+/**
+ * Debian's rule for a package name (Policy 5.6.1): lowercase letters, digits, `+`, `-` and `.`,
+ * at least two characters, starting with a letter or digit. One thing more: no trailing `-`,
+ * which apt-get install reads as "remove this package".
+ */
+export const DEBIAN_PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]*[a-z0-9+.]$/;
+const PACKAGE_RULE =
+  'a Debian package name: lowercase letters, digits, + - and ., at least two characters, starting with a letter or digit (and not ending in -); names only, no =VERSION or /RELEASE';
+
+/**
+ * The extra Debian packages of a build (`packages` of the request; the CLI's repeatable
+ * --package): each checked against DEBIAN_PACKAGE_NAME, deduplicated and sorted (the order the
+ * base's cache key sees). The one check of the option, for the CLI and library callers alike.
+ * Only a Debian base can have them: an oci: or archive: base is unpacked as it is, with no apt.
+ */
+export function resolveExtraPackages(request: {
+  readonly packages?: unknown;
+  readonly base: { readonly kind: string };
+}): readonly string[] {
+  const value = request.packages ?? [];
+  if (!Array.isArray(value)) {
+    throw new UsageError(`packages: expected a list of package names, got ${JSON.stringify(value)}`, {
+      hint: 'give an array of Debian package names (the CLI: --package NAME, repeatable)',
+    });
+  }
+  for (const name of value) {
+    if (typeof name !== 'string' || !DEBIAN_PACKAGE_NAME.test(name)) {
+      throw new UsageError(`--package ${JSON.stringify(name)}: not ${PACKAGE_RULE}`, {
+        hint: 'e.g. --package python3-grpcio; apt-cache search WORD finds a package by what it does',
+      });
+    }
+  }
+  const packages = [...new Set(value as string[])].sort();
+  if (packages.length && request.base.kind !== 'debian') {
+    throw new UsageError(
+      `--package ${packages.join(', ')}: a --base ${request.base.kind}: image is unpacked as it is, and nothing installs packages into it`,
+      {
+        hint: 'use --base debian[:RELEASE] (mmdebstrap installs them), or a base image that already has them',
+      },
+    );
+  }
+  return packages;
+}
+
+/**
+ * The package apt could not find, from mmdebstrap's stderr tail (`E: Unable to locate package
+ * NAME`, `E: Package 'NAME' has no installation candidate`), with apt's line; undefined when the
+ * failure is something else. Only names of the build's own list count: the tail is the apt
+ * world's output, not ours to quote as a name.
+ */
+export function aptMissingPackage(
+  tail: readonly string[],
+  packages: readonly string[],
+): { readonly name: string; readonly line: string } | undefined {
+  const wanted = new Set(packages);
+  for (const line of tail) {
+    const m =
+      /Unable to locate package (\S+)/.exec(line) ??
+      /Package '?([^' ]+)'? has no installation candidate/.exec(line);
+    const name = m?.[1];
+    if (name && wanted.has(name)) return { name, line: line.trim() };
+  }
+  return undefined;
+}
+
+/** The refusal of a build whose package list names a package apt cannot find. */
+export function missingPackageError(
+  missing: { readonly name: string; readonly line: string },
+  release: string,
+  tail: readonly string[],
+): UsageError {
+  return new UsageError(
+    `the Debian ${release} sources have no package '${missing.name}' (apt: ${missing.line})\n${tail
+      .slice(-8)
+      .map((l) => `    ${l}`)
+      .join('\n')}`,
+    {
+      hint: `check the name (apt-cache policy ${missing.name} on a ${release} system), or drop --package ${missing.name}; the previous rootfs was left as it was`,
+    },
+  );
+}

@@ -76,6 +76,18 @@ test('a record as the build writes it is read back, kernelRelease key present wh
   assert.equal(withKernel.kernelRelease, '6.1.0-28-amd64');
 });
 
+test('extraPackages: read back when present, absent in records without it, bounded and printable', async (t) => {
+  const withExtras = { ...RECORD, extraPackages: ['hello', 'python3-grpcio'] };
+  assert.deepEqual(await readRootfsRecord(await rootfsWith(t, withExtras)), withExtras);
+  assert.equal((await readRootfsRecord(await rootfsWith(t, RECORD))).extraPackages, undefined);
+  for (const extraPackages of [['a\x1b[2J'], 'hello', [7]]) {
+    await assert.rejects(
+      readRootfsRecord(await rootfsWith(t, { ...RECORD, extraPackages })),
+      /is not a valid build record/,
+    );
+  }
+});
+
 test('not JSON: refused without quoting the content', async (t) => {
   const secret = 'hunter2-the-host-secret';
   await assert.rejects(readRootfsRecord(await rootfsWith(t, secret)), refused(/is not JSON/, secret));

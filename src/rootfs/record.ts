@@ -41,6 +41,8 @@ export interface RootfsRecord {
   readonly inputs: readonly RootfsInput[];
   /** Debian packages and versions in the base (from dpkg's status), if any. */
   readonly packages: Readonly<Record<string, string>>;
+  /** The packages asked for beyond the gateway's own (--package), sorted; absent when none were. */
+  readonly extraPackages?: readonly string[] | undefined;
   readonly warnings: readonly string[];
 }
 
@@ -116,6 +118,7 @@ export const rootfsRecordSchema: RecordSchema<RootfsRecord> = v.pipe(
       recordOf(text(256), text(256)),
       v.check((p) => Object.keys(p).length <= 100_000, 'too many packages'),
     ),
+    extraPackages: v.optional(v.pipe(v.array(text(256)), v.maxLength(10_000))),
     warnings: v.pipe(v.array(text(4096)), v.maxLength(1000)),
   }),
   // JSON drops an undefined kernelRelease: the parsed record has the key again.
