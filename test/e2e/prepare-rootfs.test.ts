@@ -260,6 +260,46 @@ describe('prepare-rootfs builds a Debian gateway rootfs with mmdebstrap and a st
       fs.writeFileSync(record, saved);
     }
   });
+
+  test('--package installs an extra Debian package into another cached base and records it; an unknown one is refused by name, the rootfs kept', {
+    timeout: 900_000,
+  }, async () => {
+    const pk = path.join(box.dataDir, 'instances', 'pk', 'rootfs');
+    const run = await box.run(
+      ['prepare-rootfs', '--name', 'pk', ...common, '--package', 'hello', '--package', 'hello'],
+      { timeoutMs: 880_000 },
+    );
+    assert.equal(run.code, 0, run.stderr);
+    assert.ok(fs.existsSync(path.join(pk, 'usr/bin/hello')), 'the package is installed');
+    const record = JSON.parse(
+      fs.readFileSync(path.join(pk, 'opt/openshell/rootfs.json'), 'utf8'),
+    ) as RootfsRecord;
+    assert.deepEqual(record.extraPackages, ['hello']);
+    assert.ok(record.packages.hello, 'dpkg has it');
+    const gw = JSON.parse(
+      fs.readFileSync(path.join(rootfs, 'opt/openshell/rootfs.json'), 'utf8'),
+    ) as RootfsRecord;
+    assert.equal(gw.extraPackages, undefined);
+    assert.equal(gw.packages.hello, undefined, 'the base without --package has no hello');
+    const base = (r: RootfsRecord) => r.inputs.find((i) => i.kind === 'base')?.sha256;
+    assert.notEqual(base(record), base(gw), 'another package list is another base');
+    const info = await box.run(['rootfs', 'info', '--name', 'pk']);
+    assert.equal(info.code, 0, info.stderr);
+    assert.match(info.stdout.toString(), /with --package hello/);
+
+    const before = fs.readFileSync(path.join(pk, 'opt/openshell/rootfs.json'));
+    const unknown = await box.run(
+      ['prepare-rootfs', '--name', 'pk', '--force', ...common, '--package', 'ovm-no-such-package'],
+      { timeoutMs: 880_000 },
+    );
+    assert.equal(unknown.code, 2, unknown.stderr);
+    assert.match(
+      unknown.stderr,
+      /no package 'ovm-no-such-package' \(apt: E: Unable to locate package ovm-no-such-package\)/,
+    );
+    assert.deepEqual(fs.readFileSync(path.join(pk, 'opt/openshell/rootfs.json')), before);
+    assert.deepEqual(fs.readdirSync(path.dirname(pk)), ['rootfs']);
+  });
 });
 
 describe('prepare-rootfs with an OCI base from a registry on loopback', {
