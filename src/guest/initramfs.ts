@@ -17,6 +17,7 @@ const INITRAMFS_APPLETS = [
   'sleep',
   'poweroff',
   'reboot',
+  'cp',
 ];
 
 export interface InitramfsInputs {

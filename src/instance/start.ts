@@ -8,7 +8,7 @@ import { terminalSafeLines } from '../host/terminal-text.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { tailFile } from '../supervisor/wait.ts';
-import type { NetworkSpec, RunningVm, VmExit, VmmBackend } from '../vmm/backend.ts';
+import type { NetworkSpec, RootMode, RunningVm, VmExit, VmmBackend } from '../vmm/backend.ts';
 import type { RunPaths } from '../vmm/run-paths.ts';
 import { everyStep, type SessionEvent, VmSession } from '../vmm/session.ts';
 import { takeInstanceLock } from './lock.ts';
@@ -55,7 +55,7 @@ export interface BootSpec {
   readonly kernel: string;
   readonly initramfs: string;
   readonly rootDir: string;
-  readonly rootMode: 'overlay' | 'rw';
+  readonly rootMode: RootMode;
   /** Extra kernel command-line words (QEMU); the init's mode follows the instance's mode. */
   readonly kernelArgs: readonly string[];
 }

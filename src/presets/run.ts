@@ -291,8 +291,9 @@ export async function startExecVm(
           kernel: artifacts.kernel,
           initramfs: artifacts.initramfs,
           rootDir,
-          rootMode: 'overlay',
-          kernelArgs: ['ovm.mode=exec'],
+          // The default rootfs is small: the guest runs it from memory (RootMode 'copy').
+          rootMode: rootfs ? 'overlay' : 'copy',
+          kernelArgs: [],
         };
       },
       started: () => {

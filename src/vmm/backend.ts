@@ -30,6 +30,15 @@ export type NetworkSpec =
   | { readonly mode: 'none' };
 
 /** Everything a backend needs to boot one microVM. Plain data: builders stay pure. */
+/**
+ * How the guest's root comes from rootDir. 'overlay': the share is the read-only lower layer under
+ * a tmpfs (read-only on the host side too: the guest cannot change rootDir); 'copy': as 'overlay'
+ * for the host, but the guest copies the share into a tmpfs and unmounts it (a small root: the
+ * default rootfs of `run`; under QEMU's TCG no executable then runs from pages virtiofsd wrote,
+ * see the initramfs init); 'rw': the share is the root.
+ */
+export type RootMode = 'overlay' | 'copy' | 'rw';
+
 export interface VmSpec {
   readonly arch: GuestArch;
   readonly accel: Accelerator;
@@ -43,11 +52,7 @@ export interface VmSpec {
   readonly kernelArgs: readonly string[];
   /** Host directory shared over virtio-fs and mounted as the guest's root. */
   readonly rootDir: string;
-  /**
-   * 'overlay': the share is the read-only lower layer under a tmpfs (read-only on the host side
-   * too: the guest cannot change rootDir); 'rw': the share is the root.
-   */
-  readonly rootMode: 'overlay' | 'rw';
+  readonly rootMode: RootMode;
   /**
    * The Unix socket the caller listens on for the guest agent, the only way a command reaches the
    * guest. Each backend connects the agent to it its own way: QEMU through the virtio-serial port

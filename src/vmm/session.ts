@@ -8,7 +8,7 @@ import { GvproxyRelay } from '../net/frame-relay.ts';
 import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
 import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
-import type { NetworkSpec, RunningVm, VmmBackend } from './backend.ts';
+import type { NetworkSpec, RootMode, RunningVm, VmmBackend } from './backend.ts';
 import type { GuestMode } from './guest-handoff.ts';
 import type { RunPaths } from './run-paths.ts';
 
@@ -33,7 +33,7 @@ export interface SessionSpec {
   readonly guestMode: GuestMode;
   readonly kernelArgs: readonly string[];
   readonly rootDir: string;
-  readonly rootMode: 'overlay' | 'rw';
+  readonly rootMode: RootMode;
   readonly agentSocket?: string | undefined;
   readonly network: NetworkSpec['mode'];
   readonly forwards: readonly PortForward[];

@@ -28,6 +28,31 @@ test('/bin/true exits 0 with the seed defaults (2 vCPUs, 2048 MiB), printing the
   assert.equal(r.stdout.length, 0);
 });
 
+test('the default rootfs runs from memory: the root is a tmpfs copy, no virtio-fs stays mounted, writes vanish', async () => {
+  // Under TCG, code in pages virtiofsd wrote straight into guest memory may run stale (the guest
+  // agent crashed at random); the guest copies the small default root into a tmpfs instead.
+  const r = await exec([
+    ...LIGHT,
+    'run',
+    '--',
+    '/bin/sh',
+    '-c',
+    'cat /proc/mounts; echo x > /probe && cat /probe',
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const out = r.stdout.toString();
+  const mounts = out.split('\n').map((l) => l.split(' '));
+  assert.deepEqual(mounts.find((m) => m[1] === '/')?.[2], 'tmpfs', `the root is not a tmpfs:\n${out}`);
+  assert.equal(
+    mounts.find((m) => m[2] === 'virtiofs'),
+    undefined,
+    `a virtio-fs share is still mounted:\n${out}`,
+  );
+  assert.match(out, /\nx\n$/);
+  const again = await exec([...LIGHT, 'run', '--', '/bin/sh', '-c', 'test ! -e /probe']);
+  assert.equal(again.code, 0, 'a write of one run is seen by the next');
+});
+
 test("sh -c 'exit 7' exits 7 and exit 42 exits 42", async () => {
   const seven = await exec([...LIGHT, '--exec', '/bin/sh', '--args', '-c', 'exit 7']);
   assert.equal(seven.code, 7, seven.stderr);

@@ -4,7 +4,12 @@
 # mounts the virtio-fs share tagged by ovm.tag as the root, and switch_roots
 # into ovm.init. With ovm.root=overlay the share is the read-only lower layer of an overlay whose
 # upper layer is a tmpfs (writes vanish when the VM ends); nothing of the share stays writable or
-# mounted beside it. The host serves the whole share read-only, so a guest that mounts it again
+# mounted beside it. With ovm.root=copy the share (a small root: the default rootfs of `run`) is
+# copied into a tmpfs, which is the root, and the share is unmounted: every executable then runs
+# from pages this guest's CPU wrote. Under QEMU's TCG that matters: virtiofsd writes file data
+# straight into guest memory, which TCG does not see, so code it translated earlier from a reused
+# page may run in place of the new file's code (random crashes of the guest agent, seen here).
+# The host serves the whole share read-only, so a guest that mounts it again
 # read-write still cannot change it. On any failure it says why on the console and powers off: the
 # host then sees the VM end before the guest agent connected and reports it with the console's
 # last lines.
@@ -65,7 +70,12 @@ case $rootmode in
     umount -l /mnt/lower
     umount -l /mnt/host
     ;;
-  *) fail "unknown ovm.root=$rootmode (expected rw or overlay)" ;;
+  copy)
+    mount -t tmpfs -o mode=0755 tmpfs /newroot || fail "cannot mount the root's tmpfs"
+    cp -a /mnt/host/. /newroot/ || fail "cannot copy the root into memory"
+    umount /mnt/host || fail "cannot unmount the share after the copy"
+    ;;
+  *) fail "unknown ovm.root=$rootmode (expected rw, overlay or copy)" ;;
 esac
 
 [ -n "$KRUN_INIT" ] && init=$KRUN_INIT
