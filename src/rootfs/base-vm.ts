@@ -10,6 +10,7 @@ import { HostError } from '../errors.ts';
 import { ensureAgent, installAgent } from '../guest/agent-build.ts';
 import type { GuestArch } from '../host/arch.ts';
 import { lexists, pathExists } from '../host/fs.ts';
+import { terminalSafeLine } from '../host/terminal-text.ts';
 import { loadGuestInputs } from '../host/toolchain.ts';
 import { ensureInstanceDir } from '../instance/runs.ts';
 import { loadImageArchive } from '../oci/archive.ts';
@@ -50,6 +51,8 @@ const BUILDER_APPLETS = [
   'halt',
 ] as const;
 const STDERR_TAIL_LINES = 20;
+/** How much of one line of the builder's stderr is kept. */
+const STDERR_LINE_MAX_CHARS = 4096;
 
 /** What the builder VM runs: a `run`-style microVM on `rootfs`, with gvproxy networking. */
 export interface BuilderVmRequest {
@@ -119,7 +122,13 @@ export async function buildBaseInVm(
     write(chunk: Buffer, _encoding, done) {
       const lines = (partial + chunk.toString('utf8')).split('\n');
       partial = lines.pop() ?? '';
-      for (const line of lines) {
+      // The guest's stderr: a line without an end is cut (memory bounded), every line made safe.
+      if (partial.length > STDERR_LINE_MAX_CHARS) {
+        lines.push(partial);
+        partial = '';
+      }
+      for (const raw of lines) {
+        const line = terminalSafeLine(raw, { maxChars: STDERR_LINE_MAX_CHARS });
         tail.push(line);
         if (tail.length > STDERR_TAIL_LINES) tail.shift();
         if (/^[IEW]: /.test(line)) progress(`builder: ${line.slice(3)}`);

@@ -160,3 +160,21 @@ test('a chart that drifted (a value the HelmChart sets is gone) is refused, nami
     /has no values image\.repository, .*pkiInitJob\.enabled in/,
   );
 });
+
+test("hostile chart: a values.yaml that is not YAML and carries terminal escapes is refused, the parser's excerpt printed as safe text", async () => {
+  const chart = await packageChartDir(FIXTURE);
+  const template = await fs.readFile(HELMCHART_TEMPLATE, 'utf8');
+  const hostile = { ...chart, valuesYaml: 'server:\n  a: [\x1b]52;c;aGk=\x07\n  b: : :\n' };
+  assert.throws(
+    () => checkChartValues(hostile, template),
+    (e: unknown) => {
+      assert.ok(e instanceof UsageError, String(e));
+      assert.match(e.message, /values\.yaml is not valid YAML/);
+      assert.ok(
+        !/[\x1b\x07]/.test(`${e.message}${e.hint ?? ''}`),
+        `raw escapes in: ${JSON.stringify(e.hint)}`,
+      );
+      return true;
+    },
+  );
+});

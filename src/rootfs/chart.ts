@@ -6,6 +6,7 @@ import tar from 'tar-stream';
 import YAML from 'yaml';
 import { bufferStream, type PackEntry, packTarBuffer } from '../archive/tar-pack.ts';
 import { HostError, isErrno, systemErrorIn, UsageError } from '../errors.ts';
+import { terminalSafeLines } from '../host/terminal-text.ts';
 import type { BlobStore } from '../oci/blob-store.ts';
 import { type ProgressFn, parseJson } from '../oci/image.ts';
 import { type ImageManifest, MEDIA } from '../oci/media-types.ts';
@@ -213,7 +214,7 @@ export function checkChartValues(chart: PackagedChart, manifest: string): void {
       throw new UsageError(
         `chart ${chart.name}-${chart.version} (${chart.source}): values.yaml is not valid YAML`,
         {
-          hint: (err as Error).message,
+          hint: terminalSafeLines((err as Error).message, { maxChars: 300 }),
           cause: err,
         },
       );

@@ -262,3 +262,13 @@ test("apt's missing package is found in mmdebstrap's tail, only among the build'
   assert.match(err.message, /apt-get --yes install failed/);
   assert.match(err.hint ?? '', /previous rootfs was left as it was/);
 });
+
+test("hostile builder output: apt's lines in the missing-package error are printed as safe text, each cut", () => {
+  const tail = ['E: Unable to locate package hello \x1b]0;owned\x07', `W: ${'\x1b[2J'.repeat(400)}`];
+  const missing = aptMissingPackage(tail, ['hello']);
+  assert.ok(missing);
+  const e = missingPackageError(missing, 'bookworm', tail);
+  assert.ok(!/[\x1b\x07]/.test(e.message), `raw escapes in: ${JSON.stringify(e.message)}`);
+  assert.match(e.message, /no package 'hello'/);
+  assert.ok(e.message.length < 2000, `not cut: ${e.message.length} characters`);
+});

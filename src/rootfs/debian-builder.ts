@@ -2,6 +2,7 @@ import path from 'node:path';
 import { resolveInRoot } from '../archive/root-path.ts';
 import { UsageError } from '../errors.ts';
 import { lexists } from '../host/fs.ts';
+import { terminalSafeLine } from '../host/terminal-text.ts';
 import { parseImageReference } from '../oci/reference.ts';
 
 /**
@@ -242,10 +243,12 @@ export function missingPackageError(
   release: string,
   tail: readonly string[],
 ): UsageError {
+  // apt's output (from the builder microVM: a guest's) is printed only as safe text.
+  const safe = (line: string) => terminalSafeLine(line, { maxChars: 300 });
   return new UsageError(
-    `the Debian ${release} sources have no package '${missing.name}' (apt: ${missing.line})\n${tail
+    `the Debian ${release} sources have no package '${missing.name}' (apt: ${safe(missing.line)})\n${tail
       .slice(-8)
-      .map((l) => `    ${l}`)
+      .map((l) => `    ${safe(l)}`)
       .join('\n')}`,
     {
       hint: `check the name (apt-cache policy ${missing.name} on a ${release} system), or drop --package ${missing.name}; the previous rootfs was left as it was`,
