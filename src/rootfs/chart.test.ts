@@ -171,7 +171,7 @@ test("hostile chart: a values.yaml that is not YAML and carries terminal escapes
       assert.ok(e instanceof UsageError, String(e));
       assert.match(e.message, /values\.yaml is not valid YAML/);
       assert.ok(
-        !/[\x1b\x07]/.test(`${e.message}${e.hint ?? ''}`),
+        ![...`${e.message}${e.hint ?? ''}`].some((c) => c === '\x1b' || c === '\x07'),
         `raw escapes in: ${JSON.stringify(e.hint)}`,
       );
       return true;
