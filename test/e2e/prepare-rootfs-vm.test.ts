@@ -7,7 +7,7 @@ import { readHostAptSources } from '../../src/rootfs/apt-sources.ts';
 import { missingNetworkTools } from '../../src/rootfs/debian-builder.ts';
 import type { RootfsRecord } from '../../src/rootfs/record.ts';
 import { debianBuilderImageArchive } from '../fixtures/builder-image.ts';
-import { mmdebstrapMissing, STAND_IN_BUILD } from '../fixtures/stand-in.ts';
+import { mmdebstrapMissing, STAND_IN_FILES } from '../fixtures/stand-in.ts';
 import { type Sandbox, sandbox } from './harness.ts';
 
 /**
@@ -58,7 +58,7 @@ describe('prepare-rootfs builds its Debian base inside a microVM', { skip: gate 
         'prepare-rootfs',
         '--name',
         'gw',
-        ...STAND_IN_BUILD,
+        ...STAND_IN_FILES,
         '--base',
         'debian:bookworm',
         '--mirror',

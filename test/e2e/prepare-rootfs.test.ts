@@ -13,7 +13,7 @@ import {
   startRegistry,
   type TestRegistry,
 } from '../fixtures/registry.ts';
-import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_BUILD, STAND_IN_SHA } from '../fixtures/stand-in.ts';
+import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_FILES, STAND_IN_SHA } from '../fixtures/stand-in.ts';
 import { ROOT, type Sandbox, sandbox } from './harness.ts';
 
 const missing = mmdebstrapMissing;
@@ -349,7 +349,7 @@ describe('prepare-rootfs with an OCI base from a registry on loopback', {
       'bare',
       '--base',
       `oci:${registry.host}/test/bare:1`,
-      ...STAND_IN_BUILD,
+      ...STAND_IN_FILES,
     ]);
     assert.notEqual(run.code, 0);
     assert.match(
@@ -367,7 +367,7 @@ describe('prepare-rootfs with an OCI base from a registry on loopback', {
       'oci',
       '--base',
       `oci:${registry.host}/test/base:1`,
-      ...STAND_IN_BUILD,
+      ...STAND_IN_FILES,
       '--no-agent-sandbox',
       '--json',
     ]);

@@ -15,7 +15,7 @@ import {
   startRegistry,
   type TestRegistry,
 } from '../fixtures/registry.ts';
-import { STAND_IN_BUILD } from '../fixtures/stand-in.ts';
+import { STAND_IN_FILES } from '../fixtures/stand-in.ts';
 
 const PLANTED = [
   ROOTFS_PATHS.k3sBinary,
@@ -70,7 +70,7 @@ describe('an image layer planting symlinks where prepare-rootfs writes', {
       'hostile',
       '--base',
       `oci:${registry.host}/hostile/base:1`,
-      ...STAND_IN_BUILD,
+      ...STAND_IN_FILES,
     ]);
     assert.equal(run.code, 0, run.stderr);
     PLANTED.forEach((_rel, i) => {
