@@ -1,5 +1,6 @@
 import { GATEWAY_STOP_TIMEOUT_MS, resetPreparedGateway, runPreparedGateway } from '../api/gateway.ts';
 import { prepareGateway } from '../api/prepare-gateway.ts';
+import { describeVersion } from '../gateway/health.ts';
 import { CLI_NAMES } from '../options/exec-options.ts';
 import type { RawGatewayOptions } from '../options/gateway-options.ts';
 import { GATEWAY_GUEST_PORT, type GatewayReady } from '../presets/gateway.ts';
@@ -90,6 +91,7 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
 export function renderReady(r: GatewayReady, detached = false): string {
   const rows: [string, string][] = [
     ['endpoint', `${r.endpoint} (mTLS; guest port ${GATEWAY_GUEST_PORT})`],
+    ['health', `HEALTHY (${describeVersion(r.gatewayVersion)})`],
     ['mTLS', `${r.mtlsDir}/ (ca.crt, tls.crt, tls.key)`],
     ['kubeconfig', r.kubeconfig],
     ['kube API', r.kubeApi],

@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { HostError, OvmError, UsageError } from '../errors.ts';
+import { describeVersion } from '../gateway/health.ts';
 import { pathExists } from '../host/fs.ts';
 import {
   deleteInstance,
@@ -291,6 +292,8 @@ function render(s: ShownStatus): string {
     for (const f of st.forwards) lines.push(`  forward    ${f}`);
     const e = st.endpoints ?? {};
     if (e.gateway) lines.push(`  endpoint   ${e.gateway}`);
+    if (e.gatewayVersion !== undefined)
+      lines.push(`  health     HEALTHY at ready (${describeVersion(e.gatewayVersion)})`);
     if (e.kubeApi) lines.push(`  kube API   ${e.kubeApi}`);
     if (e.kubeconfig) lines.push(`  kubeconfig ${e.kubeconfig}`);
     if (e.mtlsDir) lines.push(`  mTLS       ${e.mtlsDir}`);

@@ -23,7 +23,9 @@ Checks a running gateway through the Kubernetes API (kubeconfig default ~/.kube/
 its forwarded port (mTLS with the client credentials of gateway NAME): node Ready, kube-system
 pods scheduled, no sandbox-creation failures, CrashLoopBackOff, CNI errors, port clashes or
 host-network fallbacks, the openshell namespace, pod openshell-0 Ready on the bridge network, its
-services, the kubernetes service VIP reachable from the pod. PASS/FAIL per check.
+services, the kubernetes service VIP reachable from the pod, and the gateway port answering
+mTLS and openshell.v1.OpenShell/Health with HEALTHY (checked also when the API does not answer).
+PASS/FAIL per check.
 Exit code: 0 every check passed, 1 some failed, 2 no kubeconfig or the API did not answer
 within --timeout (default 120 s).
 `;

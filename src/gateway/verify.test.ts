@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { startGrpcGateway } from '../../test/fixtures/grpc-gateway.ts';
 import { buildKubeconfig } from './kubeconfig-entry.ts';
 import { generatePki } from './pki.ts';
 import { verifyGateway } from './verify.ts';
@@ -181,4 +182,38 @@ test('verify: an API server that does not answer is a prerequisite failure', asy
   assert.equal(report.reachable, false);
   assert.deepEqual(byName(report), { 'api-server': 'fail' });
   assert.match(report.results[0]?.detail ?? '', /did not answer within 1 s: fetch failed: .*ECONNREFUSED/);
+});
+
+test("verify: the gateway's port is checked by mTLS and Health, also when the API does not answer", async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-verify-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  const kubeconfig = path.join(dir, 'kubeconfig');
+  const closed = http.createServer();
+  await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+  const apiPort = (closed.address() as AddressInfo).port;
+  await new Promise((r) => closed.close(r));
+  await fs.writeFile(kubeconfig, kubeconfigFor(apiPort));
+  const bundle = { caCert: pki.caCert, clientCert: pki.clientCert, clientKey: pki.clientKey };
+  const run = async (answers: Parameters<typeof startGrpcGateway>[1]) => {
+    const gw = await startGrpcGateway(pki, answers);
+    try {
+      return await verifyGateway({ kubeconfig, timeoutMs: 300, gateway: { port: gw.port, bundle } });
+    } finally {
+      await gw.stop();
+    }
+  };
+  const good = await run([{ status: 1, version: '0.3.1' }]);
+  assert.equal(good.reachable, false);
+  assert.deepEqual(byName(good), {
+    'api-server': 'fail',
+    'gateway-port-mtls': 'pass',
+    'gateway-health': 'pass',
+  });
+  assert.match(
+    good.results.at(-1)?.detail ?? '',
+    /openshell\.v1\.OpenShell\/Health: HEALTHY \(version 0\.3\.1\)/,
+  );
+  const degraded = await run([{ status: 2, version: '0.3.1' }]);
+  assert.equal(byName(degraded)['gateway-health'], 'fail');
+  assert.match(degraded.results.at(-1)?.detail ?? '', /DEGRADED \(version 0\.3\.1\)/);
 });

@@ -3,8 +3,9 @@ import { PassThrough } from 'node:stream';
 import type * as K8s from '@kubernetes/client-node';
 import { abortableSleep } from '../supervisor/wait.ts';
 import type { MtlsBundle } from './client-config.ts';
+import { callHealth, describeVersion, HEALTH_METHOD } from './health.ts';
 import { readGatewayKubeconfig } from './kubeconfig-entry.ts';
-import { mtlsHandshake, probeTcp } from './readiness.ts';
+import { type HandshakeOutcome, mtlsHandshake, probeTcp } from './readiness.ts';
 
 export type CheckStatus = 'pass' | 'fail';
 
@@ -44,7 +45,8 @@ const POD_CIDR = /^10\.42\.0\.\d+$/;
  * CNI/bridge errors, port clashes or host-network fallbacks in the events; the OpenShell namespace,
  * its pod Ready with an address from the bridge CNI, its services; the kubernetes service's VIP and
  * that the pod reaches it (kube-proxy); and, from the host, the gateway port answering mTLS with the
- * client credentials. (The seed looked for cni0 inside the pod, which a pod-network pod cannot see.)
+ * client credentials, and its openshell.v1.OpenShell/Health answering HEALTHY. (The seed looked
+ * for cni0 inside the pod, which a pod-network pod cannot see.)
  */
 export async function verifyGateway(options: VerifyOptions): Promise<VerifyReport> {
   // The Kubernetes client (most of the installed size, ~0.3 s to load) only when a gateway is checked.
@@ -83,6 +85,8 @@ export async function verifyGateway(options: VerifyOptions): Promise<VerifyRepor
         false,
         `${server} did not answer within ${Math.round(options.timeoutMs / 1000)} s: ${lastError}`,
       );
+      // The gateway's own port is checked all the same: it tells a dead VM from a dead API server.
+      await gatewayChecks(options, add);
       return report(false);
     }
     await abortableSleep(2_000, options.signal);
@@ -217,21 +221,49 @@ export async function verifyGateway(options: VerifyOptions): Promise<VerifyRepor
     );
   }
 
-  if (options.gateway) {
-    const { port, bundle } = options.gateway;
-    let ok = false;
-    let detail = '';
-    try {
-      ok = (await probeTcp(port)) && (await mtlsHandshake(port, bundle));
-      detail = ok
-        ? `127.0.0.1:${port} answers mTLS with the client credentials`
+  await gatewayChecks(options, add);
+  return report(true);
+}
+
+/** From the host: the gateway port answers mTLS with the client credentials, and Health is HEALTHY. */
+async function gatewayChecks(
+  options: VerifyOptions,
+  add: (name: string, ok: boolean, detail: string) => void,
+): Promise<void> {
+  if (!options.gateway) return;
+  const { port, bundle } = options.gateway;
+  let ok = false;
+  let detail = '';
+  let outcome: HandshakeOutcome = 'no-answer';
+  try {
+    outcome = (await probeTcp(port)) ? await mtlsHandshake(port, bundle) : 'no-answer';
+    ok = outcome === 'ok' || outcome === 'no-h2';
+    detail = ok
+      ? `127.0.0.1:${port} answers mTLS with the client credentials`
+      : outcome === 'closed'
+        ? `127.0.0.1:${port} closes the connection right after the TLS handshake (it refuses the client certificate)`
         : `127.0.0.1:${port} does not answer TLS`;
+  } catch (err) {
+    detail = describe(err);
+  }
+  add('gateway-port-mtls', ok, detail);
+  // The gateway's own readiness, as the CLI's readiness sees it: Health over the same mTLS.
+  if (ok && outcome === 'no-h2') {
+    add('gateway-health', false, `127.0.0.1:${port} speaks TLS without HTTP/2 (ALPN): no gRPC server`);
+  } else if (ok) {
+    let healthy = false;
+    try {
+      const probe = await callHealth(port, bundle, { signal: options.signal });
+      healthy = probe.kind === 'answer' && probe.status === 'HEALTHY';
+      detail =
+        probe.kind === 'answer'
+          ? `${HEALTH_METHOD.slice(1)}: ${probe.status} (${describeVersion(probe.version)})`
+          : `${HEALTH_METHOD.slice(1)}: no answer (${probe.detail})`;
     } catch (err) {
       detail = describe(err);
     }
-    add('gateway-port-mtls', ok, detail);
-  }
-  return report(true);
+    add('gateway-health', healthy, detail);
+  } else add('gateway-health', false, 'not called: the gateway port does not answer mTLS');
 }
 
 /**

@@ -60,6 +60,8 @@ export interface InstanceState {
   readonly endpoints?:
     | {
         readonly gateway?: string | undefined;
+        /** The version the gateway's Health answered with. */
+        readonly gatewayVersion?: string | undefined;
         readonly kubeApi?: string | undefined;
         readonly kubeconfig?: string | undefined;
         readonly mtlsDir?: string | undefined;
@@ -97,6 +99,7 @@ export const instanceStateSchema: RecordSchema<InstanceState> = exactObject({
   endpoints: v.optional(
     exactObject({
       gateway: v.optional(boundedString(1024)),
+      gatewayVersion: v.optional(boundedString(256)),
       kubeApi: v.optional(boundedString(1024)),
       kubeconfig: v.optional(filePath),
       mtlsDir: v.optional(filePath),

@@ -3,7 +3,7 @@ import type { HostEnvironment } from '../config/environment.ts';
 import { VmError } from '../errors.ts';
 import { type BootstrapResult, bootstrapGateway } from '../gateway/bootstrap.ts';
 import { mergeGatewayKubeconfig, rewriteKubeconfig, writeKubeconfig } from '../gateway/kubeconfig.ts';
-import { waitForGateway } from '../gateway/readiness.ts';
+import { describeWait, waitForGateway } from '../gateway/readiness.ts';
 import { ensureAgent } from '../guest/agent-build.ts';
 import { ensureGuestArtifacts, type GuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
@@ -69,13 +69,15 @@ export interface GatewayReady {
   readonly accel: string;
   readonly consoleLog: string;
   readonly readyMs: number;
+  /** The version the gateway's openshell.v1.OpenShell/Health answered with ('' when it sent none). */
+  readonly gatewayVersion: string;
 }
 
 export type GatewayEvent =
   | SessionEvent
   | {
       readonly type: 'stage';
-      readonly stage: 'prepare' | 'bootstrap' | 'network' | 'ready' | 'stopping';
+      readonly stage: 'prepare' | 'bootstrap' | 'network' | 'health' | 'ready' | 'stopping';
       readonly message: string;
     }
   | { readonly type: 'guest'; readonly message: string }
@@ -214,7 +216,7 @@ export async function runGateway(
           message: `credentials: ${boot.path} (${boot.reason}); mTLS files in ${boot.mtlsDir}`,
         });
         const vm = handle.vm;
-        // Readiness: mTLS on the gateway's port, raced against the VM ending.
+        // Readiness: mTLS on the gateway's port and its Health saying HEALTHY, raced against the VM ending.
         const stopWaiting = new AbortController();
         const waitSignal = signal ? AbortSignal.any([signal, stopWaiting.signal]) : stopWaiting.signal;
         const waiting = waitForGateway({
@@ -223,7 +225,13 @@ export async function runGateway(
           deadlineMs: plan.readyTimeoutMs,
           signal: waitSignal,
           consoleTail: () => consoleTail(handle.run.consoleLog),
-        }).then((ms) => ({ kind: 'ready' as const, ms }));
+          onHealth: (probe) =>
+            emit({
+              type: 'stage',
+              stage: 'health',
+              message: `${describeWait({ kind: 'health', probe })}; waiting for HEALTHY`,
+            }),
+        }).then((r) => ({ kind: 'ready' as const, ...r }));
         waiting.catch(() => undefined); // settled by the race below, or abandoned when the VM ends
         const outcome = await Promise.race([
           waiting,
@@ -266,8 +274,15 @@ export async function runGateway(
           accel: plan.accel.accel,
           consoleLog: handle.run.consoleLog,
           readyMs: Math.round(performance.now() - t0),
+          gatewayVersion: outcome.version,
         };
-        return { gateway: ready.endpoint, kubeApi: ready.kubeApi, kubeconfig, mtlsDir: ready.mtlsDir };
+        return {
+          gateway: ready.endpoint,
+          gatewayVersion: ready.gatewayVersion,
+          kubeApi: ready.kubeApi,
+          kubeconfig,
+          mtlsDir: ready.mtlsDir,
+        };
       },
       stopping: () => emit({ type: 'stage', stage: 'stopping', message: 'stopping the gateway microVM' }),
       cleanup: async () => {

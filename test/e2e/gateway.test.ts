@@ -31,6 +31,7 @@ async function bootGateway(
   box: Sandbox,
   args: readonly string[],
   whileReady: (ready: Record<string, unknown>) => Promise<void>,
+  events: Record<string, unknown>[] = [],
 ): Promise<CliRun> {
   let resolveReady: (v: { ready: Record<string, unknown>; kill: (s: NodeJS.Signals) => void }) => void;
   const readyP = new Promise<{ ready: Record<string, unknown>; kill: (s: NodeJS.Signals) => void }>(
@@ -39,6 +40,7 @@ async function bootGateway(
   const running = box.run(['--name', 'gw', '--json', ...args], {
     timeoutMs: 600_000,
     onEvent: (e, child) => {
+      events.push(e);
       if (e.type === 'ready') resolveReady({ ready: e, kill: child.kill });
     },
   });
@@ -187,9 +189,36 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
     const sandboxYaml =
       'kind: Deployment\nspec:\n  hostNetwork: true\n  dnsPolicy: ClusterFirstWithHostNet\n  x: 1\n';
     plant('opt/openshell/manifests/agent-sandbox.yaml', sandboxYaml);
-    plant('etc/ovm-stand-in.env', `HOST_HTTP_PORT=${hostPort}\n`);
+    // The stand-in's Health answers DEGRADED twice, then HEALTHY (test/fixtures/k3s-stand-in.sh).
+    plant(
+      'etc/ovm-stand-in.env',
+      `HOST_HTTP_PORT=${hostPort}\nHEALTH_SEQUENCE='DEGRADED DEGRADED HEALTHY'\nHEALTH_VERSION=0.0.0-stand-in\n`,
+    );
 
+    const events: Record<string, unknown>[] = [];
     const run = await bootGateway(box, ['--ready-timeout', '400'], async (ready) => {
+      // Ready only once Health said HEALTHY: the calls before it were DEGRADED, and it said so.
+      assert.deepEqual(record('health-calls').trim().split('\n').slice(0, 3), [
+        '1 DEGRADED',
+        '2 DEGRADED',
+        '3 HEALTHY',
+      ]);
+      assert.equal(ready.gatewayVersion, '0.0.0-stand-in');
+      const said = events.filter((e) => e.type === 'stage' && e.stage === 'health').map((e) => e.message);
+      assert.deepEqual(said, ['Health says DEGRADED (version 0.0.0-stand-in); waiting for HEALTHY']);
+      // verify: no Kubernetes API in the stand-in (exit 2), but the gateway port's checks pass.
+      const verify = await box.run(['verify', '--name', 'gw', '--timeout', '2', '--json']);
+      assert.equal(verify.code, 2, verify.stderr);
+      const checks = Object.fromEntries(
+        (
+          JSON.parse(verify.stdout.toString()).results as { name: string; status: string; detail: string }[]
+        ).map((c) => [c.name, `${c.status}: ${c.detail}`]),
+      );
+      assert.match(checks['gateway-port-mtls'] ?? '', /^pass/);
+      assert.match(
+        checks['gateway-health'] ?? '',
+        /^pass: openshell\.v1\.OpenShell\/Health: HEALTHY \(version 0\.0\.0-stand-in\)/,
+      );
       assert.equal(ready.bootstrap, 'cold');
       assert.equal(ready.endpoint, 'https://127.0.0.1:30051');
       // The host's files, in the OpenShell CLI's layout and modes.
@@ -211,14 +240,18 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
       assert.match(client.toLegacyObject().ext_key_usage?.join(',') ?? '', /1\.3\.6\.1\.5\.5\.7\.3\.2/);
 
       // The stand-in's server accepts the host's client certificate, and no other.
-      assert.equal(await mtlsHandshake(30051, bundle), true);
+      assert.equal(await mtlsHandshake(30051, bundle), 'ok');
       const stranger = await generatePki();
       const foreign = {
         caCert: bundle.caCert,
         clientCert: stranger.clientCert,
         clientKey: stranger.clientKey,
       };
-      assert.notEqual(await mtlsHandshake(30051, foreign).catch(() => 'refused'), true);
+      const refused = await mtlsHandshake(30051, foreign).catch((e: Error) => e.message);
+      assert.ok(
+        refused === 'closed' || /refuses the client certificate/.test(refused),
+        `a foreign client certificate: ${refused}`,
+      );
       await assert.rejects(
         mtlsHandshake(30051, { ...bundle, caCert: stranger.caCert }),
         /fails mTLS/,
@@ -364,6 +397,7 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
         assert.equal(status.status, 'running');
         assert.equal(status.mode, 'gateway');
         assert.equal(status.endpoints.gateway, 'https://127.0.0.1:30951');
+        assert.equal(status.endpoints.gatewayVersion, '0.0.0-stand-in');
         const exec = await box.run(['exec', 'gw', '--', 'sh', '-c', 'echo "$KUBECONFIG"; hostname']);
         assert.equal(exec.code, 0, exec.stderr);
         assert.equal(exec.stdout.toString(), '/etc/rancher/k3s/k3s.yaml\ngateway\n');
