@@ -6,7 +6,7 @@ import { type Sandbox, sandbox } from './harness.ts';
 
 // The gateway with REAL k3s, end to end: prepare-rootfs with the given k3s binary and OpenShell's
 // published chart and images (network access to their registry is needed), boot, Ready, then
-// `openshell-vm verify` against the cluster. k3s cannot be downloaded on the machines this
+// `openshell-vm verify` against the cluster (its checks include OpenShell's Health RPC). k3s cannot be downloaded on the machines this
 // project's CI runs on, so the test runs only where a k3s binary is supplied.
 const K3S = process.env.OPENSHELL_VM_K3S;
 const skip = K3S
@@ -44,6 +44,11 @@ describe('gateway with real k3s, then verify', { skip }, () => {
       const report = JSON.parse(verify.stdout.toString());
       assert.equal(verify.code, 0, JSON.stringify(report.results, null, 2));
       assert.equal(report.fail, 0);
+      // Ready meant openshell.v1.OpenShell/Health said HEALTHY, and verify called it again.
+      assert.equal(typeof first.gatewayVersion, 'string');
+      const health = report.results.find((r: { name: string }) => r.name === 'gateway-health');
+      assert.equal(health?.status, 'pass', JSON.stringify(health));
+      assert.match(health.detail, /HEALTHY/);
       assert.ok(fs.existsSync(path.join(box.homeDir, '.kube', 'k3s.yaml')));
     } finally {
       kill?.('SIGINT');
