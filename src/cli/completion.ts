@@ -75,6 +75,7 @@ export const COMMAND_OPTIONS: Readonly<Record<string, readonly OptionSpec[]>> = 
     value('k3s-sha256'),
     value('chart'),
     value('image'),
+    flag('no-images'),
     value('manifest'),
     flag('no-agent-sandbox'),
     value('package'),

@@ -24,6 +24,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'k3s-sha256', kind: 'value' },
   { name: 'chart', kind: 'value' },
   { name: 'image', kind: 'value', repeatable: true },
+  { name: 'no-images', kind: 'flag' },
   { name: 'manifest', kind: 'value', repeatable: true },
   { name: 'no-agent-sandbox', kind: 'flag' },
   { name: 'package', kind: 'value', repeatable: true },
@@ -44,6 +45,16 @@ in the chart's values.yaml), the agent-sandbox controller, pre-loaded images, an
 record /opt/openshell/rootfs.json. The build happens beside the old rootfs and replaces it
 only when complete: an interrupted or failed build leaves the previous rootfs as it was.
 
+The images the gateway runs are pre-loaded into k3s's airgap directory by default, so a first
+start needs no registry: the chart's gateway (image.repository, tagged image.tag or the chart's
+appVersion), supervisor (supervisor.image) and sandbox (server.sandboxImage) images, with
+--gateway-image and --sandbox-image in their place when given, and the agent-sandbox
+controller's (pinned by digest) unless --no-agent-sandbox. Each is pulled for the guest's
+platform and verified against its digests before the build starts; the build record lists each
+with its name, digest and source (default or given). Offline, give each as an archive with
+--image FILE.tar (an archive holding an image under its name replaces that image's pull), or
+leave them out with --no-images.
+
 Options:
   --name NAME            instance (default: default)
   --force                rebuild even if the instance already has a complete rootfs
@@ -61,6 +72,8 @@ Options:
   --k3s-sha256 HEX       the SHA-256 the --k3s binary must have
   --chart SPEC           chart directory, chart .tgz, or oci:REF (default: ${DEFAULT_CHART})
   --image SPEC           pre-load an image: a .tar/.tar.zst archive or oci:REF (repeatable)
+  --no-images            do not pre-load the gateway's images (k3s pulls them when it first
+                         runs them); --image images are still pre-loaded
   --manifest FILE        also deploy this Kubernetes manifest (repeatable)
   --package NAME         also install this Debian package in the base (repeatable; --base debian
                          only): a name by Debian's rule (a-z 0-9 + - ., two characters or more,
@@ -69,8 +82,9 @@ Options:
   --no-agent-sandbox     leave out the agent-sandbox controller (its Sandbox CRD and StatefulSet,
                          registry.k8s.io/agent-sandbox/agent-sandbox-controller:v0.1.0), which
                          OpenShell's sandboxes need and which is shipped by default
-  --gateway-image R:T    the gateway image the chart runs (default: ghcr.io/nvidia/openshell/gateway:latest)
-  --sandbox-image REF    the sandbox image (default: ghcr.io/nvidia/openshell-community/sandboxes/base:latest)
+  --gateway-image R:T    the gateway image the chart runs (default: the chart's image.repository,
+                         tagged image.tag or its appVersion); the supervisor gets its tag
+  --sandbox-image REF    the sandbox image (default: the chart's server.sandboxImage)
   --json                 print the build record as JSON on stdout
   -q, --quiet            no progress lines
   --events FILE          progress as JSON lines
@@ -127,6 +141,7 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
           k3s: { path: single(args, 'k3s'), sha256: single(args, 'k3s-sha256') },
           chart,
           images,
+          defaultImages: !args.flags.has('no-images'),
           manifests: args.values.get('manifest') ?? [],
           agentSandbox: !args.flags.has('no-agent-sandbox'),
           packages: args.values.get('package') ?? [],

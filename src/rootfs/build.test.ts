@@ -69,6 +69,9 @@ describe('prepare-rootfs: agent-sandbox and the chart values check', {
         STAND_IN_SHA,
         '--chart',
         chart,
+        // The gateway's images are pre-loaded by default; these builds test the rest (test/e2e/
+        // prepare-rootfs.test.ts pre-loads them from a loopback registry).
+        '--no-images',
         ...extra,
       ]);
   });
@@ -98,6 +101,22 @@ describe('prepare-rootfs: agent-sandbox and the chart values check', {
     );
     // The rest of the gateway is still there.
     assert.ok(fs.existsSync(at(`${ROOTFS_PATHS.k3sManifests}/openshell-helmchart.yaml`)));
+  });
+
+  test("by default the chart's images run: the gateway and supervisor tagged with its appVersion", async () => {
+    const run = await build([]);
+    assert.equal(run.code, 0, run.stderr);
+    const values = JSON.parse(fs.readFileSync(at(ROOTFS_PATHS.gatewayValues), 'utf8'));
+    // The fixture chart: image.tag and supervisor.image.tag are "", appVersion is "test".
+    assert.deepEqual(values.image, { repository: 'ghcr.io/nvidia/openshell/gateway', tag: 'test' });
+    assert.deepEqual(values.supervisorImage, {
+      repository: 'ghcr.io/nvidia/openshell/supervisor',
+      tag: 'test',
+    });
+    assert.equal(values.sandboxImage, 'ghcr.io/nvidia/openshell-community/sandboxes/base:latest');
+    // --no-images: nothing pre-loaded, and the record says so.
+    assert.deepEqual(record().images, []);
+    assert.deepEqual(fs.readdirSync(at(ROOTFS_PATHS.k3sImages)), []);
   });
 
   test('--gateway-image R:T runs the supervisor of the same tag, as the chart pairs them', async () => {

@@ -16,7 +16,6 @@ import { loadImageArchive } from '../oci/archive.ts';
 import { BlobStore } from '../oci/blob-store.ts';
 import { readDockerCredentials } from '../oci/credentials.ts';
 import { type ImageHandle, type ProgressFn, platformFor, pullImage } from '../oci/image.ts';
-import { writeOciArchive } from '../oci/layout-writer.ts';
 import { formatReference, parseImageReference } from '../oci/reference.ts';
 import { RegistryClient } from '../oci/registry.ts';
 import { unpackImage } from '../oci/unpack.ts';
@@ -45,6 +44,7 @@ import {
   missingToolsError,
   resolveExtraPackages,
 } from './debian-builder.ts';
+import { resolveDefaultImages, resolveGatewayImages } from './default-images.ts';
 import { installRecordedGuestScripts } from './guest-scripts.ts';
 import {
   defaultGatewayValues,
@@ -56,6 +56,7 @@ import { describeK3s, ensureK3s } from './k3s.ts';
 import { installKernelModules } from './kernel-modules.ts';
 import { cleanRootfsKineDatastore } from './kine.ts';
 import { ROOTFS_PATHS, rootfsDir } from './layout.ts';
+import { gatherImages, type ImageSpec, writeImages } from './preload-images.ts';
 import { RECORD_FORMAT, type RootfsInput, type RootfsRecord, readRootfsRecord } from './record.ts';
 
 export type BaseSpec =
@@ -70,9 +71,7 @@ export type BaseSpec =
   | { readonly kind: 'oci'; readonly ref: string }
   | { readonly kind: 'archive'; readonly path: string };
 
-export type ImageSpec =
-  | { readonly kind: 'archive'; readonly path: string }
-  | { readonly kind: 'oci'; readonly ref: string };
+export type { ImageSpec };
 
 export interface PrepareRequest {
   readonly instance: string;
@@ -81,7 +80,15 @@ export interface PrepareRequest {
   readonly base: BaseSpec;
   readonly k3s: { readonly path?: string | undefined; readonly sha256?: string | undefined };
   readonly chart: ChartSpec;
+  /** Images to pre-load besides the gateway's own (the CLI's --image). */
   readonly images: readonly ImageSpec[];
+  /**
+   * Pre-load the images the gateway runs (its chart's gateway, supervisor and sandbox images, with
+   * `gateway`'s overrides, and the agent-sandbox controller's when it is shipped), pulled and
+   * verified before the rootfs is started: default true; the CLI's --no-images makes it false.
+   * An image also given in `images` (an archive holding it under its name, or oci:REF) is not pulled.
+   */
+  readonly defaultImages?: boolean | undefined;
   readonly manifests: readonly string[];
   /**
    * Ship the agent-sandbox controller (its CRD, RBAC and StatefulSet), which OpenShell's sandboxes
@@ -176,6 +183,7 @@ export async function prepareRootfs(
       }
     }
     const agentSandbox = resolveAgentSandbox(request);
+    const preloadDefaults = resolveDefaultImages(request);
     // The QEMU backend's kernel (cached by provisioning) needs its modules in the rootfs; a host
     // without it (macOS, libkrun only) builds without them, and a QEMU boot then refuses the rootfs.
     const guest = await loadGuestInputs(env, request.arch).catch((err: unknown) => {
@@ -207,6 +215,17 @@ export async function prepareRootfs(
     const chart = await resolveChart(request.chart, store, client, progress);
     const template = await fs.readFile(HELMCHART_TEMPLATE, 'utf8');
     checkChartValues(chart, template);
+    // What the chart runs, resolved once for the HelmChart's values and the pre-loaded images;
+    // pulled now (into the blob cache), so a registry out of reach fails the build before the slow
+    // steps, and written into the rootfs below.
+    const gatewayImages = resolveGatewayImages(chart, request.gateway ?? {}, { agentSandbox });
+    const gathered = await gatherImages(request.images, preloadDefaults ? gatewayImages.images : [], {
+      client,
+      store,
+      platform: platformFor(request.arch),
+      progress,
+      signal,
+    });
 
     await fs.mkdir(tmp, { mode: 0o755 });
     const owners = process.getuid?.() === 0;
@@ -333,15 +352,11 @@ export async function prepareRootfs(
       path: `${ROOTFS_PATHS.k3sCharts}/${chart.fileName}`,
     });
     await fs.writeFile(await freshPathInRoot(tmp, ROOTFS_PATHS.stagedHelmChart), template, { flag: 'wx' });
-    const defaults = defaultGatewayValues(chart.fileName, chart.sha256);
+    // The images as the chart resolves them: the gateway's tag defaults to the chart's appVersion,
+    // the supervisor's follows the gateway's (--gateway-image R:v1 runs supervisor:v1 with it).
     const values: GatewayValues = {
-      ...defaults,
-      // The supervisor's tag follows the gateway's, as in the chart (its supervisor tag defaults to
-      // the gateway's appVersion): --gateway-image R:v1 runs supervisor:v1 with it.
-      ...(request.gateway?.image
-        ? { supervisorImage: { ...defaults.supervisorImage, tag: request.gateway.image.tag } }
-        : {}),
-      ...request.gateway,
+      ...defaultGatewayValues(chart.fileName, chart.sha256),
+      ...gatewayImages.values,
     };
     await fs.writeFile(
       await freshPathInRoot(tmp, ROOTFS_PATHS.gatewayValues),
@@ -371,45 +386,9 @@ export async function prepareRootfs(
       });
     }
 
-    // 6. Pre-loaded images for k3s's agent/images directory.
-    for (const image of request.images) {
-      signal?.throwIfAborted();
-      if (image.kind === 'archive') {
-        const loaded = await loadImageArchive(image.path, store, platformFor(request.arch), progress);
-        const name = path.basename(image.path);
-        await fs.copyFile(
-          image.path,
-          await freshPathInRoot(tmp, `${ROOTFS_PATHS.k3sImages}/${name}`),
-          fsConstants.COPYFILE_EXCL,
-        );
-        inputs.push({
-          kind: 'image',
-          source: path.resolve(image.path),
-          version: loaded.manifest.digest,
-          sha256: await hashFile(image.path),
-          path: `${ROOTFS_PATHS.k3sImages}/${name}`,
-        });
-      } else {
-        const ref = parseImageReference(image.ref);
-        const pulled = await pullImage(
-          await client(ref.registry),
-          ref,
-          platformFor(request.arch),
-          store,
-          progress,
-        );
-        const name = `${formatReference(ref).replace(/[^\w.-]+/g, '_')}.tar`;
-        const file = await freshPathInRoot(tmp, `${ROOTFS_PATHS.k3sImages}/${name}`);
-        await writeOciArchive(pulled, store, formatReference({ ...ref, digest: undefined }), file);
-        inputs.push({
-          kind: 'image',
-          source: formatReference(ref),
-          version: pulled.manifest.digest,
-          sha256: await hashFile(file),
-          path: `${ROOTFS_PATHS.k3sImages}/${name}`,
-        });
-      }
-    }
+    // 6. Pre-loaded images (gathered above) into k3s's agent/images directory.
+    const preloaded = await writeImages(gathered, tmp, store);
+    inputs.push(...preloaded.inputs);
 
     // 7. Datastore hygiene (a no-op on a rootfs that never ran k3s) and the record.
     await cleanRootfsKineDatastore(tmp);
@@ -426,6 +405,7 @@ export async function prepareRootfs(
       inputs,
       packages,
       ...(extraPackages.length ? { extraPackages } : {}),
+      images: preloaded.images,
       warnings,
     };
     await fs.writeFile(

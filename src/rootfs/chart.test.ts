@@ -49,6 +49,8 @@ test('a chart directory packages as NAME-VERSION.tgz with its files under the ch
   assert.equal((await packageChartDir(FIXTURE)).sha256, chart.sha256);
   const back = await readChartTgz(chart.tgz, 'x.tgz', 'tgz');
   assert.deepEqual([back.name, back.version, back.sha256], ['openshell', '0.1.0', chart.sha256]);
+  // appVersion: the default tag of the chart's images (src/rootfs/default-images.ts).
+  assert.deepEqual([chart.appVersion, back.appVersion], ['test', 'test']);
 });
 
 test('.helmignore globs match names anywhere, anchored paths and directories', () => {

@@ -20,6 +20,8 @@ export const DEFAULT_CHART = 'oci:ghcr.io/nvidia/openshell/helm-chart:0.0.116';
 export interface PackagedChart {
   readonly name: string;
   readonly version: string;
+  /** Chart.yaml's appVersion (the default tag of the chart's images); undefined: it has none. */
+  readonly appVersion: string | undefined;
   /** NAME-VERSION.tgz, as helm package names it. */
   readonly fileName: string;
   readonly tgz: Buffer;
@@ -34,10 +36,15 @@ export interface PackagedChart {
 interface ChartMeta {
   readonly name: string;
   readonly version: string;
+  readonly appVersion: string | undefined;
 }
 
+/** A Chart.yaml field that YAML may have read as a number (version: 1.0, appVersion: 2). */
+const scalarText = (value: unknown): string =>
+  typeof value === 'string' ? value : typeof value === 'number' ? String(value) : '';
+
 function chartMeta(text: string, where: string): ChartMeta {
-  let doc: { name?: unknown; version?: unknown; apiVersion?: unknown };
+  let doc: { name?: unknown; version?: unknown; appVersion?: unknown };
   try {
     doc = YAML.parse(text) ?? {};
   } catch (err) {
@@ -47,18 +54,14 @@ function chartMeta(text: string, where: string): ChartMeta {
     });
   }
   const name = typeof doc.name === 'string' ? doc.name : '';
-  const version =
-    typeof doc.version === 'string'
-      ? doc.version
-      : typeof doc.version === 'number'
-        ? String(doc.version)
-        : '';
+  const version = scalarText(doc.version);
   if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(name) || !/^[\w.+-]+$/.test(version)) {
     throw new UsageError(`${where}: Chart.yaml needs a name (lowercase, digits, -) and a version`, {
       hint: 'see https://helm.sh/docs/topics/charts/#the-chartyaml-file',
     });
   }
-  return { name, version };
+  const appVersion = scalarText(doc.appVersion).trim();
+  return { name, version, appVersion: appVersion === '' ? undefined : appVersion };
 }
 
 /** .helmignore patterns (helm's subset: globs, `dir/`, comments); `!` negation is not supported. */
@@ -247,7 +250,8 @@ const UNREACHABLE_CODES: ReadonlySet<string> = new Set([
 export const CHART_UNREACHABLE_HINT =
   'check the network and proxy settings; offline, give the chart as a directory or a .tgz (--chart DIR, --chart FILE.tgz: helm pull or helm package makes one)';
 
-function isUnreachable(err: unknown): boolean {
+/** Whether `err` (a registry client's error, or its cause) says the registry could not be reached. */
+export function isUnreachable(err: unknown): boolean {
   if (systemErrorIn(err, UNREACHABLE_CODES)) return true;
   for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
     if (e.name === 'TimeoutError') return true;

@@ -88,6 +88,37 @@ test('extraPackages: read back when present, absent in records without it, bound
   }
 });
 
+test('images: each pre-loaded image read back (reference, digest, source, for, path); absent in older records', async (t) => {
+  const digest = `sha256:${'cd'.repeat(32)}`;
+  const path = `${ROOTFS_PATHS.k3sImages}/x.tar`;
+  const images = [
+    {
+      reference: 'ghcr.io/nvidia/openshell/gateway:0.0.116',
+      digest,
+      source: 'default',
+      for: 'gateway',
+      path,
+    },
+    { digest, source: 'given', path }, // an archive that names no image, for nothing of the gateway
+  ];
+  const withImages = { ...RECORD, images };
+  assert.deepEqual(await readRootfsRecord(await rootfsWith(t, withImages)), withImages);
+  assert.equal((await readRootfsRecord(await rootfsWith(t, RECORD))).images, undefined);
+  const one = images[0] as Record<string, unknown>;
+  for (const bad of [
+    { ...one, source: 'pulled' },
+    { ...one, for: 'database' },
+    { ...one, digest: 'sha256:xyz' },
+    { ...one, reference: 'a\x1b]52;c;aGk=\x07' },
+    { ...one, extra: 1 },
+  ]) {
+    await assert.rejects(
+      readRootfsRecord(await rootfsWith(t, { ...RECORD, images: [bad] })),
+      /is not a valid build record/,
+    );
+  }
+});
+
 test('not JSON: refused without quoting the content', async (t) => {
   const secret = 'hunter2-the-host-secret';
   await assert.rejects(readRootfsRecord(await rootfsWith(t, secret)), refused(/is not JSON/, secret));

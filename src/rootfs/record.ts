@@ -26,6 +26,24 @@ export interface RootfsInput {
   readonly verification?: string | undefined;
 }
 
+/** What of the gateway runs an image (default-images.ts resolves them). */
+export const IMAGE_ROLES = ['gateway', 'supervisor', 'sandbox', 'agent-sandbox'] as const;
+export type ImageRole = (typeof IMAGE_ROLES)[number];
+
+/** One image in k3s's airgap directory, as k3s will import it. */
+export interface PreloadedImage {
+  /** The name it is imported under (canonical); absent for an archive that names none. */
+  readonly reference?: string | undefined;
+  /** Its manifest's digest (sha256:...), which every blob was verified against. */
+  readonly digest: string;
+  /** default: pre-loaded because the gateway runs it; given: --image (or a --gateway-image/--sandbox-image pulled by default). */
+  readonly source: 'default' | 'given';
+  /** What of the gateway runs it; absent for an extra --image. */
+  readonly for?: ImageRole | undefined;
+  /** The archive in the rootfs (its input in `inputs` has the same path). */
+  readonly path: string;
+}
+
 /** `/opt/openshell/rootfs.json`: every input of a build and when it was made. */
 export interface RootfsRecord {
   readonly format: number;
@@ -43,6 +61,8 @@ export interface RootfsRecord {
   readonly packages: Readonly<Record<string, string>>;
   /** The packages asked for beyond the gateway's own (--package), sorted; absent when none were. */
   readonly extraPackages?: readonly string[] | undefined;
+  /** The pre-loaded images (absent in records of builds before openshell-vm pre-loaded by default). */
+  readonly images?: readonly PreloadedImage[] | undefined;
   readonly warnings: readonly string[];
 }
 
@@ -101,6 +121,14 @@ const rootfsInputSchema: RecordSchema<RootfsInput> = exactObject({
   verification: v.optional(text(1024)),
 });
 
+const preloadedImageSchema: RecordSchema<PreloadedImage> = exactObject({
+  reference: v.optional(text(1024)),
+  digest: v.pipe(v.string(), v.regex(/^sha256:[0-9a-f]{64}$/)),
+  source: v.picklist(['default', 'given']),
+  for: v.optional(v.picklist(IMAGE_ROLES)),
+  path: text(4096),
+});
+
 /** The build record's schema: unknown fields are errors, every string bounded and printable. */
 export const rootfsRecordSchema: RecordSchema<RootfsRecord> = v.pipe(
   exactObject({
@@ -119,6 +147,7 @@ export const rootfsRecordSchema: RecordSchema<RootfsRecord> = v.pipe(
       v.check((p) => Object.keys(p).length <= 100_000, 'too many packages'),
     ),
     extraPackages: v.optional(v.pipe(v.array(text(256)), v.maxLength(10_000))),
+    images: v.optional(v.pipe(v.array(preloadedImageSchema), v.maxLength(1000))),
     warnings: v.pipe(v.array(text(4096)), v.maxLength(1000)),
   }),
   // JSON drops an undefined kernelRelease: the parsed record has the key again.

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { packTarBuffer } from '../../src/archive/tar-pack.ts';
+import { archiveImageNames } from '../../src/rootfs/preload-images.ts';
 import type { RootfsRecord } from '../../src/rootfs/record.ts';
 import {
   buildLayer,
@@ -14,7 +15,7 @@ import {
   type TestRegistry,
 } from '../fixtures/registry.ts';
 import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_FILES, STAND_IN_SHA } from '../fixtures/stand-in.ts';
-import { ROOT, type Sandbox, sandbox } from './harness.ts';
+import { freePort, ROOT, type Sandbox, sandbox } from './harness.ts';
 
 const missing = mmdebstrapMissing;
 
@@ -27,7 +28,9 @@ describe('prepare-rootfs builds a Debian gateway rootfs with mmdebstrap and a st
   let rootfs: string;
   let work: string;
   let imageArchive: string;
-  const common = ['--k3s', STAND_IN, '--k3s-sha256', STAND_IN_SHA, '--chart', CHART];
+  // --no-images: the gateway's own images would come from the network (they are tested below,
+  // from a loopback registry); --image still pre-loads.
+  const common = ['--k3s', STAND_IN, '--k3s-sha256', STAND_IN_SHA, '--chart', CHART, '--no-images'];
 
   before(async () => {
     box = sandbox();
@@ -157,6 +160,7 @@ describe('prepare-rootfs builds a Debian gateway rootfs with mmdebstrap and a st
         '0'.repeat(64),
         '--chart',
         CHART,
+        '--no-images',
       ]);
       assert.equal(run.code, 125, run.stderr);
       assert.match(run.stderr, /SHA-256 mismatch \(expected 0{64}/);
@@ -387,5 +391,193 @@ describe('prepare-rootfs with an OCI base from a registry on loopback', {
       assert.equal(fs.existsSync(path.join(rootfs, dir, 'agent-sandbox.yaml')), false, dir);
     }
     assert.ok(!record.inputs.some((i) => i.path?.endsWith('agent-sandbox.yaml')));
+  });
+});
+
+describe("prepare-rootfs pre-loads the gateway's images by default, from a registry on loopback", {
+  skip: await registryMissing(),
+}, () => {
+  let box: Sandbox;
+  let registry: TestRegistry;
+  let work: string;
+  const pushed = new Map<string, string>(); // reference -> manifest digest
+  let controllerArchive: string;
+  let controllerDigest: string;
+  const CONTROLLER = 'registry.k8s.io/agent-sandbox/agent-sandbox-controller:v0.1.0';
+  const rootfs = () => path.join(box.dataDir, 'instances', 'img', 'rootfs');
+  const record = () =>
+    JSON.parse(fs.readFileSync(path.join(rootfs(), 'opt/openshell/rootfs.json'), 'utf8')) as RootfsRecord;
+  /** The fixture chart with its supervisor image in `host`'s registry (the chart has no flag for it). */
+  const chartAt = (host: string) => {
+    const dir = fs.mkdtempSync(path.join(work, 'chart-'));
+    fs.cpSync(CHART, dir, { recursive: true });
+    const file = path.join(dir, 'values.yaml');
+    fs.writeFileSync(
+      file,
+      fs.readFileSync(file, 'utf8').replace('ghcr.io/nvidia/openshell/supervisor', `${host}/test/supervisor`),
+    );
+    return dir;
+  };
+  const build = (host: string, extra: readonly string[] = []) =>
+    box.run([
+      'prepare-rootfs',
+      '--name',
+      'img',
+      '--force',
+      '--base',
+      `oci:${registry.host}/test/base:1`,
+      '--k3s',
+      STAND_IN,
+      '--k3s-sha256',
+      STAND_IN_SHA,
+      '--chart',
+      chartAt(host),
+      '--gateway-image',
+      `${host}/test/gateway:v1`,
+      '--sandbox-image',
+      `${host}/test/sandbox:1`,
+      // The controller's pinned image is on a registry these tests do not reach: given as an
+      // archive that holds it under its name, which replaces its pull.
+      '--image',
+      controllerArchive,
+      ...extra,
+    ]);
+
+  before(async () => {
+    box = sandbox();
+    registry = await startRegistry();
+    work = fs.mkdtempSync(path.join(path.dirname(box.dataDir), 'work-'));
+    const tool = (name: string) => ({ name: `usr/sbin/${name}`, type: 'file' as const, data: '#!/bin/sh\n' });
+    await pushImage(
+      registry.host,
+      'test/base',
+      [
+        await buildLayer(
+          [{ name: 'usr/sbin/', type: 'directory' }, tool('ip'), tool('nft'), tool('iptables')],
+          'gzip',
+        ),
+      ],
+      'amd64',
+      '1',
+    );
+    for (const [repo, tag] of [
+      ['test/gateway', 'v1'],
+      ['test/supervisor', 'v1'],
+      ['test/sandbox', '1'],
+    ] as const) {
+      const layer = await buildLayer([{ name: `${repo}.txt`, type: 'file', data: `${repo}\n` }], 'gzip');
+      const m = await pushImage(registry.host, repo, [layer], 'amd64', tag);
+      pushed.set(`${registry.host}/${repo}:${tag}`, m.digest);
+    }
+    // The controller as docker save writes it.
+    const layer = (await buildLayer([{ name: 'controller', type: 'file', data: 'c' }], 'none')).tar;
+    const config = Buffer.from(
+      JSON.stringify({
+        architecture: 'amd64',
+        os: 'linux',
+        rootfs: { type: 'layers', diff_ids: [sha256(layer)] },
+      }),
+    );
+    controllerArchive = path.join(work, 'controller.tar');
+    fs.writeFileSync(
+      controllerArchive,
+      await packTarBuffer([
+        { name: `${sha256(config).slice(7)}.json`, type: 'file', data: config },
+        { name: 'l/layer.tar', type: 'file', data: layer },
+        {
+          name: 'manifest.json',
+          type: 'file',
+          data: JSON.stringify([
+            { Config: `${sha256(config).slice(7)}.json`, RepoTags: [CONTROLLER], Layers: ['l/layer.tar'] },
+          ]),
+        },
+      ]),
+    );
+    controllerDigest = '';
+  });
+  after(async () => {
+    await registry?.stop();
+    box?.cleanup();
+  });
+
+  test('the gateway, supervisor and sandbox images are pulled with progress, verified, put in the airgap directory and recorded', async () => {
+    const run = await build(registry.host, ['--json']);
+    assert.equal(run.code, 0, run.stderr);
+    for (const [reference] of pushed) {
+      assert.match(run.stderr, new RegExp(`pre-loading the \\w+ image ${reference.replaceAll('.', '\\.')}`));
+      assert.match(run.stderr, new RegExp(`${reference.replaceAll('.', '\\.')}: layer 1/1 downloaded`));
+    }
+    assert.match(
+      run.stderr,
+      new RegExp(`agent-sandbox image ${CONTROLLER.replaceAll('.', '\\.')}: given with --image`),
+    );
+    const printed = JSON.parse(run.stdout.toString()) as RootfsRecord;
+    assert.deepEqual(printed, record());
+    const images = printed.images ?? [];
+    const [gateway, supervisor, sandboxImage] = [...pushed.keys()];
+    assert.deepEqual(
+      images.map((i) => [i.for, i.reference, i.source]),
+      [
+        ['agent-sandbox', CONTROLLER, 'given'],
+        ['gateway', gateway, 'given'],
+        // The supervisor: the chart's repository with --gateway-image's tag.
+        ['supervisor', supervisor, 'given'],
+        ['sandbox', sandboxImage, 'given'],
+      ],
+    );
+    // Digest verified against the registry's manifests, and recorded.
+    for (const i of images.slice(1)) assert.equal(i.digest, pushed.get(i.reference ?? ''), i.reference);
+    controllerDigest = images[0]?.digest ?? '';
+    // Each is an archive in k3s's airgap directory, named as the chart will ask for it.
+    const airgap = path.join(rootfs(), 'var/lib/rancher/k3s/agent/images');
+    assert.deepEqual(fs.readdirSync(airgap).sort(), images.map((i) => path.basename(i.path)).sort());
+    for (const i of images.slice(1)) {
+      const names = await archiveImageNames(path.join(rootfs(), i.path));
+      assert.deepEqual(names, [i.reference]);
+      const input = printed.inputs.find((x) => x.path === i.path);
+      assert.deepEqual([input?.kind, input?.version], ['image', i.digest]);
+    }
+    // And the HelmChart runs exactly these.
+    const values = JSON.parse(
+      fs.readFileSync(path.join(rootfs(), 'opt/openshell/gateway-values.json'), 'utf8'),
+    );
+    assert.equal(`${values.image.repository}:${values.image.tag}`, gateway);
+    assert.equal(`${values.supervisorImage.repository}:${values.supervisorImage.tag}`, supervisor);
+    assert.equal(values.sandboxImage, `${registry.host}/test/sandbox:1`);
+  });
+
+  test('--no-images: none of them, --image still pre-loaded', async () => {
+    const run = await build(registry.host, ['--no-images']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.doesNotMatch(run.stderr, /pre-loading the/);
+    assert.deepEqual(
+      (record().images ?? []).map((i) => [i.reference, i.source, i.for, i.digest]),
+      [[CONTROLLER, 'given', undefined, controllerDigest]],
+    );
+  });
+
+  test('a registry that is down: the error names each image and --image FILE as the fix; exit non-zero, the previous rootfs kept', async () => {
+    const ok = await build(registry.host);
+    assert.equal(ok.code, 0, ok.stderr);
+    const before = fs.readFileSync(path.join(rootfs(), 'opt/openshell/rootfs.json'));
+    const down = `127.0.0.1:${await freePort()}`;
+    const run = await build(down);
+    assert.notEqual(run.code, 0, run.stderr);
+    const stderr = run.stderr.toString();
+    assert.match(stderr, /3 images the gateway runs could not be pulled to pre-load them/);
+    for (const [role, reference] of [
+      ['gateway', `${down}/test/gateway:v1`],
+      ['supervisor', `${down}/test/supervisor:v1`],
+      ['sandbox', `${down}/test/sandbox:1`],
+    ] as const) {
+      assert.match(
+        stderr,
+        new RegExp(`${role} image ${reference.replaceAll('.', '\\.')} \\(.*\\): cannot reach ${down}`),
+      );
+    }
+    assert.match(stderr, /--image FILE\.tar/);
+    assert.match(stderr, /--no-images/);
+    assert.deepEqual(fs.readFileSync(path.join(rootfs(), 'opt/openshell/rootfs.json')), before);
+    assert.deepEqual(fs.readdirSync(path.dirname(rootfs())), ['rootfs'], 'no temporary tree left');
   });
 });
