@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { bootstrapGateway, PREBAKED_PKI_DIR } from './bootstrap.ts';
+import { bootstrapGateway, PREBAKED_PKI_DIR, writePrebakedPki } from './bootstrap.ts';
 import { gatewayDir } from './client-config.ts';
 import { generatePki } from './pki.ts';
 import { TLS_SECRETS_MANIFEST } from './tls-secrets.ts';
@@ -96,4 +96,27 @@ test('a pre-baked PKI in the rootfs is used as it is, and an incomplete one is r
       return true;
     },
   );
+});
+
+test('writePrebakedPki bakes what the pre-baked path reads (0700 directory, 0600 files); a planted link is not followed', async (t) => {
+  const d = await dirs(t);
+  const pki = await generatePki();
+  await writePrebakedPki(d.rootfs, pki);
+  const dir = path.join(d.rootfs, PREBAKED_PKI_DIR);
+  assert.equal((await fs.stat(dir)).mode & 0o777, 0o700);
+  for (const f of await fs.readdir(dir))
+    assert.equal((await fs.stat(path.join(dir, f))).mode & 0o777, 0o600, f);
+  const result = await bootstrapGateway({ ...d, name: 'gw', port: 30051 });
+  assert.equal(result.path, 'pre-baked');
+  assert.equal(result.bundle.caCert, pki.caCert);
+
+  // A rootfs whose pki directory is a link out of it: it is resolved inside the root (as the guest
+  // sees it), never followed to the host's directory.
+  const other = await dirs(t);
+  const outside = path.join(path.dirname(other.rootfs), 'outside');
+  await fs.mkdir(outside);
+  await fs.mkdir(path.join(other.rootfs, 'opt/openshell'), { recursive: true });
+  await fs.symlink(outside, path.join(other.rootfs, PREBAKED_PKI_DIR));
+  await writePrebakedPki(other.rootfs, pki).catch(() => undefined);
+  assert.deepEqual(await fs.readdir(outside), []);
 });

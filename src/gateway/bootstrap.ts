@@ -104,6 +104,19 @@ export async function bootstrapGateway(options: {
   };
 }
 
+/**
+ * Bakes `pki` into a rootfs that is not running (prepare-rootfs --preinit): the files the
+ * pre-baked path reads, the directory 0700 and each file 0600. Every boot of this rootfs then
+ * serves these credentials.
+ */
+export async function writePrebakedPki(rootfs: string, pki: PkiBundle): Promise<void> {
+  const root = new GuestRoot(rootfs);
+  await root.mkdirp(PREBAKED_PKI_DIR, 0o700);
+  for (const [key, file] of Object.entries(PREBAKED_FILES) as [keyof PkiBundle, string][]) {
+    await root.writeFileAtomic(`${PREBAKED_PKI_DIR}/${file}`, pki[key], { mode: 0o600, dirMode: 0o700 });
+  }
+}
+
 function toBundle(pki: PkiBundle): MtlsBundle {
   return { caCert: pki.caCert, clientCert: pki.clientCert, clientKey: pki.clientKey };
 }
