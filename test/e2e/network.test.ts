@@ -108,7 +108,7 @@ test('the guest gets 192.168.127.2 by DHCP, resolves a name through the gateway,
     '--',
     '/bin/sh',
     '-c',
-    `ip -4 -o addr show dev eth0 | awk '{print $4}'; nslookup gateway.containers.internal | grep -A1 '^Name:' | tail -1; wget -q -O- http://192.168.127.254:${hostPort}/`,
+    `ip -4 -o addr show dev eth0 | awk '{print $4}'; for i in 1 2 3; do a=$(nslookup gateway.containers.internal 2>/dev/null | grep -A1 '^Name:' | tail -1); [ -n "$a" ] && break; sleep 1; done; echo "$a"; wget -q -O- http://192.168.127.254:${hostPort}/`,
   ]);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(r.stdout.toString().trim().split('\n'), [

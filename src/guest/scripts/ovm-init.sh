@@ -147,11 +147,21 @@ start_agent() {
   esac
   kubeconfig=
   [ "$mode" = gateway ] && kubeconfig=/etc/rancher/k3s/k3s.yaml
+  # The agent runs from a copy in /run (tmpfs): the root may be a virtio-fs share (the gateway,
+  # --rootfs), and under QEMU's TCG code read from one can run stale (virtiofsd writes file data
+  # into guest memory unseen by TCG's translation cache); a copy the guest wrote itself cannot.
+  agent_bin=/sbin/ovm-agent
+  if cp /sbin/ovm-agent /run/ovm-agent.new 2>/dev/null && chmod 700 /run/ovm-agent.new &&
+    mv -f /run/ovm-agent.new /run/ovm-agent; then
+    agent_bin=/run/ovm-agent
+  else
+    ts "cannot copy the agent to /run; running it from the root"
+  fi
   (
     trap - TERM
     while :; do
       # shellcheck disable=SC2086 # $channel is two words or none
-      env -i PATH="$PATH" HOME=/root TERM=xterm ${kubeconfig:+KUBECONFIG=$kubeconfig} /sbin/ovm-agent $channel
+      env -i PATH="$PATH" HOME=/root TERM=xterm ${kubeconfig:+KUBECONFIG=$kubeconfig} "$agent_bin" $channel
       ts "agent exited with status $?; restarting it"
       sleep 1
     done
