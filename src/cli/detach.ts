@@ -10,10 +10,11 @@ import { instanceDir } from '../instance/runs.ts';
 import { LOGS_DIR } from '../instance/state.ts';
 import { followFile } from '../supervisor/follow.ts';
 import { isSameProcess } from '../supervisor/identity.ts';
+import type { DetachMessage, HandoffMessage } from './detach-child.ts';
 import type { Reporter } from './reporter.ts';
 import { Interrupted, withSignals } from './signals.ts';
 
-/** The hidden option a detached supervisor is started with (never typed by users). */
+/** The hidden option a detached gateway's supervisor is started with (never typed by users; a run's has its own entry). */
 export const SUPERVISE_FLAG = '--supervise';
 
 /**
@@ -64,56 +65,12 @@ export function supervisorExitCode(code: number | null, signal: NodeJS.Signals |
   return number ? 128 + number : 125;
 }
 
-/** What a detached supervisor tells the command that started it. */
-export type DetachMessage = { readonly type: 'ready'; readonly text: string };
-
-/** What the starting command sends a detached supervisor first: what it prepared for it (runDetached). */
-export type HandoffMessage = { readonly type: 'handoff'; readonly value: unknown };
-
-/** How long a detached supervisor waits for its starting command's handoff (sent as it starts). */
-const HANDOFF_TIMEOUT_MS = 30_000;
-
-/**
- * In a detached supervisor: the value its starting command handed over (runDetached's `handoff`),
- * as it came through the IPC channel (JSON: to be validated by the caller). Undefined when this
- * process has no such channel (`--supervise` started by hand). A starting command that goes away
- * or sends nothing within 30 s is a HostError.
- */
-export function receiveHandoff(): Promise<unknown> {
-  if (!process.send) return Promise.resolve(undefined);
-  return new Promise((resolve, reject) => {
-    const done = () => {
-      clearTimeout(timer);
-      process.off('message', onMessage);
-      process.off('disconnect', onDisconnect);
-    };
-    const onMessage = (m: HandoffMessage) => {
-      if (m?.type !== 'handoff') return;
-      done();
-      resolve(m.value);
-    };
-    const fail = (why: string) => {
-      done();
-      reject(
-        new HostError(`the detached supervisor got nothing from the command that started it: ${why}`, {
-          hint: 'start the instance again (openshell-vm run --detach ...)',
-        }),
-      );
-    };
-    const onDisconnect = () => fail('it went away');
-    const timer = setTimeout(() => fail(`nothing within ${HANDOFF_TIMEOUT_MS / 1000} s`), HANDOFF_TIMEOUT_MS);
-    process.on('message', onMessage);
-    process.once('disconnect', onDisconnect);
-  });
-}
-
-/** In a detached supervisor: tells the starting command that the instance is up, then lets it go. */
-export function reportDetachedReady(text: string): void {
-  if (!process.send) return;
-  process.send({ type: 'ready', text } satisfies DetachMessage, () => {
-    if (process.connected) process.disconnect();
-  });
-}
+export {
+  type DetachMessage,
+  type HandoffMessage,
+  receiveHandoff,
+  reportDetachedReady,
+} from './detach-child.ts';
 
 /**
  * `--detach`: starts this same command again as a background supervisor (its own session, no
@@ -124,7 +81,11 @@ export function reportDetachedReady(text: string): void {
  * stops it, and leaves nothing running. `guestWords`: how many words at the end of `argv` are the
  * guest's command (see supervisorArgv). `handoff` (JSON-serialisable), when given, is sent to the
  * supervisor as it starts (receiveHandoff): what this command prepared for it, so that the
- * long-lived supervisor does not load and run that code itself.
+ * long-lived supervisor does not load and run that code itself. `entry`, when given, is the
+ * supervisor's own entry module, started with the instance's name alone (the handoff says the
+ * rest, and `argv` is not passed on): a resident process that loads only what supervising needs,
+ * not the CLI's parser, validators and VMM choice (src/cli/run-supervisor.ts). Without it the
+ * supervisor is the CLI's main module with --supervise and `argv`.
  */
 export async function runDetached(
   env: HostEnvironment,
@@ -132,9 +93,9 @@ export async function runDetached(
   argv: readonly string[],
   reporter: Reporter,
   quiet: boolean,
-  more: { readonly guestWords?: number; readonly handoff?: unknown } = {},
+  more: { readonly guestWords?: number; readonly handoff?: unknown; readonly entry?: string } = {},
 ): Promise<number> {
-  const { guestWords = 0 } = more;
+  const { guestWords = 0, entry } = more;
   const dir = instanceDir(env, instance);
   const holder = await readLockHolder(dir);
   if (holder && (await isSameProcess(holder.pid, holder.startTime))) {
@@ -155,9 +116,7 @@ export async function runDetached(
     [
       ...SUPERVISOR_NODE_OPTIONS,
       ...process.execArgv,
-      CLI_MAIN,
-      SUPERVISE_FLAG,
-      ...supervisorArgv(argv, guestWords),
+      ...(entry ? [entry, instance] : [CLI_MAIN, SUPERVISE_FLAG, ...supervisorArgv(argv, guestWords)]),
     ],
     { detached: true, stdio: ['ignore', out, err, 'ipc'] },
   );

@@ -7,45 +7,70 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { HostError } from '../errors.ts';
-import { parseHandoff } from './run.ts';
+import { parseRunHandoff, RUN_HANDOFF_FORMAT } from './run-handoff.ts';
 
-// A detached run's CLI prepares the guest artifacts and hands the result to the supervisor, which
-// stays resident for the instance's life: the supervisor must neither load nor run that code.
+// A detached run's CLI validates the options, chooses the VMM and prepares the guest artifacts, and
+// hands the whole run to the supervisor, which stays resident for the instance's life: the
+// supervisor must neither load nor run that code (src/cli/startup.test.ts checks what it loads).
 
 const DETACH = pathToFileURL(path.join(import.meta.dirname, 'detach.ts')).href;
 const RUN = path.join(import.meta.dirname, 'run.ts');
 
-const GOOD = {
+const PLAN = {
+  arch: 'x86_64',
+  accel: { accel: 'tcg', reason: 'no /dev/kvm', forced: false },
+  vcpus: 1,
+  memMib: 256,
+  instance: 'one',
+  bootTimeoutMs: 180_000,
+  keepLogs: false,
+  network: 'gvproxy',
+  forwards: [{ hostAddress: '127.0.0.1', hostPort: 8080, guestPort: 80 }],
+  detached: true,
   prepared: {
     artifacts: { kernel: '/k/vmlinuz', initramfs: '/a/initramfs.cpio.gz', rootfs: '/a/rootfs' },
   },
+  request: { exec: 'sleep', args: ['600'], env: [['PATH', '/bin']], workdir: '/' },
+};
+
+const GOOD = {
+  format: RUN_HANDOFF_FORMAT,
+  backend: 'qemu',
+  plan: PLAN,
   events: [
     { type: 'warning', message: 'a note', elapsedMs: 3 },
     { type: 'stage', stage: 'artifacts', message: 'guest artifacts cached', elapsedMs: 5 },
   ],
+  reporter: { quiet: true, debug: false, eventsFile: '/tmp/e.ndjson', recorded: '{"type":"progress"}\n' },
+  readyText: "Started: 'sleep 600'\n",
 };
 
 test('the handoff is checked: what the CLI sends passes, anything else is a HostError naming the field', () => {
-  assert.equal(parseHandoff(undefined), undefined, 'no handoff (--supervise by hand): prepare here');
-  assert.deepEqual(parseHandoff(GOOD), GOOD);
+  assert.deepEqual(parseRunHandoff(GOOD), GOOD);
   const withRootfs = {
     ...GOOD,
-    prepared: {
-      ...GOOD.prepared,
+    plan: {
+      ...PLAN,
       rootfs: '/r',
-      artifacts: { ...GOOD.prepared.artifacts, modulesRelease: '6.12' },
+      kernel: { kind: 'file', path: '/k' },
+      prepared: { rootfs: '/r', artifacts: { ...PLAN.prepared.artifacts, modulesRelease: '6.12' } },
     },
   };
-  assert.deepEqual(parseHandoff(withRootfs), withRootfs);
+  assert.deepEqual(parseRunHandoff(withRootfs), withRootfs);
   for (const bad of [
-    { ...GOOD, prepared: { artifacts: { kernel: 1, initramfs: '/i', rootfs: '/r' } } },
-    { ...GOOD, prepared: { ...GOOD.prepared, extra: true } },
+    { ...GOOD, plan: { ...PLAN, prepared: { artifacts: { kernel: 1, initramfs: '/i', rootfs: '/r' } } } },
+    { ...GOOD, plan: { ...PLAN, prepared: { ...PLAN.prepared, extra: true } } },
+    { ...GOOD, plan: { ...PLAN, detached: false } },
+    { ...GOOD, plan: { ...PLAN, accel: { ...PLAN.accel, accel: 'xen' } } },
     { ...GOOD, events: [{ type: 'stage', stage: 'boot', message: 'x', elapsedMs: 1 }] },
-    { prepared: GOOD.prepared },
+    { ...GOOD, format: RUN_HANDOFF_FORMAT + 1 },
+    { ...GOOD, backend: 'firecracker' },
+    { prepared: PLAN.prepared, events: [] },
+    undefined,
     'text',
   ]) {
     assert.throws(
-      () => parseHandoff(bad),
+      () => parseRunHandoff(bad),
       (err: unknown) => err instanceof HostError && /handoff/.test(err.message) && Boolean(err.hint),
       JSON.stringify(bad),
     );
@@ -84,7 +109,7 @@ test('receiveHandoff: the value sent over the IPC channel; a starter that goes a
   assert.equal((await none.result).value, null, 'no IPC channel: nothing to wait for');
 });
 
-test("the supervisor's path (src/cli/run.ts) does not load the guest artifact code nor node:zlib", () => {
+test("run's module (the starting command's path) does not load the guest artifact code nor node:zlib", () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-run-test-'));
   try {
     const out = path.join(dir, 'loaded.txt');

@@ -1,20 +1,21 @@
-import * as v from 'valibot';
+import fs from 'node:fs';
+import type { AccelChoice } from '../accel/probe.ts';
 import { prepareExec } from '../api/prepare.ts';
-import { HostError } from '../errors.ts';
-import { describeIssues } from '../instance/schema.ts';
-import { CLI_NAMES } from '../options/exec-options.ts';
-import {
-  COMMAND_STARTED,
-  type ExecEvent,
-  type PreparedGuest,
-  prepareGuest,
-  runExec,
-} from '../presets/run.ts';
-import type { ParsedArgs } from './args.ts';
-import { receiveHandoff, reportDetachedReady, runDetached } from './detach.ts';
+import { UsageError } from '../errors.ts';
+import { siblingModulePath } from '../host/module-path.ts';
+import { CLI_NAMES, type ExecOptions } from '../options/exec-options.ts';
+import { type ExecEvent, type ExecPlan, prepareGuest } from '../presets/run.ts';
+import { isBackendName } from '../vmm/load-backend.ts';
+import { type ParsedArgs, single } from './args.ts';
+import { runDetached } from './detach.ts';
 import type { Reporter } from './reporter.ts';
+import { RUN_HANDOFF_FORMAT, type RunHandoff } from './run-handoff.ts';
+import { runHere } from './run-here.ts';
 import { execRawOptions } from './run-options.ts';
 import { withSignals } from './signals.ts';
+
+/** The resident entry point of a detached run (beside this module, .ts or .js as this one). */
+export const RUN_SUPERVISOR = siblingModulePath(import.meta.url, 'run-supervisor');
 
 /**
  * `run -- PATH [ARG...]` and `--exec PATH [--args ...]`: boots a VM for one command (or, with
@@ -30,109 +31,68 @@ export async function execCommand(
   exec: string,
   guestArgs: readonly string[],
   argv: readonly string[],
-  /** How many words at the end of argv are the guest's command (run's), kept whole by --detach. */
-  guestWords: number,
+  /** Unused: a detached run's supervisor is handed its command (main.ts still passes it). */
+  _guestWords?: number,
 ): Promise<number> {
-  const raw = execRawOptions(args, exec, guestArgs);
-  const supervise = args.flags.has('supervise');
-  // Everything that can fail without starting a process fails here, before anything starts.
-  const { env, options, backend, accel } = await prepareExec(raw, CLI_NAMES, reporter);
-  if (args.flags.has('detach') && !supervise) {
-    // The guest artifacts are prepared (checked, or built) here, and the supervisor is handed the
-    // result: it stays resident for the instance's life, and would keep the memory that work took.
-    const handoff = await withSignals(reporter, 'stopping before the instance starts', async (signal) => {
-      const events: ExecEvent[] = [];
-      const prepared = await prepareGuest(env, options, { backend, onEvent: (e) => events.push(e) });
-      signal.throwIfAborted();
-      return { prepared, events } satisfies Handoff;
-    });
-    return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'), {
-      guestWords,
-      handoff,
+  if (args.flags.has('supervise')) {
+    throw new UsageError('run --supervise is not an option of run', {
+      hint: 'run in the background: openshell-vm run --name NAME --detach -- PATH [ARG...]',
     });
   }
-  const handoff = supervise ? parseHandoff(await receiveHandoff()) : undefined;
-  // Said by the supervisor (its log is what the starting command shows, its events file is the one).
-  for (const e of handoff?.events ?? []) reporter.event({ ...e, elapsedMs: Math.round(performance.now()) });
+  const raw = execRawOptions(args, exec, guestArgs);
+  // Everything that can fail without starting a process fails here, before anything starts.
+  const { env, options, backend, accel } = await prepareExec(raw, CLI_NAMES, reporter);
+  const keepLogs = args.flags.has('keep-logs');
+  if (!args.flags.has('detach')) return runHere(reporter, env, execPlan(options, accel, keepLogs), backend);
 
-  return withSignals(reporter, 'stopping the microVM', async (signal) => {
-    const result = await runExec(
-      env,
-      {
-        ...options,
-        accel,
-        keepLogs: args.flags.has('keep-logs'),
-        detached: supervise,
-        prepared: handoff?.prepared,
+  // Detached: the guest artifacts are prepared (checked, or built) here, and the supervisor, which
+  // stays resident for the instance's life, is handed the whole run (src/cli/run-supervisor.ts):
+  // it would keep the memory this work and its modules took.
+  if (!isBackendName(backend.name)) throw new Error(`unknown VMM backend '${backend.name}'`);
+  const backendName = backend.name;
+  const handoff = await withSignals(reporter, 'stopping before the instance starts', async (signal) => {
+    const events: ExecEvent[] = [];
+    const prepared = await prepareGuest(env, options, { backend, onEvent: (e) => events.push(e) });
+    signal.throwIfAborted();
+    const eventsFile = single(args, 'events');
+    return {
+      format: RUN_HANDOFF_FORMAT,
+      backend: backendName,
+      plan: { ...execPlan(options, accel, keepLogs), detached: true, prepared },
+      events,
+      reporter: {
+        quiet: args.flags.has('quiet'),
+        debug: args.flags.has('debug'),
+        eventsFile,
+        recorded: eventsFile === undefined ? '' : fs.readFileSync(eventsFile, 'utf8'),
       },
-      { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
-      {
-        backend,
-        signal,
-        onEvent: (e) => {
-          reporter.event(e);
-          if (supervise && e.type === 'stage' && e.stage === 'running' && e.message === COMMAND_STARTED) {
-            reportDetachedReady(
-              `Started: '${[exec, ...guestArgs].join(' ')}' in instance '${options.instance}' (${backend.name}/${accel.accel}).\n` +
-                `  output     openshell-vm logs ${options.instance} --source output\n` +
-                `  exec       openshell-vm exec ${options.instance} -- sh\n` +
-                `Running in the background: openshell-vm stop ${options.instance} stops it.\n`,
-            );
-          }
-        },
-      },
-    );
-    if (result.message) reporter.notice(result.message);
-    reporter.event({
-      type: 'result',
-      exitCode: result.exitCode,
-      reason: result.reason,
-      timings: result.timings,
-    });
-    return result.exitCode;
+      readyText:
+        `Started: '${[exec, ...guestArgs].join(' ')}' in instance '${options.instance}' (${backend.name}/${accel.accel}).\n` +
+        `  output     openshell-vm logs ${options.instance} --source output\n` +
+        `  exec       openshell-vm exec ${options.instance} -- sh\n` +
+        `Running in the background: openshell-vm stop ${options.instance} stops it.\n`,
+    } satisfies RunHandoff;
+  });
+  return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'), {
+    handoff,
+    entry: RUN_SUPERVISOR,
   });
 }
 
-/** What a detached run's CLI hands its supervisor: the prepared guest and the progress it made. */
-interface Handoff {
-  readonly prepared: PreparedGuest;
-  readonly events: readonly ExecEvent[];
-}
-
-const HANDOFF_SCHEMA = v.strictObject({
-  prepared: v.strictObject({
-    artifacts: v.strictObject({
-      kernel: v.string(),
-      initramfs: v.string(),
-      rootfs: v.string(),
-      modulesRelease: v.optional(v.string()),
-    }),
-    rootfs: v.optional(v.string()),
-  }),
-  events: v.array(
-    v.variant('type', [
-      v.strictObject({
-        type: v.literal('stage'),
-        stage: v.literal('artifacts'),
-        message: v.string(),
-        elapsedMs: v.number(),
-      }),
-      v.strictObject({ type: v.literal('warning'), message: v.string(), elapsedMs: v.number() }),
-    ]),
-  ),
-});
-
-/**
- * The handoff a detached supervisor received (receiveHandoff), checked; undefined when it was
- * started without one (then it prepares the guest itself). It comes from the CLI process of the
- * same user through a private socket pair: the check is against a mismatched build, not an attacker.
- */
-export function parseHandoff(value: unknown): Handoff | undefined {
-  if (value === undefined) return undefined;
-  const result = v.safeParse(HANDOFF_SCHEMA, value);
-  if (result.success) return result.output;
-  throw new HostError(
-    `the detached supervisor's handoff from its starting command is not what this version sends (${describeIssues(result.issues)})`,
-    { hint: 'start the instance again with this openshell-vm (openshell-vm run --detach ...)' },
-  );
+/** The run runExec takes, from the validated options and the chosen accelerator. */
+function execPlan(options: ExecOptions, accel: AccelChoice, keepLogs: boolean): ExecPlan {
+  return {
+    arch: options.arch,
+    accel,
+    vcpus: options.vcpus,
+    memMib: options.memMib,
+    instance: options.instance,
+    bootTimeoutMs: options.bootTimeoutMs,
+    keepLogs,
+    network: options.network,
+    forwards: options.forwards,
+    rootfs: options.rootfs,
+    kernel: options.kernel,
+    request: options.request,
+  };
 }

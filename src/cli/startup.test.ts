@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { RUN_HANDOFF_FORMAT, type RunHandoff } from './run-handoff.ts';
 
 // What each command loads: the CLI imports a command's module when that command runs, so the
 // commands people type most (--version, list, exec into an instance) and the detached supervisor
@@ -14,6 +15,7 @@ import { test } from 'node:test';
 // worker_threads; both are seen in process.moduleLoadList, which the hook also writes.
 
 const MAIN = path.join(import.meta.dirname, 'main.ts');
+const SUPERVISOR = path.join(import.meta.dirname, 'run-supervisor.ts');
 
 /**
  * A module hook that writes, at exit, every module URL the process loads and then Node's internal
@@ -116,7 +118,7 @@ test('list, status and exec load no package but the record validator (valibot), 
   assert.ok(!exec.includes('NativeModule worker_threads'), 'exec must not load worker_threads (node:util)');
 });
 
-test("run's path (what a detached supervisor loads) has none of the gateway's stacks, nor node:http", () => {
+test("run's cold path (a foreground run; a detached run's starting command) has none of the gateway's stacks, nor node:http", () => {
   // --vcpus 0 is refused after every module of the run path is loaded, before anything starts
   // (--no-pool: the cold path; without it, the warm pool's client refuses it first, see below).
   const urls = assertLight(['run', '--no-pool', '--vcpus', '0', '--', '/bin/true'], 2, '/src/presets/run.ts');
@@ -143,4 +145,110 @@ test('a run that may take a warm pool VM loads the pool client, not the VMM back
 test('verify loads the Kubernetes client only to check a gateway; doctor loads neither', () => {
   assertLight(['verify', '--help'], 0, '/src/cli/verify.ts');
   assertLight(['doctor', '--json'], undefined, '/src/cli/doctor.ts');
+});
+
+/**
+ * What a detached run's resident supervisor (src/cli/run-supervisor.ts) loads: it is handed a run
+ * whose boot fails at the QEMU lookup (OPENSHELL_VM_QEMU_<ARCH> names no file; no network), after
+ * the lock, the run directory, the state file, the agent and control sockets and the backend are
+ * set up and before any process starts, so its whole path up to the spawn of the VMM has loaded.
+ */
+function loadedBySupervisor(): { code: number | null; stderr: string; urls: string[] } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-startup-sv-'));
+  try {
+    const hook = path.join(dir, 'hook.mjs');
+    fs.writeFileSync(hook, HOOK);
+    const out = path.join(dir, 'loaded.txt');
+    const arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
+    const handoff = {
+      format: RUN_HANDOFF_FORMAT,
+      backend: 'qemu',
+      plan: {
+        arch,
+        accel: { accel: 'tcg', reason: 'the startup test', forced: true },
+        vcpus: 1,
+        memMib: 256,
+        instance: 'startup',
+        bootTimeoutMs: 10_000,
+        keepLogs: false,
+        network: 'none',
+        forwards: [],
+        detached: true,
+        prepared: {
+          artifacts: { kernel: '/nonexistent', initramfs: '/nonexistent', rootfs: '/nonexistent' },
+        },
+        request: { exec: 'true', args: [], env: [], workdir: '/' },
+      },
+      events: [],
+      reporter: { quiet: true, debug: false, recorded: '' },
+      readyText: '',
+    } satisfies RunHandoff;
+    // The starting command's side of the channel (runDetached), in a tiny parent: spawnSync has no IPC.
+    const parent = `import { spawn } from 'node:child_process';
+const child = spawn(process.execPath, ['--import', ${JSON.stringify(hook)}, ${JSON.stringify(SUPERVISOR)}, 'startup'], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+child.send({ type: 'handoff', value: ${JSON.stringify(handoff)} });
+child.on('exit', (code) => { process.exitCode = code ?? 1; });`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', parent], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: {
+        ...process.env,
+        OVM_LOADED_FILE: out,
+        OPENSHELL_VM_DATA_DIR: path.join(dir, 'data'),
+        XDG_RUNTIME_DIR: path.join(dir, 'run'),
+        [`OPENSHELL_VM_QEMU_${arch.toUpperCase()}`]: path.join(dir, 'no-qemu'),
+      },
+    });
+    return { code: r.status, stderr: r.stderr, urls: fs.readFileSync(out, 'utf8').split('\n') };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test("a detached run's supervisor loads what supervising needs: not the CLI, the validators, the VMM choice or the guest build", () => {
+  const { code, stderr, urls } = loadedBySupervisor();
+  assert.equal(code, 125, `the boot fails at the QEMU lookup (stderr: ${stderr})`);
+  assert.match(stderr, /OPENSHELL_VM_QEMU_\w+ points at .*no-qemu/);
+  for (const ran of [
+    '/src/cli/run-supervisor.ts',
+    '/src/instance/start.ts',
+    '/src/instance/supervisor.ts',
+    '/src/vmm/session.ts',
+    '/src/vmm/qemu/backend.ts',
+  ]) {
+    assert.ok(
+      urls.some((u) => u.endsWith(ran)),
+      `the supervisor's path ran through ${ran} (${urls.length} modules)`,
+    );
+  }
+  const ours = urls.filter((u) => u.includes('/src/')).map((u) => u.slice(u.indexOf('/src/') + 1));
+  for (const forbidden of [
+    /^src\/cli\/(main|args|help|suggest|run|run-options|detach|completion|instances|exec-into)\.ts$/,
+    /^src\/(options|api|pool|rootfs|gateway|oci|kernel|archive)\//,
+    /^src\/vmm\/(registry|libkrun\/)/,
+    /^src\/accel\//,
+    /^src\/guest\/(agent-build|artifacts|busybox|busybox-source|initramfs|tree|modules|default-rootfs)\.ts$/,
+    /^src\/host\/(guest-root|doctor-.*)\.ts$/,
+  ]) {
+    const hit = ours.find((m) => forbidden.test(m));
+    assert.equal(hit, undefined, `the resident supervisor must not load ${hit}`);
+  }
+  for (const heavy of HEAVY) {
+    const hit = urls.find((u) => heavy.test(u));
+    assert.equal(hit, undefined, `the resident supervisor must not load ${hit}`);
+  }
+  for (const builtin of [
+    ...HEAVY_BUILTINS,
+    'NativeModule zlib',
+    'NativeModule worker_threads',
+    'NativeModule readline',
+  ]) {
+    assert.ok(
+      !urls.includes(builtin),
+      `the resident supervisor must not load Node's ${builtin.split(' ')[1]}`,
+    );
+  }
+  assert.deepEqual(packagesIn(urls), ['valibot']);
+  // 49 today: a budget with a little room, so that a new static import on its path is a decision.
+  assert.ok(ours.length <= 55, `the resident supervisor loads ${ours.length} modules: ${ours.join(' ')}`);
 });

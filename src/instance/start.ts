@@ -285,6 +285,7 @@ export async function startInstance(
         mode: spec.mode,
         detached: spec.detached,
         backend: options.backend.name,
+        vmmLog: options.backend.features.vmmLog,
         accel: spec.accel.accel,
         arch: spec.arch,
         vcpus: spec.vcpus,

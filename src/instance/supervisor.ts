@@ -4,7 +4,6 @@ import { ControlServer } from '../agent/control.ts';
 import { AgentLink } from '../agent/link.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { processStartTime } from '../supervisor/identity.ts';
-import { featuresOf } from '../vmm/registry.ts';
 import type { RunPaths } from '../vmm/run-paths.ts';
 import type { VmSession } from '../vmm/session.ts';
 import { instanceDir } from './runs.ts';
@@ -21,7 +20,13 @@ const CLOCK_DRIFT_MS = 2_000;
 export type SupervisorInfo = Pick<
   InstanceState,
   'mode' | 'detached' | 'backend' | 'accel' | 'arch' | 'vcpus' | 'memMib' | 'forwards' | 'command'
->;
+> & {
+  /**
+   * The backend's VMM log in the run directory (its features' vmmLog); undefined: looked up by
+   * the backend's name in the registry, which loads every backend's modules.
+   */
+  readonly vmmLog?: string | undefined;
+};
 
 export type SupervisorEvent =
   | { readonly type: 'agent'; readonly message: string }
@@ -119,7 +124,11 @@ export class InstanceSupervisor {
       processes: [],
       sockets: [path.join(run.socketDir, SUPERVISOR_SOCKETS.agent), control.socketPath],
       forwards: info.forwards,
-      logs: logFiles(run, info.backend, dir),
+      logs: logFiles(
+        run,
+        info.vmmLog ?? (await import('../vmm/registry.ts')).featuresOf(info.backend).vmmLog,
+        dir,
+      ),
       command: info.command,
     };
     const supervisor = new InstanceSupervisor(dir, run, link, control, state, stopRequested, emit);
@@ -278,12 +287,12 @@ export class InstanceSupervisor {
   }
 }
 
-function logFiles(run: RunPaths, backend: string, dir: string): InstanceState['logs'] {
+function logFiles(run: RunPaths, vmmLog: string, dir: string): InstanceState['logs'] {
   return {
     console: run.consoleLog,
     gvproxy: path.join(run.dir, 'gvproxy.log'),
     virtiofsd: path.join(run.dir, 'virtiofsd.log'),
-    vmm: path.join(run.dir, featuresOf(backend).vmmLog),
+    vmm: path.join(run.dir, vmmLog),
     supervisor: path.join(dir, LOGS_DIR, 'supervisor.log'),
     output: path.join(dir, LOGS_DIR, 'output.log'),
   } satisfies Partial<Record<LogSource, string>>;

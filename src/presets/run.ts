@@ -6,10 +6,8 @@ import type { HostEnvironment } from '../config/environment.ts';
 import { VmError } from '../errors.ts';
 import { agentRequest, type WorkloadRequest } from '../exec/request.ts';
 import { attachTerminal, stdinIsTerminal, terminalSize } from '../exec/terminal.ts';
-import { ensureAgent, installAgent } from '../guest/agent-build.ts';
 import type { GuestArtifacts } from '../guest/artifacts.ts';
 import type { GuestArch } from '../host/arch.ts';
-import { ensureRootLocation, refuseWritableRunRoot } from '../instance/root-location.ts';
 import { type InstanceHandle, raceAbort, startInstance } from '../instance/start.ts';
 import type { KernelChoice } from '../kernel/selection.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
@@ -191,6 +189,7 @@ export async function prepareGuest(
   options: Pick<ExecOptions, 'backend' | 'onEvent' | 'now'>,
 ): Promise<PreparedGuest> {
   const emit = emitter(options, options.now ?? (() => performance.now()));
+  const { ensureRootLocation, refuseWritableRunRoot } = await import('../instance/root-location.ts');
   refuseWritableRunRoot(options.backend, plan.rootfs);
   const rootfs = plan.rootfs ? await ensureRootLocation(plan.rootfs) : undefined;
   const { ensureGuestArtifacts, ensureRootArtifacts } = await import('../guest/artifacts.ts');
@@ -266,7 +265,11 @@ export async function startExecVm(
       prepare: async () => {
         if (!rootfs || !artifacts) return;
         // A prepared rootfs must be this tool's build: guest scripts and (QEMU) kernel modules.
-        const { verifyRootfsForBoot } = await import('../rootfs/record.ts');
+        // Loaded for a prepared rootfs only (a run's supervisor on the default one never does).
+        const [{ verifyRootfsForBoot }, { ensureAgent, installAgent }] = await Promise.all([
+          import('../rootfs/record.ts'),
+          import('../guest/agent-build.ts'),
+        ]);
         const record = await verifyRootfsForBoot(rootfs, {
           kernelRelease: backend.features.guestKernel === 'openshell' ? artifacts.modulesRelease : undefined,
         });
