@@ -81,6 +81,8 @@ export const COMMAND_OPTIONS: Readonly<Record<string, readonly OptionSpec[]>> = 
     value('package'),
     value('gateway-image'),
     value('sandbox-image'),
+    flag('preinit'),
+    value('preinit-timeout'),
     flag('json'),
     value('events'),
   ],

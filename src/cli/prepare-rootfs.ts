@@ -4,6 +4,7 @@ import { UsageError } from '../errors.ts';
 import { defaultGuestArch, parseGuestArch } from '../host/arch.ts';
 import { parseInstanceName } from '../instance/runs.ts';
 import { parseImageReference } from '../oci/reference.ts';
+import { integer } from '../options/exec-options.ts';
 import type { BuilderVmRunner } from '../rootfs/base-vm.ts';
 import { type BaseSpec, type ImageSpec, prepareRootfs } from '../rootfs/build.ts';
 import { DEFAULT_CHART, parseChartSpec } from '../rootfs/chart.ts';
@@ -30,6 +31,8 @@ const OPTIONS: readonly OptionSpec[] = [
   { name: 'package', kind: 'value', repeatable: true },
   { name: 'gateway-image', kind: 'value' },
   { name: 'sandbox-image', kind: 'value' },
+  { name: 'preinit', kind: 'flag' },
+  { name: 'preinit-timeout', kind: 'value' },
   { name: 'json', kind: 'flag' },
   { name: 'quiet', short: 'q', kind: 'flag' },
   { name: 'events', kind: 'value' },
@@ -85,6 +88,14 @@ Options:
   --gateway-image R:T    the gateway image the chart runs (default: the chart's image.repository,
                          tagged image.tag or its appVersion); the supervisor gets its tag
   --sandbox-image REF    the sandbox image (default: the chart's server.sandboxImage)
+  --preinit              boot the built rootfs once as a gateway before it replaces the old one:
+                         a new PKI is baked into /opt/openshell/pki, k3s runs until the gateway's
+                         Health says HEALTHY (images imported, chart installed), is stopped in
+                         order, kine's runtime records are cleaned and /opt/openshell/.initialized
+                         is written; every boot then takes the pre-baked path. The boot runs as
+                         instance NAME-preinit with throw-away host files; it fails the build if
+                         the gateway does not get ready (the previous rootfs is kept)
+  --preinit-timeout S    seconds the preinit boot may take to get ready (default 600)
   --json                 print the build record as JSON on stdout
   -q, --quiet            no progress lines
   --events FILE          progress as JSON lines
@@ -120,6 +131,15 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
     };
   }
   if (sandboxImage) parseImageReference(sandboxImage);
+  const preinit = args.flags.has('preinit');
+  const preinitTimeout = single(args, 'preinit-timeout');
+  if (preinitTimeout !== undefined && !preinit) {
+    throw new UsageError('--preinit-timeout without --preinit', {
+      hint: 'add --preinit, or drop --preinit-timeout',
+    });
+  }
+  const preinitTimeoutMs =
+    integer('--preinit-timeout', preinitTimeout ?? '600', { min: 1, max: 86_400 }, 'seconds') * 1000;
 
   const reporter = new Reporter({
     stderr: process.stderr,
@@ -152,6 +172,20 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
           warn: (m) => reporter.warn(m),
           signal,
           runBuilderVm: runBuilderVm,
+          preinit: preinit
+            ? async (rootfs) => {
+                // The gateway's boot code loads only for a preinit.
+                const { preinitRootfs } = await import('../api/preinit.ts');
+                return preinitRootfs(rootfs, {
+                  instance,
+                  arch,
+                  readyTimeoutMs: preinitTimeoutMs,
+                  signal,
+                  progress: (m) => reporter.progress(m),
+                  warn: (m) => reporter.warn(m),
+                });
+              }
+            : undefined,
         },
       ),
   );

@@ -56,7 +56,21 @@ function formatRecord(dir: string, r: RootfsRecord): string {
       (i) =>
         `  ${i.kind.padEnd(14)} ${i.version ? `${i.version}  ` : ''}sha256:${i.sha256.slice(0, 16)}…  ${i.path ? `/${i.path}  ` : ''}from ${i.source}${i.verification ? ` (${i.verification})` : ''}`,
     ),
-    `packages: ${Object.keys(r.packages).length}`,
+    `packages: ${Object.keys(r.packages).length}${r.extraPackages?.length ? ` (asked for: ${r.extraPackages.join(', ')})` : ''}`,
+    ...(r.images?.length
+      ? [
+          'images:',
+          ...r.images.map(
+            (i) =>
+              `  ${(i.for ?? 'extra').padEnd(14)} ${i.reference ?? '(unnamed archive)'}  ${i.digest.slice(0, 19)}…  ${i.source}`,
+          ),
+        ]
+      : r.images
+        ? ['images: none pre-loaded (k3s pulls what it runs)']
+        : []),
+    r.preinit
+      ? `preinit: ${r.preinit.at}, Ready in ${(r.preinit.readyMs / 1000).toFixed(1)} s (gateway ${r.preinit.gatewayVersion ? `version ${r.preinit.gatewayVersion}` : 'without a version'}), PKI baked (CA sha256 ${r.preinit.caSha256.slice(0, 16)}…)${r.preinit.kine ? `, kine ${r.preinit.kine.rowsBefore} → ${r.preinit.kine.rowsAfter} rows` : ''}`
+      : 'preinit: no (the first boot initializes it)',
     ...r.warnings.map((w) => `warning: ${w}`),
   ];
   return `${lines.join('\n')}\n`;

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { dirInRoot, freshPathInRoot, inRoot, resolveInRoot } from '../archive/root-path.ts';
 import { extractTar } from '../archive/tar-extract.ts';
 import type { HostEnvironment } from '../config/environment.ts';
-import { HostError, UsageError } from '../errors.ts';
+import { HostError, OvmError, UsageError, VmError } from '../errors.ts';
 import { ensureAgent, installAgent } from '../guest/agent-build.ts';
 import type { GuestArch } from '../host/arch.ts';
 import { lexists, pathExists, replaceDirectory } from '../host/fs.ts';
@@ -57,7 +57,13 @@ import { installKernelModules } from './kernel-modules.ts';
 import { cleanRootfsKineDatastore } from './kine.ts';
 import { ROOTFS_PATHS, rootfsDir } from './layout.ts';
 import { gatherImages, type ImageSpec, writeImages } from './preload-images.ts';
-import { RECORD_FORMAT, type RootfsInput, type RootfsRecord, readRootfsRecord } from './record.ts';
+import {
+  type PreinitRecord,
+  RECORD_FORMAT,
+  type RootfsInput,
+  type RootfsRecord,
+  readRootfsRecord,
+} from './record.ts';
 
 export type BaseSpec =
   | {
@@ -116,6 +122,11 @@ export interface BuildHooks {
   readonly signal?: AbortSignal | undefined;
   /** Boots the Debian vm builder's microVM (--debian-builder vm); the CLI passes one. */
   readonly runBuilderVm?: BuilderVmRunner | undefined;
+  /**
+   * prepare-rootfs --preinit: boots the complete rootfs (its record written, not yet in place)
+   * once as a gateway; what it did goes into the record. A failure keeps the previous rootfs.
+   */
+  readonly preinit?: ((rootfs: string) => Promise<PreinitRecord>) | undefined;
 }
 
 const TMP_PREFIX = 'rootfs.tmp-';
@@ -392,7 +403,7 @@ export async function prepareRootfs(
 
     // 7. Datastore hygiene (a no-op on a rootfs that never ran k3s) and the record.
     await cleanRootfsKineDatastore(tmp);
-    const record: RootfsRecord = {
+    let record: RootfsRecord = {
       format: RECORD_FORMAT,
       tool: { name: 'openshell-vm', version: packageVersion() },
       builtAt: new Date().toISOString(),
@@ -408,14 +419,26 @@ export async function prepareRootfs(
       images: preloaded.images,
       warnings,
     };
-    await fs.writeFile(
-      await freshPathInRoot(tmp, ROOTFS_PATHS.record),
-      `${JSON.stringify(record, null, 2)}\n`,
-      {
+    const writeRecord = async () =>
+      fs.writeFile(await freshPathInRoot(tmp, ROOTFS_PATHS.record), `${JSON.stringify(record, null, 2)}\n`, {
         flag: 'wx',
-      },
-    );
+      });
+    await writeRecord();
     signal?.throwIfAborted();
+
+    // 7b. --preinit: one boot of the finished tree; the guest had it, so the record is written anew.
+    if (hooks.preinit) {
+      let preinit: PreinitRecord;
+      try {
+        preinit = await hooks.preinit(tmp);
+      } catch (err) {
+        if (signal?.aborted) throw err;
+        throw preinitFailed(err, await pathExists(dest));
+      }
+      record = { ...record, buildMs: Math.round(performance.now() - t0), preinit };
+      await writeRecord();
+      signal?.throwIfAborted();
+    }
 
     // 8. Swap in: the old rootfs goes aside first, so there is always a complete one to find.
     const old = path.join(dir, `${OLD_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
@@ -428,6 +451,17 @@ export async function prepareRootfs(
     // A first build that failed leaves no empty instance directory behind.
     if (createdDir) await fs.rmdir(dir).catch(() => undefined);
   }
+}
+
+/** A failed --preinit, said as such (its error's class kept), with what is left where the rootfs goes. */
+function preinitFailed(err: unknown, previousKept: boolean): OvmError {
+  const e = err instanceof OvmError ? err : undefined;
+  const left = previousKept ? 'the previous rootfs is kept' : 'no rootfs was left';
+  const message = `--preinit failed: ${(err as Error).message}`;
+  const options = { hint: e?.hint ? `${e.hint}; ${left}` : left, cause: err };
+  if (e instanceof UsageError) return new UsageError(message, options);
+  if (e instanceof HostError) return new HostError(message, options);
+  return new VmError(message, options);
 }
 
 async function resolveChart(

@@ -63,7 +63,28 @@ export interface RootfsRecord {
   readonly extraPackages?: readonly string[] | undefined;
   /** The pre-loaded images (absent in records of builds before openshell-vm pre-loaded by default). */
   readonly images?: readonly PreloadedImage[] | undefined;
+  /** What `prepare-rootfs --preinit` did (absent when the rootfs was not pre-initialized). */
+  readonly preinit?: PreinitRecord | undefined;
   readonly warnings: readonly string[];
+}
+
+/** The build-time boot of `prepare-rootfs --preinit` (src/api/preinit.ts). */
+export interface PreinitRecord {
+  readonly at: string;
+  /** From the start of the boot to Ready (Health HEALTHY). */
+  readonly readyMs: number;
+  /** The whole step: PKI, boot, Ready, ordered stop, kine cleanup. */
+  readonly totalMs: number;
+  /** The version the gateway's Health answered with. */
+  readonly gatewayVersion: string;
+  /** sha256 of the baked CA certificate (DER): `openssl x509 -noout -fingerprint -sha256` shows it. */
+  readonly caSha256: string;
+  /** The kine cleanup after the stop; null when k3s kept no kine database. */
+  readonly kine: {
+    readonly rowsBefore: number;
+    readonly rowsAfter: number;
+    readonly bytesAfter: number;
+  } | null;
 }
 
 export const rebuildCommand = (instance: string) => `openshell-vm prepare-rootfs --name ${instance} --force`;
@@ -129,6 +150,16 @@ const preloadedImageSchema: RecordSchema<PreloadedImage> = exactObject({
   path: text(4096),
 });
 
+const count = v.pipe(v.number(), v.integer(), v.minValue(0));
+const preinitSchema: RecordSchema<PreinitRecord> = exactObject({
+  at: v.pipe(v.string(), v.check(isIsoUtcDateTime, 'expected an ISO 8601 UTC date and time')),
+  readyMs: count,
+  totalMs: count,
+  gatewayVersion: text(256),
+  caSha256: sha256Hex,
+  kine: v.nullable(exactObject({ rowsBefore: count, rowsAfter: count, bytesAfter: count })),
+});
+
 /** The build record's schema: unknown fields are errors, every string bounded and printable. */
 export const rootfsRecordSchema: RecordSchema<RootfsRecord> = v.pipe(
   exactObject({
@@ -148,6 +179,7 @@ export const rootfsRecordSchema: RecordSchema<RootfsRecord> = v.pipe(
     ),
     extraPackages: v.optional(v.pipe(v.array(text(256)), v.maxLength(10_000))),
     images: v.optional(v.pipe(v.array(preloadedImageSchema), v.maxLength(1000))),
+    preinit: v.optional(preinitSchema),
     warnings: v.pipe(v.array(text(4096)), v.maxLength(1000)),
   }),
   // JSON drops an undefined kernelRelease: the parsed record has the key again.
