@@ -4,9 +4,8 @@ import { Interrupted } from './signals.ts';
 
 /**
  * The error boundary's words: how an error is put on stderr (and, with --json, stdout) and which
- * exit code it gives. The same rules as src/cli/main.ts's boundary, for the processes that do not
- * run main.ts: a detached run's supervisor (src/cli/run-supervisor.ts). main.ts keeps its own copy
- * for now (this module is new; main.ts is to import it instead).
+ * exit code it gives; main.ts's boundary and the processes that do not run main.ts (a detached
+ * run's supervisor, src/cli/run-supervisor.ts) report through it alike.
  */
 
 /** The only place that decides exit codes for openshell-vm's own failures. */

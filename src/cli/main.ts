@@ -1,5 +1,4 @@
-import os from 'node:os';
-import { explainHostCondition, OvmError, UsageError } from '../errors.ts';
+import { UsageError } from '../errors.ts';
 import { packageVersion } from '../version.ts';
 import {
   EXEC_ONLY,
@@ -13,22 +12,13 @@ import {
   startArgv,
   subcommandArgv,
 } from './args.ts';
+import { reportError } from './error-report.ts';
 import { commandWords, findCommand, GATEWAY_HELP, HELP, HELP_HELP, RUN_HELP, VERSION_HELP } from './help.ts';
-import { Interrupted } from './signals.ts';
 import { closest } from './suggest.ts';
 
 // Every command's module is imported when that command runs, not before: `--version`, `list` and
 // `exec` then start without loading the Kubernetes client, the x509 stack, the OCI and rootfs code
 // or the VMM backends, which only `verify`, a gateway and `run` use (see scripts/bench-startup.ts).
-
-/** The only place that decides exit codes for openshell-vm's own failures. */
-export const EXIT = { usage: 2, failure: 125 } as const;
-
-/** How the error boundary reports: --debug adds the cause chain, --json puts the error on stdout. */
-interface ErrorMode {
-  readonly debug: boolean;
-  readonly json: boolean;
-}
 
 export async function main(argv: readonly string[]): Promise<number> {
   const own = ownWords(argv);
@@ -151,7 +141,7 @@ async function mainForm(argv: readonly string[]): Promise<number> {
       throw new UsageError('run: no command given', {
         hint: 'use: openshell-vm run [OPTIONS] -- PATH [ARG...]',
       });
-    return runCommand(args, args.rest[0] as string, args.rest.slice(1), argv, args.rest.length);
+    return runCommand(args, args.rest[0] as string, args.rest.slice(1), argv);
   }
   if (exec === undefined) {
     refuse(args, EXEC_ONLY, (o) => [
@@ -164,7 +154,7 @@ async function mainForm(argv: readonly string[]): Promise<number> {
     `--${o} is a gateway option; it does nothing with --exec`,
     `drop --${o}, or drop --exec to boot the gateway`,
   ]);
-  return runCommand(args, exec, args.values.get('args') ?? [], argv, 0);
+  return runCommand(args, exec, args.values.get('args') ?? [], argv);
 }
 
 /**
@@ -176,14 +166,13 @@ async function runCommand(
   exec: string,
   guestArgs: readonly string[],
   argv: readonly string[],
-  guestWords: number,
 ): Promise<number> {
   const { runPooled, runReporter } = await import('./run-options.ts');
   const reporter = runReporter(args);
   const pooled = await runPooled(args, exec, guestArgs, reporter);
   if (pooled !== undefined) return pooled;
   const { execCommand } = await import('./run.ts');
-  return execCommand(reporter, args, exec, guestArgs, argv, guestWords);
+  return execCommand(reporter, args, exec, guestArgs, argv);
 }
 
 function refuse(
@@ -293,69 +282,6 @@ function versionCommand(argv: readonly string[]): number {
 function print(text: string): number {
   process.stdout.write(text);
   return 0;
-}
-
-/** An error as the user sees it: its lines for stderr, and the exit code. */
-interface Report {
-  readonly code: number;
-  readonly message?: string;
-  readonly hint?: string | undefined;
-  readonly causes: string[];
-}
-
-function describeError(err: unknown, debug: boolean): Report {
-  if (err instanceof Interrupted) {
-    // withSignals has said which signal stops what; the exit code is the shell's 128+N.
-    return { code: 128 + (os.constants.signals[err.signal] ?? 0), causes: [] };
-  }
-  // A full disk (or a quota, a read-only filesystem, a denied path) somewhere below: say so, with the fix.
-  const condition = explainHostCondition(err);
-  if (condition && !(err instanceof OvmError)) return describeError(condition, debug);
-  if (err instanceof OvmError) {
-    const causes: string[] = [];
-    if (debug) {
-      for (let cause = err.cause; cause; cause = (cause as Error).cause) {
-        causes.push(cause instanceof Error ? (cause.stack ?? cause.message) : String(cause));
-      }
-    }
-    return {
-      code: err instanceof UsageError ? EXIT.usage : EXIT.failure,
-      message: err.message,
-      hint: err.hint ?? (condition ? `${condition.message}: ${condition.hint}` : undefined),
-      causes,
-    };
-  }
-  return {
-    code: EXIT.failure,
-    message: `internal error: ${err instanceof Error ? err.message : String(err)}`,
-    hint: debug ? undefined : 'run again with --debug for details, and report it',
-    causes: debug && err instanceof Error && err.stack ? [err.stack] : [],
-  };
-}
-
-/**
- * The error boundary: the error on stderr (message, hint, with --debug the cause chain) and, with
- * --json, as {"error":{"message","hint"}} on stdout too. The exit code is the same either way.
- */
-function reportError(err: unknown, mode: ErrorMode): number {
-  const r = describeError(err, mode.debug);
-  const write = (line: string) => process.stderr.write(`${line}\n`);
-  if (r.message !== undefined) {
-    const internal = r.message.startsWith('internal error: ');
-    write(`openshell-vm: ${internal ? '' : 'error: '}${r.message}`);
-    if (r.hint) write(`  hint: ${r.hint}`);
-    for (const cause of r.causes) write(internal ? cause : `  caused by: ${cause}`);
-  }
-  if (mode.json) {
-    const message = r.message ?? (err instanceof Error ? err.message : String(err));
-    const error = {
-      message,
-      ...(r.hint ? { hint: r.hint } : {}),
-      ...(r.causes.length ? { causes: r.causes } : {}),
-    };
-    process.stdout.write(`${JSON.stringify({ error })}\n`);
-  }
-  return r.code;
 }
 
 process.exitCode = await main(process.argv.slice(2));

@@ -31,8 +31,6 @@ export async function execCommand(
   exec: string,
   guestArgs: readonly string[],
   argv: readonly string[],
-  /** Unused: a detached run's supervisor is handed its command (main.ts still passes it). */
-  _guestWords?: number,
 ): Promise<number> {
   if (args.flags.has('supervise')) {
     throw new UsageError('run --supervise is not an option of run', {

@@ -1,8 +1,8 @@
-import { randomBytes } from 'node:crypto';
 import { constants, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { isErrno } from '../errors.ts';
+import { randomHex } from './random-hex.ts';
 
 /** True when `file` exists (any type, following symlinks). */
 export async function pathExists(file: string): Promise<boolean> {
@@ -29,7 +29,7 @@ export async function isExecutableFile(file: string): Promise<boolean> {
 /** Replaces `file` atomically (temporary sibling, then rename) with `data`, mode `mode`; its directory is created 0700. */
 export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
   await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const tmp = `${file}.tmp-${process.pid}-${randomHex(4)}`;
   try {
     await fs.writeFile(tmp, data, { mode });
     await fs.rename(tmp, file);

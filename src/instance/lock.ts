@@ -1,7 +1,7 @@
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { HostError, isErrno } from '../errors.ts';
+import { randomHex } from '../host/random-hex.ts';
 import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
 import { ensureInstanceDirAt } from './runs.ts';
 import { type LockRecord, lockRecordSchema, parseRecord } from './schema.ts';
@@ -29,7 +29,7 @@ export async function takeInstanceLock(
   await ensureInstanceDirAt(dir);
   const file = path.join(dir, INSTANCE_LOCK);
   const me: LockHolder = { pid: process.pid, startTime: await processStartTime(process.pid), purpose };
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const tmp = `${file}.tmp-${process.pid}-${randomHex(4)}`;
   try {
     await fs.writeFile(tmp, `${JSON.stringify(me)}\n`, { flag: 'wx', mode: 0o600 });
     for (let attempt = 0; attempt < 3; attempt++) {

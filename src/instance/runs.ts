@@ -1,9 +1,9 @@
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno, UsageError } from '../errors.ts';
 import { pathExists } from '../host/fs.ts';
+import { randomHex } from '../host/random-hex.ts';
 import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
 import type { PidRecord } from '../supervisor/process.ts';
 import type { RunPaths } from '../vmm/run-paths.ts';
@@ -137,7 +137,7 @@ export async function createRun(
   extraPaths: readonly string[] = [],
 ): Promise<RunPaths> {
   const base = await ensureInstanceDir(env, instance);
-  const id = `${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+  const id = `${Date.now().toString(36)}-${randomHex(4)}`;
   const runs = path.join(base, INSTANCE_DIRS.runs);
   await ensurePrivateDir(runs, privateRules(runs));
   const dir = path.join(runs, id);
