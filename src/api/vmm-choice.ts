@@ -12,7 +12,12 @@ import { refuseWritableRunRoot } from '../instance/root-location.ts';
 import { findGvproxy } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
 import type { NetworkMode } from '../options/exec-options.ts';
-import type { BackendFeatures, ProcessEvents, VmmBackend } from '../vmm/backend.ts';
+import {
+  type BackendFeatures,
+  type ProcessEvents,
+  processEventsTo,
+  type VmmBackend,
+} from '../vmm/backend.ts';
 import { discoverRuntime, type RuntimeBundle } from '../vmm/libkrun/runtime.ts';
 import { backendFeatures, backendsWith, createBackend } from '../vmm/registry.ts';
 import { type BackendName, chooseBackend, type GatewayKernelFact } from '../vmm/select.ts';
@@ -47,16 +52,7 @@ export async function chooseVmm(
   reporter: ProgressSink,
 ): Promise<{ backend: VmmBackend; accel: AccelChoice }> {
   const facts = await readHostAccelFacts();
-  const events: ProcessEvents = {
-    onProcess: (e) =>
-      reporter.event({
-        type: 'process',
-        action: e.action,
-        process: e.record,
-        exit: e.exit,
-        elapsedMs: Math.round(performance.now()),
-      }),
-  };
+  const events: ProcessEvents = processEventsTo(reporter);
   let runtime: RuntimeBundle | undefined;
   let runtimeProblem: { why: string; hint?: string | undefined } = { why: 'not looked for' };
   try {

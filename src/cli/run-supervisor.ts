@@ -1,6 +1,7 @@
 import { appendFileSync } from 'node:fs';
 import { readEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
+import { processEventsTo } from '../vmm/backend.ts';
 import { loadBackend } from '../vmm/load-backend.ts';
 import { receiveHandoff, reportDetachedReady } from './detach-child.ts';
 import { reportError } from './error-report.ts';
@@ -40,16 +41,7 @@ async function superviseRun(instance: string | undefined): Promise<number> {
     if (eventsFile !== undefined && recorded) appendFileSync(eventsFile, recorded);
     for (const e of handoff.events) reporter.event({ ...e, elapsedMs: Math.round(performance.now()) });
     const env = readEnvironment();
-    const backend = await loadBackend(handoff.backend, env, {
-      onProcess: (e) =>
-        reporter.event({
-          type: 'process',
-          action: e.action,
-          process: e.record,
-          exit: e.exit,
-          elapsedMs: Math.round(performance.now()),
-        }),
-    });
+    const backend = await loadBackend(handoff.backend, env, processEventsTo(reporter));
     return await runHere(reporter, env, handoff.plan, backend, () => reportDetachedReady(handoff.readyText));
   } catch (err) {
     return reportError(err, { debug, json: false });

@@ -129,6 +129,20 @@ export interface ProcessEvents {
     | undefined;
 }
 
+/** Helper processes starting and stopping, as `process` events on `sink` (the --events file). */
+export function processEventsTo(sink: { event(event: Record<string, unknown>): void }): ProcessEvents {
+  return {
+    onProcess: (e) =>
+      sink.event({
+        type: 'process',
+        action: e.action,
+        process: e.record,
+        exit: e.exit,
+        elapsedMs: Math.round(performance.now()),
+      }),
+  };
+}
+
 export interface VmmBackend {
   readonly name: string;
   readonly features: BackendFeatures;
