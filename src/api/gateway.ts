@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { VmError } from '../errors.ts';
-import type { InstanceHandle } from '../instance/start.ts';
+import type { InstanceHandle, StopOutcome } from '../instance/start.ts';
 import { type GatewayReady, runGateway } from '../presets/gateway.ts';
 import { resetGateway } from '../presets/gateway-cleanup.ts';
 import { eventSink } from './events.ts';
@@ -34,6 +34,7 @@ export async function runPreparedGateway(
     readonly force?: AbortSignal | undefined;
     readonly onEvent: (event: GatewayStartEvent) => void;
     readonly onReady: (ready: GatewayReady, handle: InstanceHandle) => void;
+    readonly onStopped?: ((how: StopOutcome) => void) | undefined;
   },
 ): Promise<void> {
   const { env, options: o, rootfs } = prepared;
@@ -65,6 +66,7 @@ export async function runPreparedGateway(
       kubeDir: env.kubeDir,
       onEvent: options.onEvent,
       onReady: options.onReady,
+      onStopped: options.onStopped,
     },
   );
 }

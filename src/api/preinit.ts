@@ -1,9 +1,7 @@
 import { createHash, X509Certificate } from 'node:crypto';
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import type { HostEnvironment } from '../config/environment.ts';
 import { readEnvironment } from '../config/environment.ts';
 import { UsageError, VmError } from '../errors.ts';
 import { writePrebakedPki } from '../gateway/bootstrap.ts';
@@ -11,6 +9,8 @@ import { generatePki } from '../gateway/pki.ts';
 import { lexists } from '../host/fs.ts';
 import { GuestRoot } from '../host/guest-root.ts';
 import { instanceDir } from '../instance/runs.ts';
+import type { StopOutcome } from '../instance/start.ts';
+import { freeLoopbackPort } from '../net/ports.ts';
 import { CLI_NAMES } from '../options/exec-options.ts';
 import type { GatewayReady } from '../presets/gateway.ts';
 import { GATEWAY_GUEST_PORT } from '../presets/gateway.ts';
@@ -50,21 +50,24 @@ export function preinitInstanceName(instance: string): string {
 export async function preinitRootfs(rootfs: string, options: PreinitOptions): Promise<PreinitRecord> {
   const t0 = performance.now();
   const name = preinitInstanceName(options.instance);
-  // The boot's instance directory is removed afterwards: it must not be anyone's instance.
-  if (await lexists(instanceDir(readEnvironment(), name))) {
-    throw new UsageError(
-      `--preinit boots the rootfs as instance '${name}', and an instance of that name exists`,
-      {
-        hint: `delete it (openshell-vm delete ${name}) or build under another --name`,
-      },
-    );
-  }
-  const pki = await generatePki();
-  await writePrebakedPki(rootfs, pki);
-  const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-preinit-'));
-  let preparedEnv: HostEnvironment | undefined;
+  // The boot's instance directory is made here, and only one that did not exist (it is removed
+  // afterwards: it must never be anyone's instance, nor become one while this runs).
+  const env0 = readEnvironment();
+  const ownDir = instanceDir(env0, name);
+  await fs.mkdir(path.dirname(ownDir), { recursive: true, mode: 0o700 });
   try {
-    const [gatewayPort, apiPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
+    await fs.mkdir(ownDir, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw preinitNameTaken(name);
+    throw err;
+  }
+  const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-preinit-'));
+  try {
+    const pki = await generatePki();
+    await writePrebakedPki(rootfs, pki);
+    const gatewayPort = await freeLoopbackPort();
+    let apiPort = await freeLoopbackPort();
+    while (apiPort === gatewayPort) apiPort = await freeLoopbackPort();
     const prepared = await prepareGateway(
       {
         name,
@@ -83,7 +86,6 @@ export async function preinitRootfs(rootfs: string, options: PreinitOptions): Pr
         event: () => undefined,
       },
     );
-    preparedEnv = prepared.env;
     const env = {
       ...prepared.env,
       openshellConfigDir: path.join(scratch, 'openshell'),
@@ -92,6 +94,7 @@ export async function preinitRootfs(rootfs: string, options: PreinitOptions): Pr
     const stopper = new AbortController();
     const signal = options.signal ? AbortSignal.any([options.signal, stopper.signal]) : stopper.signal;
     let ready: GatewayReady | undefined;
+    let stopped: StopOutcome | undefined;
     options.progress(`preinit: booting the rootfs once as a gateway (until Ready, then an ordered stop)`);
     try {
       await runPreparedGateway(
@@ -103,20 +106,33 @@ export async function preinitRootfs(rootfs: string, options: PreinitOptions): Pr
           signal,
           onEvent: (e) => {
             if (e.type === 'stage' || e.type === 'guest') options.progress(`preinit: ${e.message}`);
+            else if (e.type === 'warning') options.warn(`preinit: ${e.message}`);
           },
           onReady: (r) => {
             ready = r;
             options.progress(`preinit: Ready in ${(r.readyMs / 1000).toFixed(1)} s; stopping it in order`);
             stopper.abort();
           },
+          onStopped: (how) => {
+            stopped = how;
+          },
         },
       );
     } catch (err) {
-      // The stop this function asked for after Ready ends the boot with its abort reason.
-      if (!ready || options.signal?.aborted) throw err;
+      // Only the stop this function asked for after Ready ends the boot as expected.
+      if (!ready || err !== stopper.signal.reason || options.signal?.aborted) throw err;
     }
     const readyNow = ready as GatewayReady | undefined;
     if (!readyNow) throw new VmError('the preinit boot ended before the gateway was ready');
+    if (stopped !== 'clean') {
+      // k3s killed mid-write: its state is not one to bake into every later boot.
+      throw new VmError(
+        `the preinit boot did not stop in order (${stopped ?? 'unknown'}): the rootfs is not used`,
+        {
+          hint: `k3s gets ${GATEWAY_STOP_TIMEOUT_MS / 1000} s to stop; try again, and if it persists boot the rootfs without --preinit and see its console log`,
+        },
+      );
+    }
     const kine: KineReport | undefined = await cleanRootfsKineDatastore(rootfs);
     const record: PreinitRecord = {
       at: new Date().toISOString(),
@@ -134,20 +150,24 @@ export async function preinitRootfs(rootfs: string, options: PreinitOptions): Pr
     return record;
   } finally {
     await fs.rm(scratch, { recursive: true, force: true });
-    if (preparedEnv) {
-      await fs.rm(instanceDir(preparedEnv, name), { recursive: true, force: true });
-    }
+    await fs.rm(ownDir, { recursive: true, force: true });
   }
 }
 
-/** A loopback port free at the moment of asking (the boot checks again before it binds). */
-function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
+/**
+ * Refuses a preinit of `instance` whose boot instance (NAME-preinit) exists, before anything is
+ * built (preinitRootfs refuses it again, atomically, when it starts).
+ */
+export async function checkPreinitName(instance: string): Promise<void> {
+  const name = preinitInstanceName(instance);
+  if (await lexists(instanceDir(readEnvironment(), name))) throw preinitNameTaken(name);
+}
+
+function preinitNameTaken(name: string): UsageError {
+  return new UsageError(
+    `--preinit boots the rootfs as instance '${name}', and an instance of that name exists`,
+    {
+      hint: `delete it (openshell-vm delete ${name}) or build under another --name`,
+    },
+  );
 }

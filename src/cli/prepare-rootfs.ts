@@ -147,6 +147,8 @@ export async function prepareRootfsCommand(argv: readonly string[]): Promise<num
     eventsFile: single(args, 'events'),
   });
   const env = readEnvironment();
+  // The preinit's boot instance is checked before anything is built.
+  if (preinit) await (await import('../api/preinit.ts')).checkPreinitName(instance);
   const result = await withSignals(
     reporter,
     'stopping the build (the previous rootfs stays as it was)',

@@ -144,3 +144,13 @@ test('hostile answers: garbage bytes are no answer; control characters and lengt
   assert.ok(version.length < 200, `${version.length} characters`);
   assert.deepEqual(readHealthResponse({ status: 7 }), { kind: 'answer', status: 'STATUS_7', version: '' });
 });
+
+test('an already aborted signal cancels the call at once (no wait for the deadline)', async (t) => {
+  const gw = await gateway([() => undefined]);
+  t.after(gw.stop);
+  const t0 = performance.now();
+  const probe = await callHealth(gw.port, bundle(pki), { timeoutMs: 5_000, signal: AbortSignal.abort() });
+  assert.equal(probe.kind, 'no-answer');
+  assert.match(probe.kind === 'no-answer' ? probe.detail : '', /^CANCELLED/);
+  assert.ok(performance.now() - t0 < 2_000, `returned after ${Math.round(performance.now() - t0)} ms`);
+});

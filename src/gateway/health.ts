@@ -165,6 +165,7 @@ export async function callHealth(
       );
       const onAbort = () => call.cancel();
       options.signal?.addEventListener('abort', onAbort, { once: true });
+      if (options.signal?.aborted) call.cancel();
     });
   } finally {
     client.close();

@@ -93,3 +93,18 @@ test('a TLS alert refusing the client certificate is a fatal error naming it', a
     /refuses the client certificate \(tlsv13 alert certificate required\)/,
   );
 });
+
+test('a TLS server that refuses our ALPN (h2) is no gRPC server, not a refused certificate; other alerts are retried', async (t) => {
+  const h1 = tls.createServer({
+    cert: pki.serverCert,
+    key: pki.serverKey,
+    ca: pki.caCert,
+    requestCert: true,
+    rejectUnauthorized: true,
+    ALPNProtocols: ['http/1.1'],
+  });
+  h1.on('tlsClientError', () => undefined);
+  const port = await listen(h1);
+  t.after(() => h1.close());
+  assert.equal(await mtlsHandshake(port, bundle(pki)), 'no-h2');
+});

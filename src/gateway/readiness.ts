@@ -51,6 +51,10 @@ export type HandshakeOutcome = 'ok' | 'no-h2' | 'no-answer' | 'closed';
 const SERVER_CERT_CODES =
   /^(UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT(_LOCALLY)?|SELF_SIGNED_CERT_IN_CHAIN|DEPTH_ZERO_SELF_SIGNED_CERT|CERT_[A-Z_]+|ERR_TLS_CERT_ALTNAME_INVALID)$/;
 
+/** TLS alerts by which a server refuses the client certificate (any other alert: try again). */
+const CLIENT_CERT_ALERTS =
+  /^ERR_SSL_(TLSV13_ALERT_CERTIFICATE_REQUIRED|SSLV3_ALERT_BAD_CERTIFICATE|TLSV1_ALERT_UNKNOWN_CA|SSLV3_ALERT_CERTIFICATE_UNKNOWN|TLSV1_ALERT_ACCESS_DENIED|SSLV3_ALERT_HANDSHAKE_FAILURE|SSLV3_ALERT_CERTIFICATE_EXPIRED|SSLV3_ALERT_CERTIFICATE_REVOKED|SSLV3_ALERT_UNSUPPORTED_CERTIFICATE|TLSV1_ALERT_DECRYPT_ERROR)$/;
+
 /** An OpenSSL error code as words: ERR_SSL_TLSV1_ALERT_UNKNOWN_CA → "tlsv1 alert unknown ca". */
 function sslWords(code: string): string {
   return code
@@ -116,7 +120,10 @@ export function mtlsHandshake(
             },
           ),
         );
-      } else if (/_ALERT_/.test(code)) {
+      } else if (code === 'ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL') {
+        // The server speaks TLS but offers no HTTP/2 (it refused our ALPN list): no gRPC server.
+        resolve('no-h2');
+      } else if (CLIENT_CERT_ALERTS.test(code)) {
         reject(
           new GatewayTlsError(
             `the gateway on 127.0.0.1:${port} fails mTLS: it refuses the client certificate (${sslWords(code)})`,

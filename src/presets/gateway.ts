@@ -13,7 +13,12 @@ import { loadGuestInputs } from '../host/toolchain.ts';
 import { recordPreset } from '../instance/cleanup.ts';
 import { ensureRootLocation } from '../instance/root-location.ts';
 import { instanceDir } from '../instance/runs.ts';
-import { CONSOLE_LINE_MAX_CHARS, type InstanceHandle, startInstance } from '../instance/start.ts';
+import {
+  CONSOLE_LINE_MAX_CHARS,
+  type InstanceHandle,
+  type StopOutcome,
+  startInstance,
+} from '../instance/start.ts';
 import type { SupervisorEvent } from '../instance/supervisor.ts';
 import type { KernelChoice } from '../kernel/selection.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
@@ -92,6 +97,8 @@ export interface GatewayOptions {
    * (commands in the guest: handle.exec; the library's Gateway handle is built on it).
    */
   readonly onReady?: ((ready: GatewayReady, handle: InstanceHandle) => void) | undefined;
+  /** How the guest stopped: in order ('clean'; 'already' ended by itself), or not ('forced', 'no-agent', 'killed'). */
+  readonly onStopped?: ((how: StopOutcome) => void) | undefined;
   /** Where the gateway's kubeconfig goes (~/.kube). */
   readonly kubeDir: string;
   /** Aborted to skip the orderly stop and kill the VM at once (a second Ctrl-C). */
@@ -327,6 +334,7 @@ export async function runGateway(
     // k3s's datastore and containerd's state are on the shared root: stop them in order.
     const timeoutMs = stopTimeoutMs ?? plan.stopTimeoutMs;
     const how = await handle.stop({ timeoutMs, force: options.force, failed });
+    options.onStopped?.(how);
     if (how === 'forced') {
       emit({
         type: 'warning',

@@ -178,22 +178,22 @@ describe('prepare-rootfs: agent-sandbox and the chart values check', {
     assert.equal(fs.readFileSync(at(ROOTFS_PATHS.record), 'utf8'), before);
   });
 
-  test('--preinit that cannot start fails the build as a preinit failure; the previous rootfs stays', async () => {
+  test('--preinit whose boot instance exists is refused before the build; the previous rootfs stays', async () => {
     const before = fs.readFileSync(at(ROOTFS_PATHS.record), 'utf8');
     const alone = await build(['--preinit-timeout', '30']);
     assert.equal(alone.code, 2, alone.stderr);
     assert.match(alone.stderr, /--preinit-timeout without --preinit/);
     // The preinit boots as instance gw-preinit: one of that name exists, so it is refused (its
-    // directory would be removed afterwards), after the build, before anything boots.
+    // directory would be removed afterwards), before anything is built.
     fs.mkdirSync(path.join(box.dataDir, 'instances', 'gw-preinit'), { recursive: true, mode: 0o700 });
     fs.writeFileSync(path.join(box.dataDir, 'instances', 'gw-preinit', 'theirs'), 'x');
     const run = await build(['--preinit']);
     assert.equal(run.code, 2, run.stderr);
     assert.match(
       run.stderr,
-      /--preinit failed: --preinit boots the rootfs as instance 'gw-preinit', and an instance of that name exists/,
+      /--preinit boots the rootfs as instance 'gw-preinit', and an instance of that name exists/,
     );
-    assert.match(run.stderr, /the previous rootfs is kept/);
+    assert.doesNotMatch(run.stderr, /installing k3s/, 'refused before the build');
     assert.equal(fs.readFileSync(at(ROOTFS_PATHS.record), 'utf8'), before);
     assert.equal(fs.readFileSync(path.join(box.dataDir, 'instances', 'gw-preinit', 'theirs'), 'utf8'), 'x');
     assert.deepEqual(
