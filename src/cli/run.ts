@@ -52,7 +52,17 @@ export async function execCommand(
     const events: ExecEvent[] = [];
     const prepared = await prepareGuest(env, options, { backend, onEvent: (e) => events.push(e) });
     signal.throwIfAborted();
-    const eventsFile = single(args, 'events');
+    // The supervisor appends to the events file after what this command wrote there; that needs
+    // a regular file (a FIFO, a terminal or /dev/stdout would block the read, or be its own log).
+    const givenEvents = single(args, 'events');
+    const regular =
+      givenEvents !== undefined && fs.statSync(givenEvents, { throwIfNoEntry: false })?.isFile();
+    if (givenEvents !== undefined && !regular) {
+      reporter.warn(
+        `--events ${givenEvents} is not a regular file: the background supervisor's events are not written to it (give a file path)`,
+      );
+    }
+    const eventsFile = regular ? givenEvents : undefined;
     return {
       format: RUN_HANDOFF_FORMAT,
       backend: backendName,

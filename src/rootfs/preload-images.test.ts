@@ -8,11 +8,10 @@ import {
   buildLayer,
   pushImage,
   registryMissing,
-  sha256,
   startRegistry,
   type TestRegistry,
+  writeDockerSave,
 } from '../../test/fixtures/registry.ts';
-import { packTarBuffer } from '../archive/tar-pack.ts';
 import { HostError } from '../errors.ts';
 import { BlobStore } from '../oci/blob-store.ts';
 import { platformFor } from '../oci/image.ts';
@@ -22,30 +21,8 @@ import { ROOTFS_PATHS } from './layout.ts';
 import { archiveImageNames, gatherImages, writeImages } from './preload-images.ts';
 
 /** A docker save archive of a one-file image, named `names`. */
-async function dockerSave(file: string, names: readonly string[], data = 'hi'): Promise<void> {
-  const layer = (await buildLayer([{ name: 'hello', type: 'file', data }], 'none')).tar;
-  const config = Buffer.from(
-    JSON.stringify({
-      architecture: 'amd64',
-      os: 'linux',
-      rootfs: { type: 'layers', diff_ids: [sha256(layer)] },
-    }),
-  );
-  await fs.writeFile(
-    file,
-    await packTarBuffer([
-      { name: `${sha256(config).slice(7)}.json`, type: 'file', data: config },
-      { name: 'l1/layer.tar', type: 'file', data: layer },
-      {
-        name: 'manifest.json',
-        type: 'file',
-        data: JSON.stringify([
-          { Config: `${sha256(config).slice(7)}.json`, RepoTags: names, Layers: ['l1/layer.tar'] },
-        ]),
-      },
-    ]),
-  );
-}
+const dockerSave = (file: string, names: readonly string[], data = 'hi') =>
+  writeDockerSave(file, names, { data });
 
 const image = (role: GatewayImage['role'], reference: string, pinned?: string): GatewayImage => ({
   role,
@@ -139,6 +116,34 @@ describe('pre-loading images: pulled and verified before the build, written for 
       gatherImages([], [image('agent-sandbox', reference, unknown)], deps()),
       (err: unknown) => err instanceof HostError && err.message.includes(`@${unknown}: not found`),
     );
+  });
+
+  test('an --image archive of several images is refused (one is checked, k3s imports all); two written under one name are refused', async () => {
+    await fresh();
+    const several = path.join(work, 'several.tar');
+    await writeDockerSave(several, ['first:1'], { moreEntries: [[`${registry.host}/t/gateway:v1`]] });
+    await assert.rejects(
+      gatherImages(
+        [{ kind: 'archive', path: several }],
+        [image('gateway', `${registry.host}/t/gateway:v1`)],
+        deps(),
+      ),
+      /--image .*several\.tar: the archive holds 2 images; only one is checked/,
+    );
+    const a = path.join(await fs.mkdtemp(path.join(work, 'a-')), 'img.tar');
+    const b = path.join(await fs.mkdtemp(path.join(work, 'b-')), 'img.tar');
+    await dockerSave(a, ['a:1'], 'a');
+    await dockerSave(b, ['b:1'], 'b');
+    const gathered = await gatherImages(
+      [
+        { kind: 'archive', path: a },
+        { kind: 'archive', path: b },
+      ],
+      [],
+      deps(),
+    );
+    const root = await fs.mkdtemp(path.join(work, 'root-'));
+    await assert.rejects(writeImages(gathered, root, store), /would both be written as img\.tar/);
   });
 
   test('an --image archive or oci:REF holding a default under its name replaces its pull', async () => {

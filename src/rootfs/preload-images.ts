@@ -5,7 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { openDecompressed } from '../archive/compression.ts';
 import { freshPathInRoot } from '../archive/root-path.ts';
-import { HostError } from '../errors.ts';
+import { HostError, UsageError } from '../errors.ts';
 import { loadImageArchive } from '../oci/archive.ts';
 import { type BlobStore, DigestMismatchError } from '../oci/blob-store.ts';
 import { type ImageHandle, type ProgressFn, pullImage } from '../oci/image.ts';
@@ -167,9 +167,18 @@ export async function writeImages(
 ): Promise<{ readonly inputs: RootfsInput[]; readonly images: PreloadedImage[] }> {
   const inputs: RootfsInput[] = [];
   const images: PreloadedImage[] = [];
+  const written = new Map<string, string>();
   for (const image of gathered.images) {
     const fileName =
       image.kind === 'archive' ? path.basename(image.file) : `${image.name.replace(/[^\w.-]+/g, '_')}.tar`;
+    const what = image.kind === 'archive' ? image.file : image.name;
+    const earlier = written.get(fileName);
+    if (earlier !== undefined) {
+      throw new UsageError(`--image: ${what} and ${earlier} would both be written as ${fileName}`, {
+        hint: 'rename one of the archives (or drop the image given twice)',
+      });
+    }
+    written.set(fileName, what);
     const rel = `${ROOTFS_PATHS.k3sImages}/${fileName}`;
     const dest = await freshPathInRoot(root, rel);
     if (image.kind === 'archive') {
@@ -226,7 +235,15 @@ export async function archiveImageNames(file: string): Promise<string[]> {
           throw new HostError(`image archive ${file}: ${name} is too large`);
         chunks.push(c as Buffer);
       }
-      found.push(...namesIn(name, Buffer.concat(chunks).toString('utf8')));
+      const listed = namesIn(name, Buffer.concat(chunks).toString('utf8'));
+      // Only one image of an archive is verified, and k3s imports every one it holds.
+      if (listed.images > 1) {
+        throw new UsageError(
+          `--image ${file}: the archive holds ${listed.images} images; only one is checked, and k3s would import them all`,
+          { hint: 'give one image per archive (docker save IMAGE > FILE.tar), one --image for each' },
+        );
+      }
+      found.push(...listed.names);
     }
     await feeding;
   } finally {
@@ -235,21 +252,29 @@ export async function archiveImageNames(file: string): Promise<string[]> {
   return [...new Set(found)];
 }
 
-function namesIn(member: string, text: string): string[] {
+/** The names in one metadata file, and how many images it lists. */
+function namesIn(member: string, text: string): { names: string[]; images: number } {
   let doc: unknown;
   try {
     doc = JSON.parse(text);
   } catch {
-    return []; // loadImageArchive said what is wrong with it
+    return { names: [], images: 0 }; // loadImageArchive said what is wrong with it
   }
   const raw: unknown[] = [];
+  let images = 0;
   if (member === 'manifest.json' && Array.isArray(doc)) {
-    for (const entry of doc) raw.push(...((entry as { RepoTags?: unknown[] } | null)?.RepoTags ?? []));
+    images = doc.length;
+    for (const entry of doc) {
+      const tags = (entry as { RepoTags?: unknown } | null)?.RepoTags;
+      if (Array.isArray(tags)) raw.push(...tags);
+    }
   } else if (member === 'index.json') {
-    for (const m of (doc as { manifests?: { annotations?: Record<string, unknown> }[] } | null)?.manifests ??
-      []) {
-      raw.push(m.annotations?.['io.containerd.image.name']);
-      const refName = m.annotations?.['org.opencontainers.image.ref.name'];
+    const manifests = (doc as { manifests?: unknown } | null)?.manifests;
+    for (const m of Array.isArray(manifests) ? manifests : []) {
+      images++;
+      const annotations = (m as { annotations?: Record<string, unknown> } | null)?.annotations;
+      raw.push(annotations?.['io.containerd.image.name']);
+      const refName = annotations?.['org.opencontainers.image.ref.name'];
       if (typeof refName === 'string' && refName.includes('/')) raw.push(refName);
     }
   }
@@ -262,5 +287,5 @@ function namesIn(member: string, text: string): string[] {
       // not a reference: k3s cannot import it under that name either
     }
   }
-  return names;
+  return { names, images };
 }

@@ -51,6 +51,20 @@ function sockets(): string[] {
 }
 
 describe('instances', () => {
+  test('run --detach --events to a pipe (/dev/stdout) starts, warns, and does not hang', async () => {
+    // The starting command hands what it recorded to the supervisor; reading a pipe never ends.
+    const r = spawnSync(
+      CLI,
+      ['run', '--name', 'ev', '--detach', ...LIGHT, '--events', '/dev/stdout', '--', 'sleep', '3600'],
+      { env: box.env, encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    assert.equal(r.error, undefined, `the start hung: ${r.error?.message}`);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /--events \/dev\/stdout is not a regular file/);
+    const stop = await box.run(['stop', 'ev']);
+    assert.equal(stop.code, 0, stop.stderr);
+  });
+
   test('two named instances at once with different forwards; list --json; the lock names its holder', async () => {
     const [pa, pb] = [await freePort(), await freePort()];
     const [a, b] = await Promise.all([

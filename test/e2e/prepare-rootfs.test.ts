@@ -3,16 +3,15 @@ import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { packTarBuffer } from '../../src/archive/tar-pack.ts';
 import { archiveImageNames } from '../../src/rootfs/preload-images.ts';
 import type { RootfsRecord } from '../../src/rootfs/record.ts';
 import {
   buildLayer,
   pushImage,
   registryMissing,
-  sha256,
   startRegistry,
   type TestRegistry,
+  writeDockerSave,
 } from '../fixtures/registry.ts';
 import { CHART, mmdebstrapMissing, STAND_IN, STAND_IN_FILES, STAND_IN_SHA } from '../fixtures/stand-in.ts';
 import { freePort, ROOT, type Sandbox, sandbox } from './harness.ts';
@@ -37,29 +36,8 @@ describe('prepare-rootfs builds a Debian gateway rootfs with mmdebstrap and a st
     rootfs = path.join(box.dataDir, 'instances', 'gw', 'rootfs');
     work = fs.mkdtempSync(path.join(path.dirname(box.dataDir), 'work-'));
     // An image to pre-load, as docker save writes it.
-    const layer = (await buildLayer([{ name: 'hello', type: 'file', data: 'hi' }], 'none')).tar;
-    const config = Buffer.from(
-      JSON.stringify({
-        architecture: 'amd64',
-        os: 'linux',
-        rootfs: { type: 'layers', diff_ids: [sha256(layer)] },
-      }),
-    );
     imageArchive = path.join(work, 'hello.tar');
-    fs.writeFileSync(
-      imageArchive,
-      await packTarBuffer([
-        { name: `${sha256(config).slice(7)}.json`, type: 'file', data: config },
-        { name: 'l1/layer.tar', type: 'file', data: layer },
-        {
-          name: 'manifest.json',
-          type: 'file',
-          data: JSON.stringify([
-            { Config: `${sha256(config).slice(7)}.json`, RepoTags: ['hello:1'], Layers: ['l1/layer.tar'] },
-          ]),
-        },
-      ]),
-    );
+    await writeDockerSave(imageArchive, ['hello:1']);
     fs.writeFileSync(
       path.join(work, 'extra.yaml'),
       'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: extra\n',
@@ -471,29 +449,8 @@ describe("prepare-rootfs pre-loads the gateway's images by default, from a regis
       pushed.set(`${registry.host}/${repo}:${tag}`, m.digest);
     }
     // The controller as docker save writes it.
-    const layer = (await buildLayer([{ name: 'controller', type: 'file', data: 'c' }], 'none')).tar;
-    const config = Buffer.from(
-      JSON.stringify({
-        architecture: 'amd64',
-        os: 'linux',
-        rootfs: { type: 'layers', diff_ids: [sha256(layer)] },
-      }),
-    );
     controllerArchive = path.join(work, 'controller.tar');
-    fs.writeFileSync(
-      controllerArchive,
-      await packTarBuffer([
-        { name: `${sha256(config).slice(7)}.json`, type: 'file', data: config },
-        { name: 'l/layer.tar', type: 'file', data: layer },
-        {
-          name: 'manifest.json',
-          type: 'file',
-          data: JSON.stringify([
-            { Config: `${sha256(config).slice(7)}.json`, RepoTags: [CONTROLLER], Layers: ['l/layer.tar'] },
-          ]),
-        },
-      ]),
-    );
+    await writeDockerSave(controllerArchive, [CONTROLLER], { name: 'controller', data: 'c' });
   });
   after(async () => {
     await registry?.stop();
