@@ -51,16 +51,27 @@ function sockets(): string[] {
 }
 
 describe('instances', () => {
-  test('run --detach --events to a pipe (/dev/stdout) starts, warns, and does not hang', async () => {
-    // The starting command hands what it recorded to the supervisor; reading a pipe never ends.
-    const r = spawnSync(
-      CLI,
-      ['run', '--name', 'ev', '--detach', ...LIGHT, '--events', '/dev/stdout', '--', 'sleep', '3600'],
-      { env: box.env, encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    assert.equal(r.error, undefined, `the start hung: ${r.error?.message}`);
-    assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stderr, /--events \/dev\/stdout is not a regular file/);
+  test('run --detach --events to a FIFO starts, warns, and does not hang', async () => {
+    // The starting command hands what it recorded to the supervisor; reading a FIFO never ends.
+    const fifo = path.join(box.dataDir, '..', 'events.fifo');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    // A reader that opens it again after each writer closes (the Reporter appends line by line).
+    const reader = spawn('sh', ['-c', 'while :; do cat "$0" >/dev/null; done', fifo], {
+      stdio: 'ignore',
+      detached: true,
+    });
+    try {
+      const r = spawnSync(
+        CLI,
+        ['run', '--name', 'ev', '--detach', ...LIGHT, '--events', fifo, '--', 'sleep', '3600'],
+        { env: box.env, encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      assert.equal(r.error, undefined, `the start hung: ${r.error?.message}`);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /--events .*events\.fifo is not a regular file/);
+    } finally {
+      process.kill(-(reader.pid as number), 'SIGKILL');
+    }
     const stop = await box.run(['stop', 'ev']);
     assert.equal(stop.code, 0, stop.stderr);
   });
