@@ -13,13 +13,14 @@ async function listen(server: net.Server): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
-function gateway(p: PkiBundle): tls.Server {
+function gateway(p: PkiBundle, more: Pick<tls.TlsOptions, 'ALPNProtocols'> = {}): tls.Server {
   const srv = tls.createServer({
     cert: p.serverCert,
     key: p.serverKey,
     ca: p.caCert,
     requestCert: true,
     rejectUnauthorized: true,
+    ...more,
   });
   srv.on('secureConnection', (s) => s.on('data', () => undefined));
   srv.on('tlsClientError', () => undefined);
@@ -79,13 +80,7 @@ test('waitForGateway: a TLS server that is not gRPC is never ready; nothing list
 
 test('a TLS alert refusing the client certificate is a fatal error naming it', async (t) => {
   // Without a client certificate at all, TLS 1.3 servers that require one send "certificate required".
-  const strict = tls.createServer({
-    cert: pki.serverCert,
-    key: pki.serverKey,
-    ca: pki.caCert,
-    requestCert: true,
-    rejectUnauthorized: true,
-  });
+  const strict = gateway(pki);
   const strictPort = await listen(strict);
   t.after(() => strict.close());
   await assert.rejects(
@@ -94,16 +89,8 @@ test('a TLS alert refusing the client certificate is a fatal error naming it', a
   );
 });
 
-test('a TLS server that refuses our ALPN (h2) is no gRPC server, not a refused certificate; other alerts are retried', async (t) => {
-  const h1 = tls.createServer({
-    cert: pki.serverCert,
-    key: pki.serverKey,
-    ca: pki.caCert,
-    requestCert: true,
-    rejectUnauthorized: true,
-    ALPNProtocols: ['http/1.1'],
-  });
-  h1.on('tlsClientError', () => undefined);
+test('a TLS server that refuses our ALPN (h2) is no gRPC server, not a refused certificate', async (t) => {
+  const h1 = gateway(pki, { ALPNProtocols: ['http/1.1'] });
   const port = await listen(h1);
   t.after(() => h1.close());
   assert.equal(await mtlsHandshake(port, bundle(pki)), 'no-h2');
