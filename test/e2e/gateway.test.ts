@@ -334,8 +334,14 @@ describe('gateway boot with a stand-in k3s', { skip: missing }, () => {
         .split('\n')
         .map((l) => l.split(' ')),
     );
-    if (probes['guest-host-http'] !== 'ok')
-      console.error('host-http-raw:', JSON.stringify(record('host-http-raw')));
+    for (const name of ['guest-host-http', 'pod-host-http'])
+      if (probes[name] !== 'ok')
+        console.error(
+          `${name}: tries`,
+          JSON.stringify(record(`tries-${name}`)),
+          'later:',
+          JSON.stringify(record('host-http-raw')),
+        );
     assert.deepEqual(probes, {
       // (on failure, var/log/k3s-stand-in/host-http-raw holds the host server's raw answer)
       'guest-gvproxy-api': 'fail',
