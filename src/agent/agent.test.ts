@@ -445,7 +445,31 @@ describe('frames from the agent are checked before use', () => {
     assert.equal(checkAgentFrame(frame(FRAME.exit, 1, Buffer.alloc(4))), undefined);
     assert.match(checkAgentFrame(frame(FRAME.exit, 1, Buffer.alloc(5))) ?? '', /EXIT of 5 bytes/);
     assert.match(checkAgentFrame(frame(FRAME.pong, 1, 'x'.repeat(65))) ?? '', /PONG of 65 bytes/);
-    for (const type of [FRAME.error, FRAME.stop, FRAME.open, FRAME.shutdown, 200]) {
+    for (const ok of [
+      'ok',
+      'ok; not reseeded at once: RNDRESEEDCRNG: Invalid argument',
+      'error: Permission denied',
+    ])
+      assert.equal(checkAgentFrame(frame(FRAME.entropyDone, 2, ok)), undefined, ok);
+    assert.match(checkAgentFrame(frame(FRAME.entropyDone, 0, 'ok')) ?? '', /ENTROPY_DONE on channel 0/);
+    assert.match(checkAgentFrame(frame(FRAME.entropyDone, 2, 'okay')) ?? '', /malformed ENTROPY_DONE/);
+    assert.match(
+      checkAgentFrame(frame(FRAME.entropyDone, 2, 'error: \u001b[2J')) ?? '',
+      /malformed ENTROPY_DONE/,
+    );
+    assert.match(
+      checkAgentFrame(frame(FRAME.entropyDone, 2, `error: ${'x'.repeat(200)}`)) ?? '',
+      /ENTROPY_DONE of 207 bytes/,
+    );
+    for (const type of [
+      FRAME.error,
+      FRAME.stop,
+      FRAME.open,
+      FRAME.shutdown,
+      FRAME.helloGet,
+      FRAME.entropy,
+      200,
+    ]) {
       assert.match(checkAgentFrame(frame(type, 1)) ?? '', /does not send/, `type ${type}`);
     }
   });

@@ -5,6 +5,8 @@ import {
   AGENT_SESSION_FRAMES,
   agentTimeMs,
   checkAgentFrame,
+  ENTROPY_MAX_BYTES,
+  ENTROPY_MIN_BYTES,
   encodeFrame,
   FRAME,
   type Frame,
@@ -44,8 +46,8 @@ interface OpenChannel {
 
 /**
  * The host's end of the guest agent's byte stream (the VMM's side of the virtio-serial port):
- * frames multiplexed on channels. Channel 0 is used by the link itself (ping, clock, shutdown);
- * open() hands out the others, one per exec session or clock query.
+ * frames multiplexed on channels. Channel 0 is used by the link itself (hello, shutdown); open()
+ * hands out the others, one per exec session or request (ping, clock, entropy).
  *
  * Everything the agent sends is untrusted (it runs in the guest): a frame out of the size range
  * is skipped, a frame that is malformed (checkAgentFrame), of a kind not expected on its channel
@@ -55,6 +57,14 @@ export class AgentLink {
   #stream: Duplex | undefined;
   #hello: AgentHello | undefined;
   #helloWaiters: ((hello: AgentHello) => void)[] = [];
+  readonly #helloListeners = new Set<(hello: AgentHello) => void>();
+  /**
+   * requestHello()s not answered yet, oldest first: each HELLO answers one of them (and is not
+   * taken for an agent restart).
+   */
+  #helloRequests: ((hello: AgentHello) => void)[] = [];
+  /** HELLO_GETs asked for before the VMM connected: sent when it does. */
+  #helloGetsQueued = 0;
   readonly #channels = new Map<number, OpenChannel>();
   #next = 1;
   #closed = false;
@@ -94,6 +104,7 @@ export class AgentLink {
   /** Uses `stream` as the agent's channel (tests: the agent's stdio). */
   attach(stream: Duplex): void {
     this.#stream = stream;
+    for (; this.#helloGetsQueued > 0; this.#helloGetsQueued--) this.#send(FRAME.helloGet, 0);
     const decoder = new FrameDecoder({ onDiscard: (reason) => this.#violation(reason) });
     stream.on('data', (chunk: Buffer) => {
       for (const frame of decoder.push(chunk)) this.#dispatch(frame);
@@ -127,6 +138,38 @@ export class AgentLink {
         resolve(hello);
       };
       this.#helloWaiters.push(done);
+    });
+  }
+
+  /**
+   * Calls `listener` on every hello: the agent's first, an answer to requestHello(), a restarted
+   * agent's. Returns the function that removes it.
+   */
+  onHello(listener: (hello: AgentHello) => void): () => void {
+    this.#helloListeners.add(listener);
+    return () => this.#helloListeners.delete(listener);
+  }
+
+  /**
+   * Asks the agent to say hello again (HELLO_GET; sent once the VMM has connected, if it has not
+   * yet): a guest restored from a snapshot never says it by itself. Resolves with the hello, or
+   * undefined after `timeoutMs`. Its answer is not taken for an agent restart (the sessions stay).
+   */
+  requestHello(timeoutMs: number): Promise<AgentHello | undefined> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        // Unanswered: a HELLO after this is the agent's own again.
+        this.#helloRequests = this.#helloRequests.filter((r) => r !== answer);
+        resolve(undefined);
+      }, timeoutMs);
+      timer.unref();
+      const answer = (hello: AgentHello) => {
+        clearTimeout(timer);
+        resolve(hello);
+      };
+      this.#helloRequests.push(answer);
+      if (this.#stream) this.#send(FRAME.helloGet, 0);
+      else this.#helloGetsQueued++;
     });
   }
 
@@ -199,6 +242,23 @@ export class AgentLink {
     return frame && agentTimeMs(frame.payload);
   }
 
+  /**
+   * Gives the guest kernel `bytes` of host randomness (ENTROPY_MIN_BYTES to ENTROPY_MAX_BYTES): the
+   * agent adds them to the pool and reseeds the CRNG at once. Resolves with the agent's answer:
+   * 'ok'; 'ok; ...' (added, not reseeded at once: an old kernel); 'error: ...' (nothing added);
+   * undefined when no (well-formed) answer came within `timeoutMs`. The answer is checked
+   * (checkAgentFrame: printable ASCII, at most MAX_ENTROPY_DONE_BYTES) before it is returned.
+   */
+  async reseed(bytes: Buffer, timeoutMs = 5_000): Promise<string | undefined> {
+    if (bytes.length < ENTROPY_MIN_BYTES || bytes.length > ENTROPY_MAX_BYTES) {
+      throw new RangeError(
+        `reseed: ${bytes.length} bytes of entropy (${ENTROPY_MIN_BYTES} to ${ENTROPY_MAX_BYTES} expected)`,
+      );
+    }
+    const frame = await this.request(FRAME.entropy, bytes, FRAME.entropyDone, timeoutMs);
+    return frame?.payload.toString('latin1');
+  }
+
   async ping(timeoutMs = 2_000): Promise<boolean> {
     return (await this.request(FRAME.ping, 'ping', FRAME.pong, timeoutMs)) !== undefined;
   }
@@ -232,10 +292,14 @@ export class AgentLink {
     }
     if (frame.type === FRAME.hello) {
       const [version = '', arch = ''] = frame.payload.toString('latin1').split(' ');
-      // An agent that says hello again has restarted: its sessions are gone.
-      if (this.#hello) this.#lose('the guest agent restarted');
-      this.#hello = { version, arch };
-      for (const w of this.#helloWaiters.splice(0)) w(this.#hello);
+      // An agent that says hello again unasked has restarted: its sessions are gone.
+      const answer = this.#helloRequests.shift();
+      if (!answer && this.#hello) this.#lose('the guest agent restarted');
+      const hello = { version, arch };
+      this.#hello = hello;
+      for (const w of this.#helloWaiters.splice(0)) w(hello);
+      for (const l of [...this.#helloListeners]) l(hello);
+      answer?.(hello);
       return;
     }
     const open = this.#channels.get(frame.channel);

@@ -23,6 +23,21 @@ export const FRAME = {
   error: 16,
   /** Client to supervisor: stop the instance in order (payload: the timeout in ms). Answered by pong. */
   stop: 17,
+  /**
+   * Host to agent (channel 0): say HELLO again. A guest restored from a snapshot resumes with its
+   * agent mid-loop; it said hello to a link that no longer exists.
+   */
+  helloGet: 18,
+  /**
+   * Host to agent: ENTROPY_MIN_BYTES to ENTROPY_MAX_BYTES of host randomness, added to the guest
+   * kernel's pool and reseeding its CRNG at once. Answered by ENTROPY_DONE on the same channel.
+   */
+  entropy: 19,
+  /**
+   * Agent to host: "ok"; "ok; not reseeded at once: ..." (a kernel without RNDRESEEDCRNG: the
+   * bytes are in the pool, the CRNG takes them at its next scheduled reseed); "error: ...".
+   */
+  entropyDone: 20,
 } as const;
 
 export type FrameType = (typeof FRAME)[keyof typeof FRAME];
@@ -32,6 +47,10 @@ export interface Frame {
   readonly channel: number;
   readonly payload: Buffer;
 }
+
+/** The size range of ENTROPY's payload (the agent refuses the rest with an "error: ..." answer). */
+export const ENTROPY_MIN_BYTES = 32;
+export const ENTROPY_MAX_BYTES = 512;
 
 /** The largest frame either side sends or accepts (length field: type, channel and payload). */
 export const MAX_FRAME_BYTES = 1 << 20;
@@ -115,6 +134,10 @@ export const AGENT_SESSION_FRAMES: ReadonlySet<number> = new Set([FRAME.stdout, 
 
 const HELLO = /^ovm-agent\/\d{1,6} [A-Za-z0-9_]{1,32}$/;
 const AGENT_TIME = /^-?\d{1,15}\.\d{1,9}$/;
+/** The longest ENTROPY_DONE answer taken (the agent's are under 100 bytes). */
+export const MAX_ENTROPY_DONE_BYTES = 200;
+/** "ok", "ok; ..." or "error: ...", in printable ASCII only (the text ends up in a warning). */
+const ENTROPY_DONE = /^(?:ok|ok; [ -~]+|error: [ -~]+)$/;
 /** The largest clock value a Date holds (ms). */
 const MAX_DATE_MS = 8.64e15;
 
@@ -138,6 +161,13 @@ export function checkAgentFrame(frame: Frame): string | undefined {
       return p.length <= 64 ? undefined : `a PONG of ${p.length} bytes`;
     case FRAME.time:
       return agentTimeMs(p) === undefined ? `a malformed TIME (${p.length} bytes)` : undefined;
+    case FRAME.entropyDone:
+      // Only ever an answer on the ENTROPY request's own channel (the link checks the channel).
+      if (frame.channel === 0) return "ENTROPY_DONE on channel 0 (it answers on the request's channel)";
+      if (p.length > MAX_ENTROPY_DONE_BYTES) return `an ENTROPY_DONE of ${p.length} bytes`;
+      return ENTROPY_DONE.test(p.toString('latin1'))
+        ? undefined
+        : `a malformed ENTROPY_DONE (${p.length} bytes)`;
     default:
       return `a frame of type ${frame.type}, which the agent does not send`;
   }

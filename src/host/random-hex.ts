@@ -1,11 +1,11 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 
 /**
- * `bytes` random bytes from the kernel (/dev/urandom) as hex, for temporary names and run ids.
- * Not node:crypto: a detached supervisor writes its state file with this and otherwise never loads
+ * `bytes` random bytes from the kernel (/dev/urandom). Not node:crypto: a detached supervisor uses
+ * this (temporary names, run ids, the guest's entropy reseed) and otherwise never loads
  * node:crypto, which keeps ~3 MiB of resident memory off every running instance (bench:startup).
  */
-export function randomHex(bytes: number): string {
+export function randomBytes(bytes: number): Buffer {
   const buf = Buffer.alloc(bytes);
   const fd = openSync('/dev/urandom', 'r');
   try {
@@ -18,5 +18,10 @@ export function randomHex(bytes: number): string {
   } finally {
     closeSync(fd);
   }
-  return buf.toString('hex');
+  return buf;
+}
+
+/** `bytes` random bytes from the kernel (randomBytes) as hex, for temporary names and run ids. */
+export function randomHex(bytes: number): string {
+  return randomBytes(bytes).toString('hex');
 }

@@ -1,8 +1,10 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ControlServer } from '../agent/control.ts';
-import { AgentLink } from '../agent/link.ts';
+import { type AgentHello, AgentLink } from '../agent/link.ts';
 import type { HostEnvironment } from '../config/environment.ts';
+import { randomBytes } from '../host/random-hex.ts';
+import { terminalSafeLine } from '../host/terminal-text.ts';
 import { processStartTime } from '../supervisor/identity.ts';
 import type { RunPaths } from '../vmm/run-paths.ts';
 import type { VmSession } from '../vmm/session.ts';
@@ -15,6 +17,12 @@ export const SUPERVISOR_SOCKETS = { agent: 'agent.sock', control: 'ctl.sock' } a
 const CLOCK_JUMP_MS = 2_000;
 /** A guest clock this far from the host's is set again. */
 const CLOCK_DRIFT_MS = 2_000;
+/** How much host randomness the guest's kernel gets on every hello (read from /dev/urandom). */
+const RESEED_BYTES = 64;
+/** How long the agent has to answer the reseed. */
+const RESEED_TIMEOUT_MS = 5_000;
+/** How long reconnectAgent's HELLO_GET waits for its answer (agentReady has its own deadline). */
+const RECONNECT_HELLO_MS = 60_000;
 
 /** What the process that runs the VM says about it (the rest of the state it finds itself). */
 export type SupervisorInfo = Pick<
@@ -44,6 +52,11 @@ const FATAL_EXIT_CODE = 125;
  * each phase, removed at the end), the guest agent's link and the control socket (exec, clock,
  * stop), the guest clock kept in step with the host's (also after the host slept), and an orderly
  * guest shutdown.
+ *
+ * On every hello of the guest agent (at boot, and after reconnectAgent() for a guest restored from
+ * a snapshot), the guest's kernel first gets fresh host randomness and reseeds its CRNG (two VMs
+ * restored from one snapshot would otherwise go on with the same random state), then its clock is
+ * checked and set; agentReady() tells when both are done.
  */
 export class InstanceSupervisor {
   readonly link: AgentLink;
@@ -61,6 +74,13 @@ export class InstanceSupervisor {
   #closed = false;
   #session: VmSession | undefined;
   #removeSafetyNet: () => void = () => undefined;
+  /** The guest's preparation after the latest hello (reseed, clock): true when it was reseeded. */
+  #round: Promise<boolean> | undefined;
+  /** agentReady() calls waiting for the next hello's preparation. */
+  #roundWaiters: ((round: Promise<boolean>) => void)[] = [];
+  /** Settles when the VM ended or this supervisor closed. */
+  readonly #gone: Promise<void>;
+  #setGone: () => void = () => undefined;
 
   private constructor(
     dir: string,
@@ -79,6 +99,9 @@ export class InstanceSupervisor {
     this.stopRequested = stopRequested;
     this.#emit = emit;
     this.agentSocket = path.join(run.socketDir, SUPERVISOR_SOCKETS.agent);
+    this.#gone = new Promise((resolve) => {
+      this.#setGone = resolve;
+    });
   }
 
   /** Opens the agent's socket and the control socket in the run's socket directory; writes the state. */
@@ -140,11 +163,8 @@ export class InstanceSupervisor {
       await supervisor.close();
       throw err;
     }
-    void link.waitHello(24 * 3600_000).then((hello) => {
-      if (!hello || supervisor.#closed) return;
-      emit({ type: 'agent', message: `guest agent ${hello.version} (${hello.arch}) connected` });
-      void supervisor.#checkClock(true);
-    });
+    link.onHello((hello) => supervisor.#onHello(hello));
+    if (link.hello) supervisor.#onHello(link.hello);
     return supervisor;
   }
 
@@ -152,9 +172,46 @@ export class InstanceSupervisor {
     return this.#state;
   }
 
+  /**
+   * Resolves true once the guest agent's latest hello (or, when none came yet or reconnectAgent()
+   * was called since, the next one) was followed by a reseed the agent answered 'ok' and by the
+   * clock check; false when the reseed failed, after `timeoutMs`, or when the VM ended first.
+   */
+  agentReady(timeoutMs: number): Promise<boolean> {
+    if (this.#closed) return Promise.resolve(false);
+    let waiter: ((round: Promise<boolean>) => void) | undefined;
+    const round =
+      this.#round ??
+      new Promise<boolean>((resolve) => {
+        waiter = (r) => resolve(r);
+        this.#roundWaiters.push(waiter);
+      });
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), timeoutMs);
+      timer.unref();
+    });
+    return Promise.race([round, deadline, this.#gone.then(() => false)]).finally(() => {
+      clearTimeout(timer);
+      if (waiter) this.#roundWaiters = this.#roundWaiters.filter((w) => w !== waiter);
+    });
+  }
+
+  /**
+   * For a guest restored from a snapshot, whose agent resumes mid-loop and never says hello by
+   * itself: asks it to (HELLO_GET, sent once the VMM has connected the agent's socket). Its hello
+   * then reseeds the guest and checks its clock like any hello; agentReady() waits for that.
+   */
+  reconnectAgent(): void {
+    if (this.#closed) return;
+    this.#round = undefined;
+    void this.link.requestHello(RECONNECT_HELLO_MS);
+  }
+
   /** Records the VM's processes and sockets once they run. */
   async attach(session: VmSession): Promise<void> {
     this.#session = session;
+    void session.vm.exited.then(() => this.#setGone());
     const processes = [...session.vm.processes, ...(session.gvproxy ? [session.gvproxy.record()] : [])].map(
       (p) => ({ name: p.name, pid: p.pid, startTime: p.startTime }),
     );
@@ -202,6 +259,7 @@ export class InstanceSupervisor {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#setGone();
     this.#removeSafetyNet();
     clearInterval(this.#clockTimer);
     await this.control.close().catch(() => undefined);
@@ -247,6 +305,45 @@ export class InstanceSupervisor {
       process.off('uncaughtException', onException);
       process.off('unhandledRejection', onRejection);
     };
+  }
+
+  #onHello(hello: AgentHello): void {
+    if (this.#closed) return;
+    this.#emit({ type: 'agent', message: `guest agent ${hello.version} (${hello.arch}) connected` });
+    const round = this.#prepareGuest();
+    this.#round = round;
+    for (const w of this.#roundWaiters.splice(0)) w(round);
+  }
+
+  /**
+   * After a hello: the guest's random pool reseeded from the host's (a failure is a warning), then
+   * its clock checked and set. True when the reseed was answered 'ok'. Never rejects.
+   */
+  async #prepareGuest(): Promise<boolean> {
+    let reseeded = false;
+    try {
+      const bytes = randomBytes(RESEED_BYTES);
+      const answer = await this.link.reseed(bytes, RESEED_TIMEOUT_MS).finally(() => bytes.fill(0));
+      reseeded = answer === 'ok';
+      // No link any more: the VM stopped meanwhile, nothing to warn about.
+      if (!reseeded && !this.#closed && this.link.hello) {
+        const why =
+          answer === undefined
+            ? `no well-formed answer from the guest agent within ${RESEED_TIMEOUT_MS / 1000} s`
+            : `the guest agent answered '${terminalSafeLine(answer, { maxChars: 200 })}'`;
+        this.#emit({
+          type: 'warning',
+          message: `the guest's random pool was not reseeded from the host (${why}): a VM restored from the same snapshot may repeat its random numbers`,
+        });
+      }
+    } catch (err) {
+      this.#emit({
+        type: 'warning',
+        message: `the guest's random pool was not reseeded from the host: ${err instanceof Error ? err.message : String(err)}`,
+      });
+    }
+    await this.#checkClock(true).catch(() => undefined);
+    return reseeded && !this.#closed;
   }
 
   async #update(changes: Partial<InstanceState>): Promise<void> {

@@ -22,17 +22,23 @@
  *
  *   u32 length (big-endian, of what follows)   u8 type   u32 channel (big-endian)   payload
  *
- * Channel 0 is the agent itself (hello, ping, clock, shutdown); every other channel is one
- * command session the host opened. The agent runs many sessions at once, each in its own session
+ * Channel 0 is the agent itself (hello, ping, clock, entropy, shutdown); every other channel is
+ * one command session the host opened. The agent runs many sessions at once, each in its own session
  * and process group, on pipes or on a pseudo-terminal.
  *
  * Host to guest: OPEN (start a command), STDIN (bytes; empty = end of input), RESIZE (u16 rows,
  * u16 cols), SIGNAL (a name: INT, TERM, HUP, QUIT, KILL), CLOSE (the host side went away: kill
  * the session), PING, TIME_GET, TIME_SET ("SEC.NSEC"), SHUTDOWN (stop the guest in order: see
- * above).
- * Guest to host: HELLO ("ovm-agent/1 ARCH", sent at start), STDOUT, STDERR, EXIT (i32 code:
- * the exit status, 128+N for signal N, 127 not found, 126 not executable, 125 the agent failed),
- * PONG, TIME ("SEC.NSEC" of CLOCK_REALTIME).
+ * above), HELLO_GET (say HELLO again: a guest restored from a snapshot resumes with its agent
+ * mid-loop, and the host's new link has not heard it), ENTROPY (32 to 512 bytes of the host's
+ * randomness: added to the kernel's pool, credited in full, then the kernel's CRNG is reseeded, so
+ * that two VMs restored from one snapshot do not go on with the same random state).
+ * Guest to host: HELLO ("ovm-agent/1 ARCH", sent at start and on HELLO_GET, on channel 0), STDOUT,
+ * STDERR, EXIT (i32 code: the exit status, 128+N for signal N, 127 not found, 126 not executable,
+ * 125 the agent failed), PONG, TIME ("SEC.NSEC" of CLOCK_REALTIME), ENTROPY_DONE (on ENTROPY's
+ * channel: "ok"; "ok; not reseeded at once: ..." when the kernel is older than RNDRESEEDCRNG
+ * (4.17: the bytes are in the pool, used at its next reseed); "error: ..." when nothing was added).
+ * PING, TIME_GET, TIME_SET and ENTROPY are answered on the channel they came on.
  *
  * OPEN's payload is NUL-terminated strings: "t" or "-" (terminal), rows, cols, workdir, argc,
  * argv..., envc, env... (NAME=VALUE entries added to, or replacing, the agent's environment).
@@ -53,6 +59,7 @@
 #include <sys/un.h>
 #include <linux/vm_sockets.h> /* after sys/socket.h, which it needs */
 #include <sys/wait.h>
+#include <linux/random.h>
 #include <termios.h>
 #include <ucontext.h>
 #include <time.h>
@@ -62,7 +69,16 @@ enum {
   F_OPEN = 1, F_STDIN = 2, F_RESIZE = 3, F_SIGNAL = 4, F_STDOUT = 5, F_STDERR = 6, F_EXIT = 7,
   F_CLOSE = 8, F_TIME_GET = 9, F_TIME = 10, F_TIME_SET = 11, F_SHUTDOWN = 12, F_HELLO = 13,
   F_PING = 14, F_PONG = 15,
+  /* 16 and 17 are the host's own (the supervisor's ERROR and STOP): never on this stream. */
+  F_HELLO_GET = 18, F_ENTROPY = 19, F_ENTROPY_DONE = 20,
 };
+
+/* ENTROPY's payload size range (bytes). */
+#define ENTROPY_MIN 32
+#define ENTROPY_MAX 512
+#ifndef RNDRESEEDCRNG
+#define RNDRESEEDCRNG _IO('R', 0x07) /* Linux 4.17; older libc headers lack it */
+#endif
 
 #define PORT_NAME "org.openshell.agent"
 #define MAX_FRAME (1u << 20)
@@ -446,6 +462,47 @@ static int stop_step(void) {
   return (int)(stop_deadline + (stop_killed ? REAP_MS : 0) - now);
 }
 
+static void hello(void);
+
+/* ENTROPY: the host's random bytes into the kernel's pool (RNDADDENTROPY: mixed in and credited,
+ * bytes * 8 bits), then a reseed of the CRNG from it now (RNDRESEEDCRNG), not minutes later. The
+ * bytes are wiped from the agent's memory afterwards. Answers ENTROPY_DONE on `ch`. */
+static void add_entropy(uint32_t ch, unsigned char *p, size_t len) {
+  char reply[200];
+  if (len < ENTROPY_MIN || len > ENTROPY_MAX) {
+    snprintf(reply, sizeof reply, "error: %s: %zu bytes of entropy (%d to %d expected)", strerror(EINVAL),
+             len, ENTROPY_MIN, ENTROPY_MAX);
+    explicit_bzero(p, len);
+    send_text(F_ENTROPY_DONE, ch, reply);
+    return;
+  }
+  union {
+    struct rand_pool_info info;
+    unsigned char raw[sizeof(struct rand_pool_info) + ENTROPY_MAX];
+  } req;
+  req.info.entropy_count = (int)len * 8;
+  req.info.buf_size = (int)len;
+  memcpy(req.info.buf, p, len);
+  explicit_bzero(p, len);
+  int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(reply, sizeof reply, "error: /dev/urandom: %s", strerror(errno));
+  } else if (ioctl(fd, RNDADDENTROPY, &req) < 0) {
+    snprintf(reply, sizeof reply, "error: RNDADDENTROPY: %s", strerror(errno));
+  } else if (ioctl(fd, RNDRESEEDCRNG) < 0) {
+    int e = errno;
+    if (e == EINVAL || e == ENOTTY)
+      snprintf(reply, sizeof reply, "ok; not reseeded at once: RNDRESEEDCRNG: %s", strerror(e));
+    else
+      snprintf(reply, sizeof reply, "error: RNDRESEEDCRNG: %s", strerror(e));
+  } else {
+    snprintf(reply, sizeof reply, "ok");
+  }
+  explicit_bzero(&req, sizeof req);
+  if (fd >= 0) close(fd);
+  send_text(F_ENTROPY_DONE, ch, reply);
+}
+
 static void handle_frame(int type, uint32_t ch, unsigned char *p, size_t len) {
   struct session *s = ch ? find_session(ch) : NULL;
   char text[64];
@@ -505,6 +562,12 @@ static void handle_frame(int type, uint32_t ch, unsigned char *p, size_t len) {
       if (clock_settime(CLOCK_REALTIME, &ts) < 0) logmsg("cannot set the clock: %s", strerror(errno));
     }
     send_time(ch);
+    break;
+  case F_HELLO_GET:
+    hello();
+    break;
+  case F_ENTROPY:
+    add_entropy(ch, p, len);
     break;
   case F_SHUTDOWN:
     logmsg("%s", "shutdown requested by the host");
