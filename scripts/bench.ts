@@ -3,7 +3,7 @@
 // run time; the guest agent's port served by a few lines of Python that run /bin/true as an agent
 // session, then ask for the shutdown, as the tool does). Runs alternate between the two so that
 // drift in host load affects both alike.
-// Prints a JSON document and a table. usage: node scripts/bench.ts [--runs N] [--arch A] [--no-net] [--no-pool]
+// Prints a JSON document and a table. usage: node scripts/bench.ts [--runs N] [--arch A] [--no-net] [--no-pool] [--no-snapshot]
 // Both sides use the default network (gvproxy). Then, per network (gvproxy, user): time from launch
 // until a forwarded port answers HTTP, TCP connect and small-request latency, and download rate.
 import { spawnSync } from 'node:child_process';
@@ -24,6 +24,7 @@ import { qemuArgs, virtiofsdArgs } from '../src/vmm/qemu/argv.ts';
 import { virtiofsdFlavour } from '../src/vmm/qemu/backend.ts';
 import { benchForwarding } from './bench-net.ts';
 import { benchPool, poolTable } from './bench-pool.ts';
+import { benchSnapshot, snapshotTable } from './bench-snapshot.ts';
 
 const argv = process.argv.slice(2);
 const flag = (name: string) => {
@@ -151,6 +152,8 @@ const stats = (xs: number[]) => {
 const forwarding = process.argv.includes('--no-net') ? undefined : await benchForwarding(root, arch);
 // run /bin/true from a warm pool of 2 vs cold, paired, and the idle pool's host RSS (bench-pool.ts).
 const pool = process.argv.includes('--no-pool') ? undefined : await benchPool(root, { runs, arch });
+// Gateway snapshots: it builds a stand-in gateway rootfs (mmdebstrap), a few minutes; three pairs.
+const snapshot = process.argv.includes('--no-snapshot') ? undefined : benchSnapshot(root, { runs: 3, arch });
 
 const result = {
   benchmark: 'exec round trip: --exec /bin/true, process start to exit',
@@ -167,6 +170,7 @@ const result = {
   samples: { tool: tool.map(Math.round), plainQemu: plain.map(Math.round) },
   forwarding,
   pool,
+  snapshot,
 };
 console.log(JSON.stringify(result, null, 2));
 const row = (name: string, s: { min: number; median: number; max: number }) =>
@@ -185,3 +189,4 @@ if (forwarding) {
 ${forwarding.map((f) => `| --net ${f.net} | ${f.launchToAnswerMs} | ${f.connectMs.median} | ${f.requestMs.median} | ${f.downloadMBps} |`).join('\n')}`);
 }
 if (pool) console.log(poolTable(pool));
+if (snapshot) console.log(snapshotTable(snapshot));

@@ -143,10 +143,12 @@ find_virtiofsd() {
 # python3: the exec tests drive `openshell-vm exec` from a pseudo-terminal with its pty module.
 # xz-utils: Debian 13's kernel modules are .ko.xz; openshell-vm decompresses the initramfs's
 #   modules with xz (zstd-compressed ones with Node's own zlib: no tool needed).
+# e2fsprogs: mke2fs builds the disk image a gateway with --snapshot boots from (and debugfs, which its
+#   tests read the image with); Debian 13 no longer marks it essential.
 # make flex bison bc cpio libelf-dev libssl-dev python3-pyelftools patch: `openshell-vm kernel build`
 #   compiles the guest kernel from Debian's source (src/kernel/tools.ts lists what each is for).
 packages=(kmod xz-utils gcc libc6-dev mmdebstrap debian-archive-keyring docker-registry openssl python3
-  make flex bison bc cpio libelf-dev libssl-dev python3-pyelftools patch)
+  make flex bison bc cpio libelf-dev libssl-dev python3-pyelftools patch e2fsprogs)
 host_deb=$(dpkg --print-architecture)
 for d in "${deb_arches[@]}"; do
   packages+=("$(qemu_package "$d")")

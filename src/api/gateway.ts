@@ -57,6 +57,7 @@ export async function runPreparedGateway(
       extraSans: o.extraSans,
       keepLogs: options.keepLogs,
       stopTimeoutMs: options.stopTimeoutMs,
+      snapshot: o.snapshot,
     },
     {
       backend: prepared.backend,

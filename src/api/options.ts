@@ -32,6 +32,7 @@ export const LIBRARY_NAMES: OptionNames = {
   tlsSans: 'tlsSans',
   useContext: 'useContext',
   mergeKubeconfig: 'mergeKubeconfig',
+  snapshot: 'snapshot',
 };
 
 /** What a start reports as it goes (onEvent): the choice of backend and accelerator, stages, helper processes. */
@@ -131,6 +132,12 @@ export interface GatewayOptions extends MachineOptions {
   readonly mergeKubeconfig?: boolean | undefined;
   /** With mergeKubeconfig: make that context current. */
   readonly useContext?: boolean | undefined;
+  /**
+   * Boot from a disk image and save the VM's state at the first Ready; later starts with the same
+   * inputs restore it in seconds (QEMU only). What changes in the cluster after that first Ready
+   * is not kept across a restore. Default false.
+   */
+  readonly snapshot?: boolean | undefined;
   /** Remove the cluster state and credentials first (the built rootfs layers are kept). */
   readonly reset?: boolean | undefined;
   /** How long stop() gives k3s to wind down before the VM is killed, in ms (default 30 000). */
@@ -215,5 +222,6 @@ export function rawGatewayOptions(options: GatewayOptions): RawGatewayOptions {
     tlsSans: options.tlsSans,
     mergeKubeconfig: options.mergeKubeconfig,
     useContext: options.useContext,
+    snapshot: options.snapshot,
   };
 }

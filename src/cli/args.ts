@@ -61,6 +61,8 @@ export const MAIN_OPTIONS: readonly OptionSpec[] = [
   { name: 'detach', short: 'd', kind: 'flag' },
   { name: 'no-pool', kind: 'flag' },
   { name: 'reset', kind: 'flag' },
+  { name: 'snapshot', kind: 'flag' },
+  { name: 'no-snapshot', kind: 'flag' },
   // Internal: this process is the background supervisor --detach started.
   { name: 'supervise', kind: 'flag' },
   { name: 'debug', kind: 'flag' },
@@ -79,6 +81,8 @@ export const GATEWAY_ONLY = [
   'use-context',
   'json',
   'reset',
+  'snapshot',
+  'no-snapshot',
 ] as const;
 
 /**

@@ -1,5 +1,6 @@
 import { GATEWAY_STOP_TIMEOUT_MS, resetPreparedGateway, runPreparedGateway } from '../api/gateway.ts';
 import { prepareGateway } from '../api/prepare-gateway.ts';
+import { UsageError } from '../errors.ts';
 import { describeVersion } from '../gateway/health.ts';
 import { CLI_NAMES } from '../options/exec-options.ts';
 import type { RawGatewayOptions } from '../options/gateway-options.ts';
@@ -31,7 +32,11 @@ export async function gatewayCommand(args: ParsedArgs, argv: readonly string[]):
     tlsSans: args.values.get('tls-san'),
     mergeKubeconfig: args.flags.has('merge-kubeconfig'),
     useContext: args.flags.has('use-context'),
+    snapshot: args.flags.has('snapshot') ? true : args.flags.has('no-snapshot') ? false : undefined,
   };
+  if (args.flags.has('snapshot') && args.flags.has('no-snapshot')) {
+    throw new UsageError('--snapshot and --no-snapshot contradict each other', { hint: 'give one of them' });
+  }
   const json = args.flags.has('json');
   const reporter = new Reporter({
     stderr: process.stderr,
@@ -104,7 +109,7 @@ export function renderReady(r: GatewayReady, detached = false): string {
   }
   rows.push(['try', `KUBECONFIG=${r.kubeconfig} kubectl get pods -A`]);
   rows.push(['console', r.consoleLog]);
-  return `Ready in ${(r.readyMs / 1000).toFixed(1)} s: gateway '${r.name}' (${r.backend}/${r.accel}, credentials ${r.bootstrap})\n${rows
+  return `Ready in ${(r.readyMs / 1000).toFixed(1)} s: gateway '${r.name}' (${r.backend}/${r.accel}, credentials ${r.bootstrap}${r.start === 'restored' ? ', restored from its saved state' : ''})\n${rows
     .map(([k, v]) => `  ${k.padEnd(11)}${v}\n`)
     .join(
       '',

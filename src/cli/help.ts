@@ -263,6 +263,9 @@ Gateway:
   --tls-san NAME,...     extra names or addresses in the gateway's server certificate
   -d, --detach           run in the background; return at Ready (what start does)
   --reset                first forget the cluster state and credentials (the built layers stay)
+  --snapshot             boot from a disk image and save the VM's state at the first Ready; later
+                         starts with unchanged inputs restore it (QEMU; the cluster as it was then)
+  --no-snapshot          boot cold even where a saved state exists (it is kept)
   --merge-kubeconfig     also add context openshell-NAME to ~/.kube/config (one backup kept)
   --use-context          with --merge-kubeconfig: make it the current context
   --json                 print Ready as one JSON object

@@ -6,13 +6,19 @@ import zlib from 'node:zlib';
 import { HostError, isErrno } from '../errors.ts';
 import { provisionCommand } from '../host/provision.ts';
 
-/** The kernel modules the initramfs loads: virtio transport, virtio-fs root, serial ports, overlay, NIC. */
+/**
+ * The kernel modules the initramfs loads: virtio transport, virtio-fs root, serial ports, overlay,
+ * NIC, and the disk root of a VM whose state is saved (virtio-blk, ext4: built in on Debian's
+ * cloud kernels and openshell-vm's own, then skipped).
+ */
 export const INITRAMFS_MODULES = [
   'virtio_mmio',
   'virtiofs',
   'virtio_console',
   'overlay',
   'virtio_net',
+  'virtio_blk',
+  'ext4',
 ] as const;
 
 export interface ModuleFile {

@@ -8,7 +8,7 @@ import { terminalSafeLines } from '../host/terminal-text.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { tailFile } from '../supervisor/wait.ts';
-import type { NetworkSpec, RootMode, RunningVm, VmExit, VmmBackend } from '../vmm/backend.ts';
+import type { NetworkSpec, RootMode, RunningVm, VmExit, VmmBackend, VmSpec } from '../vmm/backend.ts';
 import type { RunPaths } from '../vmm/run-paths.ts';
 import { everyStep, type SessionEvent, VmSession } from '../vmm/session.ts';
 import { takeInstanceLock } from './lock.ts';
@@ -56,6 +56,10 @@ export interface BootSpec {
   readonly initramfs: string;
   readonly rootDir: string;
   readonly rootMode: RootMode;
+  /** rootMode 'disk': the root image (VmSpec.rootDisk). */
+  readonly rootDisk?: VmSpec['rootDisk'];
+  /** Resume this saved state instead of booting (VmSpec.restoreState). */
+  readonly restoreState?: string | undefined;
   /** Extra kernel command-line words (QEMU); the init's mode follows the instance's mode. */
   readonly kernelArgs: readonly string[];
 }
@@ -310,6 +314,8 @@ export async function startInstance(
         kernelArgs: boot.kernelArgs,
         rootDir: boot.rootDir,
         rootMode: boot.rootMode,
+        rootDisk: boot.rootDisk,
+        restoreState: boot.restoreState,
         agentSocket: supervisor.agentSocket,
         network: spec.network,
         forwards: spec.forwards,

@@ -71,7 +71,8 @@ export type OptionKey =
   | 'readyTimeout'
   | 'tlsSans'
   | 'useContext'
-  | 'mergeKubeconfig';
+  | 'mergeKubeconfig'
+  | 'snapshot';
 
 export const CLI_NAMES: OptionNames = {
   exec: '--exec',
@@ -90,6 +91,7 @@ export const CLI_NAMES: OptionNames = {
   tlsSans: '--tls-san',
   useContext: '--use-context',
   mergeKubeconfig: '--merge-kubeconfig',
+  snapshot: '--snapshot',
 };
 
 /** A forward whose host port is chosen when the VM starts (library: no hostPort given). */

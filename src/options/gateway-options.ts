@@ -42,6 +42,8 @@ export interface RawGatewayOptions {
   readonly tlsSans?: readonly string[] | undefined;
   readonly mergeKubeconfig?: boolean | undefined;
   readonly useContext?: boolean | undefined;
+  /** Save the VM's state at the first Ready and restore it on later starts (default false). */
+  readonly snapshot?: boolean | undefined;
 }
 
 export interface GatewayOptions {
@@ -63,6 +65,7 @@ export interface GatewayOptions {
   readonly extraSans: readonly string[];
   readonly mergeKubeconfig: boolean;
   readonly useContext: boolean;
+  readonly snapshot: boolean;
 }
 
 /** The seed's gateway machine (4 vCPUs, 8 GiB), clamped to the host. */
@@ -164,6 +167,7 @@ export function resolveGatewayOptions(
     extraSans,
     mergeKubeconfig: raw.mergeKubeconfig ?? false,
     useContext: raw.useContext ?? false,
+    snapshot: raw.snapshot ?? false,
   };
   return { options: Object.freeze(options), warnings };
 }

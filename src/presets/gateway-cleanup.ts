@@ -1,3 +1,4 @@
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { clearActiveGateway, removeGatewayFiles } from '../gateway/client-config.ts';
@@ -6,6 +7,7 @@ import { TLS_SECRETS_MANIFEST } from '../gateway/tls-secrets.ts';
 import type { CleanupContext, CleanupResult, InstanceCleanup, ResetContext } from '../instance/cleanup.ts';
 import { type CleanupReport, resetInstance } from '../instance/lifecycle.ts';
 import { instanceDir } from '../instance/runs.ts';
+import { removeSnapshot, snapshotDir } from '../instance/snapshot.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { rebuildCommand } from '../rootfs/record.ts';
 
@@ -75,15 +77,16 @@ export const gatewayCleanup: InstanceCleanup = {
  * instance must be stopped). A refusal in the rootfs says how to rebuild it: the instance's own
  * with prepare-rootfs, one given with --rootfs by whoever made it.
  */
-export function resetGateway(
+export async function resetGateway(
   env: HostEnvironment,
   name: string,
   rootfs: string,
   warn?: (message: string) => void,
 ): Promise<CleanupReport> {
   // The instance's own rootfs (rootfsDir in src/rootfs/layout.ts).
-  const own = path.resolve(rootfs) === path.join(instanceDir(env, name), 'rootfs');
-  return resetInstance(env, name, {
+  const dir = instanceDir(env, name);
+  const own = path.resolve(rootfs) === path.join(dir, 'rootfs');
+  const report = await resetInstance(env, name, {
     rootfs,
     refusedHint: own
       ? `rebuild the rootfs instead: ${rebuildCommand(name)}`
@@ -91,4 +94,12 @@ export function resetGateway(
     cleanups: [gatewayCleanup],
     warn,
   });
+  // A saved state holds the cluster (and the credentials) as they were: it goes too.
+  const saved = snapshotDir(dir);
+  const had = await fs.stat(saved).then(
+    () => true,
+    () => false,
+  );
+  await removeSnapshot(dir);
+  return had ? { ...report, removed: [...report.removed, saved] } : report;
 }

@@ -1,6 +1,8 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import type { AccelChoice } from '../accel/probe.ts';
 import type { HostEnvironment } from '../config/environment.ts';
-import { VmError } from '../errors.ts';
+import { UsageError, VmError } from '../errors.ts';
 import { type BootstrapResult, bootstrapGateway } from '../gateway/bootstrap.ts';
 import { mergeGatewayKubeconfig, rewriteKubeconfig, writeKubeconfig } from '../gateway/kubeconfig.ts';
 import { describeWait, waitForGateway } from '../gateway/readiness.ts';
@@ -14,8 +16,18 @@ import { recordPreset } from '../instance/cleanup.ts';
 import { ensureRootLocation } from '../instance/root-location.ts';
 import { instanceDir } from '../instance/runs.ts';
 import {
+  commitSnapshot,
+  findSnapshot,
+  newSnapshotDir,
+  removeSnapshot,
+  SNAPSHOT_FILES,
+  type SnapshotInputs,
+  type SnapshotMeta,
+} from '../instance/snapshot.ts';
+import {
   CONSOLE_LINE_MAX_CHARS,
   type InstanceHandle,
+  raceAbort,
   type StopOutcome,
   startInstance,
 } from '../instance/start.ts';
@@ -24,11 +36,13 @@ import type { KernelChoice } from '../kernel/selection.ts';
 import { describe as describeForward } from '../net/forwarder.ts';
 import type { PortForward } from '../net/ports.ts';
 import { prepareRootfsForBoot } from '../rootfs/boot-prep.ts';
+import { buildDiskImage } from '../rootfs/disk-image.ts';
 import { followFile } from '../supervisor/follow.ts';
 import { abortableSleep, tailFile } from '../supervisor/wait.ts';
 import type { VmmBackend } from '../vmm/backend.ts';
 import type { SessionEvent } from '../vmm/session.ts';
 import { GATEWAY_PRESET, K3S_KUBECONFIG } from './gateway-cleanup.ts';
+import { gatewaySnapshotInputs, waitForGuestKubeconfig } from './gateway-snapshot.ts';
 
 /** The guest port of the gateway's NodePort service, and of the Kubernetes API. */
 export const GATEWAY_GUEST_PORT = 30051;
@@ -58,6 +72,11 @@ export interface GatewayPlan {
   readonly keepLogs: boolean;
   /** How long an orderly stop (Ctrl-C, SIGTERM) gives the guest before the VM is killed. */
   readonly stopTimeoutMs: number;
+  /**
+   * Boot from a disk image and save the VM's state at the first Ready, then restore that state on
+   * the next starts with unchanged inputs (gateway-snapshot.ts, src/instance/snapshot.ts).
+   */
+  readonly snapshot: boolean;
 }
 
 export interface GatewayReady {
@@ -70,6 +89,8 @@ export interface GatewayReady {
   readonly mergedInto: string | undefined;
   readonly kubeconfigBackup: string | undefined;
   readonly bootstrap: BootstrapResult['path'];
+  /** 'booted' (a cold boot), or 'restored' from the instance's saved state (--snapshot). */
+  readonly start: 'booted' | 'restored';
   readonly backend: string;
   readonly accel: string;
   readonly consoleLog: string;
@@ -82,7 +103,7 @@ export type GatewayEvent =
   | SessionEvent
   | {
       readonly type: 'stage';
-      readonly stage: 'prepare' | 'bootstrap' | 'network' | 'health' | 'ready' | 'stopping';
+      readonly stage: 'prepare' | 'bootstrap' | 'network' | 'health' | 'snapshot' | 'ready' | 'stopping';
       readonly message: string;
     }
   | { readonly type: 'guest'; readonly message: string }
@@ -129,6 +150,54 @@ export async function runGateway(
   let stopFollow: (() => Promise<void>) | undefined;
   let bootstrapping: Promise<BootstrapResult> | undefined;
   let ready: GatewayReady | undefined;
+  // --snapshot: how this start boots ('share': the rootfs directory over virtio-fs, as without it).
+  let bootKind: GatewayBoot = { kind: 'share' };
+  let forceCold = false;
+  let committed = false;
+
+  const bootstrapOptions = () => ({
+    rootfs: plan.rootfs,
+    configDir: env.openshellConfigDir,
+    name: plan.instance,
+    port: plan.gateway.hostPort,
+    extraSans: plan.extraSans,
+  });
+
+  /**
+   * The first Ready of a --snapshot boot: the VM's state saved (paused for it; its image frozen,
+   * later writes to an overlay), the snapshot put in place, the guest clock set again after the
+   * pause. A failure is a warning: this gateway runs on, the next start boots cold.
+   */
+  const saveSnapshot = async (
+    handle: InstanceHandle,
+    save: Extract<GatewayBoot, { kind: 'save' }>,
+    coldReadyMs: number,
+  ) => {
+    try {
+      if (!handle.vm.saveState)
+        throw new Error(`the ${options.backend.name} backend cannot save a VM's state`);
+      emit({ type: 'stage', stage: 'snapshot', message: "saving the gateway's state for the next start" });
+      const saved = await handle.vm.saveState(path.join(save.dir, SNAPSHOT_FILES.state));
+      await handle.supervisor.link.syncClock().catch(() => undefined);
+      await commitSnapshot(dir, save.dir, {
+        inputs: save.inputs,
+        savedAt: new Date().toISOString(),
+        pausedMs: saved.pausedMs,
+        coldReadyMs,
+      });
+      committed = true;
+      emit({
+        type: 'stage',
+        stage: 'snapshot',
+        message: `state saved: ${mib(saved.bytes)} (the VM paused ${(saved.pausedMs / 1000).toFixed(1)} s); the next start restores it`,
+      });
+    } catch (err) {
+      emit({
+        type: 'warning',
+        message: `the gateway's state was not saved (${err instanceof Error ? err.message : String(err)}): the next start boots cold`,
+      });
+    }
+  };
 
   /** The VM stopped by itself: what the guest said last (ovm-gateway: FATAL), or how the VMM ended. */
   const ended = async (handle: InstanceHandle): Promise<VmError> => {
@@ -139,165 +208,266 @@ export async function runGateway(
     );
   };
 
-  const handle = await startInstance(
-    env,
-    {
-      instance: plan.instance,
-      mode: 'gateway',
-      purpose: 'running the gateway',
-      detached: options.detached ?? false,
-      arch: plan.arch,
-      accel: plan.accel,
-      vcpus: plan.vcpus,
-      memMib: plan.memMib,
-      network: 'gvproxy',
-      forwards,
-      // Ready means mTLS answers (--ready-timeout, with its own message and hint), not the agent:
-      // `exec` into a gateway whose agent is not up yet says so itself.
-      agentTimeoutMs: undefined,
-      keepLogs: plan.keepLogs,
-    },
-    {
-      preflight: async () => {
-        // Only where no other local user can reach it (the guest's root owns it); booted from its real path.
-        plan = { ...plan, rootfs: await ensureRootLocation(plan.rootfs) };
-        // libkrun boots libkrunfw's kernel and no initramfs: nothing of ours to prepare.
-        if (options.backend.features.guestKernel === 'libkrunfw') return;
-        artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch), {
-          kernel: plan.kernel,
-        });
+  const attempt = (): Promise<InstanceHandle> =>
+    startInstance(
+      env,
+      {
+        instance: plan.instance,
+        mode: 'gateway',
+        purpose: 'running the gateway',
+        detached: options.detached ?? false,
+        arch: plan.arch,
+        accel: plan.accel,
+        vcpus: plan.vcpus,
+        memMib: plan.memMib,
+        network: 'gvproxy',
+        forwards,
+        // Ready means mTLS answers (--ready-timeout, with its own message and hint), not the agent:
+        // `exec` into a gateway whose agent is not up yet says so itself.
+        agentTimeoutMs: undefined,
+        keepLogs: plan.keepLogs,
       },
-      prepare: async () => {
-        // Before anything is written outside the instance directory (the bootstrap's OpenShell
-        // files, the kubeconfig, a merge): `delete` runs the gateway's cleanup for what it names.
-        await recordPreset(dir, GATEWAY_PRESET);
-        const prep = await prepareRootfsForBoot(plan.rootfs, {
-          kernelRelease:
-            options.backend.features.guestKernel === 'openshell' ? artifacts?.modulesRelease : undefined,
-          agent: await ensureAgent(env, plan.arch),
-        });
-        emit({
-          type: 'stage',
-          stage: 'prepare',
-          message: `rootfs ${plan.rootfs} (built ${prep.record.builtAt}; ${prep.kine ? `datastore cleaned: ${prep.kine.rowsBefore - prep.kine.rowsAfter} runtime records` : 'first boot'}${prep.manifestWritten ? '; HelmChart rendered' : ''})`,
-        });
-      },
-      boot: async (run) => {
-        if (!artifacts && options.backend.features.guestKernel !== 'libkrunfw')
-          throw new Error('the guest artifacts were not prepared');
-        stopFollow = followFile(run.consoleLog, (line) => {
-          const m = /ovm-gateway: (.*)$/.exec(line);
-          if (!m?.[1]) return;
-          // The guest writes these lines: no control character reaches the terminal or an error.
-          const message = terminalSafeLine(m[1], { maxChars: CONSOLE_LINE_MAX_CHARS });
-          if (message.startsWith('FATAL: ')) fatal = message.slice(7);
-          emit({ type: 'guest', message });
-        });
-        // The host bootstrap runs while the guest boots: k3s picks the Secrets manifest up
-        // whenever it lands in its auto-deploy directory, and the guest init never removes it.
-        bootstrapping = bootstrapGateway({
-          rootfs: plan.rootfs,
-          configDir: env.openshellConfigDir,
-          name: plan.instance,
-          port: plan.gateway.hostPort,
-          extraSans: plan.extraSans,
-        });
-        bootstrapping.catch(() => undefined);
-        return {
-          kernel: artifacts?.kernel ?? '',
-          initramfs: artifacts?.initramfs ?? '',
-          rootDir: plan.rootfs,
-          rootMode: 'rw',
-          kernelArgs: [],
-        };
-      },
-      started: () => {
-        emit({ type: 'stage', stage: 'network', message: forwards.map(describeForward).join(', ') });
-      },
-      ready: async (handle, signal) => {
-        if (!bootstrapping) throw new Error('the bootstrap was not started');
-        const boot = await bootstrapping;
-        emit({
-          type: 'stage',
-          stage: 'bootstrap',
-          message: `credentials: ${boot.path} (${boot.reason}); mTLS files in ${boot.mtlsDir}`,
-        });
-        const vm = handle.vm;
-        // Readiness: mTLS on the gateway's port and its Health saying HEALTHY, raced against the VM ending.
-        const stopWaiting = new AbortController();
-        const waitSignal = signal ? AbortSignal.any([signal, stopWaiting.signal]) : stopWaiting.signal;
-        const waiting = waitForGateway({
-          port: plan.gateway.hostPort,
-          bundle: boot.bundle,
-          deadlineMs: plan.readyTimeoutMs,
-          signal: waitSignal,
-          consoleTail: () => consoleTail(handle.run.consoleLog),
-          onHealth: (probe) =>
+      {
+        preflight: async () => {
+          if (plan.snapshot && !options.backend.features.snapshots) {
+            throw new UsageError(`--snapshot: the ${options.backend.name} backend cannot save a VM's state`, {
+              hint: 'drop --snapshot, or use --backend qemu',
+            });
+          }
+          // Only where no other local user can reach it (the guest's root owns it); booted from its real path.
+          plan = { ...plan, rootfs: await ensureRootLocation(plan.rootfs) };
+          // libkrun boots libkrunfw's kernel and no initramfs: nothing of ours to prepare.
+          if (options.backend.features.guestKernel === 'libkrunfw') return;
+          artifacts = await ensureGuestArtifacts(env, await loadGuestInputs(env, plan.arch), {
+            kernel: plan.kernel,
+          });
+        },
+        prepare: async () => {
+          // Before anything is written outside the instance directory (the bootstrap's OpenShell
+          // files, the kubeconfig, a merge): `delete` runs the gateway's cleanup for what it names.
+          await recordPreset(dir, GATEWAY_PRESET);
+          const agent = await ensureAgent(env, plan.arch);
+          const prep = await prepareRootfsForBoot(plan.rootfs, {
+            kernelRelease:
+              options.backend.features.guestKernel === 'openshell' ? artifacts?.modulesRelease : undefined,
+            agent,
+          });
+          emit({
+            type: 'stage',
+            stage: 'prepare',
+            message: `rootfs ${plan.rootfs} (built ${prep.record.builtAt}; ${prep.kine ? `datastore cleaned: ${prep.kine.rowsBefore - prep.kine.rowsAfter} runtime records` : 'first boot'}${prep.manifestWritten ? '; HelmChart rendered' : ''})`,
+          });
+          if (!plan.snapshot) return;
+          // A disk root: the host's writes (the TLS Secrets) land in the rootfs before its image is made.
+          bootstrapping = bootstrapGateway(bootstrapOptions());
+          const boot = await bootstrapping;
+          const inputs = await gatewaySnapshotInputs({
+            rootfs: plan.rootfs,
+            record: prep.record,
+            agent,
+            bundle: boot.bundle,
+            kernel: artifacts?.kernel ?? '',
+            initramfs: artifacts?.initramfs ?? '',
+            vmm: (await options.backend.identity?.({ arch: plan.arch })) ?? options.backend.name,
+            machine: `${plan.arch} ${plan.accel.accel} ${plan.vcpus} vCPU ${plan.memMib} MiB`,
+          });
+          const found = forceCold ? ({ kind: 'none' } as const) : await findSnapshot(dir, inputs);
+          if (found.kind === 'found') {
+            bootKind = { kind: 'restore', dir: found.dir, meta: found.meta };
+            return;
+          }
+          if (found.kind === 'stale') {
             emit({
               type: 'stage',
-              stage: 'health',
-              message: `${describeWait({ kind: 'health', probe })}; waiting for HEALTHY`,
-            }),
-        }).then((r) => ({ kind: 'ready' as const, ...r }));
-        waiting.catch(() => undefined); // settled by the race below, or abandoned when the VM ends
-        const outcome = await Promise.race([
-          waiting,
-          vm.exited.then(() => ({ kind: 'ended' as const })),
-        ]).finally(() => stopWaiting.abort());
-        if (outcome.kind === 'ended') throw await ended(handle);
+              stage: 'snapshot',
+              message: `saved state not used (${found.reason}): booting cold`,
+            });
+          }
+          await removeSnapshot(dir);
+          const newDir = await newSnapshotDir(dir);
+          bootKind = { kind: 'save', dir: newDir, inputs };
+          emit({
+            type: 'stage',
+            stage: 'snapshot',
+            message: `building the root disk image from ${plan.rootfs}`,
+          });
+          const image = await buildDiskImage(env, plan.rootfs, path.join(newDir, SNAPSHOT_FILES.disk));
+          emit({
+            type: 'stage',
+            stage: 'snapshot',
+            message: `root disk image: ${mib(image.usedBytes)} of ${mib(image.sizeBytes)} (sparse) in ${(image.ms / 1000).toFixed(1)} s`,
+          });
+        },
+        boot: async (run) => {
+          if (!artifacts && options.backend.features.guestKernel !== 'libkrunfw')
+            throw new Error('the guest artifacts were not prepared');
+          stopFollow = followFile(run.consoleLog, (line) => {
+            const m = /ovm-gateway: (.*)$/.exec(line);
+            if (!m?.[1]) return;
+            // The guest writes these lines: no control character reaches the terminal or an error.
+            const message = terminalSafeLine(m[1], { maxChars: CONSOLE_LINE_MAX_CHARS });
+            if (message.startsWith('FATAL: ')) fatal = message.slice(7);
+            emit({ type: 'guest', message });
+          });
+          const common = {
+            kernel: artifacts?.kernel ?? '',
+            initramfs: artifacts?.initramfs ?? '',
+            rootDir: plan.rootfs,
+            kernelArgs: [],
+          };
+          if (bootKind.kind === 'restore') {
+            return {
+              ...common,
+              rootMode: 'disk',
+              rootDisk: { path: path.join(bootKind.dir, SNAPSHOT_FILES.disk), discardWrites: true },
+              restoreState: path.join(bootKind.dir, SNAPSHOT_FILES.state),
+            };
+          }
+          if (bootKind.kind === 'save') {
+            return {
+              ...common,
+              rootMode: 'disk',
+              rootDisk: { path: path.join(bootKind.dir, SNAPSHOT_FILES.disk), discardWrites: false },
+            };
+          }
+          // The host bootstrap runs while the guest boots: k3s picks the Secrets manifest up
+          // whenever it lands in its auto-deploy directory, and the guest init never removes it.
+          bootstrapping = bootstrapGateway(bootstrapOptions());
+          bootstrapping.catch(() => undefined);
+          return { ...common, rootMode: 'rw' };
+        },
+        started: () => {
+          emit({ type: 'stage', stage: 'network', message: forwards.map(describeForward).join(', ') });
+        },
+        ready: async (handle, signal) => {
+          if (!bootstrapping) throw new Error('the bootstrap was not started');
+          const boot = await bootstrapping;
+          emit({
+            type: 'stage',
+            stage: 'bootstrap',
+            message: `credentials: ${boot.path} (${boot.reason}); mTLS files in ${boot.mtlsDir}`,
+          });
+          const vm = handle.vm;
+          if (bootKind.kind === 'restore') {
+            // A restored guest's agent is where it was when saved: asked to say hello on the new
+            // link, it then gets host entropy (no two restores share a random pool) and the clock.
+            handle.supervisor.reconnectAgent();
+            const back = await raceAbort(handle.supervisor.agentReady(AGENT_RECONNECT_MS), signal);
+            if (!back) {
+              throw await handle.failure(
+                `the restored guest's agent did not answer within ${AGENT_RECONNECT_MS / 1000} s`,
+              );
+            }
+          }
+          // Readiness: mTLS on the gateway's port and its Health saying HEALTHY, raced against the VM ending.
+          const stopWaiting = new AbortController();
+          const waitSignal = signal ? AbortSignal.any([signal, stopWaiting.signal]) : stopWaiting.signal;
+          const waiting = waitForGateway({
+            port: plan.gateway.hostPort,
+            bundle: boot.bundle,
+            deadlineMs: plan.readyTimeoutMs,
+            signal: waitSignal,
+            consoleTail: () => consoleTail(handle.run.consoleLog),
+            onHealth: (probe) =>
+              emit({
+                type: 'stage',
+                stage: 'health',
+                message: `${describeWait({ kind: 'health', probe })}; waiting for HEALTHY`,
+              }),
+          }).then((r) => ({ kind: 'ready' as const, ...r }));
+          waiting.catch(() => undefined); // settled by the race below, or abandoned when the VM ends
+          const outcome = await Promise.race([
+            waiting,
+            vm.exited.then(() => ({ kind: 'ended' as const })),
+          ]).finally(() => stopWaiting.abort());
+          if (outcome.kind === 'ended') throw await ended(handle);
 
-        // k3s writes its kubeconfig before anything in the cluster can run: wait for it briefly.
-        const k3sYaml = await waitForKubeconfig(
-          new GuestRoot(plan.rootfs),
-          Math.max(30_000, plan.readyTimeoutMs - (performance.now() - t0)),
-          signal,
-          () => vm.hasExited,
-        );
-        if (k3sYaml === undefined) {
-          if (vm.hasExited) throw await ended(handle);
-          throw new VmError(`k3s wrote no kubeconfig (${K3S_KUBECONFIG} in the rootfs)`, {
-            hint: `see ${handle.run.consoleLog}`,
-          });
-        }
-        const kubeText = rewriteKubeconfig(k3sYaml, { name: plan.instance, port: plan.api.hostPort });
-        const kubeconfig = await writeKubeconfig(options.kubeDir, plan.instance, kubeText);
-        let backup: string | undefined;
-        if (plan.mergeKubeconfig) {
-          backup = await mergeGatewayKubeconfig(dir, plan.mergeKubeconfig, kubeText, {
-            setCurrent: plan.useContext,
-          });
-        }
-        ready = {
-          name: plan.instance,
-          endpoint: boot.endpoint,
-          gatewayPort: plan.gateway.hostPort,
-          mtlsDir: boot.mtlsDir,
-          kubeconfig,
-          kubeApi: `https://127.0.0.1:${plan.api.hostPort}`,
-          mergedInto: plan.mergeKubeconfig,
-          kubeconfigBackup: backup,
-          bootstrap: boot.path,
-          backend: options.backend.name,
-          accel: plan.accel.accel,
-          consoleLog: handle.run.consoleLog,
-          readyMs: Math.round(performance.now() - t0),
-          gatewayVersion: outcome.version,
-        };
-        return {
-          gateway: ready.endpoint,
-          gatewayVersion: ready.gatewayVersion,
-          kubeApi: ready.kubeApi,
-          kubeconfig,
-          mtlsDir: ready.mtlsDir,
-        };
+          // k3s writes its kubeconfig before anything in the cluster can run: wait for it briefly
+          // (a disk root's through the agent: the host cannot read the image while it runs).
+          const kubeWaitMs = Math.max(30_000, plan.readyTimeoutMs - (performance.now() - t0));
+          const k3sYaml =
+            bootKind.kind === 'share'
+              ? await waitForKubeconfig(new GuestRoot(plan.rootfs), kubeWaitMs, signal, () => vm.hasExited)
+              : await waitForGuestKubeconfig(handle, K3S_KUBECONFIG, kubeWaitMs, signal);
+          if (k3sYaml === undefined) {
+            if (vm.hasExited) throw await ended(handle);
+            throw new VmError(`k3s wrote no kubeconfig (${K3S_KUBECONFIG} in the rootfs)`, {
+              hint: `see ${handle.run.consoleLog}`,
+            });
+          }
+          const kubeText = rewriteKubeconfig(k3sYaml, { name: plan.instance, port: plan.api.hostPort });
+          const kubeconfig = await writeKubeconfig(options.kubeDir, plan.instance, kubeText);
+          let backup: string | undefined;
+          if (plan.mergeKubeconfig) {
+            backup = await mergeGatewayKubeconfig(dir, plan.mergeKubeconfig, kubeText, {
+              setCurrent: plan.useContext,
+            });
+          }
+          ready = {
+            name: plan.instance,
+            endpoint: boot.endpoint,
+            gatewayPort: plan.gateway.hostPort,
+            mtlsDir: boot.mtlsDir,
+            kubeconfig,
+            kubeApi: `https://127.0.0.1:${plan.api.hostPort}`,
+            mergedInto: plan.mergeKubeconfig,
+            kubeconfigBackup: backup,
+            bootstrap: boot.path,
+            start: bootKind.kind === 'restore' ? 'restored' : 'booted',
+            backend: options.backend.name,
+            accel: plan.accel.accel,
+            consoleLog: handle.run.consoleLog,
+            readyMs: Math.round(performance.now() - t0),
+            gatewayVersion: outcome.version,
+          };
+          if (bootKind.kind === 'restore') {
+            const saved = bootKind.meta;
+            emit({
+              type: 'stage',
+              stage: 'snapshot',
+              message: `restored the state saved ${saved.savedAt} (${mib(saved.stateBytes)}): Ready in ${(ready.readyMs / 1000).toFixed(1)} s, the cold boot took ${(saved.coldReadyMs / 1000).toFixed(1)} s`,
+            });
+          } else if (bootKind.kind === 'save') {
+            await saveSnapshot(handle, bootKind, ready.readyMs);
+          }
+          return {
+            gateway: ready.endpoint,
+            gatewayVersion: ready.gatewayVersion,
+            kubeApi: ready.kubeApi,
+            kubeconfig,
+            mtlsDir: ready.mtlsDir,
+          };
+        },
+        stopping: () => emit({ type: 'stage', stage: 'stopping', message: 'stopping the gateway microVM' }),
+        cleanup: async () => {
+          await stopFollow?.();
+          // A snapshot that was not saved: its image goes (the VM that used it has stopped).
+          if (bootKind.kind === 'save' && !committed)
+            await fs.rm(bootKind.dir, { recursive: true, force: true });
+        },
       },
-      stopping: () => emit({ type: 'stage', stage: 'stopping', message: 'stopping the gateway microVM' }),
-      cleanup: async () => {
-        await stopFollow?.();
-      },
-    },
-    { backend: options.backend, signal: options.signal, emit },
-  );
+      { backend: options.backend, signal: options.signal, emit },
+    );
+
+  let handle: InstanceHandle;
+  try {
+    handle = await attempt();
+  } catch (err) {
+    // A saved state that does not come back is dropped, and the gateway boots cold (once).
+    if ((bootKind as GatewayBoot).kind !== 'restore' || options.signal?.aborted) throw err;
+    emit({
+      type: 'warning',
+      message: `the saved state did not restore (${err instanceof Error ? err.message : String(err)}): dropped, booting cold`,
+    });
+    await removeSnapshot(dir);
+    forceCold = true;
+    fatal = undefined;
+    stopFollow = undefined;
+    bootstrapping = undefined;
+    ready = undefined;
+    bootKind = { kind: 'share' };
+    handle = await attempt();
+  }
 
   let stopTimeoutMs: number | undefined;
   void handle.stopRequested.then((ms) => {
@@ -343,6 +513,17 @@ export async function runGateway(
     }
   }
 }
+
+/** How a --snapshot start boots: from the rootfs share (no snapshot), saving, or restoring. */
+type GatewayBoot =
+  | { readonly kind: 'share' }
+  | { readonly kind: 'save'; readonly dir: string; readonly inputs: SnapshotInputs }
+  | { readonly kind: 'restore'; readonly dir: string; readonly meta: SnapshotMeta };
+
+/** How long a restored guest's agent gets to answer again (it is running: seconds at most). */
+const AGENT_RECONNECT_MS = 30_000;
+
+const mib = (bytes: number) => `${(bytes / (1 << 20)).toFixed(0)} MiB`;
 
 /** The console's last lines for readiness's own errors: guest text, so made terminal-safe. */
 async function consoleTail(file: string): Promise<string> {

@@ -35,9 +35,11 @@ export type NetworkSpec =
  * a tmpfs (read-only on the host side too: the guest cannot change rootDir); 'copy': as 'overlay'
  * for the host, but the guest copies the share into a tmpfs and unmounts it (a small root: the
  * default rootfs of `run`; under QEMU's TCG no executable then runs from pages virtiofsd wrote,
- * see the initramfs init); 'rw': the share is the root.
+ * see the initramfs init); 'rw': the share is the root; 'disk': no share, the root is the ext4
+ * image rootDisk on virtio-blk (what a VM whose state is saved and restored needs: QEMU cannot
+ * migrate a vhost-user-fs device).
  */
-export type RootMode = 'overlay' | 'copy' | 'rw';
+export type RootMode = 'overlay' | 'copy' | 'rw' | 'disk';
 
 export interface VmSpec {
   readonly arch: GuestArch;
@@ -53,6 +55,16 @@ export interface VmSpec {
   /** Host directory shared over virtio-fs and mounted as the guest's root. */
   readonly rootDir: string;
   readonly rootMode: RootMode;
+  /**
+   * rootMode 'disk': the raw ext4 image that is the root, and whether the guest's writes go to a
+   * throwaway overlay in the run directory (the image stays as it is: a saved state's disk).
+   */
+  readonly rootDisk?: { readonly path: string; readonly discardWrites: boolean } | undefined;
+  /**
+   * Resume this saved state (BackendFeatures.snapshots; rootMode 'disk' on the image the state was
+   * saved with) instead of booting: start() returns once the state is loaded and the VM runs.
+   */
+  readonly restoreState?: string | undefined;
   /**
    * The Unix socket the caller listens on for the guest agent, the only way a command reaches the
    * guest. Each backend connects the agent to it its own way: QEMU through the virtio-serial port
@@ -97,6 +109,11 @@ export interface BackendFeatures {
    * default rootfs boots a private copy.
    */
   readonly overlayRoot: 'read-only-lower' | 'writable';
+  /**
+   * Whether it saves a running VM's state to a file and resumes one from it (RunningVm.saveState,
+   * VmSpec.restoreState), with the root on a disk image (rootMode 'disk'): QEMU, by migration.
+   */
+  readonly snapshots: boolean;
   /** The file in the run directory that the VMM process itself writes (`logs --source vmm`). */
   readonly vmmLog: string;
 }
@@ -119,7 +136,18 @@ export interface RunningVm {
    * which call libkrun refused and why).
    */
   vmmLogTail(lines?: number): Promise<string>;
+  /**
+   * BackendFeatures.snapshots: pauses the VM, freezes its disk image as it is now (the guest's
+   * later writes go to an overlay in the run directory), writes its state to `file`, resumes it.
+   */
+  saveState?(file: string): Promise<SavedState>;
   [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** A saved VM state: how big, how long the VM was paused for it. */
+export interface SavedState {
+  readonly bytes: number;
+  readonly pausedMs: number;
 }
 
 /** Notifications of helper processes starting and stopping (the CLI's --events reports them). */
@@ -150,6 +178,11 @@ export interface VmmBackend {
   preflight?(spec: Pick<VmSpec, 'arch'>): Promise<unknown>;
   /** Lines that say what it runs on (libkrun: the runtime's libraries and provenance), for progress output. */
   describe?(): readonly string[];
+  /**
+   * features.snapshots: a fingerprint of the VMM a saved state needs again (QEMU: its binary), so
+   * a state is never loaded into another one.
+   */
+  identity?(spec: Pick<VmSpec, 'arch'>): Promise<string>;
   start(spec: VmSpec, options: { signal?: AbortSignal | undefined }): Promise<RunningVm>;
 }
 

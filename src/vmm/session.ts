@@ -8,7 +8,7 @@ import { GvproxyRelay } from '../net/frame-relay.ts';
 import { findGvproxy, GVPROXY_FILES, GVPROXY_NET, gvproxySpec } from '../net/gvproxy.ts';
 import type { PortForward } from '../net/ports.ts';
 import { type ExitResult, type PidRecord, SupervisedProcess } from '../supervisor/process.ts';
-import type { NetworkSpec, RootMode, RunningVm, VmmBackend } from './backend.ts';
+import type { NetworkSpec, RootMode, RunningVm, VmmBackend, VmSpec } from './backend.ts';
 import type { GuestMode } from './guest-handoff.ts';
 import type { RunPaths } from './run-paths.ts';
 
@@ -34,6 +34,8 @@ export interface SessionSpec {
   readonly kernelArgs: readonly string[];
   readonly rootDir: string;
   readonly rootMode: RootMode;
+  readonly rootDisk?: VmSpec['rootDisk'];
+  readonly restoreState?: string | undefined;
   readonly agentSocket?: string | undefined;
   readonly network: NetworkSpec['mode'];
   readonly forwards: readonly PortForward[];
@@ -112,7 +114,7 @@ export class VmSession {
       emit({
         type: 'stage',
         stage: 'boot',
-        message: `booting ${spec.arch} microVM with ${options.backend.name}/${spec.accel.accel} (${spec.vcpus} vCPU, ${spec.memMib} MiB)`,
+        message: `${spec.restoreState ? 'restoring' : 'booting'} ${spec.arch} microVM with ${options.backend.name}/${spec.accel.accel} (${spec.vcpus} vCPU, ${spec.memMib} MiB)${spec.restoreState ? ' from its saved state' : ''}`,
       });
       vm = await options.backend.start(
         {
@@ -126,6 +128,8 @@ export class VmSession {
           kernelArgs: [...spec.kernelArgs, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])],
           rootDir: spec.rootDir,
           rootMode: spec.rootMode,
+          rootDisk: spec.rootDisk,
+          restoreState: spec.restoreState,
           agentSocket: spec.agentSocket,
           network,
           runDir: run.dir,

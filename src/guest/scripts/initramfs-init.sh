@@ -12,7 +12,8 @@
 # The host serves the whole share read-only, so a guest that mounts it again
 # read-write still cannot change it. On any failure it says why on the console and powers off: the
 # host then sees the VM end before the guest agent connected and reports it with the console's
-# last lines.
+# last lines. With ovm.root=disk the root is the ext4 image on the virtio-blk disk /dev/vda (no
+# share): a VM whose state is saved and restored.
 # With KRUN_INIT in its environment (OPENSHELL_VM_GUEST_HANDOFF=krun: the kernel gives init the
 # command line's KEY=VALUE words as its environment, which is how libkrun hands its init the
 # workload) it stands in for libkrun's init: it mounts what libkrun's init mounts (/dev, /proc,
@@ -47,17 +48,30 @@ while read -r module; do
   insmod "/lib/modules/$module" || fail "insmod $module failed"
 done </etc/ovm-modules
 
-# The virtio-fs device may take a moment to appear after its driver loads.
+# The virtio-fs device (or, ovm.root=disk, the virtio-blk disk) may take a moment to appear after
+# its driver loads.
 tries=0
-until mount -t virtiofs "$tag" /mnt/host 2>/dev/null; do
-  tries=$((tries + 1))
-  [ $tries -lt 100 ] || fail "cannot mount the virtio-fs share '$tag'"
-  sleep 0.05
-done
+if [ "$rootmode" = disk ]; then
+  until [ -b /dev/vda ]; do
+    tries=$((tries + 1))
+    [ $tries -lt 100 ] || fail "no root disk (/dev/vda)"
+    sleep 0.05
+  done
+else
+  until mount -t virtiofs "$tag" /mnt/host 2>/dev/null; do
+    tries=$((tries + 1))
+    [ $tries -lt 100 ] || fail "cannot mount the virtio-fs share '$tag'"
+    sleep 0.05
+  done
+fi
 
 case $rootmode in
   rw)
     mount --move /mnt/host /newroot || fail "cannot move the root mount"
+    ;;
+  disk)
+    # The root on an ext4 image (a gateway whose state is saved and restored: no virtio-fs).
+    mount -t ext4 -o rw /dev/vda /newroot || fail "cannot mount the root disk /dev/vda (ext4)"
     ;;
   overlay)
     mount -t tmpfs -o mode=0755 tmpfs /mnt/rw || fail "cannot mount the overlay's tmpfs"
@@ -75,7 +89,7 @@ case $rootmode in
     cp -a /mnt/host/. /newroot/ || fail "cannot copy the root into memory"
     umount /mnt/host || fail "cannot unmount the share after the copy"
     ;;
-  *) fail "unknown ovm.root=$rootmode (expected rw, overlay or copy)" ;;
+  *) fail "unknown ovm.root=$rootmode (expected rw, overlay, copy or disk)" ;;
 esac
 
 [ -n "$KRUN_INIT" ] && init=$KRUN_INIT

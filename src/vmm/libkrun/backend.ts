@@ -101,6 +101,7 @@ export function libkrunFeatures(host: {
     networks: ['gvproxy', 'tsi', 'none'],
     guestKernel: 'libkrunfw',
     overlayRoot: 'writable',
+    snapshots: false,
     vmmLog: LIBKRUN_FILES.log,
   };
 }
@@ -130,6 +131,10 @@ export class LibkrunBackend implements VmmBackend {
   }
 
   async start(spec: VmSpec, options: { signal?: AbortSignal | undefined } = {}): Promise<RunningVm> {
+    // features.snapshots is false: nobody asks, but a disk root or a saved state is refused, not ignored.
+    if (spec.rootMode === 'disk' || spec.restoreState) {
+      throw new Error('the libkrun backend boots a shared root only (no disk root, no saved state)');
+    }
     const input = path.join(spec.runDir, LIBKRUN_FILES.input);
     await fs.writeFile(
       input,

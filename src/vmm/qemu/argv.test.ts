@@ -121,3 +121,40 @@ test("networks: virtio-net with the fixed MAC on gvproxy's stream socket, on QEM
   assert.deepEqual(after(user, '-netdev'), ['user,id=n0,hostfwd=tcp:127.0.0.1:18080-:80']);
   assert.equal(after(qemuArgs(spec, { virtiofsSocket: '/s' }), '-netdev').length, 0);
 });
+
+test("rootMode 'disk': the image on virtio-blk, QMP, plain RAM, no virtio-fs; a saved state is resumed", () => {
+  const disk: VmSpec = {
+    ...spec,
+    rootMode: 'disk',
+    rootDisk: { path: "/inst/snap,shot/it's.raw", discardWrites: false },
+  };
+  const argv = qemuArgs(disk, { virtiofsSocket: '/run/vfs.sock', qmpSocket: '/run/qmp.sock' });
+  assert.deepEqual(after(argv, '-drive'), [
+    "file=/inst/snap,,shot/it's.raw,format=raw,if=none,id=root,cache=writeback,discard=unmap",
+  ]);
+  assert.ok(after(argv, '-device').includes('virtio-blk-device,drive=root'));
+  assert.deepEqual(after(argv, '-qmp'), ['unix:/run/qmp.sock,server=on,wait=off']);
+  assert.deepEqual(after(argv, '-object'), ['memory-backend-ram,id=mem,size=512M']);
+  assert.ok(!argv.some((a) => a.includes('vhost-user-fs') || a.includes('vfs.sock')));
+  assert.match(after(argv, '-append')[0] ?? '', /ovm\.root=disk/);
+  assert.deepEqual(after(argv, '-incoming'), []);
+
+  const restore = qemuArgs(
+    { ...disk, rootDisk: { path: '/inst/disk.raw', discardWrites: true }, restoreState: "/inst/a b/it's" },
+    { virtiofsSocket: '/run/vfs.sock', qmpSocket: '/run/qmp.sock' },
+  );
+  // The writes of a restored VM go to a throwaway overlay; the state is one quoted shell word.
+  assert.match(after(restore, '-drive')[0] ?? '', /,snapshot=on$/);
+  assert.deepEqual(after(restore, '-incoming'), [`exec:cat -- '/inst/a b/it'\\''s'`]);
+});
+
+test('a disk root without its image or QMP socket, or a saved state without a disk root, is refused', () => {
+  assert.throws(() => qemuArgs({ ...spec, rootMode: 'disk' }, { virtiofsSocket: '/v', qmpSocket: '/q' }));
+  assert.throws(() =>
+    qemuArgs(
+      { ...spec, rootMode: 'disk', rootDisk: { path: '/d', discardWrites: true } },
+      { virtiofsSocket: '/v' },
+    ),
+  );
+  assert.throws(() => qemuArgs({ ...spec, restoreState: '/s' }, { virtiofsSocket: '/v' }));
+});

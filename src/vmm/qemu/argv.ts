@@ -3,10 +3,14 @@ import { AGENT_PORT_NAME } from '../../guest/paths.ts';
 import type { VmSpec } from '../backend.ts';
 import { ROOT_SHARE_TAG } from '../backend.ts';
 import { initKernelWords } from '../guest-handoff.ts';
+import { shellQuote } from './qmp.ts';
 
 /** Paths of the sockets and files QEMU is pointed at. */
 export interface QemuPaths {
+  /** vhost-user-fs's socket (every root mode but 'disk'). */
   readonly virtiofsSocket: string;
+  /** QEMU's QMP socket (rootMode 'disk': saving and restoring the VM's state). */
+  readonly qmpSocket?: string | undefined;
 }
 
 /** QEMU's option syntax uses ',' as separator: a literal comma in a value is written ',,'. */
@@ -25,7 +29,8 @@ export function kernelCommandLine(spec: VmSpec, handoff: GuestHandoff = 'cmdline
     ...(spec.arch === 'x86_64' ? ['reboot=t'] : []),
     // Reboot at once on a kernel panic, so a panicking guest ends QEMU instead of hanging.
     'panic=-1',
-    // The virtio-fs tag of the root share, and whether it is the root or an overlay's lower layer.
+    // The virtio-fs tag of the root share, and whether it is the root or an overlay's lower layer
+    // ('disk': no share, the root is /dev/vda).
     `ovm.tag=${ROOT_SHARE_TAG}`,
     `ovm.root=${spec.rootMode}`,
     // The guest init's mode and how it configures eth0 (DHCP, with gvproxy's static address as
@@ -48,6 +53,10 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths, handoff: GuestHandoff =
         'microvm,memory-backend=mem,pit=on,pic=on'
       : 'virt,memory-backend=mem';
   const cpu = hardware ? 'host' : spec.arch === 'aarch64' ? 'cortex-a72' : undefined;
+  const disk = spec.rootMode === 'disk';
+  if (disk && !spec.rootDisk) throw new Error("rootMode 'disk' without a rootDisk");
+  if (disk && !paths.qmpSocket) throw new Error("rootMode 'disk' without a QMP socket");
+  if (spec.restoreState && !disk) throw new Error("a saved state is restored only with rootMode 'disk'");
   return [
     '-M',
     machine,
@@ -58,9 +67,11 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths, handoff: GuestHandoff =
     String(spec.vcpus),
     '-m',
     `${spec.memMib}M`,
-    // vhost-user (virtiofsd) needs guest memory that another process can map.
+    // vhost-user (virtiofsd) needs guest memory that another process can map; a disk root does not.
     '-object',
-    `memory-backend-memfd,id=mem,size=${spec.memMib}M,share=on`,
+    disk
+      ? `memory-backend-ram,id=mem,size=${spec.memMib}M`
+      : `memory-backend-memfd,id=mem,size=${spec.memMib}M,share=on`,
     // virtiofsd (libvhost-user) refuses legacy virtio-mmio devices.
     '-global',
     'virtio-mmio.force-legacy=false',
@@ -80,14 +91,45 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths, handoff: GuestHandoff =
     kernelCommandLine(spec, handoff),
     '-serial',
     `file:${spec.consoleLog}`,
+    ...(disk ? diskRootArgs(spec, paths) : virtiofsRootArgs(paths)),
+    ...networkArgs(spec),
+    ...agentPortArgs(spec),
+    // Resume a saved state: QEMU loads it (the VM stays paused, as it was saved) and the backend
+    // continues it once loaded. exec: runs /bin/sh -c, so the path is one quoted word.
+    ...(spec.restoreState ? ['-incoming', `exec:cat -- ${shellQuote(spec.restoreState)}`] : []),
+  ];
+}
+
+/** The root share: virtio-fs on virtiofsd's vhost-user socket. */
+function virtiofsRootArgs(paths: QemuPaths): string[] {
+  return [
     '-chardev',
     `socket,id=vfs,path=${optValue(paths.virtiofsSocket)}`,
     '-device',
     `vhost-user-fs-device,chardev=vfs,tag=${ROOT_SHARE_TAG}`,
-    ...networkArgs(spec),
-    ...agentPortArgs(spec),
   ];
 }
+
+/**
+ * The root on a disk image (virtio-blk, /dev/vda in the guest) and the QMP socket that saves and
+ * restores the VM's state. discardWrites: the guest's writes go to a temporary overlay (QEMU's
+ * snapshot=on, in $TMPDIR: the backend points it at the run directory), never into the image.
+ */
+function diskRootArgs(spec: VmSpec, paths: QemuPaths): string[] {
+  const disk = spec.rootDisk;
+  if (!disk || !paths.qmpSocket) return [];
+  return [
+    '-drive',
+    `file=${optValue(disk.path)},format=raw,if=none,id=${ROOT_DRIVE_ID},cache=writeback,discard=unmap${disk.discardWrites ? ',snapshot=on' : ''}`,
+    '-device',
+    `virtio-blk-device,drive=${ROOT_DRIVE_ID}`,
+    '-qmp',
+    `unix:${optValue(paths.qmpSocket)},server=on,wait=off`,
+  ];
+}
+
+/** The root disk's drive id (QMP names it when the disk is frozen for a saved state). */
+export const ROOT_DRIVE_ID = 'root';
 
 /**
  * The guest agent's channel: the virtio-serial port org.openshell.agent, whose host side is the
