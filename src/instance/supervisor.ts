@@ -325,6 +325,12 @@ export class InstanceSupervisor {
       const bytes = randomBytes(RESEED_BYTES);
       const answer = await this.link.reseed(bytes, RESEED_TIMEOUT_MS).finally(() => bytes.fill(0));
       reseeded = answer === 'ok';
+      if (reseeded && !this.#closed) {
+        this.#emit({
+          type: 'agent',
+          message: `guest random pool reseeded with ${RESEED_BYTES} bytes from the host`,
+        });
+      }
       // No link any more: the VM stopped meanwhile, nothing to warn about.
       if (!reseeded && !this.#closed && this.link.hello) {
         const why =

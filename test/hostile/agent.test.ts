@@ -167,6 +167,8 @@ class FakeAgent {
         if (f.type === FRAME.timeGet) this.onTimeGet(f);
         else if (f.type === FRAME.timeSet) this.send(FRAME.time, f.channel, timeNow());
         else if (f.type === FRAME.ping) this.send(FRAME.pong, f.channel, f.payload);
+        // The supervisor reseeds the guest on every hello: answered as the real agent does.
+        else if (f.type === FRAME.entropy) this.send(FRAME.entropyDone, f.channel, 'ok');
         else if (f.type === FRAME.open) this.onOpen(f);
       }
     });
