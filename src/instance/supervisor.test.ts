@@ -118,7 +118,7 @@ describe('InstanceSupervisor: every hello reseeds the guest, then checks its clo
         'real bytes, not a zeroed buffer',
       );
       assert.deepEqual(
-        events.map((e) => ('message' in e ? e.message : e.type)),
+        events.map((e) => (e as { message?: string }).message),
         [
           'guest agent ovm-agent/1 (x86_64) connected',
           'guest random pool reseeded with 64 bytes from the host',

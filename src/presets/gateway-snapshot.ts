@@ -61,6 +61,9 @@ async function fileDigest(file: string): Promise<string> {
     .digest('hex');
 }
 
+/** How long one read through the agent may take. */
+const READ_TIMEOUT_MS = 15_000;
+
 /** The largest kubeconfig read from the guest (k3s writes a few KiB). */
 const KUBECONFIG_MAX_BYTES = 256 * 1024;
 
@@ -70,9 +73,10 @@ const KUBECONFIG_MAX_BYTES = 256 * 1024;
  * untrusted: over `maxBytes` is an error, never buffered whole.
  */
 export async function readGuestFile(
-  handle: InstanceHandle,
+  handle: Pick<InstanceHandle, 'exec'>,
   file: string,
   maxBytes: number,
+  timeoutMs = READ_TIMEOUT_MS,
 ): Promise<Buffer | undefined> {
   const chunks: Buffer[] = [];
   let size = 0;
@@ -90,7 +94,17 @@ export async function readGuestFile(
     { argv: ['cat', '--', file], env: [], workdir: '', tty: false, rows: 0, cols: 0 },
     { stdout: sink(true), stderr: sink(false) },
   );
-  const code = await session.done;
+  // A guest that never ends the command must not hold the start.
+  let timer: NodeJS.Timeout | undefined;
+  const code = await Promise.race([
+    session.done,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        session.close();
+        reject(new VmError(`the guest did not answer \`cat ${file}\` within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
+    }),
+  ]).finally(() => clearTimeout(timer));
   if (size > maxBytes) throw new VmError(`the guest's ${file} is over ${maxBytes} bytes`);
   return code === 0 ? Buffer.concat(chunks) : undefined;
 }
