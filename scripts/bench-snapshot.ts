@@ -40,6 +40,8 @@ export function benchSnapshot(root: string, options: { runs: number; arch: strin
     OPENSHELL_VM_DATA_DIR: path.join(base, 'data'),
     HOME: path.join(base, 'home'),
     XDG_CONFIG_HOME: path.join(base, 'config'),
+    // The shared artifact cache (gvproxy, the guest kernel, rootfs bases), not the private HOME's.
+    XDG_CACHE_HOME: process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'),
   };
   const name = 'bench-snap';
   const sh = (args: string[]) => {
