@@ -1,4 +1,5 @@
-// The argument reading the benchmark scripts share (beside them, not in scripts/lib/, which the package ships): `--name VALUE` options and a usage failure
+import { spawnSync } from 'node:child_process';
+// What the benchmark scripts share: a timed CLI call, and the argument reading (beside them, not in scripts/lib/, which the package ships): `--name VALUE` options and a usage failure
 // (exit 2) that names the script.
 
 /** `option('--runs')`: the word after it (a missing or flag-like value fails), undefined without it. */
@@ -15,4 +16,18 @@ export function scriptArgs(script: string, argv: readonly string[] = process.arg
     return value;
   };
   return { argv, option, fail };
+}
+
+/**
+ * `run(args)`: the CLI at `cli` with `env`, timed from spawn to exit (ms); a non-zero exit throws
+ * with its stderr.
+ */
+export function timedCli(cli: string, env: NodeJS.ProcessEnv) {
+  return (args: readonly string[]) => {
+    const start = process.hrtime.bigint();
+    const r = spawnSync(cli, args, { env, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
+    const ms = Number(process.hrtime.bigint() - start) / 1e6;
+    if (r.status !== 0) throw new Error(`openshell-vm ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+    return { ms, stdout: r.stdout, stderr: r.stderr };
+  };
 }

@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { scriptArgs } from './bench-args.ts';
+import { scriptArgs, timedCli } from './bench-args.ts';
 
 export interface PoolBench {
   readonly benchmark: string;
@@ -85,13 +85,7 @@ export async function benchPool(root: string, options: { runs: number; arch: str
   const data = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-bench-pool-'));
   const env = { ...process.env, OPENSHELL_VM_DATA_DIR: data };
   const vm = ['--arch', options.arch];
-  const sh = (args: string[]) => {
-    const start = process.hrtime.bigint();
-    const r = spawnSync(cli, args, { env, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
-    const ms = Number(process.hrtime.bigint() - start) / 1e6;
-    if (r.status !== 0) throw new Error(`openshell-vm ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-    return { ms, stdout: r.stdout, stderr: r.stderr };
-  };
+  const sh = timedCli(cli, env);
   const status = () =>
     (
       JSON.parse(sh(['pool', 'status', '--json']).stdout) as {

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { STAND_IN_BUILD } from '../test/fixtures/stand-in.ts';
-import { scriptArgs } from './bench-args.ts';
+import { scriptArgs, timedCli } from './bench-args.ts';
 import { type Stats, stats } from './bench-pool.ts';
 
 export interface SnapshotBench {
@@ -44,13 +44,7 @@ export function benchSnapshot(root: string, options: { runs: number; arch: strin
     XDG_CACHE_HOME: process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'),
   };
   const name = 'bench-snap';
-  const sh = (args: string[]) => {
-    const start = process.hrtime.bigint();
-    const r = spawnSync(cli, args, { env, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
-    const ms = Number(process.hrtime.bigint() - start) / 1e6;
-    if (r.status !== 0) throw new Error(`openshell-vm ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-    return { ms, stdout: r.stdout, stderr: r.stderr };
-  };
+  const sh = timedCli(cli, env);
   // Detached: `start` returns at Ready with the Ready object; `stop` ends it in order.
   const boot = (flag: string) => {
     const r = sh(['start', '--name', name, '--arch', options.arch, '--json', '--ready-timeout', '600', flag]);

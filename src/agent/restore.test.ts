@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Duplex, PassThrough, Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { testEnvironment } from '../../test/fixtures/env.ts';
-import { ensureAgent } from '../guest/agent-build.ts';
+import { startStdioAgent } from '../../test/fixtures/stdio-agent.ts';
 import { defaultGuestArch } from '../host/arch.ts';
 import { randomBytes } from '../host/random-hex.ts';
 import { AgentLink } from './link.ts';
@@ -39,27 +38,22 @@ const sink = () => {
 };
 
 describe('the real agent after a restore: HELLO_GET and ENTROPY (--stdio)', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-agent-restore-'));
-  let agent: ChildProcess;
   let link: AgentLink;
+  let stopAgent: () => Promise<void>;
+  let binary: string;
   const reports: string[] = [];
 
   before(async () => {
-    const binary = await ensureAgent(
-      testEnvironment(dir, { searchPath: process.env.PATH ?? '' }),
-      defaultGuestArch(),
-    );
-    agent = spawn(binary.path, ['--stdio'], { stdio: ['pipe', 'pipe', 'inherit'] });
-    link = new AgentLink({ report: (m) => reports.push(m) });
-    link.attach(Duplex.from({ readable: agent.stdout, writable: agent.stdin }));
-    assert.ok(await link.waitHello(5_000), 'the agent said hello');
+    ({
+      link,
+      binary,
+      stop: stopAgent,
+    } = await startStdioAgent('ovm-agent-restore-', {
+      report: (m) => reports.push(m),
+    }));
   });
 
-  after(async () => {
-    await link.close();
-    agent.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => stopAgent());
 
   it('answers HELLO_GET with its HELLO, which is not taken for a restart: a running session goes on', async () => {
     const out = sink();
@@ -122,7 +116,7 @@ describe('the real agent after a restore: HELLO_GET and ENTROPY (--stdio)', () =
     const shared = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-agent-nobody-'));
     fs.chmodSync(shared, 0o755);
     const copy = path.join(shared, 'ovm-agent');
-    fs.copyFileSync(agent.spawnfile, copy);
+    fs.copyFileSync(binary, copy);
     fs.chmodSync(copy, 0o755);
     const other = spawn(copy, ['--stdio'], { stdio: ['pipe', 'pipe', 'ignore'], uid: 65534, gid: 65534 });
     const nobody = new AgentLink();

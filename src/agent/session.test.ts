@@ -1,15 +1,9 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { testEnvironment } from '../../test/fixtures/env.ts';
+import { startStdioAgent } from '../../test/fixtures/stdio-agent.ts';
 import { VmError } from '../errors.ts';
-import { ensureAgent } from '../guest/agent-build.ts';
-import { defaultGuestArch } from '../host/arch.ts';
 import { AgentLink } from './link.ts';
 import { encodeFrame, FRAME } from './protocol.ts';
 import { AgentSession } from './session.ts';
@@ -36,26 +30,14 @@ const req = (argv: string[], extra: Partial<{ workdir: string; env: string[] }> 
 
 /** The real agent (compiled for this host) on --stdio behind a link: what `run` does, without a VM. */
 describe("an agent session on the link (run's command channel)", () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-session-'));
-  let agent: ChildProcess;
   let link: AgentLink;
+  let stopAgent: () => Promise<void>;
 
   before(async () => {
-    const binary = await ensureAgent(
-      testEnvironment(dir, { searchPath: process.env.PATH ?? '' }),
-      defaultGuestArch(),
-    );
-    agent = spawn(binary.path, ['--stdio'], { stdio: ['pipe', 'pipe', 'inherit'] });
-    link = new AgentLink();
-    link.attach(Duplex.from({ readable: agent.stdout, writable: agent.stdin }));
-    assert.ok(await link.waitHello(5_000), 'the agent said hello');
+    ({ link, stop: stopAgent } = await startStdioAgent('ovm-session-'));
   });
 
-  after(async () => {
-    await link.close();
-    agent.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => stopAgent());
 
   it('keeps stdout and stderr apart and gives the exit code', async () => {
     const out = sink();
