@@ -6,6 +6,8 @@
  * - HostError: the host lacks something (QEMU, a kernel, a working accelerator) or a host-side
  *   step failed.
  * - VmError: the microVM failed to boot, hung, or ended without reporting a result.
+ *   - RestoreError (a VmError): a saved VM state did not come back (the VMM could not load it, or
+ *     the restored guest failed its checks): the caller drops that state and boots cold.
  * - CommandError: an external command we ran failed; carries argv, exit code and stderr tail.
  */
 export type ErrorKind = 'usage' | 'host' | 'vm' | 'command';
@@ -46,6 +48,13 @@ export class VmError extends OvmError {
     super('vm', message, options);
   }
 }
+
+/**
+ * A saved VM state that did not come back: the VMM could not load it (QEMU's `-incoming` failed,
+ * or QEMU died loading it), or the restored guest failed its checks (its agent, its readiness).
+ * Only this drops the state; any other failure of a restoring start is the start's own.
+ */
+export class RestoreError extends VmError {}
 
 export interface CommandFailure {
   readonly argv: readonly string[];

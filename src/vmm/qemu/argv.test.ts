@@ -1,7 +1,18 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { test } from 'node:test';
 import type { VmSpec } from '../backend.ts';
-import { kernelCommandLine, optValue, qemuArgs, virtiofsdArgs } from './argv.ts';
+import {
+  kernelCommandLine,
+  optValue,
+  partialStateFile,
+  qemuArgs,
+  saveStateUri,
+  virtiofsdArgs,
+} from './argv.ts';
 
 const spec: VmSpec = {
   arch: 'x86_64',
@@ -157,4 +168,26 @@ test('a disk root without its image or QMP socket, or a saved state without a di
     ),
   );
   assert.throws(() => qemuArgs({ ...spec, restoreState: '/s' }, { virtiofsSocket: '/v' }));
+});
+
+test("the state writer (QEMU's exec: URI, run by /bin/sh -c) fills <state>.partial and renames it only once it has all", async () => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "ovm-writer-it's "));
+  const file = path.join(dir, 'state');
+  const uri = saveStateUri(file);
+  assert.ok(uri.startsWith('exec:'));
+  const child = spawn('/bin/sh', ['-c', uri.slice('exec:'.length)], {
+    stdio: ['pipe', 'inherit', 'inherit'],
+  });
+  const exited = new Promise<number | null>((r) => child.on('exit', r));
+  const chunk = Buffer.alloc(1 << 20, 7);
+  await new Promise<void>((r) => child.stdin.write(chunk, () => r()));
+  // Mid-stream: only the partial file, never the final name.
+  await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(await fs.readdir(dir), ['state.partial']);
+  child.stdin.end(chunk);
+  assert.equal(await exited, 0);
+  assert.deepEqual(await fs.readdir(dir), ['state']);
+  assert.equal((await fs.stat(file)).size, 2 << 20);
+  assert.equal(partialStateFile(file), `${file}.partial`);
+  await fs.rm(dir, { recursive: true });
 });

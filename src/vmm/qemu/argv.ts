@@ -100,6 +100,23 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths, handoff: GuestHandoff =
   ];
 }
 
+/** Where the state writer of saveStateUri writes until it has all of it. */
+export function partialStateFile(file: string): string {
+  return `${file}.partial`;
+}
+
+/**
+ * The outgoing migration's URI that writes a VM's state to `file`: cat writes it to
+ * `<file>.partial` and only once cat has written all of it (QEMU closed the pipe, cat ended well)
+ * is it renamed to `file`, in the same shell command. QEMU may say the migration completed before
+ * its writer has finished: `file` appearing is what says the state is whole. exec: runs /bin/sh
+ * -c, so each path is one quoted word.
+ */
+export function saveStateUri(file: string): string {
+  const partial = shellQuote(partialStateFile(file));
+  return `exec:cat > ${partial} && mv -f -- ${partial} ${shellQuote(file)}`;
+}
+
 /** The root share: virtio-fs on virtiofsd's vhost-user socket. */
 function virtiofsRootArgs(paths: QemuPaths): string[] {
   return [

@@ -31,6 +31,8 @@ export interface QmpOptions {
   readonly commandTimeoutMs?: number | undefined;
   /** The hint every error of this connection carries (e.g. where QEMU's log is). */
   readonly hint?: string | undefined;
+  /** Aborted: connecting stops (QEMU exited: its socket will never answer). */
+  readonly signal?: AbortSignal | undefined;
 }
 
 interface Waiting {
@@ -129,6 +131,7 @@ export class Qmp {
     const timeoutMs = opts.connectTimeoutMs ?? 10_000;
     const t0 = performance.now();
     for (;;) {
+      opts.signal?.throwIfAborted();
       const socket = await new Promise<net.Socket | undefined>((resolve) => {
         const s = net.createConnection(socketPath);
         s.once('connect', () => resolve(s));
