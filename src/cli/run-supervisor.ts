@@ -6,7 +6,7 @@ import { loadBackend } from '../vmm/load-backend.ts';
 import { receiveHandoff, reportDetachedReady } from './detach-child.ts';
 import { reportError } from './error-report.ts';
 import { Reporter } from './reporter.ts';
-import { parseRunHandoff } from './run-handoff.ts';
+import { acceptRunHandoff } from './run-handoff.ts';
 import { runHere } from './run-here.ts';
 
 /**
@@ -27,7 +27,7 @@ async function superviseRun(instance: string | undefined): Promise<number> {
         hint: 'use: openshell-vm run --name NAME --detach -- PATH [ARG...]',
       });
     }
-    const handoff = parseRunHandoff(await receiveHandoff());
+    const handoff = acceptRunHandoff(await receiveHandoff());
     debug = handoff.reporter.debug;
     if (handoff.plan.instance !== instance) {
       throw new HostError(

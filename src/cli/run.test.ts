@@ -7,7 +7,8 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { HostError } from '../errors.ts';
-import { parseRunHandoff, RUN_HANDOFF_FORMAT } from './run-handoff.ts';
+import { acceptRunHandoff, RUN_HANDOFF_FORMAT, runHandoffBuild } from './run-handoff.ts';
+import { parseRunHandoff } from './run-handoff-schema.ts';
 
 // A detached run's CLI validates the options, chooses the VMM and prepares the guest artifacts, and
 // hands the whole run to the supervisor, which stays resident for the instance's life: the
@@ -35,6 +36,7 @@ const PLAN = {
 
 const GOOD = {
   format: RUN_HANDOFF_FORMAT,
+  build: runHandoffBuild(),
   backend: 'qemu',
   plan: PLAN,
   events: [
@@ -71,6 +73,26 @@ test('the handoff is checked: what the CLI sends passes, anything else is a Host
   ]) {
     assert.throws(
       () => parseRunHandoff(bad),
+      (err: unknown) => err instanceof HostError && /handoff/.test(err.message) && Boolean(err.hint),
+      JSON.stringify(bad),
+    );
+  }
+});
+
+test("the supervisor accepts its starting command's handoff, and refuses another build's or format's", () => {
+  assert.deepEqual(acceptRunHandoff(GOOD), GOOD);
+  for (const bad of [
+    { ...GOOD, format: RUN_HANDOFF_FORMAT + 1 },
+    { ...GOOD, build: '0.0.0-other' },
+    { ...GOOD, backend: 'firecracker' },
+    { ...GOOD, plan: { ...PLAN, detached: false } },
+    { ...GOOD, plan: undefined },
+    [GOOD],
+    undefined,
+    'text',
+  ]) {
+    assert.throws(
+      () => acceptRunHandoff(bad),
       (err: unknown) => err instanceof HostError && /handoff/.test(err.message) && Boolean(err.hint),
       JSON.stringify(bad),
     );

@@ -9,7 +9,7 @@ import { isBackendName } from '../vmm/load-backend.ts';
 import { type ParsedArgs, single } from './args.ts';
 import { runDetached } from './detach.ts';
 import type { Reporter } from './reporter.ts';
-import { RUN_HANDOFF_FORMAT, type RunHandoff } from './run-handoff.ts';
+import { RUN_HANDOFF_FORMAT, type RunHandoff, runHandoffBuild } from './run-handoff.ts';
 import { runHere } from './run-here.ts';
 import { execRawOptions } from './run-options.ts';
 import { withSignals } from './signals.ts';
@@ -65,6 +65,7 @@ export async function execCommand(
     const eventsFile = regular ? givenEvents : undefined;
     return {
       format: RUN_HANDOFF_FORMAT,
+      build: runHandoffBuild(),
       backend: backendName,
       plan: { ...execPlan(options, accel, keepLogs), detached: true, prepared },
       events,
@@ -81,6 +82,10 @@ export async function execCommand(
         `Running in the background: openshell-vm stop ${options.instance} stops it.\n`,
     } satisfies RunHandoff;
   });
+  // Checked in full here, as the IPC channel will carry it (JSON): the supervisor checks only the
+  // format and the build (acceptRunHandoff), and loads no validator.
+  const { parseRunHandoff } = await import('./run-handoff-schema.ts');
+  parseRunHandoff(JSON.parse(JSON.stringify(handoff)));
   return runDetached(env, options.instance, argv, reporter, args.flags.has('quiet'), {
     handoff,
     entry: RUN_SUPERVISOR,

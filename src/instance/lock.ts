@@ -4,7 +4,7 @@ import { HostError, isErrno } from '../errors.ts';
 import { randomHex } from '../host/random-hex.ts';
 import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
 import { ensureInstanceDirAt } from './runs.ts';
-import { type LockRecord, lockRecordSchema, parseRecord } from './schema.ts';
+import type { LockRecord } from './schema.ts';
 import { readRecordFile } from './trust.ts';
 
 /** Who holds an instance's lock, and for what. */
@@ -87,6 +87,8 @@ async function readLock(dir: string): Promise<LockRead> {
   }
   if (read.kind === 'missing') return { kind: 'none' };
   if (read.kind === 'untrusted') return { kind: 'untrusted', reason: read.reason };
+  // Loaded when a lock is read, not with this module (a supervisor takes its lock without reading one).
+  const { lockRecordSchema, parseRecord } = await import('./schema.ts');
   const parsed = parseRecord(read.text, lockRecordSchema);
   return { kind: 'ok', holder: parsed.ok ? parsed.value : undefined };
 }

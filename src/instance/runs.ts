@@ -7,7 +7,7 @@ import { randomHex } from '../host/random-hex.ts';
 import { isSameProcess, processStartTime } from '../supervisor/identity.ts';
 import type { PidRecord } from '../supervisor/process.ts';
 import type { RunPaths } from '../vmm/run-paths.ts';
-import { type OwnerRecord, ownerRecordSchema, parseRecord, pidRecordSchema } from './schema.ts';
+import type { OwnerRecord } from './schema.ts';
 import {
   type DirRules,
   distrust,
@@ -194,6 +194,7 @@ async function readOwner(dir: string): Promise<OwnerRead> {
   const read = await readRecordFile(path.join(dir, RUN_FILES.owner));
   if (read.kind === 'missing') return read;
   if (read.kind === 'untrusted') return { kind: 'broken', reason: read.reason };
+  const { ownerRecordSchema, parseRecord } = await loadSchemas();
   const parsed = parseRecord(read.text, ownerRecordSchema);
   return parsed.ok ? { kind: 'ok', owner: parsed.value } : { kind: 'broken', reason: parsed.reason };
 }
@@ -268,6 +269,7 @@ export async function sweepStaleRuns(env: HostEnvironment, instance: string): Pr
       if (!file.endsWith('.pid')) continue;
       const read = await readRecordFile(path.join(dir, file));
       if (read.kind === 'missing') continue;
+      const { parseRecord, pidRecordSchema } = await loadSchemas();
       const parsed =
         read.kind === 'ok'
           ? parseRecord(read.text, pidRecordSchema)
@@ -363,4 +365,13 @@ async function pruneKeptRuns(base: string): Promise<void> {
   for (const id of kept.slice(0, Math.max(0, kept.length - KEPT_RUNS))) {
     await fs.rm(path.join(runsDir, id), { recursive: true, force: true });
   }
+}
+
+/**
+ * The records' validator, loaded when a record is read (an earlier run reaped, an owner checked),
+ * not with this module: a running instance's supervisor usually reads none and then keeps no
+ * memory for valibot (bench:startup).
+ */
+function loadSchemas(): Promise<typeof import('./schema.ts')> {
+  return import('./schema.ts');
 }

@@ -3,7 +3,8 @@ import { test } from 'node:test';
 import * as v from 'valibot';
 import { rootfsRecordSchema } from '../rootfs/record.ts';
 import { lockRecordSchema, ownerRecordSchema, parseRecord, pidRecordSchema } from './schema.ts';
-import { type InstanceState, instanceStateSchema } from './state.ts';
+import type { InstanceState } from './state.ts';
+import { instanceStateSchema } from './state-schema.ts';
 
 // The on-disk records' schemas: as strict as the zod ones they replace (unknown fields, arrays for
 // objects, bounds), and their one-line reasons never quote what the (planted) file holds.

@@ -1,26 +1,15 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import * as v from 'valibot';
 import { HostError, isErrno } from '../errors.ts';
 import { writeFileAtomic } from '../host/fs.ts';
-import {
-  boundedString,
-  exactObject,
-  filePath,
-  parseRecord,
-  processIdentity,
-  type RecordSchema,
-  recordOf,
-} from './schema.ts';
+import type { LogSource } from './log-sources.ts';
 import { readRecordFile, untrustedDir } from './trust.ts';
 
 export const STATE_FILE = 'state.json';
 /** Where a stopped instance's logs are (the last run's, copied when it ends) and a detached supervisor's. */
 export const LOGS_DIR = 'logs';
 
-/** The log files `openshell-vm logs --source` reads. */
-export const LOG_SOURCES = ['console', 'gvproxy', 'virtiofsd', 'vmm', 'supervisor', 'output'] as const;
-export type LogSource = (typeof LOG_SOURCES)[number];
+export { LOG_SOURCES, type LogSource } from './log-sources.ts';
 
 export interface ProcessIdentity {
   readonly name: string;
@@ -75,39 +64,6 @@ export async function writeState(instanceDir: string, state: InstanceState): Pro
   await writeFileAtomic(path.join(instanceDir, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`, 0o600);
 }
 
-/** The state file's schema (unknown fields are errors). */
-export const instanceStateSchema: RecordSchema<InstanceState> = exactObject({
-  version: v.literal(1),
-  instance: boundedString(64),
-  mode: v.picklist(['gateway', 'run']),
-  phase: v.picklist(['starting', 'running', 'stopping']),
-  supervisor: processIdentity,
-  detached: v.boolean(),
-  backend: boundedString(64),
-  accel: boundedString(64),
-  arch: boundedString(64),
-  vcpus: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(1024)),
-  memMib: v.pipe(v.number(), v.integer(), v.minValue(1)),
-  startedAt: boundedString(64),
-  readyAt: v.optional(boundedString(64)),
-  runDir: filePath,
-  control: filePath,
-  processes: v.pipe(v.array(processIdentity), v.maxLength(16)),
-  sockets: v.pipe(v.array(filePath), v.maxLength(64)),
-  forwards: v.pipe(v.array(boundedString(256)), v.maxLength(256)),
-  logs: recordOf(v.picklist(LOG_SOURCES), filePath),
-  endpoints: v.optional(
-    exactObject({
-      gateway: v.optional(boundedString(1024)),
-      gatewayVersion: v.optional(boundedString(256)),
-      kubeApi: v.optional(boundedString(1024)),
-      kubeconfig: v.optional(filePath),
-      mtlsDir: v.optional(filePath),
-    }),
-  ),
-  command: v.optional(v.array(v.string())),
-});
-
 /** What is at an instance's state file: nothing, a valid state, or a broken/untrusted file (with why). */
 export type StateRead =
   | { readonly kind: 'none' }
@@ -129,7 +85,11 @@ export async function loadState(instanceDir: string): Promise<StateRead> {
   const read = await readRecordFile(file);
   if (read.kind === 'missing') return { kind: 'none' };
   if (read.kind === 'untrusted') return { kind: 'broken', path: file, reason: read.reason };
-  const parsed = parseRecord(read.text, instanceStateSchema);
+  // The validator is loaded here, not with this module: a running instance's supervisor writes
+  // its state but never reads one, and keeps no memory for valibot (bench:startup).
+  const { parseRecord } = await import('./schema.ts');
+  const { instanceStateSchema } = await import('./state-schema.ts');
+  const parsed = parseRecord<InstanceState>(read.text, instanceStateSchema);
   if (!parsed.ok) return { kind: 'broken', path: file, reason: parsed.reason };
   return { kind: 'ok', state: parsed.value };
 }

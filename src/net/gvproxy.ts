@@ -1,7 +1,6 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import * as v from 'valibot';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
 import { pathExists, writeFileAtomic } from '../host/fs.ts';
@@ -106,27 +105,48 @@ export const GVPROXY_PROBE_CACHE = path.join('host', 'gvproxy-flags.json');
 /** Answers kept: one per gvproxy binary seen (PATH, Podman's, provisioned), the newest last. */
 const PROBE_CACHE_ENTRIES = 8;
 
-const probeCacheSchema = v.strictObject({
-  version: v.literal(1),
-  entries: v.pipe(
-    v.array(
-      v.strictObject({
-        binary: v.pipe(v.string(), v.maxLength(4096)),
-        size: v.pipe(v.number(), v.integer(), v.minValue(0)),
-        mtimeMs: v.number(),
-        ino: v.pipe(v.number(), v.integer(), v.minValue(0)),
-        hasServicesFlag: v.boolean(),
-      }),
-    ),
-    v.maxLength(PROBE_CACHE_ENTRIES),
-  ),
-});
-type ProbeCache = v.InferOutput<typeof probeCacheSchema>;
+interface ProbeEntry {
+  readonly binary: string;
+  readonly size: number;
+  readonly mtimeMs: number;
+  readonly ino: number;
+  readonly hasServicesFlag: boolean;
+}
+interface ProbeCache {
+  readonly version: 1;
+  readonly entries: readonly ProbeEntry[];
+}
 
-async function readProbeCache(file: string): Promise<ProbeCache['entries']> {
+const PROBE_ENTRY_KEYS = ['binary', 'size', 'mtimeMs', 'ino', 'hasServicesFlag'].sort().join();
+
+/**
+ * An entry of the probe cache, checked by hand rather than with valibot: this runs in every
+ * instance's resident supervisor, which loads no validator (bench:startup). The file is our own
+ * cache; anything unexpected only means probing again.
+ */
+function isProbeEntry(e: unknown): e is ProbeEntry {
+  if (typeof e !== 'object' || e === null || Array.isArray(e)) return false;
+  const r = e as Record<string, unknown>;
+  const count = (x: unknown) => typeof x === 'number' && Number.isInteger(x) && x >= 0;
+  return (
+    Object.keys(r).sort().join() === PROBE_ENTRY_KEYS &&
+    typeof r.binary === 'string' &&
+    r.binary.length <= 4096 &&
+    count(r.size) &&
+    typeof r.mtimeMs === 'number' &&
+    Number.isFinite(r.mtimeMs) &&
+    count(r.ino) &&
+    typeof r.hasServicesFlag === 'boolean'
+  );
+}
+
+async function readProbeCache(file: string): Promise<readonly ProbeEntry[]> {
   try {
-    const parsed = v.safeParse(probeCacheSchema, JSON.parse(await fs.readFile(file, 'utf8')));
-    return parsed.success ? parsed.output.entries : [];
+    const cache: unknown = JSON.parse(await fs.readFile(file, 'utf8'));
+    if (typeof cache !== 'object' || cache === null) return [];
+    const { version, entries } = cache as Record<string, unknown>;
+    if (version !== 1 || !Array.isArray(entries) || entries.length > PROBE_CACHE_ENTRIES) return [];
+    return entries.every(isProbeEntry) ? entries : [];
   } catch {
     // Missing, unreadable or not JSON: probed again and rewritten.
     return [];
@@ -149,7 +169,7 @@ export async function hasServicesFlag(
   const key = { binary, size: stat.size, mtimeMs: stat.mtimeMs, ino: stat.ino };
   const file = path.join(options.cacheDir, GVPROXY_PROBE_CACHE);
   const entries = await readProbeCache(file);
-  const same = (e: ProbeCache['entries'][number]) =>
+  const same = (e: ProbeEntry) =>
     e.binary === key.binary && e.size === key.size && e.mtimeMs === key.mtimeMs && e.ino === key.ino;
   const hit = entries.find(same);
   if (hit) return hit.hasServicesFlag;
