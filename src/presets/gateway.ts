@@ -291,7 +291,10 @@ export async function runGateway(
             stage: 'snapshot',
             message: `building the root disk image from ${plan.rootfs}`,
           });
-          const image = await buildDiskImage(env, plan.rootfs, path.join(newDir, SNAPSHOT_FILES.disk));
+          // Ctrl-C ends mke2fs (an image of a large rootfs takes a while).
+          const image = await buildDiskImage(env, plan.rootfs, path.join(newDir, SNAPSHOT_FILES.disk), {
+            signal: options.signal,
+          });
           emit({
             type: 'stage',
             stage: 'snapshot',

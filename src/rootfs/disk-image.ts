@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -74,15 +74,20 @@ export async function findMke2fs(env: HostEnvironment): Promise<string> {
   });
 }
 
+/** How long mke2fs gets to end after SIGTERM on an abort, before SIGKILL. */
+const MKE2FS_GRACE_MS = 2_000;
+
 /**
  * Builds `image` from `rootfs` (next to it first, then renamed: a failed build leaves no image).
- * A failure is a HostError with mke2fs's own words.
+ * A failure is a HostError with mke2fs's own words. Aborting `signal` (Ctrl-C) ends mke2fs
+ * (SIGTERM, SIGKILL after MKE2FS_GRACE_MS) and rejects with the signal's reason once it is gone;
+ * the signal is required, so that no caller forgets it.
  */
 export async function buildDiskImage(
   env: HostEnvironment,
   rootfs: string,
   image: string,
-  options: { readonly signal?: AbortSignal | undefined } = {},
+  options: { readonly signal: AbortSignal | undefined; readonly graceMs?: number },
 ): Promise<DiskImage> {
   const t0 = performance.now();
   const mke2fs = await findMke2fs(env);
@@ -96,10 +101,12 @@ export async function buildDiskImage(
     } finally {
       await handle.close();
     }
-    await execFileAsync(mke2fs, mke2fsArgs(rootfs, tmp), {
-      signal: options.signal,
-      maxBuffer: 4 * MIB,
-    }).catch((err: Error & { stderr?: string }) => {
+    await runMke2fs(
+      mke2fs,
+      mke2fsArgs(rootfs, tmp),
+      options.signal,
+      options.graceMs ?? MKE2FS_GRACE_MS,
+    ).catch((err: Error & { stderr?: string }) => {
       if (options.signal?.aborted) throw options.signal.reason;
       const words = (err.stderr ?? '').trim().split('\n').slice(-3).join('; ');
       throw new HostError(`mke2fs could not build the disk image from ${rootfs}: ${words || err.message}`, {
@@ -113,6 +120,49 @@ export async function buildDiskImage(
     throw err;
   }
   return { path: image, sizeBytes, usedBytes: used, ms: Math.round(performance.now() - t0) };
+}
+
+/**
+ * Runs mke2fs to its end; on an abort, ends it (SIGTERM, then SIGKILL after `graceMs`) and
+ * rejects only once it has exited, so nothing writes the image after the caller went on. A failure
+ * carries the end of its stderr.
+ */
+function runMke2fs(
+  command: string,
+  args: readonly string[],
+  signal: AbortSignal | undefined,
+  graceMs: number,
+): Promise<void> {
+  signal?.throwIfAborted();
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (d: string) => {
+      stderr = (stderr + d).slice(-16_384);
+    });
+    let killTimer: NodeJS.Timeout | undefined;
+    const onAbort = () => {
+      child.kill('SIGTERM');
+      killTimer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const done = (err: (Error & { stderr?: string }) | undefined) => {
+      signal?.removeEventListener('abort', onAbort);
+      clearTimeout(killTimer);
+      if (signal?.aborted) reject(signal.reason);
+      else if (err) reject(Object.assign(err, { stderr }));
+      else resolve();
+    };
+    child.once('error', (err) => done(err));
+    child.once('close', (code, sig) => {
+      done(
+        code === 0
+          ? undefined
+          : new Error(sig ? `mke2fs was killed by ${sig}` : `mke2fs exited with code ${code}`),
+      );
+    });
+  });
 }
 
 /** The space the tree takes (du's allocated bytes, one filesystem). */
