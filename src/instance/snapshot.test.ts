@@ -11,6 +11,7 @@ import {
   removeSnapshot,
   SNAPSHOT_FILES,
   type SnapshotInputs,
+  syncPath,
 } from './snapshot.ts';
 
 const inputs: SnapshotInputs = {
@@ -90,5 +91,42 @@ test('removeSnapshot takes half-made snapshots too, and keeps what it is told to
     ),
     false,
   );
+  await fs.rm(dir, { recursive: true });
+});
+
+test('unfinishedOnly takes the half-made snapshots and leaves the committed one', async () => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-snap-'));
+  await saved(dir);
+  const half = await newSnapshotDir(dir);
+  await fs.writeFile(path.join(half, SNAPSHOT_FILES.disk), 'partial');
+  assert.deepEqual(await removeSnapshot(dir, { unfinishedOnly: true }), [half]);
+  assert.deepEqual(await fs.readdir(dir), ['snapshot']);
+  assert.equal((await findSnapshot(dir, inputs)).kind, 'found');
+  assert.deepEqual(await removeSnapshot(dir), [path.join(dir, 'snapshot')]);
+  await fs.rm(dir, { recursive: true });
+});
+
+test('the image, the state, snapshot.json and the directory are fsynced before the rename that commits them', async () => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ovm-snap-'));
+  const fresh = await newSnapshotDir(dir);
+  await fs.writeFile(path.join(fresh, SNAPSHOT_FILES.disk), 'disk bytes');
+  await fs.writeFile(path.join(fresh, SNAPSHOT_FILES.state), 'state bytes');
+  const synced: { file: string; committed: boolean }[] = [];
+  await commitSnapshot(dir, fresh, { inputs, savedAt: 'now', pausedMs: 5, coldReadyMs: 1 }, async (file) => {
+    const committed = await fs.stat(path.join(dir, 'snapshot')).then(
+      () => true,
+      () => false,
+    );
+    synced.push({ file: path.relative(dir, file), committed });
+    await syncPath(file);
+  });
+  const before = synced.filter((s) => !s.committed).map((s) => s.file);
+  const rel = (f: string) => path.join(path.basename(fresh), f);
+  for (const f of [SNAPSHOT_FILES.disk, SNAPSHOT_FILES.state, SNAPSHOT_FILES.meta]) {
+    assert.ok(before.includes(rel(f)), `${f} was not fsynced before the commit`);
+  }
+  assert.ok(before.includes(path.basename(fresh)), 'the new directory was not fsynced before the commit');
+  // The rename itself: the instance directory afterwards.
+  assert.deepEqual(synced.at(-1), { file: '', committed: true });
   await fs.rm(dir, { recursive: true });
 });

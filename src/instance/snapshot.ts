@@ -113,17 +113,34 @@ export async function newSnapshotDir(instanceDir: string): Promise<string> {
   return dir;
 }
 
+/** fsync of a file or a directory (its entries). */
+export async function syncPath(file: string): Promise<void> {
+  const handle = await fs.open(file, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 /**
  * Records `meta` in the new snapshot's directory (the disk's size and mtime as they are now) and
- * puts it in place of the old one.
+ * puts it in place of the old one. Everything is on disk before the rename that commits it (the
+ * image, the state, snapshot.json and the directory fsynced), and the rename itself after it (the
+ * instance directory fsynced): a crash leaves the old snapshot or the whole new one, never a
+ * snapshot.json that describes files that were not written. `sync` is for tests.
  */
 export async function commitSnapshot(
   instanceDir: string,
   newDir: string,
   meta: Omit<SnapshotMeta, 'format' | 'diskBytes' | 'diskMtimeMs' | 'stateBytes'>,
+  sync: (file: string) => Promise<void> = syncPath,
 ): Promise<SnapshotMeta> {
-  const disk = await fs.stat(path.join(newDir, SNAPSHOT_FILES.disk));
-  const state = await fs.stat(path.join(newDir, SNAPSHOT_FILES.state));
+  const diskFile = path.join(newDir, SNAPSHOT_FILES.disk);
+  const stateFile = path.join(newDir, SNAPSHOT_FILES.state);
+  const metaFile = path.join(newDir, SNAPSHOT_FILES.meta);
+  const disk = await fs.stat(diskFile);
+  const state = await fs.stat(stateFile);
   const full: SnapshotMeta = {
     format: FORMAT,
     ...meta,
@@ -131,22 +148,37 @@ export async function commitSnapshot(
     diskBytes: disk.size,
     diskMtimeMs: disk.mtimeMs,
   };
-  await fs.chmod(path.join(newDir, SNAPSHOT_FILES.state), 0o600);
-  await fs.writeFile(path.join(newDir, SNAPSHOT_FILES.meta), `${JSON.stringify(full, null, 2)}\n`, {
-    mode: 0o600,
-  });
+  await fs.chmod(stateFile, 0o600);
+  await sync(diskFile);
+  await sync(stateFile);
+  await fs.writeFile(metaFile, `${JSON.stringify(full, null, 2)}\n`, { mode: 0o600 });
+  await sync(metaFile);
+  await sync(newDir);
   await removeSnapshot(instanceDir, { keep: newDir });
   await fs.rename(newDir, snapshotDir(instanceDir));
+  await sync(instanceDir);
   return full;
 }
 
-/** Removes the instance's snapshot and any half-made one (a crash's), but `keep`. */
-export async function removeSnapshot(instanceDir: string, options: { keep?: string } = {}): Promise<void> {
+/**
+ * Removes the instance's snapshot and any half-made one (a crash's, a failed save's), but `keep`;
+ * unfinishedOnly: only the half-made ones (`snapshot.new-*`). Returns what it removed. Callers
+ * hold the instance lock (a start that is making one holds it too).
+ */
+export async function removeSnapshot(
+  instanceDir: string,
+  options: { readonly keep?: string; readonly unfinishedOnly?: boolean } = {},
+): Promise<string[]> {
+  const removed: string[] = [];
   const names = await fs.readdir(instanceDir).catch(() => [] as string[]);
   for (const name of names) {
-    if (options.keep && path.join(instanceDir, name) === path.resolve(options.keep)) continue;
-    if (name === SNAPSHOT_DIR || name.startsWith(`${SNAPSHOT_DIR}.new-`)) {
-      await fs.rm(path.join(instanceDir, name), { recursive: true, force: true });
+    const full = path.join(instanceDir, name);
+    if (options.keep && full === path.resolve(options.keep)) continue;
+    const unfinished = name.startsWith(`${SNAPSHOT_DIR}.new-`);
+    if (unfinished || (name === SNAPSHOT_DIR && !options.unfinishedOnly)) {
+      await fs.rm(full, { recursive: true, force: true });
+      removed.push(full);
     }
   }
+  return removed;
 }
