@@ -11,10 +11,10 @@ import type { HostEnvironment } from '../config/environment.ts';
 import { HostError } from '../errors.ts';
 import { buildKubeconfig, mergeGatewayKubeconfig, writeKubeconfig } from '../gateway/kubeconfig.ts';
 import { generatePki } from '../gateway/pki.ts';
-import { PRESETS_FILE, recordPreset } from '../instance/cleanup.ts';
-import { deleteInstance } from '../instance/lifecycle.ts';
+import { type InstanceCleanup, PRESETS_FILE, recordPreset } from '../instance/cleanup.ts';
+import { deleteInstance, resetInstance } from '../instance/lifecycle.ts';
 import { instanceDir } from '../instance/runs.ts';
-import { GATEWAY_PRESET, RESET_PATHS, resetGateway } from './gateway-cleanup.ts';
+import { GATEWAY_PRESET, gatewayCleanup, RESET_PATHS, resetGateway } from './gateway-cleanup.ts';
 import { PRESET_CLEANUPS } from './index.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -152,6 +152,39 @@ function cli(base: string, ...argv: string[]): { status: number | null; out: str
   });
   return { status: r.status, out: `${r.stdout}${r.stderr}` };
 }
+
+test('--reset removes the saved state and half-made ones inside the locked reset (before the lock is released)', async (t) => {
+  const e = env(t);
+  const dir = instance(e, 'gw');
+  const rootfs = path.join(dir, 'rootfs');
+  for (const d of ['snapshot', 'snapshot.new-abc123']) {
+    fs.mkdirSync(path.join(dir, d));
+    fs.writeFileSync(path.join(dir, d, 'state'), 'saved');
+  }
+  // A cleanup after the gateway's, so still under the reset's lock: the snapshot is gone already.
+  let seenDuringReset: string[] | undefined;
+  const after: InstanceCleanup = {
+    preset: 'probe',
+    async onReset() {
+      seenDuringReset = fs.readdirSync(dir).filter((n) => n.startsWith('snapshot'));
+      return { removed: [], takenOut: [] };
+    },
+  };
+  const out = await resetInstance(e, 'gw', {
+    rootfs,
+    refusedHint: 'rebuild',
+    cleanups: [gatewayCleanup, after],
+  });
+  assert.deepEqual(seenDuringReset, []);
+  assert.deepEqual(out.removed.filter((p) => p.includes('snapshot')).sort(), [
+    path.join(dir, 'snapshot'),
+    path.join(dir, 'snapshot.new-abc123'),
+  ]);
+  // resetGateway says so too.
+  fs.mkdirSync(path.join(dir, 'snapshot'));
+  assert.deepEqual((await resetGateway(e, 'gw', rootfs)).removed.at(-1), path.join(dir, 'snapshot'));
+  assert.equal(fs.existsSync(path.join(dir, 'snapshot')), false);
+});
 
 test("delete of an instance only `run` used: the user's own ~/.kube/NAME.yaml, OpenShell gateway NAME and active_gateway stay", async (t) => {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ovm-gw-cleanup-cli-'));

@@ -1,4 +1,3 @@
-import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { HostEnvironment } from '../config/environment.ts';
 import { clearActiveGateway, removeGatewayFiles } from '../gateway/client-config.ts';
@@ -7,7 +6,7 @@ import { TLS_SECRETS_MANIFEST } from '../gateway/tls-secrets.ts';
 import type { CleanupContext, CleanupResult, InstanceCleanup, ResetContext } from '../instance/cleanup.ts';
 import { type CleanupReport, resetInstance } from '../instance/lifecycle.ts';
 import { instanceDir } from '../instance/runs.ts';
-import { removeSnapshot, snapshotDir } from '../instance/snapshot.ts';
+import { removeSnapshot } from '../instance/snapshot.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { rebuildCommand } from '../rootfs/record.ts';
 
@@ -48,8 +47,9 @@ async function removeHostCredentials(env: HostEnvironment, name: string): Promis
  * gateway directory, ~/.kube/NAME.yaml, and what --merge-kubeconfig added (while still ours).
  * --reset: k3s's datastore, certificates and tokens, kubelet pods, CNI state and run files in the
  * rootfs (through the GuestRoot: a planted symlink is refused or unlinked, never followed), the
- * same credentials and merged entries; kept: the base system, k3s, the chart and manifests, and
- * the images (containerd's content store and snapshots). Each removes only what exists.
+ * same credentials and merged entries, and the saved VM state (snapshot/, snapshot.new-*); kept:
+ * the base system, k3s, the chart and manifests, and the images (containerd's content store and
+ * snapshots). Each removes only what exists.
  */
 export const gatewayCleanup: InstanceCleanup = {
   preset: GATEWAY_PRESET,
@@ -68,6 +68,9 @@ export const gatewayCleanup: InstanceCleanup = {
     removed.push(...(await removeHostCredentials(ctx.env, ctx.name)));
     const takenOut = await forgetMergedKubeconfig(ctx.instanceDir, ctx.warn);
     await ctx.root.mkdirp('run');
+    // A saved state holds the cluster (and the credentials) as they were: it goes too, with any
+    // half-made one, here where the instance lock is held.
+    removed.push(...(await removeSnapshot(ctx.instanceDir)));
     return { removed, takenOut };
   },
 };
@@ -86,7 +89,7 @@ export async function resetGateway(
   // The instance's own rootfs (rootfsDir in src/rootfs/layout.ts).
   const dir = instanceDir(env, name);
   const own = path.resolve(rootfs) === path.join(dir, 'rootfs');
-  const report = await resetInstance(env, name, {
+  return resetInstance(env, name, {
     rootfs,
     refusedHint: own
       ? `rebuild the rootfs instead: ${rebuildCommand(name)}`
@@ -94,12 +97,4 @@ export async function resetGateway(
     cleanups: [gatewayCleanup],
     warn,
   });
-  // A saved state holds the cluster (and the credentials) as they were: it goes too.
-  const saved = snapshotDir(dir);
-  const had = await fs.stat(saved).then(
-    () => true,
-    () => false,
-  );
-  await removeSnapshot(dir);
-  return had ? { ...report, removed: [...report.removed, saved] } : report;
 }
