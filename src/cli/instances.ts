@@ -18,7 +18,6 @@ import { LOG_SOURCES, LOGS_DIR, type LogSource, loadState, readState } from '../
 import { parseCount } from '../options/units.ts';
 import { ROOTFS_PATHS } from '../rootfs/layout.ts';
 import { type OptionSpec, type ParsedArgs, parseArgs, single } from './args.ts';
-import { followLog } from './follow-log.ts';
 import { DELETE_HELP, LIST_HELP, LOGS_HELP, STATUS_HELP, STOP_HELP } from './help.ts';
 import { Reporter } from './reporter.ts';
 import { withSignals } from './signals.ts';
@@ -207,6 +206,7 @@ export async function logsCommand(argv: readonly string[]): Promise<number> {
   }
   const reporter = new Reporter({ stderr: process.stderr, quiet: true, eventsFile: undefined });
   // Ctrl-C, the instance ending and the reader going away end it; any other error is reported.
+  const { followLog } = await import('./follow-log.ts');
   await withSignals(reporter, 'stopped following', (signal) =>
     followLog({
       file,

@@ -5,7 +5,6 @@ import { FRAME, parseAgentTime } from '../agent/protocol.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { HostError, isErrno, OvmError } from '../errors.ts';
 import { pathExists } from '../host/fs.ts';
-import { GuestRoot } from '../host/guest-root.ts';
 import { isSameProcess } from '../supervisor/identity.ts';
 import {
   type CleanupContext,
@@ -249,6 +248,8 @@ export async function resetInstance(
   const release = await takeInstanceLock(dir, name, 'resetting the instance');
   const report: CleanupReport = { removed: [], takenOut: [] };
   try {
+    // Loaded here (it loads node:crypto): list and status, which load this module, never reset.
+    const { GuestRoot } = await import('../host/guest-root.ts');
     const root = new GuestRoot(options.rootfs, { hint: options.refusedHint });
     const ctx = { ...cleanupContext(env, name, dir, options), root };
     for (const cleanup of options.cleanups) {

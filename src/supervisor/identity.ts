@@ -1,11 +1,13 @@
-import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 
 /**
  * `ps`'s stdout. Not util.promisify: `import … from 'node:util'` builds util's ES module namespace,
  * which reads every export and so loads worker_threads (~3 ms, ~2 MB), on exec's path for one call.
+ * node:child_process is loaded here, on the first call: on Linux (/proc) `list`, `status` and
+ * `exec` never make one.
  */
 function psOutput(args: readonly string[]): Promise<string> {
+  const { execFile } = process.getBuiltinModule('node:child_process');
   return new Promise((resolve, reject) => {
     execFile('ps', [...args], { encoding: 'utf8' }, (err, stdout) => (err ? reject(err) : resolve(stdout)));
   });
