@@ -90,16 +90,20 @@ export async function listCommand(argv: readonly string[]): Promise<number> {
       hint: 'use: openshell-vm list [--json]',
     });
   const env = readEnvironment();
-  const all: ShownStatus[] = [];
-  for (const name of await listInstanceNames(env)) {
-    // One instance that cannot be read does not hide the others: it is listed as broken.
-    const status = await describeInstance(env, name).catch((err: unknown): ShownStatus => {
-      if (!(err instanceof OvmError) && !isErrnoError(err)) throw err;
-      const hint = err instanceof OvmError && err.hint ? ` (${err.hint})` : '';
-      return { name, status: 'broken', problems: [`${(err as Error).message}${hint}`], hasRootfs: false };
-    });
-    if (status.reaped) process.stderr.write(`openshell-vm: ${name}: ${status.reaped}\n`);
-    all.push(status);
+  // Every instance is inspected at once (each its own directory, lock and agent): a list of
+  // several running instances waits for the slowest answer, not for the sum of them.
+  const all = await Promise.all(
+    (await listInstanceNames(env)).map((name) =>
+      // One instance that cannot be read does not hide the others: it is listed as broken.
+      describeInstance(env, name).catch((err: unknown): ShownStatus => {
+        if (!(err instanceof OvmError) && !isErrnoError(err)) throw err;
+        const hint = err instanceof OvmError && err.hint ? ` (${err.hint})` : '';
+        return { name, status: 'broken', problems: [`${(err as Error).message}${hint}`], hasRootfs: false };
+      }),
+    ),
+  );
+  for (const status of all) {
+    if (status.reaped) process.stderr.write(`openshell-vm: ${status.name}: ${status.reaped}\n`);
   }
   if (args.flags.has('json')) {
     process.stdout.write(`${JSON.stringify(all.map(toJson), null, 2)}\n`);
