@@ -2,7 +2,14 @@ import assert from 'node:assert/strict';
 import type { Writable } from 'node:stream';
 import { test } from 'node:test';
 import type { AgentSession, SessionIo } from '../agent/session.ts';
-import { readGuestFile } from './gateway-snapshot.ts';
+import { HostError, RestoreError, VmError } from '../errors.ts';
+import {
+  coldRetryAfter,
+  RESTORE_READY_MAX_MS,
+  readGuestFile,
+  restoreCheckFailure,
+  restoreReadyBudgetMs,
+} from './gateway-snapshot.ts';
 
 /** A guest whose `cat` writes `chunks` and exits with `code` (never, when code is undefined). */
 function guest(chunks: readonly Buffer[], code: number | undefined) {
@@ -43,4 +50,37 @@ test('hostile guest: an answer over the cap is an error, not buffered; one that 
     /did not answer `cat \/etc\/x` within 0.05 s/,
   );
   assert.equal(stuck.calls[0]?.closed, true, 'the stuck session is closed');
+});
+
+test("only a restore that did not come back drops the state and boots cold; a host failure is the start's own", () => {
+  const loadFailed = new RestoreError('QEMU could not load the saved state: load of migration failed');
+  const portInUse = new HostError('127.0.0.1:30051 is in use');
+  assert.equal(coldRetryAfter(loadFailed, true, undefined), true);
+  assert.equal(coldRetryAfter(portInUse, true, undefined), false);
+  assert.equal(coldRetryAfter(new VmError('gvproxy did not start'), true, undefined), false);
+  // Not restoring, or aborted (Ctrl-C): never a cold retry.
+  assert.equal(coldRetryAfter(loadFailed, false, undefined), false);
+  const ac = new AbortController();
+  ac.abort(new Error('interrupted'));
+  assert.equal(coldRetryAfter(loadFailed, true, ac.signal), false);
+
+  // A restored guest's failed check becomes a RestoreError with its words, hint and cause.
+  const notReady = new VmError('the gateway did not answer mTLS on 127.0.0.1:30051 within 120 s', {
+    hint: 'see x',
+  });
+  const wrapped = restoreCheckFailure(notReady, undefined);
+  assert.ok(wrapped instanceof RestoreError);
+  assert.equal(wrapped.message, notReady.message);
+  assert.equal(wrapped.hint, 'see x');
+  assert.equal(wrapped.cause, notReady);
+  assert.equal(coldRetryAfter(wrapped, true, undefined), true);
+  assert.equal(restoreCheckFailure(loadFailed, undefined), loadFailed);
+  // An abort's reason is not turned into a failed restore.
+  assert.equal(restoreCheckFailure(ac.signal.reason, ac.signal), ac.signal.reason);
+});
+
+test("a restore's readiness is bounded by min(--ready-timeout, 120 s)", () => {
+  assert.equal(RESTORE_READY_MAX_MS, 120_000);
+  assert.equal(restoreReadyBudgetMs(600_000), 120_000);
+  assert.equal(restoreReadyBudgetMs(45_000), 45_000);
 });

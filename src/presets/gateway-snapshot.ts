@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { Writable } from 'node:stream';
-import { VmError } from '../errors.ts';
+import { RestoreError, VmError } from '../errors.ts';
 import type { MtlsBundle } from '../gateway/client-config.ts';
 import { TLS_SECRETS_MANIFEST } from '../gateway/tls-secrets.ts';
 import type { AgentBinary } from '../guest/agent-build.ts';
@@ -127,4 +127,31 @@ export async function waitForGuestKubeconfig(
     if (handle.vm.hasExited || performance.now() - t0 > timeoutMs) return undefined;
     await abortableSleep(500, signal);
   }
+}
+
+/** The longest a restored gateway's checks may take (a restore is Ready in seconds). */
+export const RESTORE_READY_MAX_MS = 120_000;
+
+/** How long a restored gateway gets to be Ready: min(--ready-timeout, RESTORE_READY_MAX_MS). */
+export function restoreReadyBudgetMs(readyTimeoutMs: number): number {
+  return Math.min(readyTimeoutMs, RESTORE_READY_MAX_MS);
+}
+
+/**
+ * A failure while checking a restored guest (its agent, its readiness, its kubeconfig) as a
+ * RestoreError with the same words, hint and cause; an abort's reason stays as it is.
+ */
+export function restoreCheckFailure(err: unknown, signal: AbortSignal | undefined): unknown {
+  if (signal?.aborted || err instanceof RestoreError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new RestoreError(message, { hint: err instanceof VmError ? err.hint : undefined, cause: err });
+}
+
+/**
+ * Whether a failed start drops its saved state and boots cold: only when it was a restore that
+ * did not come back (a RestoreError), and not aborted. Anything else (a host port in use, a
+ * missing tool) fails the start as it would without snapshots, and the state is kept.
+ */
+export function coldRetryAfter(err: unknown, restoring: boolean, signal: AbortSignal | undefined): boolean {
+  return restoring && !signal?.aborted && err instanceof RestoreError;
 }

@@ -42,7 +42,13 @@ import { abortableSleep, tailFile } from '../supervisor/wait.ts';
 import type { VmmBackend } from '../vmm/backend.ts';
 import type { SessionEvent } from '../vmm/session.ts';
 import { GATEWAY_PRESET, K3S_KUBECONFIG } from './gateway-cleanup.ts';
-import { gatewaySnapshotInputs, waitForGuestKubeconfig } from './gateway-snapshot.ts';
+import {
+  coldRetryAfter,
+  gatewaySnapshotInputs,
+  restoreCheckFailure,
+  restoreReadyBudgetMs,
+  waitForGuestKubeconfig,
+} from './gateway-snapshot.ts';
 
 /** The guest port of the gateway's NodePort service, and of the Kubernetes API. */
 export const GATEWAY_GUEST_PORT = 30051;
@@ -153,6 +159,8 @@ export async function runGateway(
   // --snapshot: how this start boots ('share': the rootfs directory over virtio-fs, as without it).
   let bootKind: GatewayBoot = { kind: 'share' };
   let forceCold = false;
+  // The restore failed: the cold attempt removes the snapshot (under the lock) before it starts.
+  let dropSnapshot = false;
   let committed = false;
 
   const bootstrapOptions = () => ({
@@ -257,6 +265,9 @@ export async function runGateway(
             stage: 'prepare',
             message: `rootfs ${plan.rootfs} (built ${prep.record.builtAt}; ${prep.kine ? `datastore cleaned: ${prep.kine.rowsBefore - prep.kine.rowsAfter} runtime records` : 'first boot'}${prep.manifestWritten ? '; HelmChart rendered' : ''})`,
           });
+          // What a crash or a failed save left half-made goes, whatever the snapshot beside it
+          // (this start holds the lock: no other is making one).
+          await removeSnapshot(dir, { unfinishedOnly: true });
           if (!plan.snapshot) return;
           // A disk root: the host's writes (the TLS Secrets) land in the rootfs before its image is made.
           bootstrapping = bootstrapGateway(bootstrapOptions());
@@ -271,6 +282,10 @@ export async function runGateway(
             vmm: (await options.backend.identity?.({ arch: plan.arch })) ?? options.backend.name,
             machine: `${plan.arch} ${plan.accel.accel} ${plan.vcpus} vCPU ${plan.memMib} MiB`,
           });
+          if (dropSnapshot) {
+            await removeSnapshot(dir);
+            dropSnapshot = false;
+          }
           const found = forceCold ? ({ kind: 'none' } as const) : await findSnapshot(dir, inputs);
           if (found.kind === 'found') {
             bootKind = { kind: 'restore', dir: found.dir, meta: found.meta };
@@ -351,53 +366,70 @@ export async function runGateway(
             message: `credentials: ${boot.path} (${boot.reason}); mTLS files in ${boot.mtlsDir}`,
           });
           const vm = handle.vm;
-          if (bootKind.kind === 'restore') {
-            // A restored guest's agent is where it was when saved: asked to say hello on the new
-            // link, it then gets host entropy (no two restores share a random pool) and the clock.
-            handle.supervisor.reconnectAgent();
-            const back = await raceAbort(handle.supervisor.agentReady(AGENT_RECONNECT_MS), signal);
-            if (!back) {
-              throw await handle.failure(
-                `the restored guest's agent did not answer within ${AGENT_RECONNECT_MS / 1000} s`,
-              );
+          const restoring = bootKind.kind === 'restore';
+          // A restored guest gets min(--ready-timeout, 120 s) for all its checks: past it, the
+          // restore failed (a cold boot follows), rather than a wait of the whole --ready-timeout.
+          const checkT0 = performance.now();
+          const checkBudgetMs = restoring ? restoreReadyBudgetMs(plan.readyTimeoutMs) : plan.readyTimeoutMs;
+          const checkLeftMs = () => Math.max(1_000, checkBudgetMs - (performance.now() - checkT0));
+          // What the guest must show before Ready; for a restored one, a failure of any of it is a
+          // failed restore (RestoreError: the state is dropped), never a host problem's.
+          const checkGuest = async () => {
+            if (restoring) {
+              // A restored guest's agent is where it was when saved: asked to say hello on the new
+              // link, it then gets host entropy (no two restores share a random pool) and the clock.
+              handle.supervisor.reconnectAgent();
+              const agentMs = Math.min(AGENT_RECONNECT_MS, checkLeftMs());
+              const back = await raceAbort(handle.supervisor.agentReady(agentMs), signal);
+              if (!back) {
+                throw await handle.failure(
+                  `the restored guest's agent did not answer within ${Math.round(agentMs / 1000)} s`,
+                );
+              }
             }
-          }
-          // Readiness: mTLS on the gateway's port and its Health saying HEALTHY, raced against the VM ending.
-          const stopWaiting = new AbortController();
-          const waitSignal = signal ? AbortSignal.any([signal, stopWaiting.signal]) : stopWaiting.signal;
-          const waiting = waitForGateway({
-            port: plan.gateway.hostPort,
-            bundle: boot.bundle,
-            deadlineMs: plan.readyTimeoutMs,
-            signal: waitSignal,
-            consoleTail: () => consoleTail(handle.run.consoleLog),
-            onHealth: (probe) =>
-              emit({
-                type: 'stage',
-                stage: 'health',
-                message: `${describeWait({ kind: 'health', probe })}; waiting for HEALTHY`,
-              }),
-          }).then((r) => ({ kind: 'ready' as const, ...r }));
-          waiting.catch(() => undefined); // settled by the race below, or abandoned when the VM ends
-          const outcome = await Promise.race([
-            waiting,
-            vm.exited.then(() => ({ kind: 'ended' as const })),
-          ]).finally(() => stopWaiting.abort());
-          if (outcome.kind === 'ended') throw await ended(handle);
+            // Readiness: mTLS on the gateway's port and its Health saying HEALTHY, raced against the VM ending.
+            const stopWaiting = new AbortController();
+            const waitSignal = signal ? AbortSignal.any([signal, stopWaiting.signal]) : stopWaiting.signal;
+            const waiting = waitForGateway({
+              port: plan.gateway.hostPort,
+              bundle: boot.bundle,
+              deadlineMs: restoring ? checkLeftMs() : plan.readyTimeoutMs,
+              signal: waitSignal,
+              consoleTail: () => consoleTail(handle.run.consoleLog),
+              onHealth: (probe) =>
+                emit({
+                  type: 'stage',
+                  stage: 'health',
+                  message: `${describeWait({ kind: 'health', probe })}; waiting for HEALTHY`,
+                }),
+            }).then((r) => ({ kind: 'ready' as const, ...r }));
+            waiting.catch(() => undefined); // settled by the race below, or abandoned when the VM ends
+            const outcome = await Promise.race([
+              waiting,
+              vm.exited.then(() => ({ kind: 'ended' as const })),
+            ]).finally(() => stopWaiting.abort());
+            if (outcome.kind === 'ended') throw await ended(handle);
 
-          // k3s writes its kubeconfig before anything in the cluster can run: wait for it briefly
-          // (a disk root's through the agent: the host cannot read the image while it runs).
-          const kubeWaitMs = Math.max(30_000, plan.readyTimeoutMs - (performance.now() - t0));
-          const k3sYaml =
-            bootKind.kind === 'share'
-              ? await waitForKubeconfig(new GuestRoot(plan.rootfs), kubeWaitMs, signal, () => vm.hasExited)
-              : await waitForGuestKubeconfig(handle, K3S_KUBECONFIG, kubeWaitMs, signal);
-          if (k3sYaml === undefined) {
-            if (vm.hasExited) throw await ended(handle);
-            throw new VmError(`k3s wrote no kubeconfig (${K3S_KUBECONFIG} in the rootfs)`, {
-              hint: `see ${handle.run.consoleLog}`,
-            });
-          }
+            // k3s writes its kubeconfig before anything in the cluster can run: wait for it briefly
+            // (a disk root's through the agent: the host cannot read the image while it runs).
+            const kubeWaitMs = restoring
+              ? checkLeftMs()
+              : Math.max(30_000, plan.readyTimeoutMs - (performance.now() - t0));
+            const k3sYaml =
+              bootKind.kind === 'share'
+                ? await waitForKubeconfig(new GuestRoot(plan.rootfs), kubeWaitMs, signal, () => vm.hasExited)
+                : await waitForGuestKubeconfig(handle, K3S_KUBECONFIG, kubeWaitMs, signal);
+            if (k3sYaml === undefined) {
+              if (vm.hasExited) throw await ended(handle);
+              throw new VmError(`k3s wrote no kubeconfig (${K3S_KUBECONFIG} in the rootfs)`, {
+                hint: `see ${handle.run.consoleLog}`,
+              });
+            }
+            return { outcome, k3sYaml };
+          };
+          const { outcome, k3sYaml } = await checkGuest().catch((err: unknown) => {
+            throw restoring ? restoreCheckFailure(err, signal) : err;
+          });
           const kubeText = rewriteKubeconfig(k3sYaml, { name: plan.instance, port: plan.api.hostPort });
           const kubeconfig = await writeKubeconfig(options.kubeDir, plan.instance, kubeText);
           let backup: string | undefined;
@@ -456,13 +488,16 @@ export async function runGateway(
   try {
     handle = await attempt();
   } catch (err) {
-    // A saved state that does not come back is dropped, and the gateway boots cold (once).
-    if ((bootKind as GatewayBoot).kind !== 'restore' || options.signal?.aborted) throw err;
+    // A saved state that does not come back (QEMU could not load it, or the restored guest failed
+    // its checks) is dropped, and the gateway boots cold (once); any other failure is the start's
+    // own, as without snapshots, and the state stays.
+    if (!coldRetryAfter(err, (bootKind as GatewayBoot).kind === 'restore', options.signal)) throw err;
     emit({
       type: 'warning',
       message: `the saved state did not restore (${err instanceof Error ? err.message : String(err)}): dropped, booting cold`,
     });
-    await removeSnapshot(dir);
+    // Dropped by the cold attempt's prepare, where the instance lock is held again.
+    dropSnapshot = true;
     forceCold = true;
     fatal = undefined;
     stopFollow = undefined;
