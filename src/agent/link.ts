@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
+import { terminalSafeLine } from '../host/terminal-text.ts';
 import {
   AGENT_SESSION_FRAMES,
   agentTimeMs,
@@ -38,6 +39,22 @@ export interface AgentLinkOptions {
 /** How many protocol violations a link reports (a hostile guest must not flood the logs). */
 export const MAX_REPORTS = 20;
 
+/**
+ * How many unasked HELLOs after the link's first it takes (each one reported, and taken for an
+ * agent restart: its sessions are gone); the one after them drops the link for good. A real
+ * agent says HELLO once, and again only when asked (HELLO_GET) or when it was restarted (by the
+ * guest's init, or it dialled again under libkrun); a guest that keeps saying it is hostile.
+ */
+export const MAX_UNASKED_HELLOS = 3;
+
+/**
+ * How a hello came: 'first', the link's first; 'requested', the answer to a requestHello();
+ * 'again', unasked after the first (a restarted agent, or a hostile one: a protocol violation).
+ */
+export type HelloHow = 'first' | 'requested' | 'again';
+
+export type HelloListener = (hello: AgentHello, how: HelloHow) => void;
+
 interface OpenChannel {
   readonly handler: ChannelHandler;
   /** The frame types the agent may send on it. */
@@ -57,7 +74,13 @@ export class AgentLink {
   #stream: Duplex | undefined;
   #hello: AgentHello | undefined;
   #helloWaiters: ((hello: AgentHello) => void)[] = [];
-  readonly #helloListeners = new Set<(hello: AgentHello) => void>();
+  readonly #helloListeners = new Set<HelloListener>();
+  /** Whether a hello came on this link yet (on any of its connections). */
+  #heard = false;
+  /** The unasked hellos after the first. */
+  #unasked = 0;
+  /** Why the link was dropped for good (the guest broke the protocol beyond a cap). */
+  #dropped: string | undefined;
   /**
    * requestHello()s not answered yet, oldest first: each HELLO answers one of them (and is not
    * taken for an agent restart).
@@ -82,7 +105,7 @@ export class AgentLink {
     const link = new AgentLink(options);
     await fs.rm(socketPath, { force: true });
     const server = net.createServer((socket) => {
-      if (link.#stream) {
+      if (link.#stream || link.#dropped) {
         socket.destroy();
         return;
       }
@@ -103,15 +126,21 @@ export class AgentLink {
 
   /** Uses `stream` as the agent's channel (tests: the agent's stdio). */
   attach(stream: Duplex): void {
+    if (this.#dropped) {
+      stream.on('error', () => undefined);
+      stream.destroy();
+      return;
+    }
     this.#stream = stream;
     for (; this.#helloGetsQueued > 0; this.#helloGetsQueued--) this.#send(FRAME.helloGet, 0);
     const decoder = new FrameDecoder({ onDiscard: (reason) => this.#violation(reason) });
     stream.on('data', (chunk: Buffer) => {
+      if (this.#dropped) return;
       for (const frame of decoder.push(chunk)) this.#dispatch(frame);
     });
     stream.on('error', () => undefined);
     stream.on('close', () => {
-      if (decoder.pendingBytes && !this.#closed) {
+      if (decoder.pendingBytes && !this.#closed && !this.#dropped) {
         this.#violation(`the stream ended inside a frame (${decoder.pendingBytes} bytes)`);
       }
       if (this.#stream === stream) this.#stream = undefined;
@@ -124,9 +153,18 @@ export class AgentLink {
     return this.#hello;
   }
 
-  /** Resolves once the agent has said hello, or undefined after `timeoutMs`. */
+  /**
+   * Why the link was dropped for good, or undefined: a guest that said HELLO unasked more than
+   * MAX_UNASKED_HELLOS times. Nothing it sends is read any more, and no new connection is taken.
+   */
+  get dropped(): string | undefined {
+    return this.#dropped;
+  }
+
+  /** Resolves once the agent has said hello, or undefined after `timeoutMs` (at once when dropped). */
   waitHello(timeoutMs: number): Promise<AgentHello | undefined> {
     if (this.#hello) return Promise.resolve(this.#hello);
+    if (this.#dropped) return Promise.resolve(undefined);
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.#helloWaiters = this.#helloWaiters.filter((w) => w !== done);
@@ -142,10 +180,12 @@ export class AgentLink {
   }
 
   /**
-   * Calls `listener` on every hello: the agent's first, an answer to requestHello(), a restarted
-   * agent's. Returns the function that removes it.
+   * Calls `listener` on every hello, with how it came (HelloHow): the agent's first, an answer to
+   * requestHello(), an unasked one again (a restarted agent's, reported as a protocol violation;
+   * at most MAX_UNASKED_HELLOS of them, then the link is dropped). Returns the function that
+   * removes it.
    */
-  onHello(listener: (hello: AgentHello) => void): () => void {
+  onHello(listener: HelloListener): () => void {
     this.#helloListeners.add(listener);
     return () => this.#helloListeners.delete(listener);
   }
@@ -156,6 +196,7 @@ export class AgentLink {
    * undefined after `timeoutMs`. Its answer is not taken for an agent restart (the sessions stay).
    */
   requestHello(timeoutMs: number): Promise<AgentHello | undefined> {
+    if (this.#dropped) return Promise.resolve(undefined);
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         // Unanswered: a HELLO after this is the agent's own again.
@@ -285,21 +326,14 @@ export class AgentLink {
   }
 
   #dispatch(frame: Frame): void {
+    if (this.#dropped) return;
     const bad = checkAgentFrame(frame);
     if (bad) {
       this.#drop(frame, bad);
       return;
     }
     if (frame.type === FRAME.hello) {
-      const [version = '', arch = ''] = frame.payload.toString('latin1').split(' ');
-      // An agent that says hello again unasked has restarted: its sessions are gone.
-      const answer = this.#helloRequests.shift();
-      if (!answer && this.#hello) this.#lose('the guest agent restarted');
-      const hello = { version, arch };
-      this.#hello = hello;
-      for (const w of this.#helloWaiters.splice(0)) w(hello);
-      for (const l of [...this.#helloListeners]) l(hello);
-      answer?.(hello);
+      this.#onHelloFrame(frame);
       return;
     }
     const open = this.#channels.get(frame.channel);
@@ -313,6 +347,50 @@ export class AgentLink {
     }
     if (open.accepts.has(frame.type)) open.handler.onFrame(frame);
     else this.#drop(frame, `a frame of type ${frame.type}, not expected there`);
+  }
+
+  /** A HELLO (well-formed, on channel 0): how it came decides what the link makes of it. */
+  #onHelloFrame(frame: Frame): void {
+    const text = frame.payload.toString('latin1');
+    const [version = '', arch = ''] = text.split(' ');
+    const answer = this.#helloRequests.shift();
+    const how: HelloHow = answer ? 'requested' : this.#heard ? 'again' : 'first';
+    if (how === 'again') {
+      this.#unasked++;
+      const said = `an unasked HELLO ('${terminalSafeLine(text, { maxChars: 60 })}') after the first`;
+      if (this.#unasked > MAX_UNASKED_HELLOS) {
+        this.#cut(`${said}, ${this.#unasked} of them (at most ${MAX_UNASKED_HELLOS} are taken)`);
+        return;
+      }
+      // Taken for a restarted agent: its sessions are gone.
+      this.#violation(
+        `${said} (${this.#unasked} of at most ${MAX_UNASKED_HELLOS} taken for an agent restart; its sessions are gone)`,
+      );
+      if (this.#hello) this.#lose('the guest agent restarted');
+    }
+    this.#heard = true;
+    const hello = { version, arch };
+    this.#hello = hello;
+    for (const w of this.#helloWaiters.splice(0)) w(hello);
+    for (const l of [...this.#helloListeners]) l(hello, how);
+    answer?.(hello);
+  }
+
+  /**
+   * Drops the link for good: its sessions and requests lost, nothing more read from the guest,
+   * its stream destroyed and no new connection taken. Reported even past MAX_REPORTS.
+   */
+  #cut(reason: string): void {
+    this.#dropped = reason;
+    this.#report(
+      `the guest agent broke the protocol: ${reason}; the link to it is dropped (no exec, clock or orderly stop through it any more)`,
+    );
+    this.#hello = undefined;
+    this.#helloGetsQueued = 0;
+    const stream = this.#stream;
+    this.#stream = undefined;
+    this.#lose(`the guest agent broke the protocol (${reason}): the link to it is dropped`);
+    stream?.destroy();
   }
 
   #drop(frame: Frame, reason: string): void {

@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { startStdioAgent } from '../../test/fixtures/stdio-agent.ts';
 import { defaultGuestArch } from '../host/arch.ts';
 import { randomBytes } from '../host/random-hex.ts';
-import { AgentLink } from './link.ts';
+import { AgentLink, type HelloHow, MAX_REPORTS, MAX_UNASKED_HELLOS } from './link.ts';
 import { encodeFrame, FRAME, type Frame, FrameDecoder, MAX_ENTROPY_DONE_BYTES } from './protocol.ts';
 import { AgentSession } from './session.ts';
 
@@ -70,11 +70,11 @@ describe('the real agent after a restore: HELLO_GET and ENTROPY (--stdio)', () =
       { stdout: out.stream, stderr: sink().stream },
     );
     const heard: string[] = [];
-    const off = link.onHello((h) => heard.push(`${h.version} ${h.arch}`));
+    const off = link.onHello((h, how) => heard.push(`${h.version} ${h.arch} ${how}`));
     try {
       const hello = await link.requestHello(2_000);
       assert.deepEqual(hello, { version: 'ovm-agent/1', arch: defaultGuestArch() });
-      assert.deepEqual(heard, [`ovm-agent/1 ${defaultGuestArch()}`], 'onHello hears the answer');
+      assert.deepEqual(heard, [`ovm-agent/1 ${defaultGuestArch()} requested`], 'onHello hears the answer');
       assert.equal(await session.done, 0);
       assert.equal(out.text(), 'still here\n');
     } finally {
@@ -156,6 +156,7 @@ function fakeAgentLink() {
     link,
     reports,
     received,
+    fromAgent,
     send,
     answer(handler: (f: Frame) => void) {
       onFrame = handler;
@@ -245,6 +246,8 @@ describe('a hostile agent answering ENTROPY and HELLO_GET', () => {
 
   it('requestHello before the VMM connected: HELLO_GET goes out on connect; an unanswered one times out, then an unasked HELLO is a restart', async () => {
     const fake = fakeAgentLink();
+    const hows: HelloHow[] = [];
+    fake.link.onHello((_h, how) => hows.push(how));
     const asked = fake.link.requestHello(2_000);
     fake.answer((f) => {
       if (f.type === FRAME.helloGet) fake.send(FRAME.hello, 0, 'ovm-agent/1 aarch64');
@@ -263,5 +266,56 @@ describe('a hostile agent answering ENTROPY and HELLO_GET', () => {
     fake.send(FRAME.hello, 0, 'ovm-agent/1 aarch64');
     for (let i = 0; i < 50 && !lost.length; i++) await new Promise((r) => setTimeout(r, 10));
     assert.deepEqual(lost, ['the guest agent restarted']);
+    assert.deepEqual(hows, ['requested', 'again'], 'the answer, then one unasked');
+    assert.equal(fake.reports.length, 1, fake.reports.join('\n'));
+    assert.match(fake.reports[0] ?? '', /an unasked HELLO .*1 of at most 3 taken for an agent restart/);
+    assert.equal(fake.link.dropped, undefined, 'one restart is taken');
+  });
+
+  it('HELLO 1000 times unasked: the listeners hear the first and 3 again, 4 reports, then the link is dropped for good', async () => {
+    const fake = fakeAgentLink();
+    const hows: HelloHow[] = [];
+    fake.link.onHello((_h, how) => hows.push(how));
+    fake.attach();
+    fake.send(FRAME.hello, 0, 'ovm-agent/1 x86_64');
+    assert.ok(await fake.link.waitHello(1_000));
+    const lost: string[] = [];
+    fake.link.open({ onFrame: () => undefined, onLost: (r) => lost.push(r) });
+    fake.answer((f) => {
+      if (f.type === FRAME.ping) fake.send(FRAME.pong, f.channel, f.payload);
+    });
+    assert.ok(await fake.link.ping(1_000), 'the fake answers PING');
+    const hello = encodeFrame(FRAME.hello, 0, 'ovm-agent/1 x86_64');
+    // Three taken for restarts (the session open then is lost); a session opened after them.
+    fake.fromAgent.write(Buffer.concat([hello, hello, hello]));
+    for (let i = 0; i < 50 && hows.length < 4; i++) await new Promise((r) => setTimeout(r, 10));
+    const session = fake.link.open({ onFrame: () => undefined, onLost: (r) => lost.push(r) });
+    fake.fromAgent.write(Buffer.concat(Array.from({ length: 996 }, () => hello)));
+    for (let i = 0; i < 100 && !fake.link.dropped; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(hows, ['first', 'again', 'again', 'again']);
+    assert.equal(fake.reports.length, MAX_UNASKED_HELLOS + 1, fake.reports.join('\n'));
+    assert.ok(MAX_UNASKED_HELLOS + 1 < MAX_REPORTS, 'the drop is not the general cap');
+    assert.match(fake.reports.at(-1) ?? '', /4 of them \(at most 3 are taken\); the link to it is dropped/);
+    assert.match(fake.link.dropped ?? '', /unasked HELLO/);
+    assert.equal(lost.length, 2, 'the first session lost at the first restart, the second at the drop');
+    assert.equal(lost[0], 'the guest agent restarted');
+    assert.match(
+      lost[1] ?? '',
+      /^the guest agent broke the protocol \(an unasked HELLO.*the link to it is dropped$/,
+    );
+    assert.equal(fake.link.hello, undefined);
+    assert.ok(fake.fromAgent.destroyed, "the guest's stream is destroyed");
+    // Nothing works through it any more, at once; nor does a new stream.
+    assert.throws(() => fake.link.open({ onFrame: () => undefined, onLost: () => undefined }));
+    assert.equal(await fake.link.ping(1_000), false);
+    assert.equal(await fake.link.waitHello(1_000), undefined);
+    assert.equal(await fake.link.requestHello(1_000), undefined);
+    assert.equal(fake.link.shutdown(), false);
+    const other = new PassThrough();
+    fake.link.attach(Duplex.from({ readable: other, writable: new PassThrough() }));
+    assert.equal(fake.link.hello, undefined);
+    session.send(FRAME.stdin, 'x');
+    assert.equal(fake.reports.length, MAX_UNASKED_HELLOS + 1, 'nothing more reported');
+    for (const r of fake.reports) assert.doesNotMatch(r, CONTROL, r);
   });
 });

@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ControlServer } from '../agent/control.ts';
-import { type AgentHello, AgentLink } from '../agent/link.ts';
+import { type AgentHello, AgentLink, type HelloHow } from '../agent/link.ts';
 import type { HostEnvironment } from '../config/environment.ts';
 import { randomBytes } from '../host/random-hex.ts';
 import { terminalSafeLine } from '../host/terminal-text.ts';
@@ -17,7 +17,7 @@ export const SUPERVISOR_SOCKETS = { agent: 'agent.sock', control: 'ctl.sock' } a
 const CLOCK_JUMP_MS = 2_000;
 /** A guest clock this far from the host's is set again. */
 const CLOCK_DRIFT_MS = 2_000;
-/** How much host randomness the guest's kernel gets on every hello (read from /dev/urandom). */
+/** How much host randomness the guest's kernel gets on each hello that prepares it (/dev/urandom). */
 const RESEED_BYTES = 64;
 /** How long the agent has to answer the reseed. */
 const RESEED_TIMEOUT_MS = 5_000;
@@ -53,10 +53,13 @@ const FATAL_EXIT_CODE = 125;
  * stop), the guest clock kept in step with the host's (also after the host slept), and an orderly
  * guest shutdown.
  *
- * On every hello of the guest agent (at boot, and after reconnectAgent() for a guest restored from
- * a snapshot), the guest's kernel first gets fresh host randomness and reseeds its CRNG (two VMs
- * restored from one snapshot would otherwise go on with the same random state), then its clock is
- * checked and set; agentReady() tells when both are done.
+ * On the guest agent's first hello (at boot) and on each answer to reconnectAgent() (a guest
+ * restored from a snapshot), the guest's kernel first gets fresh host randomness and reseeds its
+ * CRNG (two VMs restored from one snapshot would otherwise go on with the same random state),
+ * then its clock is checked and set; agentReady() tells when both are done. A hello the host did
+ * not ask for after the first (a restarted agent, or a hostile guest repeating it) prepares
+ * nothing: the guest's kernel is the same, and a guest must not make the host do work (and log
+ * it) at will. The link reports those and drops the guest after a few (MAX_UNASKED_HELLOS).
  */
 export class InstanceSupervisor {
   readonly link: AgentLink;
@@ -163,8 +166,8 @@ export class InstanceSupervisor {
       await supervisor.close();
       throw err;
     }
-    link.onHello((hello) => supervisor.#onHello(hello));
-    if (link.hello) supervisor.#onHello(link.hello);
+    link.onHello((hello, how) => supervisor.#onHello(hello, how));
+    if (link.hello) supervisor.#onHello(link.hello, 'first');
     return supervisor;
   }
 
@@ -173,12 +176,13 @@ export class InstanceSupervisor {
   }
 
   /**
-   * Resolves true once the guest agent's latest hello (or, when none came yet or reconnectAgent()
-   * was called since, the next one) was followed by a reseed the agent answered 'ok' and by the
-   * clock check; false when the reseed failed, after `timeoutMs`, or when the VM ended first.
+   * Resolves true once the guest agent's latest first or requested hello (or, when none came yet
+   * or reconnectAgent() was called since, the next one) was followed by a reseed the agent
+   * answered 'ok' and by the clock check; false when the reseed failed, after `timeoutMs`, when
+   * the VM ended first, or (at once) when the link to the agent was dropped.
    */
   agentReady(timeoutMs: number): Promise<boolean> {
-    if (this.#closed) return Promise.resolve(false);
+    if (this.#closed || this.link.dropped) return Promise.resolve(false);
     let waiter: ((round: Promise<boolean>) => void) | undefined;
     const round =
       this.#round ??
@@ -200,7 +204,7 @@ export class InstanceSupervisor {
   /**
    * For a guest restored from a snapshot, whose agent resumes mid-loop and never says hello by
    * itself: asks it to (HELLO_GET, sent once the VMM has connected the agent's socket). Its hello
-   * then reseeds the guest and checks its clock like any hello; agentReady() waits for that.
+   * then reseeds the guest and checks its clock like the first; agentReady() waits for that.
    */
   reconnectAgent(): void {
     if (this.#closed) return;
@@ -307,9 +311,11 @@ export class InstanceSupervisor {
     };
   }
 
-  #onHello(hello: AgentHello): void {
-    if (this.#closed) return;
-    this.#emit({ type: 'agent', message: `guest agent ${hello.version} (${hello.arch}) connected` });
+  /** The first hello and a requested one prepare the guest; an unasked one again (reported by the link) nothing. */
+  #onHello(hello: AgentHello, how: HelloHow): void {
+    if (this.#closed || how === 'again') return;
+    const said = terminalSafeLine(`${hello.version} (${hello.arch})`, { maxChars: 80 });
+    this.#emit({ type: 'agent', message: `guest agent ${said} connected` });
     const round = this.#prepareGuest();
     this.#round = round;
     for (const w of this.#roundWaiters.splice(0)) w(round);

@@ -326,6 +326,37 @@ describe('a hostile guest agent against the supervisor', () => {
     }
   });
 
+  test('HELLO 1000 times unasked: one reseed, a bounded number of event lines, then the link is dropped; the supervisor stays up', async () => {
+    const s = await startSupervisor('hellos');
+    try {
+      const agent = await FakeAgent.connect(s.agentSocket);
+      const closed = new Promise<void>((resolve) => agent.socket.once('close', () => resolve()));
+      const events = () => s.lines.filter((l) => l.event);
+      await until('the guest was reseeded', () =>
+        events().some((l) => /reseeded/.test((l.event as { message: string }).message)),
+      );
+      assert.ok(await pingThrough(s), 'the link works');
+      const hello = encodeFrame(FRAME.hello, 0, 'ovm-agent/1 x86_64');
+      agent.raw(Buffer.concat(Array.from({ length: 1000 }, () => hello)));
+      const dropped = await Promise.race([closed.then(() => true), sleep(3_000).then(() => false)]);
+      assert.ok(s.alive(), s.stderr());
+      assert.equal(agent.received.filter((f) => f.type === FRAME.entropy).length, 1, 'one reseed');
+      assert.ok(agent.received.filter((f) => f.type === FRAME.timeSet).length <= 1, 'at most one clock set');
+      assert.ok(dropped, 'the supervisor closed the connection');
+      await until('the drop was reported', () => s.warnings().some((w) => /link to it is dropped/.test(w)));
+      assert.equal(await pingThrough(s), false, 'nothing goes through the dropped link');
+      const again = await FakeAgent.connect(s.agentSocket);
+      await new Promise<void>((resolve) => again.socket.once('close', () => resolve()));
+      assert.equal(again.received.length, 0, 'a new connection is not taken');
+      await sleep(100);
+      assert.equal(s.warnings().length, 4, s.warnings().join('\n'));
+      assert.ok(events().length <= 8, `a bounded number of event lines: ${events().length}`);
+      assert.ok(s.alive());
+    } finally {
+      await s.stop();
+    }
+  });
+
   test('an unhandled rejection in the supervisor: the VM and its helper stopped in order, nothing orphaned', async () => {
     const s = await startSupervisor('fatal', { FAKE_VM: '1' });
     const processes = s.lines.find((l) => l.processes)?.processes as {
